@@ -1,0 +1,98 @@
+"""The ``inference-gateway`` command: ``serve`` runs the gateway, ``status``
+asks a running one how it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from gateway.api.inference import grpc_service_pb2 as pb
+from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from gateway.config import ConfigError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inference-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway until SIGTERM")
+    serve.add_argument("--config", type=Path, help="TOML settings file (or $GATEWAY_CONFIG)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 8001)")
+    serve.add_argument("--port-file", type=Path, help="write the bound port here")
+    serve.add_argument(
+        "--triton",
+        action="append",
+        dest="triton_endpoints",
+        metavar="HOST:PORT",
+        help="a Triton gRPC endpoint to serve (repeatable)",
+    )
+    serve.add_argument(
+        "--cpu-model",
+        action="append",
+        dest="cpu_models",
+        metavar="REF",
+        help="a CPU model, builtin:NAME or module:factory (repeatable; replaces the defaults)",
+    )
+    serve.add_argument("--no-cpu-models", action="store_true", help="serve Triton models only")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    status = commands.add_parser("status", help="show a running gateway's health and models")
+    status.add_argument("--target", default="127.0.0.1:8001", help="gateway address")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve  # imported late: `status` needs none of it
+
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "port_file": args.port_file,
+        "triton_endpoints": args.triton_endpoints,
+        "cpu_models": [] if args.no_cpu_models else args.cpu_models,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(args.config, **overrides)
+        logging.basicConfig(
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"inference-gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            meta = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=args.timeout)
+            ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=args.timeout).ready
+            index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"{args.target}: {meta.name} {meta.version}, {'ready' if ready else 'NOT ready'}")
+    for model in index.models:
+        reason = f" ({model.reason})" if model.reason else ""
+        print(f"  {model.name:<24} v{model.version:<4} {model.state}{reason}")
+    return 0 if ready else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return _serve(args) if args.command == "serve" else _status(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

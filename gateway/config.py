@@ -1,0 +1,106 @@
+"""Typed settings: defaults, then a TOML file, then ``GATEWAY_*`` environment
+variables, then command-line flags (each overriding the one before).
+
+Lists and nested values in the environment are JSON, e.g.
+``GATEWAY_TRITON_ENDPOINTS='["127.0.0.1:8001"]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message says which setting and why."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start-up. Validated once, then passed in."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", toml_file=None)
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    port_file: Path | None = Field(None, description="write the bound port here once serving")
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest message in/out")
+    grace_period_s: float = Field(10.0, ge=0, description="in-flight work allowed at shutdown")
+    triton_endpoints: list[str] = Field(
+        default_factory=list, description="Triton gRPC endpoints, host:port"
+    )
+    cpu_models: list[str] = Field(
+        default_factory=lambda: [
+            "builtin:add_sub",
+            "builtin:mlp_classifier",
+            "builtin:text_upper",
+        ],
+        description="CPU models: builtin:NAME or package.module:factory",
+    )
+    cpu_workers: int | None = Field(None, gt=0, description="CPU backend threads")
+    health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
+    stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("triton_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            host, sep, port = endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"Triton endpoint {endpoint!r} must look like host:port")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"log level {value!r} must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML source reads ``model_config["toml_file"]``, set per load below.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate settings, or raise ConfigError naming every problem.
+
+    ``config_file`` defaults to ``$GATEWAY_CONFIG``; ``overrides`` (from the
+    command line) win over both file and environment.
+    """
+    path = config_file or (Path(p) if (p := os.environ.get("GATEWAY_CONFIG")) else None)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FromFile(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        where = f" (file {path}, environment GATEWAY_*)" if path else " (environment GATEWAY_*)"
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    return loaded

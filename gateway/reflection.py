@@ -1,0 +1,63 @@
+"""Server reflection over the gateway's private descriptor pool.
+
+The stock reflection service looks symbols up in one pool. Ours are in a
+private pool (see ``gateway.api._pool``) while the health and reflection
+services live in protobuf's default pool, so lookups try both. It also
+answers for method symbols (``inference.GRPCInferenceService.ModelInfer``),
+which ghz and grpcurl ask for and which a pool does not index by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection
+
+from gateway.api import _pool
+
+
+class ChainedPool:
+    """Looks a name up in each pool in turn; duck-types the calls reflection makes."""
+
+    def __init__(self, *pools: descriptor_pool.DescriptorPool) -> None:
+        self._pools = pools
+
+    def _first(self, method: str, *args: Any) -> Any:
+        error: KeyError | None = None
+        for pool in self._pools:
+            try:
+                return getattr(pool, method)(*args)
+            except KeyError as exc:
+                error = exc
+        raise error or KeyError(args)
+
+    def FindFileByName(self, name: str) -> Any:
+        return self._first("FindFileByName", name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._first("FindFileContainingSymbol", symbol)
+        except KeyError:
+            # A method's file is its service's file.
+            parent, _, _ = symbol.rpartition(".")
+            if not parent:
+                raise
+            return self._first("FindFileContainingSymbol", parent)
+
+    def FindMessageTypeByName(self, name: str) -> Any:
+        return self._first("FindMessageTypeByName", name)
+
+    def FindExtensionByNumber(self, message: Any, number: int) -> Any:
+        return self._first("FindExtensionByNumber", message, number)
+
+    def FindAllExtensions(self, message: Any) -> Any:
+        return self._first("FindAllExtensions", message)
+
+
+def enable(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+    pool = ChainedPool(_pool.POOL, descriptor_pool.Default())
+    names = (*service_names, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=pool)

@@ -1,0 +1,290 @@
+"""The KServe v2 / Triton ``GRPCInferenceService``: thin translation only.
+
+Each rpc converts the protobuf request, asks the scheduler, converts back.
+Errors of the family become statuses in ``gateway.status``; anything else is
+an internal error with a reference to the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from gateway import codec, metadata
+from gateway.api.inference import grpc_service_pb2 as pb
+from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from gateway.status import abort, internal_error
+from scheduler.clock import Clock
+from scheduler.dispatcher import Scheduler
+from scheduler.errors import GatewayError, InvalidArgument, Unimplemented
+from scheduler.request import InferRequest
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_NO_SHARED_MEMORY = (
+    "the gateway does not support {kind} shared memory: it forwards tensors over the "
+    "network to remote servers, so a region in this host's memory cannot be read there; "
+    "send tensors in raw_input_contents instead"
+)
+_NO_REPOSITORY_CONTROL = (
+    "the gateway does not load or unload models: it serves what its backends serve; "
+    "load the model on the Triton server and the gateway discovers it"
+)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Implements the inference rpcs over a ``Scheduler``."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        clock: Clock,
+        server_name: str,
+        server_version: str,
+        stream_max_in_flight: int = 64,
+    ) -> None:
+        self._scheduler = scheduler
+        self._clock = clock
+        self._server_name = server_name
+        self._server_version = server_version
+        self._stream_max_in_flight = stream_max_in_flight
+        self.ready = False
+
+    # -- health and metadata ---------------------------------------------
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self._server_name,
+            version=self._server_version,
+            extensions=["model_configuration", "statistics", "parameters"],
+        )
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.ready and self._scheduler.model_ready(request.name, request.version)
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        try:
+            spec = self._scheduler.model(request.name, request.version)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return metadata.model_metadata(spec)
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        try:
+            spec = self._scheduler.model(request.name, request.version)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return pb.ModelConfigResponse(config=metadata.model_config(spec))
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        try:
+            specs = (
+                [self._scheduler.model(request.name, request.version)]
+                if request.name
+                else self._scheduler.models()
+            )
+        except GatewayError as exc:
+            await abort(context, exc)
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                metadata.model_statistics(spec, self._scheduler.stats(spec.name), request.version)
+                for spec in specs
+            ]
+        )
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for spec in self._scheduler.models():
+            ready = self._scheduler.model_ready(spec.name)
+            if request.ready and not ready:
+                continue
+            for version in spec.versions:
+                response.models.add(
+                    name=spec.name,
+                    version=version,
+                    state="READY" if ready else "UNAVAILABLE",
+                    reason="" if ready else "no healthy backend serves it now",
+                )
+        return response
+
+    # -- inference -------------------------------------------------------
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        try:
+            return await self._infer(request, context)
+        except GatewayError as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            await abort(context, internal_error(exc))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently (up to a bound) and their
+        responses come back as they finish, matched by ``id`` as in Triton.
+        A failed request answers with ``error_message``; the stream goes on.
+        """
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._stream_max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run_one(request: pb.ModelInferRequest) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(
+                    infer_response=await self._infer(request, context)
+                )
+            except GatewayError as exc:
+                response = _stream_error(request, exc.message)
+            except Exception as exc:
+                response = _stream_error(request, internal_error(exc).message)
+            finally:
+                slots.release()
+            await results.put(response)
+
+        async def read_all() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(run_one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks))
+            finally:
+                await results.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await reader
+        finally:
+            for task in [reader, *tasks]:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        if not request.model_name:
+            raise InvalidArgument("model_name is required")
+        spec = self._scheduler.model(request.model_name, request.model_version)
+        parameters = codec.decode_parameters(request.parameters)
+        for output in request.outputs:
+            if "classification" in output.parameters:
+                raise Unimplemented(
+                    f"output '{output.name}' asks for classification, which the gateway does "
+                    "not offer; request the raw output and classify on the client"
+                )
+            if "shared_memory_region" in output.parameters:
+                raise Unimplemented(_NO_SHARED_MEMORY.format(kind="system or CUDA"))
+        inputs = codec.decode_inputs(request)
+        now = self._clock.now()
+        deadline = None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            deadline = now + remaining
+        timeout_us = parameters.get("timeout")
+        if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
+            by_parameter = now + timeout_us / 1e6
+            deadline = by_parameter if deadline is None else min(deadline, by_parameter)
+        priority = parameters.get("priority", 0)
+        result = await self._scheduler.infer(
+            InferRequest(
+                model_name=spec.name,
+                model_version=request.model_version,
+                inputs=inputs,
+                requested_outputs=tuple(o.name for o in request.outputs),
+                parameters=parameters,
+                id=request.id,
+                priority=int(priority) if isinstance(priority, int | float) else 0,
+                deadline=deadline,
+                trace_context=_w3c_headers(context),
+            )
+        )
+        return codec.encode_response(result, spec)
+
+    # -- what the gateway does not do ------------------------------------
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_REPOSITORY_CONTROL))
+
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_REPOSITORY_CONTROL))
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+
+    async def TraceSetting(self, request: Any, context: Context) -> Any:
+        await abort(
+            context,
+            Unimplemented("trace settings are set with the standard OTEL_* environment variables"),
+        )
+
+    async def LogSettings(self, request: Any, context: Context) -> Any:
+        await abort(context, Unimplemented("log settings are set in the gateway's configuration"))
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+def _w3c_headers(context: Context) -> dict[str, str]:
+    """Trace context headers to forward to the backend, so it joins the caller's trace."""
+    wanted = ("traceparent", "tracestate")
+    return {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if key in wanted and isinstance(value, str)
+    }

@@ -1,0 +1,70 @@
+"""The Backend protocol: one place that runs models (a Triton server, a local CPU pool)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from scheduler.request import Parameters
+from scheduler.spec import ModelSpec, Tensor
+
+
+class DeviceKind(enum.Enum):
+    GPU = "gpu"
+    CPU = "cpu"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """Where a backend's work runs. ``host`` is the endpoint for remote devices."""
+
+    kind: DeviceKind
+    host: str = "local"
+    index: int = 0
+    name: str = ""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs models. Implementations: ``TritonBackend``, ``CpuBackend``, test fakes.
+
+    ``infer`` receives whole (possibly batched) numpy tensors and returns the
+    outputs by name. It raises only errors of ``scheduler.errors``: a backend
+    translates its third-party errors itself. ``deadline`` is absolute on the
+    monotonic clock; a backend must not run past it.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def device(self) -> Device: ...
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        """The models this backend serves now, by name."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and discover models. Raises BackendUnavailable if unreachable."""
+        ...
+
+    async def infer(
+        self,
+        model: ModelSpec,
+        inputs: Mapping[str, Tensor],
+        *,
+        version: str = "",
+        outputs: tuple[str, ...] = (),
+        parameters: Parameters | None = None,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> dict[str, Tensor]: ...
+
+    async def health(self) -> bool:
+        """Whether the backend is live and ready now."""
+        ...
+
+    async def aclose(self) -> None: ...

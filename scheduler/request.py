@@ -1,0 +1,45 @@
+"""One inference request and its result, as the scheduler sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.spec import Tensor
+
+#: Request parameters (KServe ``parameters``): bool, int, float or str values.
+Parameters = Mapping[str, bool | int | float | str]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded, validated request. Tensors are numpy arrays (zero-copy views
+    of the wire buffers where the datatype allows), never protobuf.
+
+    ``deadline`` is absolute, on the scheduler's monotonic clock, or None for
+    no deadline. ``requested_outputs`` empty means "all outputs".
+    ``trace_context`` is an opaque carrier (W3C headers) for the backend call.
+    """
+
+    model_name: str
+    inputs: dict[str, Tensor]
+    model_version: str = ""
+    requested_outputs: tuple[str, ...] = ()
+    parameters: Parameters = field(default_factory=dict)
+    id: str = ""
+    priority: int = 0
+    deadline: float | None = None
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResult:
+    """Outputs of one request, in the order the model declares them."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, Tensor]
+    id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    backend_id: str = ""

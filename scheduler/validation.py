@@ -1,0 +1,73 @@
+"""Checks a decoded request against its model's spec, with messages a caller can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from scheduler.errors import InvalidArgument
+from scheduler.spec import DataType, ModelSpec, Tensor
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
+    """Raise InvalidArgument unless ``inputs`` match the model's inputs exactly.
+
+    Names, datatypes and shapes (``-1`` is a wildcard) are checked, and for a
+    batching model every input must agree on a batch size within
+    ``max_batch_size``.
+    """
+    unexpected = sorted(set(inputs) - {t.name for t in spec.inputs})
+    if unexpected:
+        raise InvalidArgument(
+            f"model '{spec.name}' has no input named {', '.join(map(repr, unexpected))}; "
+            f"its inputs are {', '.join(repr(t.name) for t in spec.inputs)}"
+        )
+    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    if missing:
+        raise InvalidArgument(
+            f"model '{spec.name}' expects input {', '.join(map(repr, missing))} "
+            f"but the request does not carry it"
+        )
+    batch_sizes: set[int] = set()
+    for tensor in spec.inputs:
+        array = inputs[tensor.name]
+        got = DataType.of_array(array)
+        if got is not tensor.datatype:
+            raise InvalidArgument(
+                f"input '{tensor.name}' of model '{spec.name}' has datatype {got.value}, "
+                f"expected {tensor.datatype.value}"
+            )
+        if not tensor.accepts_shape(array.shape):
+            raise InvalidArgument(
+                f"input '{tensor.name}' of model '{spec.name}' has shape {_fmt(array.shape)}, "
+                f"expected {_fmt(tensor.shape)} (-1 is any size)"
+            )
+        if spec.max_batch_size > 0:
+            batch_sizes.add(array.shape[0])
+    if spec.max_batch_size > 0:
+        if len(batch_sizes) > 1:
+            raise InvalidArgument(
+                f"inputs of model '{spec.name}' disagree on the batch size (first dimension): "
+                f"{sorted(batch_sizes)}"
+            )
+        batch = batch_sizes.pop() if batch_sizes else 0
+        if not 0 < batch <= spec.max_batch_size:
+            raise InvalidArgument(
+                f"batch size {batch} of model '{spec.name}' is outside 1..{spec.max_batch_size}"
+            )
+
+
+def validate_requested_outputs(spec: ModelSpec, names: Sequence[str]) -> None:
+    """Raise InvalidArgument for a requested output the model does not have."""
+    known = {t.name for t in spec.outputs}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidArgument(
+            f"model '{spec.name}' has no output named {', '.join(map(repr, unknown))}; "
+            f"its outputs are {', '.join(repr(t.name) for t in spec.outputs)}"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"an output of model '{spec.name}' is requested more than once")
