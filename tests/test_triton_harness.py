@@ -63,12 +63,13 @@ def _timed_gpu_sim(
     return time.perf_counter() - start, result.as_numpy("OUTPUT")
 
 
-def _assert_gone(pid: int) -> None:
-    """The server is gone and no process of its group (backend stubs) is left."""
+def _assert_gone(server: TritonProcess) -> None:
+    """The server, every process of its group (backend stubs) and its /dev/shm are gone."""
     with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+        os.kill(server.pid, 0)
     with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)
+        os.killpg(server.pid, 0)
+    assert not list(Path("/dev/shm").glob(f"{server.server_id}_*"))
 
 
 def test_all_models_ready(triton: TritonProcess, client: grpcclient.InferenceServerClient) -> None:
@@ -161,7 +162,7 @@ def test_env_override_changes_gpu_sim_timing(
             assert elapsed >= slow_fixed_ms / 1000, model
     # Leaving the with-block called stop(): nothing of that server may remain.
     assert not slow.is_running()
-    _assert_gone(slow.pid)
+    _assert_gone(slow)
 
 
 def test_port_race_is_retried_and_kill_leaves_nothing(
@@ -192,7 +193,7 @@ def test_port_race_is_retried_and_kill_leaves_nothing(
     finally:
         server.kill()
     assert not server.is_running()
-    _assert_gone(server.pid)
+    _assert_gone(server)
 
 
 def test_start_failure_raises_with_log_tail(tmp_path: Path) -> None:

@@ -188,6 +188,19 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
+def _remove_shared_memory(server_id: str) -> None:
+    """Delete the Python backend's /dev/shm regions of a server that is gone.
+
+    A server that exits cleanly removes them itself; one that is SIGKILLed (or fails to
+    start) leaves about 1 MiB per model instance behind.  The prefix is unique to the
+    server (see ``_command``), so this never touches another server's regions.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        for region in shm.glob(f"{server_id}_*"):
+            region.unlink(missing_ok=True)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
@@ -234,12 +247,14 @@ class TritonProcess:
             time.sleep(0.05)
         if self._popen.poll() is None or _process_group_members(self.pid):
             self.kill()
+        _remove_shared_memory(self.server_id)
         return self._popen.returncode
 
     def kill(self) -> None:
         """SIGKILL the server and its whole process group at once, and reap the server.
 
         Meant for fault-injection tests (a crashed server); :meth:`stop` is the clean way.
+        The server's shared-memory regions in /dev/shm are removed afterwards.
         """
         _signal_group(self.pid, signal.SIGKILL)
         self._popen.wait()
@@ -250,6 +265,7 @@ class TritonProcess:
         deadline = time.monotonic() + 5
         while _group_exists(self.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
+        _remove_shared_memory(self.server_id)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the server's log."""
