@@ -78,10 +78,11 @@ def decode_bytes(buffer: bytes, count: int, tensor: str) -> Tensor:
 
 
 def encode_bytes(array: Tensor) -> bytes:
-    """Frame a BYTES tensor (str elements are sent as UTF-8)."""
+    """Frame a BYTES tensor (other elements are sent as their UTF-8 text)."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        # Anything not bytes is sent as its text, as tritonclient does.
+        data = item if isinstance(item, bytes) else str(item).encode()
         parts.append(_LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
@@ -132,12 +133,18 @@ def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
         items = np.empty(count, dtype=np.object_)
         items[:] = list(values)
         return items.reshape(shape)
-    try:
-        return np.array(values, dtype=datatype.numpy_dtype).reshape(shape)
-    except OverflowError as exc:
-        raise InvalidArgument(
-            f"input '{tensor.name}' has a value out of range for {datatype.value}: {exc}"
-        ) from None
+    dtype = datatype.numpy_dtype
+    if dtype.kind in "iu" and count:
+        # The protobuf fields are wider than INT8/16 and UINT8/16; numpy 1.x
+        # would wrap an out-of-range value silently instead of failing.
+        info = np.iinfo(dtype)
+        low, high = min(values), max(values)
+        if low < info.min or high > info.max:
+            raise InvalidArgument(
+                f"input '{tensor.name}' has a value out of range for {datatype.value} "
+                f"[{info.min}, {info.max}]: {low if low < info.min else high}"
+            )
+    return np.array(values, dtype=dtype).reshape(shape)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     def _endpoints(cls, value: list[str]) -> list[str]:
         for endpoint in value:
             host, sep, port = endpoint.rpartition(":")
-            if not sep or not host or not port.isdigit():
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
                 raise ValueError(f"Triton endpoint {endpoint!r} must look like host:port")
         return value
 

@@ -41,11 +41,15 @@ class ChainedPool:
         try:
             return self._first("FindFileContainingSymbol", symbol)
         except KeyError:
-            # A method's file is its service's file.
-            parent, _, _ = symbol.rpartition(".")
-            if not parent:
+            # A method's file is its service's file, if the service has it.
+            service, _, method = symbol.rpartition(".")
+            if not service:
                 raise
-            return self._first("FindFileContainingSymbol", parent)
+            file = self._first("FindFileContainingSymbol", service)
+            for candidate in file.services_by_name.values():
+                if candidate.full_name == service and method in candidate.methods_by_name:
+                    return file
+            raise
 
     def FindMessageTypeByName(self, name: str) -> Any:
         return self._first("FindMessageTypeByName", name)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from scheduler.backends.base import Backend
 from scheduler.clock import Clock, MonotonicClock
-from scheduler.errors import DeadlineExceeded, GatewayError, Unavailable
+from scheduler.errors import DeadlineExceeded, GatewayError, ModelNotFound, Unavailable
 from scheduler.placement import Candidate, Decision, choose
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult
@@ -66,7 +66,10 @@ class Scheduler:
     async def start(self) -> None:
         """Start every backend; one that is down is logged and probed later."""
         await asyncio.gather(*(self._start_backend(b) for b in self._backends))
-        self._registry.rebuild(b for b in self._backends if self._healthy[b.id])
+        # Every backend's last-known models stay routable; health decides at
+        # placement time, so a backend that goes down shows its models as
+        # UNAVAILABLE rather than making them vanish (NOT_FOUND).
+        self._registry.rebuild(self._backends)
         task = asyncio.create_task(self._health_loop(), name="scheduler-health")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -108,7 +111,7 @@ class Scheduler:
                 self._healthy[backend.id] = ok
                 changed = True
         if changed:
-            self._registry.rebuild(b for b in self._backends if self._healthy[b.id])
+            self._registry.rebuild(self._backends)
 
     # -- queries -----------------------------------------------------------
     @property
@@ -122,7 +125,21 @@ class Scheduler:
         return self._registry.specs()
 
     def model(self, name: str, version: str = "") -> ModelSpec:
-        return self._registry.resolve(name, version)[0]
+        return self._resolve(name, version)[0]
+
+    def _resolve(self, name: str, version: str) -> tuple[ModelSpec, Sequence[Backend]]:
+        """The registry's answer, except that an unknown model is UNAVAILABLE,
+        not NOT_FOUND, while some backend has never told us what it serves."""
+        try:
+            return self._registry.resolve(name, version)
+        except ModelNotFound as exc:
+            unknown = [b.id for b in self._backends if not b.models() and not self._healthy[b.id]]
+            if unknown and name not in {s.name for s in self._registry.specs()}:
+                raise Unavailable(
+                    f"{exc.message}; backends {', '.join(unknown)} are unreachable, "
+                    "so it may be served there once they answer"
+                ) from exc
+            raise
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -137,12 +154,14 @@ class Scheduler:
     # -- the request path --------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
         start = self._clock.now()
-        spec, backends = self._registry.resolve(request.model_name, request.model_version)
+        spec, backends = self._resolve(request.model_name, request.model_version)
         validate_requested_outputs(spec, request.requested_outputs)
         validate_inputs(spec, request.inputs)
-        rows = next(iter(request.inputs.values())).shape[0] if spec.max_batch_size > 0 else 1
+        first = next(iter(request.inputs.values()), None)
+        rows = first.shape[0] if first is not None and spec.max_batch_size > 0 else 1
         stats = self._stats[spec.name]
         tried: list[str] = []
+        last_error: GatewayError | None = None
         queue_s = compute_s = 0.0
         try:
             while True:
@@ -158,6 +177,8 @@ class Scheduler:
                     if b.id not in tried
                 ]
                 decision = choose(candidates, now)
+                if decision is None and last_error is not None:
+                    raise last_error  # the retry found nowhere else to go
                 if decision is None:
                     down = ", ".join(b.id for b in backends) or "none"
                     raise Unavailable(
@@ -186,8 +207,7 @@ class Scheduler:
                     if exc.code == "UNAVAILABLE":
                         self._mark_down(backend.id, exc.message)
                     log.info("retrying model %s elsewhere after: %s", spec.name, exc.message)
-                    if len(tried) >= len(backends):
-                        raise
+                    last_error = exc
                     continue
                 finally:
                     self._outstanding[backend.id] -= 1

@@ -34,10 +34,13 @@ def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
     batch_sizes: set[int] = set()
     for tensor in spec.inputs:
         array = inputs[tensor.name]
-        got = DataType.of_array(array)
-        if got is not tensor.datatype:
+        try:
+            got = DataType.of_array(array).value
+        except ValueError:
+            got = f"numpy dtype {array.dtype}"
+        if got != tensor.datatype.value:
             raise InvalidArgument(
-                f"input '{tensor.name}' of model '{spec.name}' has datatype {got.value}, "
+                f"input '{tensor.name}' of model '{spec.name}' has datatype {got}, "
                 f"expected {tensor.datatype.value}"
             )
         if not tensor.accepts_shape(array.shape):

@@ -78,7 +78,14 @@ class CpuBackend:
     ) -> dict[str, Tensor]:
         if self._closed:
             raise Unavailable(f"CPU backend '{self._id}' is shut down")
-        runner = self._models[model.name]
+        runner = self._models.get(model.name)
+        if runner is None:
+            raise BackendError(
+                f"CPU backend '{self._id}' does not serve model '{model.name}'",
+                backend_id=self._id,
+                code="NOT_FOUND",
+                retryable=True,
+            )
         timeout_s = None if deadline is None else deadline - self._clock.now()
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded(f"deadline passed before model '{model.name}' could run")

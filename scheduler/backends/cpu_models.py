@@ -149,7 +149,10 @@ def load_cpu_model(ref: str) -> CpuModel:
         factory = getattr(importlib.import_module(kind), target)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load CPU model {ref!r}: {exc}") from exc
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ValueError(f"CPU model factory {ref!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, CpuModel):
         raise ValueError(f"{ref!r} did not return a CPU model (needs .spec and __call__)")
     return model

@@ -76,7 +76,11 @@ def test_deadline_ends_a_slow_request_on_time(slow_triton: TritonProcess, tmp_pa
 
 
 def test_dead_triton_gives_unavailable_promptly(slow_triton: TritonProcess, tmp_path: Path) -> None:
-    with start_gateway(tmp_path, args=["--triton", slow_triton.grpc_url, "--no-cpu-models"]) as gw:
+    with start_gateway(
+        tmp_path,
+        args=["--triton", slow_triton.grpc_url, "--no-cpu-models"],
+        env={"GATEWAY_HEALTH_INTERVAL_S": "0.2"},
+    ) as gw:
         client = grpcclient.InferenceServerClient(gw.address)
         assert client.is_model_ready("int64_offset")
         slow_triton.kill()
@@ -89,6 +93,10 @@ def test_dead_triton_gives_unavailable_promptly(slow_triton: TritonProcess, tmp_
             assert time.monotonic() - started < 5
             assert info.value.status() == "StatusCode.UNAVAILABLE", info.value.message()
             assert slow_triton.grpc_url in info.value.message()
+        time.sleep(0.6)  # health probes run: the model stays known, and unavailable
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("int64_offset", [tensor], client_timeout=30)
+        assert info.value.status() == "StatusCode.UNAVAILABLE", info.value.message()
         assert not client.is_model_ready("int64_offset")
         states = {m.name: m.state for m in client.get_model_repository_index().models}
         assert states["int64_offset"] == "UNAVAILABLE"

@@ -201,7 +201,6 @@ async def test_closed_backend_is_unavailable() -> None:
         await backend.infer(fast.spec, {"X": X})
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="BUG: unknown model leaks a KeyError")
 async def test_unknown_model_is_a_gateway_error() -> None:
     backend = CpuBackend([make_doubler()], workers=1)
     try:
@@ -253,7 +252,6 @@ def test_load_cpu_model_bad_refs(ref: str, words: list[str]) -> None:
         assert word in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a failing factory escapes as-is")
 def test_load_cpu_model_factory_that_fails() -> None:
     with pytest.raises(ValueError, match="json:loads"):
         load_cpu_model("json:loads")  # needs an argument: TypeError inside the factory call

@@ -148,7 +148,9 @@ def test_registry_refuses_a_different_signature() -> None:
     wider = dataclasses.replace(DOUBLE, inputs=(dataclasses.replace(VEC, shape=(-1, 3)),))
     unbatched = dataclasses.replace(DOUBLE, max_batch_size=0)
     registry = ModelRegistry()
-    registry.rebuild([FakeBackend("b1", DOUBLE), FakeBackend("b2", wider), FakeBackend("b3", unbatched)])
+    registry.rebuild(
+        [FakeBackend("b1", DOUBLE), FakeBackend("b2", wider), FakeBackend("b3", unbatched)]
+    )
     spec, backends = registry.resolve("double")
     assert spec == DOUBLE
     assert [b.id for b in backends] == ["b1"]
@@ -159,7 +161,9 @@ def test_registry_not_found_messages() -> None:
     with pytest.raises(ModelNotFound, match="unknown model 'double'; models served: none"):
         registry.resolve("double")
     registry.rebuild([FakeBackend("b1", DOUBLE, TRIPLE)])
-    with pytest.raises(ModelNotFound, match="unknown model 'dobule'; models served: double, triple"):
+    with pytest.raises(
+        ModelNotFound, match="unknown model 'dobule'; models served: double, triple"
+    ):
         registry.resolve("dobule")
     with pytest.raises(ModelNotFound) as info:
         registry.resolve("double", "3")
@@ -179,7 +183,10 @@ async def test_infer_routes_and_balances_outstanding_calls() -> None:
         b1.gate.set()
         result = await first
         assert (result.backend_id, result.id, result.model_name, result.model_version) == (
-            "b1", "r1", "double", "1"
+            "b1",
+            "r1",
+            "double",
+            "1",
         )
         np.testing.assert_array_equal(result.outputs["Y"], [[0.0, 2.0]])
         assert (await scheduler.infer(_request())).backend_id == "b1"  # nothing outstanding

@@ -113,7 +113,6 @@ def test_duplicate_requested_output() -> None:
         validate_requested_outputs(BATCHING, ("SCORE", "SCORE"))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: unmapped numpy dtype -> ValueError")
 @pytest.mark.parametrize("dtype", ["<U3", ">f4", "complex64"])
 def test_numpy_dtype_without_kserve_datatype_is_invalid_argument(dtype: str) -> None:
     inputs = {**_inputs(), "FEATURES": np.zeros((2, 3), dtype=dtype)}
