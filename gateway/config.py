@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -47,6 +47,34 @@ class Settings(BaseSettings):
     )
     cpu_workers: int | None = Field(None, gt=0, description="CPU backend threads")
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
+    dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
+    triton_metrics_port: int | None = Field(
+        8002, ge=1, le=65535, description="Triton's metrics port on each endpoint's host"
+    )
+    triton_metrics_urls: dict[str, str] = Field(
+        default_factory=dict, description="metrics URL per endpoint, overriding the port rule"
+    )
+    nvml: bool = Field(True, description="read local GPUs through NVML")
+    telemetry_interval_s: float = Field(1.0, gt=0, description="telemetry poll period")
+    telemetry_max_age_s: float = Field(5.0, gt=0, description="older readings count as unknown")
+    memory_headroom_bytes: int = Field(512 * 1024 * 1024, ge=0, description="GPU memory spare")
+    model_memory_bytes: dict[str, int] = Field(
+        default_factory=dict, description="memory a model needs on a GPU, by model name"
+    )
+    max_in_flight_per_backend: int = Field(256, gt=0, description="calls a backend may hold")
+    max_gpu_utilization: float = Field(0.98, gt=0, le=1, description="busier GPUs are skipped")
+    breaker_failure_threshold: int = Field(5, gt=0, description="failures that eject a backend")
+    breaker_base_backoff_s: float = Field(1.0, gt=0, description="first ejection period")
+    breaker_max_backoff_s: float = Field(30.0, gt=0, description="longest ejection period")
+    batching_layer: Literal["gateway", "backend", "none"] = Field(
+        "gateway", description="who batches: the gateway, Triton's own batcher, or nobody"
+    )
+    batching_layer_by_model: dict[str, Literal["gateway", "backend", "none"]] = Field(
+        default_factory=dict, description="batching_layer per model"
+    )
+    default_max_queue_delay_us: int = Field(
+        0, ge=0, description="gateway batching delay for models whose config sets none"
+    )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -55,8 +83,12 @@ class Settings(BaseSettings):
     def _endpoints(cls, value: list[str]) -> list[str]:
         for endpoint in value:
             host, sep, port = endpoint.rpartition(":")
+            if endpoint.startswith("dns:///"):
+                host, sep, port = endpoint.removeprefix("dns:///").rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                raise ValueError(f"Triton endpoint {endpoint!r} must look like host:port")
+                raise ValueError(
+                    f"Triton endpoint {endpoint!r} must look like host:port or dns:///name:port"
+                )
         return value
 
     @field_validator("log_level")

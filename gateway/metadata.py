@@ -85,4 +85,13 @@ def model_statistics(spec: ModelSpec, stats: ModelStats, version: str) -> pb.Mod
             queue=_duration(stats.queue),
             compute_infer=_duration(stats.compute_infer),
         ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=rows,
+                compute_infer=pb.StatisticDuration(
+                    count=count, ns=int(stats.batch_compute_s.get(rows, 0.0) * 1e9)
+                ),
+            )
+            for rows, count in sorted(stats.batch_sizes.items())
+        ],
     )

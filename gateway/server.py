@@ -21,7 +21,15 @@ from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import load_cpu_model
 from scheduler.backends.triton import TritonBackend
 from scheduler.clock import MonotonicClock
+from scheduler.config import SchedulerConfig
+from scheduler.discovery import DnsEndpointGroup, parse_dns_endpoint
 from scheduler.dispatcher import Scheduler
+from scheduler.health import BreakerConfig
+from scheduler.telemetry.cpu import CpuProvider
+from scheduler.telemetry.monitor import DeviceMonitor
+from scheduler.telemetry.nvml import NvmlProvider
+from scheduler.telemetry.providers import TelemetryProvider
+from scheduler.telemetry.triton_metrics import TritonMetricsProvider
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +44,91 @@ def _version() -> str:
 
 
 def build_backends(settings: Settings) -> list[Backend]:
-    """The backends the settings describe: one per Triton endpoint, one CPU pool."""
+    """The static backends the settings describe: one per ``host:port`` Triton
+    endpoint, one CPU pool. ``dns:///`` endpoints become backends at run time."""
     backends: list[Backend] = []
     for endpoint in settings.triton_endpoints:
-        backends.append(TritonBackend(endpoint, max_message_bytes=settings.max_message_bytes))
+        if parse_dns_endpoint(endpoint) is None:
+            backends.append(triton_backend(settings, endpoint))
     if settings.cpu_models:
         try:
             models = [load_cpu_model(ref) for ref in settings.cpu_models]
         except ValueError as exc:
             raise ConfigError(f"cpu_models: {exc}") from None
         backends.append(CpuBackend(models, workers=settings.cpu_workers))
-    if not backends:
+    if not settings.triton_endpoints and not backends:
         raise ConfigError("nothing to serve: set triton_endpoints and/or cpu_models")
     return backends
+
+
+def triton_backend(settings: Settings, target: str) -> TritonBackend:
+    return TritonBackend(target, max_message_bytes=settings.max_message_bytes)
+
+
+def metrics_url(settings: Settings, endpoint: str) -> str | None:
+    """Where a Triton endpoint's Prometheus metrics are, if anywhere."""
+    if endpoint in settings.triton_metrics_urls:
+        return settings.triton_metrics_urls[endpoint]
+    if settings.triton_metrics_port is None:
+        return None
+    host = endpoint.rpartition(":")[0]
+    return f"http://{host}:{settings.triton_metrics_port}/metrics"
+
+
+def scheduler_config(settings: Settings) -> SchedulerConfig:
+    return SchedulerConfig(
+        health_interval_s=settings.health_interval_s,
+        dns_interval_s=settings.dns_interval_s,
+        breaker=BreakerConfig(
+            failure_threshold=settings.breaker_failure_threshold,
+            base_backoff_s=settings.breaker_base_backoff_s,
+            max_backoff_s=settings.breaker_max_backoff_s,
+        ),
+        telemetry_max_age_s=settings.telemetry_max_age_s,
+        memory_headroom_bytes=settings.memory_headroom_bytes,
+        model_memory_bytes=dict(settings.model_memory_bytes),
+        max_in_flight_per_backend=settings.max_in_flight_per_backend,
+        max_gpu_utilization=settings.max_gpu_utilization,
+        batching_layer=settings.batching_layer,
+        batching_layer_by_model=dict(settings.batching_layer_by_model),
+        default_max_queue_delay_us=settings.default_max_queue_delay_us,
+    )
+
+
+def build_scheduler(settings: Settings, clock: MonotonicClock) -> Scheduler:
+    """The scheduler, its backends, DNS groups and device monitor, from settings."""
+    backends = build_backends(settings)
+    providers: list[TelemetryProvider] = [CpuProvider()]
+    if settings.nvml:
+        providers.append(NvmlProvider())
+    for backend in backends:
+        if isinstance(backend, TritonBackend) and (url := metrics_url(settings, backend.url)):
+            providers.append(TritonMetricsProvider(url, backend.id))
+    monitor = DeviceMonitor(providers, clock=clock, interval_s=settings.telemetry_interval_s)
+    groups = [
+        DnsEndpointGroup(*parsed)
+        for endpoint in settings.triton_endpoints
+        if (parsed := parse_dns_endpoint(endpoint)) is not None
+    ]
+    scheduler = Scheduler(
+        backends,
+        clock=clock,
+        config=scheduler_config(settings),
+        monitor=monitor,
+        dns_groups=groups,
+        backend_factory=lambda target: triton_backend(settings, target),
+    )
+
+    def watch(backend: Backend) -> None:
+        if isinstance(backend, TritonBackend) and (url := metrics_url(settings, backend.url)):
+            monitor.add_provider(TritonMetricsProvider(url, backend.id))
+
+    def unwatch(backend: Backend) -> None:
+        monitor.remove_provider(f"triton-metrics:{backend.id}")
+
+    scheduler.fleet.on_added.append(watch)
+    scheduler.fleet.on_removed.append(unwatch)
+    return scheduler
 
 
 class GatewayServer:
@@ -63,9 +143,7 @@ class GatewayServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         clock = MonotonicClock()
-        self.scheduler = Scheduler(
-            build_backends(settings), clock=clock, health_interval_s=settings.health_interval_s
-        )
+        self.scheduler = build_scheduler(settings, clock)
         self.servicer = InferenceServicer(
             self.scheduler,
             clock=clock,

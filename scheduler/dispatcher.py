@@ -1,7 +1,7 @@
-"""The scheduler's front: admit a request, place it on a backend, run it, retry.
+"""The scheduler's front: admit, batch, place on a backend, run, retry.
 
-This is the seam the gateway talks to. Batching and the predicted-finish-time
-policy slot in behind ``infer`` without the gateway noticing.
+This is the seam the gateway talks to (``infer``, the model queries and the
+admin views). ``scheduler`` never imports ``gateway``.
 """
 
 from __future__ import annotations
@@ -10,34 +10,46 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 
 from scheduler.backends.base import Backend
+from scheduler.backends.cpu import CpuBackend
+from scheduler.batching import Batcher, BatchInfo, policy_from_triton_config
+from scheduler.candidates import CandidateBuilder
 from scheduler.clock import Clock, MonotonicClock
+from scheduler.config import SchedulerConfig
+from scheduler.discovery import DnsEndpointGroup
 from scheduler.errors import DeadlineExceeded, GatewayError, ModelNotFound, Unavailable
-from scheduler.placement import Candidate, Decision, choose
+from scheduler.estimator import ServiceTimeEstimator
+from scheduler.fleet import BackendFactory, BackendState, Fleet
+from scheduler.placement import Decision, Tier, Verdict, place
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult
-from scheduler.spec import ModelSpec
+from scheduler.spec import ModelSpec, Tensor
 from scheduler.stats import ModelStats
+from scheduler.telemetry.monitor import DeviceMonitor
 from scheduler.validation import validate_inputs, validate_requested_outputs
 
 log = logging.getLogger(__name__)
 
 
+def default_tier(backend: Backend) -> Tier:
+    """Triton servers stand for accelerators; the local CPU pool is the spill tier."""
+    return Tier.CPU if isinstance(backend, CpuBackend) else Tier.ACCELERATOR
+
+
 class Scheduler:
-    """Routes requests to backends and keeps the fleet's health current.
+    """Routes each batch to the backend that finishes it soonest within its deadline.
 
-    Per request: resolve the model, validate the tensors, then loop: build
-    candidates (health, outstanding calls), ask the pure placement policy,
-    call the backend. A retryable failure (backend down, model gone there)
-    marks the backend and tries the next candidate while the deadline leaves
-    time; anything else ends the request with its own status.
-
-    Health is passive and active: a backend that fails with UNAVAILABLE is
-    marked down at once (so callers are not sent to it again), and a
-    background loop probes every backend, readmits the ones that answer and
-    re-discovers their models.
+    Per request: resolve the model and validate the tensors; if the gateway
+    batches the model, the request joins its ``Batcher`` (which merges callers
+    and calls ``_run_batch``), else it runs alone through ``_run_batch``.
+    ``_run_batch`` builds the candidates (breaker, drain, in-flight work,
+    learned service time, fresh telemetry), asks the pure ``place`` policy,
+    and calls the chosen backend. Outcomes feed the estimator and the
+    circuit breakers; a retryable failure is retried on the next-best backend
+    while the deadline leaves time. Every decision is kept, with its reason.
     """
 
     def __init__(
@@ -45,32 +57,52 @@ class Scheduler:
         backends: Sequence[Backend],
         *,
         clock: Clock | None = None,
-        health_interval_s: float = 2.0,
-        decision_log_size: int = 256,
+        config: SchedulerConfig | None = None,
+        monitor: DeviceMonitor | None = None,
+        dns_groups: list[DnsEndpointGroup] | None = None,
+        backend_factory: BackendFactory | None = None,
+        tier_of: Callable[[Backend], Tier] = default_tier,
     ) -> None:
-        ids = [b.id for b in backends]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"backend ids must be unique: {ids}")
-        self._backends = list(backends)
-        self._order = {b.id: i for i, b in enumerate(backends)}
         self._clock = clock or MonotonicClock()
-        self._health_interval_s = health_interval_s
-        self._healthy: dict[str, bool] = {b.id: False for b in backends}
-        self._outstanding: dict[str, int] = defaultdict(int)
+        self.config = config or SchedulerConfig()
+        self.monitor = monitor
+        self.fleet = Fleet(
+            list(backends),
+            clock=self._clock,
+            tier_of=tier_of,
+            breaker=self.config.breaker,
+            dns_groups=dns_groups,
+            factory=backend_factory,
+        )
+        self.fleet.on_change.append(self._fleet_changed)
+        self.estimator = ServiceTimeEstimator()
+        self._candidates = CandidateBuilder(self.config)
         self._registry = ModelRegistry()
+        self._batchers: dict[str, Batcher] = {}
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
-        self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
+        self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
-        """Start every backend; one that is down is logged and probed later."""
-        await asyncio.gather(*(self._start_backend(b) for b in self._backends))
-        # Every backend's last-known models stay routable; health decides at
-        # placement time, so a backend that goes down shows its models as
-        # UNAVAILABLE rather than making them vanish (NOT_FOUND).
-        self._registry.rebuild(self._backends)
-        task = asyncio.create_task(self._health_loop(), name="scheduler-health")
+        """Start every backend (one that is down is probed later) and the loops."""
+        await self.fleet.start()
+        if self.monitor is not None:
+            await self.monitor.start()
+        self._every(self.config.health_interval_s, self.fleet.probe, "health")
+        self._every(self.config.rediscover_interval_s, self.fleet.rediscover, "rediscover")
+        self._every(self.config.dns_interval_s, self.fleet.refresh_dns, "dns")
+
+    def _every(self, period_s: float, job: Callable[[], Awaitable[None]], name: str) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(period_s)
+                try:
+                    await job()
+                except Exception:  # a failed round must not end the loop
+                    log.exception("scheduler %s round failed", name)
+
+        task = asyncio.create_task(loop(), name=f"scheduler-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -80,46 +112,31 @@ class Scheduler:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(b.aclose() for b in self._backends), return_exceptions=True)
+        await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+        if self.monitor is not None:
+            await self.monitor.aclose()
+        await self.fleet.aclose()
 
-    async def _start_backend(self, backend: Backend) -> None:
-        try:
-            await backend.start()
-            self._healthy[backend.id] = True
-        except GatewayError as exc:
-            log.warning("backend %s is not available at start: %s", backend.id, exc.message)
+    def _fleet_changed(self) -> None:
+        self._registry.rebuild(self.fleet.backends())
+        for state in self.fleet:
+            for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
+                self.estimator.seed(state.id, name, rows, seconds)
+        for name, batcher in list(self._batchers.items()):
+            if name not in {s.name for s in self._registry.specs()}:
+                del self._batchers[name]
+                asyncio.get_running_loop().create_task(batcher.aclose())
+            else:
+                batcher.notify_capacity()
 
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._health_interval_s)
-            await self.check_health()
-
-    async def check_health(self) -> None:
-        """Probe every backend; re-discover the ones that came back."""
-        changed = False
-        for backend in self._backends:
-            ok = await backend.health()
-            if ok and not self._healthy[backend.id]:
-                try:
-                    await backend.start()
-                except GatewayError as exc:
-                    log.info("backend %s answers but discovery failed: %s", backend.id, exc)
-                    ok = False
-                else:
-                    log.info("backend %s is healthy again", backend.id)
-            if ok != self._healthy[backend.id]:
-                self._healthy[backend.id] = ok
-                changed = True
-        if changed:
-            self._registry.rebuild(self._backends)
-
-    # -- queries -----------------------------------------------------------
+    # -- queries -------------------------------------------------------------
     @property
-    def backends(self) -> Sequence[Backend]:
-        return self._backends
+    def backends(self) -> list[Backend]:
+        return self.fleet.backends()
 
     def is_healthy(self, backend_id: str) -> bool:
-        return self._healthy.get(backend_id, False)
+        state = self.fleet.get(backend_id)
+        return state is not None and state.usable(self._clock.now())
 
     def models(self) -> list[ModelSpec]:
         return self._registry.specs()
@@ -127,13 +144,26 @@ class Scheduler:
     def model(self, name: str, version: str = "") -> ModelSpec:
         return self._resolve(name, version)[0]
 
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            _, backends = self._registry.resolve(name, version)
+        except GatewayError:
+            return False
+        return any(self.is_healthy(b.id) for b in backends)
+
+    def stats(self, name: str) -> ModelStats:
+        return self._stats[name]
+
+    def batcher(self, name: str) -> Batcher | None:
+        return self._batchers.get(name)
+
     def _resolve(self, name: str, version: str) -> tuple[ModelSpec, Sequence[Backend]]:
         """The registry's answer, except that an unknown model is UNAVAILABLE,
         not NOT_FOUND, while some backend has never told us what it serves."""
         try:
             return self._registry.resolve(name, version)
         except ModelNotFound as exc:
-            unknown = [b.id for b in self._backends if not b.models() and not self._healthy[b.id]]
+            unknown = [s.id for s in self.fleet if not s.discovered]
             if unknown and name not in {s.name for s in self._registry.specs()}:
                 raise Unavailable(
                     f"{exc.message}; backends {', '.join(unknown)} are unreachable, "
@@ -141,99 +171,159 @@ class Scheduler:
                 ) from exc
             raise
 
-    def model_ready(self, name: str, version: str = "") -> bool:
-        try:
-            _, backends = self._registry.resolve(name, version)
-        except GatewayError:
-            return False
-        return any(self._healthy[b.id] for b in backends)
-
-    def stats(self, name: str) -> ModelStats:
-        return self._stats[name]
-
-    # -- the request path --------------------------------------------------
+    # -- the request path ----------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
         start = self._clock.now()
-        spec, backends = self._resolve(request.model_name, request.model_version)
+        spec, _ = self._resolve(request.model_name, request.model_version)
         validate_requested_outputs(spec, request.requested_outputs)
         validate_inputs(spec, request.inputs)
         first = next(iter(request.inputs.values()), None)
         rows = first.shape[0] if first is not None and spec.max_batch_size > 0 else 1
         stats = self._stats[spec.name]
-        tried: list[str] = []
-        last_error: GatewayError | None = None
-        queue_s = compute_s = 0.0
         try:
-            while True:
-                now = self._clock.now()
-                if request.deadline is not None and now >= request.deadline:
-                    raise DeadlineExceeded(
-                        f"deadline exceeded before model '{spec.name}' could run"
-                        + (f" (tried {', '.join(tried)})" if tried else "")
-                    )
-                candidates = [
-                    Candidate(b.id, self._healthy[b.id], self._outstanding[b.id], self._order[b.id])
-                    for b in backends
-                    if b.id not in tried
-                ]
-                decision = choose(candidates, now)
-                if decision is None and last_error is not None:
-                    raise last_error  # the retry found nowhere else to go
-                if decision is None:
-                    down = ", ".join(b.id for b in backends) or "none"
-                    raise Unavailable(
-                        f"no healthy backend can serve model '{spec.name}' now "
-                        f"(backends: {down}; tried: {', '.join(tried) or 'none'})"
-                    )
-                self.decisions.append(decision)
-                backend = next(b for b in backends if b.id == decision.backend_id)
-                tried.append(backend.id)
-                queue_s += now - (start if len(tried) == 1 else now)
-                call_start = self._clock.now()
-                self._outstanding[backend.id] += 1
-                try:
-                    outputs = await backend.infer(
-                        spec,
-                        request.inputs,
-                        version=request.model_version,
-                        outputs=request.requested_outputs,
-                        parameters=request.parameters,
-                        deadline=request.deadline,
-                        trace_context=request.trace_context,
-                    )
-                except GatewayError as exc:
-                    if not exc.retryable:
-                        raise
-                    if exc.code == "UNAVAILABLE":
-                        self._mark_down(backend.id, exc.message)
-                    log.info("retrying model %s elsewhere after: %s", spec.name, exc.message)
-                    last_error = exc
-                    continue
-                finally:
-                    self._outstanding[backend.id] -= 1
-                    compute_s += self._clock.now() - call_start
-                break
+            batcher = self._batcher_for(spec)
+            if batcher is not None:
+                outputs = await batcher.submit(request)
+            else:
+                info = BatchInfo(
+                    model_name=spec.name,
+                    model_version=request.model_version,
+                    size=rows,
+                    request_ids=(request.id,),
+                    deadline=request.deadline,
+                    trigger="idle",
+                    outputs=request.requested_outputs,
+                    priority=request.priority,
+                    parameters=request.parameters,
+                    trace_contexts=(request.trace_context,),
+                    enqueued_at=(start,),
+                )
+                outputs = dict(await self._run_batch(spec, dict(request.inputs), info))
         except GatewayError:
-            stats.record(
-                ok=False, total_s=self._clock.now() - start, queue_s=0, compute_s=0, rows=0
-            )
+            stats.record_request(ok=False, total_s=self._clock.now() - start, rows=rows)
             raise
-        stats.record(
-            ok=True,
-            total_s=self._clock.now() - start,
-            queue_s=queue_s,
-            compute_s=compute_s,
-            rows=rows,
-        )
+        stats.record_request(ok=True, total_s=self._clock.now() - start, rows=rows)
         return InferResult(
             model_name=spec.name,
             model_version=request.model_version or spec.versions[-1],
             outputs=outputs,
             id=request.id,
-            backend_id=backend.id,
         )
 
-    def _mark_down(self, backend_id: str, why: str) -> None:
-        if self._healthy.get(backend_id):
-            log.warning("backend %s marked down: %s", backend_id, why)
-            self._healthy[backend_id] = False
+    def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
+        batcher = self._batchers.get(spec.name)
+        if batcher is not None or spec.max_batch_size <= 0:
+            return batcher
+        layer = self.config.batching_layer_by_model.get(spec.name, self.config.batching_layer)
+        policy = policy_from_triton_config(spec.config, spec.max_batch_size, layer=layer)
+        if not policy.enabled:
+            return None
+        if not policy.max_queue_delay_us and self.config.default_max_queue_delay_us:
+            policy = replace(policy, max_queue_delay_us=self.config.default_max_queue_delay_us)
+        batcher = Batcher(
+            spec,
+            policy,
+            self._run_batch,
+            clock=self._clock,
+            capacity=lambda: self._capacity(spec),
+        )
+        self._batchers[spec.name] = batcher
+        return batcher
+
+    def _capacity(self, spec: ModelSpec) -> int:
+        """Batches this model's usable backends can run at once."""
+        now = self._clock.now()
+        total = sum(
+            _concurrency(s, spec) * self.config.pipeline_depth
+            for s in self._serving(spec)
+            if s.usable(now)
+        )
+        return max(total, 1)
+
+    def _serving(self, spec: ModelSpec) -> list[BackendState]:
+        _, backends = self._registry.resolve(spec.name)
+        states = (self.fleet.get(b.id) for b in backends)
+        return [s for s in states if s is not None]
+
+    async def _run_batch(
+        self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
+    ) -> Mapping[str, Tensor]:
+        tried: set[str] = set()
+        last_error: GatewayError | None = None
+        while True:
+            now = self._clock.now()
+            states = [s for s in self._serving(spec) if s.id not in tried]
+            snapshot = self.monitor.snapshot() if self.monitor is not None else None
+            candidates = self._candidates.build(
+                spec, info.size, states, self.estimator, snapshot, now, _concurrency
+            )
+            decision = place(
+                candidates,
+                now=now,
+                deadline=info.deadline,
+                unknown_service_s=self.config.unknown_service_s,
+            )
+            self.decisions.append(decision)
+            if decision.backend_id is None:
+                if last_error is not None:
+                    raise last_error  # the retry found nowhere else to go
+                if decision.verdict is Verdict.TOO_LATE:
+                    raise DeadlineExceeded(f"model '{spec.name}': {decision.reason}")
+                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+            state = next(s for s in states if s.id == decision.backend_id)
+            tried.add(state.id)
+            if not state.breaker.allows(now):
+                continue  # lost the half-open trial to another call
+            try:
+                return await self._call(state, spec, inputs, info, decision)
+            except GatewayError as exc:
+                if not exc.retryable:
+                    raise
+                log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
+                last_error = exc
+
+    async def _call(
+        self,
+        state: BackendState,
+        spec: ModelSpec,
+        inputs: dict[str, Tensor],
+        info: BatchInfo,
+        decision: Decision,
+    ) -> Mapping[str, Tensor]:
+        predicted = decision.service_s
+        state.in_flight += 1
+        state.busy_s[spec.name] += predicted
+        start = self._clock.now()
+        try:
+            outputs = await state.backend.infer(
+                spec,
+                inputs,
+                version=info.model_version,
+                outputs=info.outputs,
+                parameters=info.parameters,
+                deadline=info.deadline,
+                trace_context=info.trace_contexts[0] if info.trace_contexts else None,
+            )
+        except GatewayError as exc:
+            self.fleet.record_failure(state, exc)
+            raise
+        finally:
+            state.in_flight -= 1
+            state.busy_s[spec.name] = max(0.0, state.busy_s[spec.name] - predicted)
+        elapsed = self._clock.now() - start
+        self.fleet.record_success(state)
+        self.estimator.observe(state.id, spec.name, info.size, elapsed)
+        self._stats[spec.name].record_execution(
+            rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
+        )
+        return outputs
+
+
+def _concurrency(state: BackendState, spec: ModelSpec) -> int:
+    """Model instances a backend runs in parallel: Triton's instance_group
+    counts, or the CPU backend's worker threads."""
+    own = state.backend.models().get(spec.name, spec)
+    groups = own.config.get("instance_group") if own.config else None
+    if groups:
+        return max(1, sum(int(g.get("count", 1)) for g in groups))
+    return int(getattr(state.backend, "workers", 1))

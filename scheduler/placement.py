@@ -1,54 +1,163 @@
-"""Placement: which backend runs a piece of work. Pure: no I/O, ``now`` passed in.
+"""Placement: which backend runs a batch. Pure: no I/O, ``now`` passed in.
 
-This first policy is join-the-shortest-queue over healthy backends; the
-predicted-finish-time policy (telemetry, learned service times, deadlines)
-replaces its scoring without changing the seam: candidates in, Decision out.
+The score is the predicted finish time: the work already queued on a backend
+plus the predicted service time of this batch there, in seconds, so a slow CPU
+and a fast GPU compete on one scale. Candidates are laid out as a struct of
+numpy arrays (one row per backend) so one decision over many backends costs a
+handful of vector operations (``loadtests/placement_bench.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Tier(enum.IntEnum):
+    """Accelerators are preferred; the CPU tier takes work only as a spill."""
+
+    ACCELERATOR = 0
+    CPU = 1
+
+
+class Verdict(enum.Enum):
+    PLACED = "placed"
+    SPILLED = "spilled"  # placed on the CPU tier because no accelerator could make it
+    NO_CAPACITY = "no_capacity"  # nothing available: down, ejected, full or over limits
+    TOO_LATE = "too_late"  # something is available, but nothing can finish in time
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    """A backend as the policy sees it at one instant."""
+class Candidates:
+    """One row per backend that serves the model, as the policy sees it now.
 
-    backend_id: str
-    healthy: bool
-    outstanding: int
-    #: Registration order; breaks ties so placement is deterministic.
-    order: int = 0
+    ``available``: healthy, breaker admits, not drained. ``memory_ok`` and
+    ``load_ok`` are already False only where *fresh* telemetry says so:
+    unknown or stale telemetry never excludes a backend and never makes one
+    look idle. ``service_s`` is NaN where nothing is known yet.
+    """
+
+    backend_ids: tuple[str, ...]
+    tier: npt.NDArray[np.int8]
+    available: npt.NDArray[np.bool_]
+    memory_ok: npt.NDArray[np.bool_]
+    load_ok: npt.NDArray[np.bool_]
+    queued_s: npt.NDArray[np.float64]
+    service_s: npt.NDArray[np.float64]
+    telemetry_age_s: npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The chosen backend, the runner-up, and why, for traces and the admin view."""
+    """The outcome and why, for traces, the admin view and error messages."""
 
-    backend_id: str
+    verdict: Verdict
+    backend_id: str | None
+    predicted_s: float  # finish time from now: queued work + service_s
+    service_s: float  # the batch's own predicted service time on the chosen backend
     runner_up: str | None
+    runner_up_s: float
     reason: str
     decided_at: float
+    telemetry_age_s: float
 
 
-def choose(candidates: Sequence[Candidate], now: float) -> Decision | None:
-    """Pick the healthy candidate with the fewest calls outstanding.
+def place(
+    c: Candidates, *, now: float, deadline: float | None, unknown_service_s: float = 0.0
+) -> Decision:
+    """Choose the backend that finishes soonest, preferring accelerators that
+    meet the deadline, spilling to the CPU tier only when none can.
 
-    Returns None when no candidate is healthy; the caller turns that into
-    UNAVAILABLE with the list of backends it tried.
+    Without a deadline any available accelerator beats the CPU tier; with one,
+    a backend counts only if its predicted finish is within the time left.
+    When something is available but nothing can finish in time the verdict is
+    TOO_LATE, so the caller fails fast instead of queueing doomed work.
     """
-    healthy = sorted((c for c in candidates if c.healthy), key=lambda c: (c.outstanding, c.order))
-    if not healthy:
-        return None
-    best = healthy[0]
-    runner_up = healthy[1] if len(healthy) > 1 else None
-    reason = f"least outstanding: {best.backend_id} has {best.outstanding}"
-    if runner_up is not None:
-        reason += f", runner-up {runner_up.backend_id} has {runner_up.outstanding}"
+    service = np.where(np.isnan(c.service_s), unknown_service_s, c.service_s)
+    finish = c.queued_s + service
+    usable = c.available & c.memory_ok & c.load_ok
+    left = np.inf if deadline is None else deadline - now
+    in_time = usable & (finish <= left)
+    accelerators = c.tier == Tier.ACCELERATOR
+    verdict = Verdict.PLACED
+    pool = in_time & accelerators
+    if not pool.any():
+        pool = in_time & ~accelerators
+        verdict = Verdict.SPILLED if pool.any() and (usable & accelerators).any() else verdict
+    if not pool.any():
+        return _refusal(c, finish, usable, left, now)
+    scores = np.where(pool, finish, np.inf)
+    best = int(np.argmin(scores))
+    scores[best] = np.inf
+    second = int(np.argmin(scores))
+    has_second = bool(np.isfinite(scores[second]))
+    best_id = c.backend_ids[best]
+    reason = f"{best_id} predicted {finish[best] * 1e3:.2f} ms"
+    if has_second:
+        reason += f", runner-up {c.backend_ids[second]} {finish[second] * 1e3:.2f} ms"
+    if verdict is Verdict.SPILLED:
+        fastest_accel = float(np.where(usable & accelerators, finish, np.inf).min())
+        reason = (
+            f"spill: accelerators predicted {fastest_accel * 1e3:.2f} ms > "
+            f"{left * 1e3:.2f} ms left; " + reason
+        )
     return Decision(
-        backend_id=best.backend_id,
-        runner_up=runner_up.backend_id if runner_up else None,
+        verdict=verdict,
+        backend_id=best_id,
+        predicted_s=float(finish[best]),
+        service_s=float(service[best]),
+        runner_up=c.backend_ids[second] if has_second else None,
+        runner_up_s=float(finish[second]) if has_second else float("nan"),
         reason=reason,
         decided_at=now,
+        telemetry_age_s=float(c.telemetry_age_s[best]),
+    )
+
+
+def _refusal(
+    c: Candidates,
+    finish: npt.NDArray[np.float64],
+    usable: npt.NDArray[np.bool_],
+    left: float,
+    now: float,
+) -> Decision:
+    """Why nothing was chosen, worded for the caller."""
+    if usable.any():
+        best = int(np.argmin(np.where(usable, finish, np.inf)))
+        return Decision(
+            verdict=Verdict.TOO_LATE,
+            backend_id=None,
+            predicted_s=float(finish[best]),
+            service_s=float("nan"),
+            runner_up=None,
+            runner_up_s=float("nan"),
+            reason=(
+                f"no backend can finish in time: fastest {c.backend_ids[best]} predicted "
+                f"{finish[best] * 1e3:.2f} ms, {max(left, 0.0) * 1e3:.2f} ms left"
+            ),
+            decided_at=now,
+            telemetry_age_s=float(c.telemetry_age_s[best]),
+        )
+    why = []
+    for label, mask in (
+        ("unavailable", ~c.available),
+        ("short of memory", c.available & ~c.memory_ok),
+        ("over load limits", c.available & c.memory_ok & ~c.load_ok),
+    ):
+        ids = [c.backend_ids[i] for i in np.flatnonzero(mask)]
+        if ids:
+            why.append(f"{label}: {', '.join(ids)}")
+    return Decision(
+        verdict=Verdict.NO_CAPACITY,
+        backend_id=None,
+        predicted_s=float("nan"),
+        service_s=float("nan"),
+        runner_up=None,
+        runner_up_s=float("nan"),
+        reason="no backend can take it now (" + ("; ".join(why) or "no backends") + ")",
+        decided_at=now,
+        telemetry_age_s=float("nan"),
     )

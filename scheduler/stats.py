@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -22,11 +23,12 @@ class Duration:
 class ModelStats:
     """What the gateway observed for one model (all backends together).
 
-    ``success``/``fail`` cover the whole request in the gateway; ``queue`` is
-    time spent before a backend call started; ``compute_infer`` the backend
-    calls themselves. ``last_inference_ms`` is wall-clock milliseconds since
-    the epoch because that is what the protocol reports; durations are
-    measured on the monotonic clock.
+    Per request: ``success``/``fail`` (whole time in the gateway) and ``queue``
+    (from admission until its backend call started). Per backend call (one
+    batch): ``compute_infer`` and ``batch_sizes``, so ``inference_count /
+    execution_count`` is the mean batch size, as in Triton.
+    ``last_inference_ms`` is wall-clock ms since the epoch because the protocol
+    reports that; durations come from the monotonic clock.
     """
 
     inference_count: int = 0
@@ -36,14 +38,20 @@ class ModelStats:
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    #: rows -> (calls, total compute seconds), like Triton's batch_stats
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    batch_compute_s: dict[int, float] = field(default_factory=dict)
 
-    def record(
-        self, *, ok: bool, total_s: float, queue_s: float, compute_s: float, rows: int
-    ) -> None:
+    def record_request(self, *, ok: bool, total_s: float, rows: int) -> None:
         (self.success if ok else self.fail).add(total_s)
         if ok:
             self.inference_count += rows
-            self.execution_count += 1
-            self.queue.add(queue_s)
-            self.compute_infer.add(compute_s)
         self.last_inference_ms = int(time.time() * 1000)
+
+    def record_execution(self, *, rows: int, compute_s: float, queue_s: list[float]) -> None:
+        self.execution_count += 1
+        self.compute_infer.add(compute_s)
+        self.batch_sizes[rows] += 1
+        self.batch_compute_s[rows] = self.batch_compute_s.get(rows, 0.0) + compute_s
+        for wait in queue_s:
+            self.queue.add(wait)

@@ -53,6 +53,11 @@ class CpuBackend:
         return self._id
 
     @property
+    def workers(self) -> int:
+        """Calls that run at once (the scheduler's concurrency for queue estimates)."""
+        return self._workers
+
+    @property
     def device(self) -> Device:
         return Device(DeviceKind.CPU, name=f"{self._workers} worker threads")
 

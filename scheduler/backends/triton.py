@@ -64,6 +64,7 @@ class TritonBackend:
         ]
         self._client = tc_aio.InferenceServerClient(url, channel_args=options)
         self._models: dict[str, ModelSpec] = {}
+        self._hints: list[tuple[str, int, float]] = []
 
     @property
     def id(self) -> str:
@@ -105,11 +106,31 @@ class TritonBackend:
                     name, as_json=True, client_timeout=timeout
                 )
                 found[name] = spec_from_triton(meta, config.get("config", {}), model_versions)
+            hints = await self._statistics_hints(timeout)
         except InferenceServerException as exc:
             raise self._translate(exc, "discovering models") from exc
         self._models = found
+        self._hints = hints
         log.info("backend %s serves %d model(s): %s", self._id, len(found), ", ".join(found))
         return found
+
+    async def _statistics_hints(self, timeout: float) -> list[tuple[str, int, float]]:
+        """Mean compute time per batch size from Triton's own statistics: a
+        prior for the service-time estimator before the gateway has measured."""
+        stats = await self._client.get_inference_statistics(as_json=True, client_timeout=timeout)
+        hints = []
+        for model in stats.get("model_stats", []):
+            for batch in model.get("batch_stats", []):
+                infer = batch.get("compute_infer", {})
+                count = int(infer.get("count", 0))
+                if count:
+                    seconds = int(infer.get("ns", 0)) / count / 1e9
+                    hints.append((model["name"], int(batch["batch_size"]), seconds))
+        return hints
+
+    def service_time_hints(self) -> list[tuple[str, int, float]]:
+        """(model, batch size, seconds) seen by Triton before we started."""
+        return list(self._hints)
 
     async def health(self) -> bool:
         try:

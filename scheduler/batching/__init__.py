@@ -1,0 +1,38 @@
+"""The dynamic batcher: per-model queues that merge many callers' requests into one backend call.
+
+policy.py   BatchingPolicy / QueuePolicy, policy_from_triton_config
+queue.py    BatchQueue: pure (``now`` passed in) priority + EDF queue and batch triggers
+merge.py    merge_inputs / split_outputs / shape_key: tensors in and out of a batch
+batcher.py  Batcher: the asyncio driver (submit, background loop, failure isolation)
+info.py     BatchInfo (what run_batch is told), RunBatch, BatcherCounters
+"""
+
+from scheduler.batching.batcher import Batcher
+from scheduler.batching.info import BatcherCounters, BatchInfo, BatchTrigger, RunBatch
+from scheduler.batching.merge import merge_inputs, shape_key, split_outputs
+from scheduler.batching.policy import (
+    BatchingPolicy,
+    BatchLayer,
+    QueuePolicy,
+    policy_from_triton_config,
+)
+from scheduler.batching.queue import Batch, BatchQueue, QueueItem, Trigger
+
+__all__ = [
+    "Batch",
+    "BatchInfo",
+    "BatchLayer",
+    "BatchQueue",
+    "BatchTrigger",
+    "Batcher",
+    "BatcherCounters",
+    "BatchingPolicy",
+    "QueueItem",
+    "QueuePolicy",
+    "RunBatch",
+    "Trigger",
+    "merge_inputs",
+    "policy_from_triton_config",
+    "shape_key",
+    "split_outputs",
+]

@@ -1,0 +1,340 @@
+"""The async batcher of one model: queue requests, cut batches, run them, split the results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from scheduler.batching.info import (
+    SCHEDULING_PARAMETERS,
+    BatcherCounters,
+    BatchInfo,
+    BatchTrigger,
+    RunBatch,
+)
+from scheduler.batching.merge import merge_inputs, params_key, rows_of, shape_key, split_outputs
+from scheduler.batching.policy import BatchingPolicy
+from scheduler.batching.queue import Batch, BatchQueue, QueueItem
+from scheduler.clock import Clock, MonotonicClock
+from scheduler.errors import (
+    BackendError,
+    Cancelled,
+    DeadlineExceeded,
+    GatewayError,
+    ResourceExhausted,
+    Unavailable,
+)
+from scheduler.request import InferRequest
+from scheduler.spec import ModelSpec, Tensor
+
+log = logging.getLogger(__name__)
+
+# The caller's own wait outlives its deadline by this much, so that the
+# batcher's expiry (with the better message) normally answers first.
+_EXPIRY_GRACE_S = 0.02
+# Floor of a timed wait, so a wake-up that is due but not actionable cannot spin.
+_MIN_SLEEP_S = 0.0002
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: InferRequest
+    rows: int
+    future: asyncio.Future[dict[str, Tensor]]
+    enqueued_at: float
+
+
+class Batcher:
+    """Batches one model's requests from many callers into few backend calls.
+
+    ``submit`` pushes the request, with the future its result goes to, into a
+    ``BatchQueue`` and waits for the future (bounded by the request's
+    deadline); a caller that goes away takes its item out of the queue before
+    dispatch. One background task per batcher loops: expire timed-out items,
+    pop due batches, then sleep until a push, a finished batch,
+    ``notify_capacity`` or the queue's ``next_wakeup``.
+
+    ``capacity()`` is how many batches the backends can run at once now.
+    While fewer are in flight, the queue is told a backend is idle and sends
+    what it holds at once (work-conserving). Beyond that, up to
+    ``queue_ahead`` more batches may be sent when a trigger (full, preferred,
+    delay, deadline) fires, so a backend that finishes finds the next batch
+    already there; past that, requests wait here, where priority, deadlines
+    and shedding still act on them, instead of in a backend's FIFO.
+
+    Each batch runs in its own task: merge inputs, ``run_batch``, check one
+    output row per input row, split, and give each request what it asked for.
+    Failure isolation: a batch of several requests that fails with an error
+    that may be one member's fault (not a deadline, cancellation or
+    unavailability) is split in halves, each retried while its deadline
+    allows, down to the single request that fails alone.
+
+    Waits run on the event loop's timer, so ``clock`` must advance in real
+    time (the simulator drives ``BatchQueue`` itself on virtual time).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        policy: BatchingPolicy,
+        run_batch: RunBatch,
+        *,
+        clock: Clock | None = None,
+        capacity: Callable[[], int] | None = None,
+        queue_ahead: int = 1,
+    ) -> None:
+        if not policy.enabled:
+            raise ValueError(f"batching is off for model '{spec.name}'; do not make a Batcher")
+        if not 1 <= policy.max_batch_size <= spec.max_batch_size:
+            raise ValueError(
+                f"max_batch_size {policy.max_batch_size} of the batching policy of model "
+                f"'{spec.name}' must be within 1..{spec.max_batch_size} (the model's)"
+            )
+        self._spec = spec
+        self._policy = policy
+        self._run_batch = run_batch
+        self._clock = clock or MonotonicClock()
+        self._capacity = capacity or (lambda: 1)
+        self._queue_ahead = queue_ahead
+        self._queue: BatchQueue[_Pending] = BatchQueue(policy)
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._closed = False
+        self.counters = BatcherCounters()
+
+    # -- observation -------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def queue_depth(self) -> dict[int, int]:
+        """Queued requests by priority level."""
+        return self._queue.depth()
+
+    def notify_capacity(self) -> None:
+        """Capacity may have grown (a backend came back): look at the queue again."""
+        self._wakeup.set()
+
+    # -- submitting --------------------------------------------------------
+    async def submit(self, request: InferRequest) -> dict[str, Tensor]:
+        """The request's outputs, once its batch ran; raises what ended it otherwise.
+
+        The caller has validated the inputs against the model. Raises
+        ResourceExhausted when the request's level is full, DeadlineExceeded
+        when it times out in the queue or its deadline passes.
+        """
+        name = self._spec.name
+        if self._closed:
+            raise Unavailable(f"model '{name}' is shutting down")
+        now = self._clock.now()
+        if request.deadline is not None and now >= request.deadline:
+            raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
+        future: asyncio.Future[dict[str, Tensor]] = asyncio.get_running_loop().create_future()
+        rows = rows_of(request.inputs)
+        item = QueueItem(
+            _Pending(request, rows, future, now),
+            rows=rows,
+            key=self._key(request),
+            priority=request.priority,
+            deadline=request.deadline,
+        )
+        try:
+            self._queue.push(item, now)
+        except ResourceExhausted as exc:
+            self.counters.rejected_queue_full += 1
+            raise ResourceExhausted(
+                f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
+            ) from None
+        self.counters.submitted += 1
+        self._ensure_running()
+        self._wakeup.set()
+        timeout = None if request.deadline is None else request.deadline - now + _EXPIRY_GRACE_S
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            if self._queue.remove(item):
+                self.counters.expired_in_queue += 1
+            raise DeadlineExceeded(f"deadline exceeded waiting for model '{name}'") from None
+        except asyncio.CancelledError:
+            item.cancelled = True
+            if self._queue.remove(item):
+                self.counters.cancelled_in_queue += 1
+                self._wakeup.set()  # a smaller queue may change what is due
+            raise
+
+    def _key(self, request: InferRequest) -> Hashable:
+        # Merge only what one backend call can carry: same version, same
+        # tensor layouts, same inference parameters.
+        return (
+            request.model_version,
+            shape_key(request.inputs),
+            params_key(request.parameters, SCHEDULING_PARAMETERS),
+        )
+
+    # -- the loop ----------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._loop(), name=f"batcher-{self._spec.name}")
+
+    async def _loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            try:
+                wake_at = self._step(self._clock.now())
+            except Exception as exc:  # a bug here must not strand the queued callers
+                log.exception("batcher of model %s failed; failing its queue", self._spec.name)
+                for item in self._queue.drain():
+                    _fail(
+                        item.payload,
+                        GatewayError(f"batcher of model '{self._spec.name}' failed: {exc!r}"),
+                    )
+                wake_at = None
+            if wake_at is None:
+                await self._wakeup.wait()
+                continue
+            delay_s = max(wake_at - self._clock.now(), _MIN_SLEEP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay_s)
+
+    def _step(self, now: float) -> float | None:
+        """Expire, dispatch what is due; when to look again (None: on the next event)."""
+        for item, error in self._queue.expire(now):
+            self.counters.expired_in_queue += 1
+            _fail(item.payload, DeadlineExceeded(f"model '{self._spec.name}': {error}"))
+        self._queue.remove_cancelled()
+        capacity = self._capacity()
+        limit = capacity + self._queue_ahead
+        while self._in_flight < limit:
+            batch = self._queue.pop_batch(now, idle_capacity=self._in_flight < capacity)
+            if batch is None:
+                break
+            self._launch(batch)
+        # At the limit only timeouts can act before a batch finishes (which
+        # wakes the loop); waking for due triggers would spin.
+        return self._queue.next_wakeup(now, triggers=self._in_flight < limit)
+
+    def _launch(self, batch: Batch[_Pending]) -> None:
+        self.counters.batches_by_trigger[batch.trigger] += 1
+        self._in_flight += 1
+        members = [item.payload for item in batch.items]
+        task = asyncio.create_task(self._execute(members, batch.trigger, 0))
+        self._tasks.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        self._wakeup.set()  # capacity freed
+
+    # -- running a batch ---------------------------------------------------
+    async def _execute(self, members: list[_Pending], trigger: BatchTrigger, attempt: int) -> None:
+        live = [m for m in members if not m.future.done()]  # callers gone or timed out
+        if not live:
+            return
+        try:
+            results = await self._call(live, trigger, attempt)
+        except asyncio.CancelledError:
+            for m in live:
+                _fail(m, Unavailable(f"model '{self._spec.name}' shut down during the batch"))
+            raise
+        except GatewayError as exc:
+            error = exc
+        except Exception as exc:  # a bug in run_batch must not leave callers waiting forever
+            log.exception("batch of model %s failed unexpectedly", self._spec.name)
+            error = BackendError(f"batch failed: {exc!r}", backend_id="")
+            error.__cause__ = exc
+        else:
+            for m, outputs in zip(live, results, strict=True):
+                if not m.future.done():
+                    m.future.set_result(outputs)
+            return
+        self.counters.failed_batches += 1
+        if len(live) > 1 and _may_be_one_members_fault(error) and self._time_left(live):
+            self.counters.isolation_splits += 1
+            half = len(live) // 2
+            await asyncio.gather(
+                self._execute(live[:half], "split", attempt + 1),
+                self._execute(live[half:], "split", attempt + 1),
+            )
+            return
+        for m in live:
+            _fail(m, error)
+
+    async def _call(
+        self, live: list[_Pending], trigger: BatchTrigger, attempt: int
+    ) -> list[dict[str, Tensor]]:
+        requests = [m.request for m in live]
+        rows = [m.rows for m in live]
+        deadlines = [r.deadline for r in requests if r.deadline is not None]
+        head = requests[0]
+        info = BatchInfo(
+            model_name=self._spec.name,
+            model_version=head.model_version,
+            size=sum(rows),
+            request_ids=tuple(r.id for r in requests),
+            deadline=min(deadlines, default=None),
+            trigger=trigger,
+            outputs=self._union_of_outputs(requests),
+            priority=min(self._policy.level_of(r.priority) for r in requests),
+            parameters={k: v for k, v in head.parameters.items() if k not in SCHEDULING_PARAMETERS},
+            trace_contexts=tuple(r.trace_context for r in requests),
+            enqueued_at=tuple(m.enqueued_at for m in live),
+            attempt=attempt,
+        )
+        self.counters.batch_sizes[info.size] += 1
+        start = self._clock.now()
+        outputs = await self._run_batch(
+            self._spec, merge_inputs([r.inputs for r in requests]), info
+        )
+        self._queue.record_service(self._clock.now() - start)
+        parts = split_outputs(outputs, rows)
+        return [self._select(r, part) for r, part in zip(requests, parts, strict=True)]
+
+    def _union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
+        if any(not r.requested_outputs for r in requests):
+            return ()
+        wanted = {name for r in requests for name in r.requested_outputs}
+        return tuple(o.name for o in self._spec.outputs if o.name in wanted)
+
+    def _select(self, request: InferRequest, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not request.requested_outputs:
+            return outputs
+        missing = [n for n in request.requested_outputs if n not in outputs]
+        if missing:
+            raise BackendError(
+                f"model '{self._spec.name}' returned no output {', '.join(map(repr, missing))}",
+                backend_id="",
+            )
+        return {name: outputs[name] for name in request.requested_outputs}
+
+    def _time_left(self, live: list[_Pending]) -> bool:
+        deadlines = [m.request.deadline for m in live if m.request.deadline is not None]
+        return not deadlines or self._clock.now() < min(deadlines)
+
+    # -- closing -----------------------------------------------------------
+    async def aclose(self) -> None:
+        """Stop the loop and every batch; fail what is still queued with UNAVAILABLE."""
+        self._closed = True
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for item in self._queue.drain():
+            _fail(item.payload, Unavailable(f"model '{self._spec.name}' is shutting down"))
+
+
+def _may_be_one_members_fault(error: GatewayError) -> bool:
+    # A deadline, a cancellation or a backend that is down fails every member
+    # alike; splitting would only multiply the load. Anything else may be one
+    # request's data (or a batch too large for the device), so split.
+    return not isinstance(error, DeadlineExceeded | Cancelled | Unavailable)
+
+
+def _fail(pending: _Pending, error: GatewayError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

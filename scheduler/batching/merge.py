@@ -1,0 +1,94 @@
+"""Merging requests' tensors into one batch and splitting the batch's outputs back.
+
+Every batched tensor has the batch as its first dimension, so merging is a
+concatenation along axis 0 and splitting is slicing at the running row
+offsets. BYTES tensors are numpy object arrays and concatenate the same way;
+their elements may differ in length, only the non-batch dimensions must agree,
+which is what ``shape_key`` captures. Splitting returns views of the batch's
+arrays (no copy); the batch's buffers live as long as any request holds one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from scheduler.errors import BackendError, InvalidArgument
+from scheduler.spec import Tensor
+
+#: Per input, in name order: (name, dtype string, non-batch dims).
+ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+def shape_key(inputs: Mapping[str, Tensor]) -> ShapeKey:
+    """What two requests must share to be merged: input names, dtypes, non-batch dims."""
+    return tuple(
+        (name, inputs[name].dtype.str, tuple(int(d) for d in inputs[name].shape[1:]))
+        for name in sorted(inputs)
+    )
+
+
+def rows_of(inputs: Mapping[str, Tensor]) -> int:
+    """The batch size (first dimension) a request's inputs agree on."""
+    sizes = {int(a.shape[0]) if a.ndim else -1 for a in inputs.values()}
+    if len(sizes) != 1 or min(sizes) < 1:
+        raise InvalidArgument(
+            f"inputs must share a batch size (first dimension) >= 1; got {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def params_key(parameters: Mapping[str, Any], ignore: frozenset[str]) -> Hashable:
+    """Request parameters as a hashable key: requests that differ in them are not merged."""
+    return tuple(sorted((k, v) for k, v in parameters.items() if k not in ignore))
+
+
+def merge_inputs(requests: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """One batch from many requests' inputs: each input concatenated along axis 0, in order.
+
+    A single request is passed through unchanged (zero-copy). Raises
+    InvalidArgument if the requests do not share input names, dtypes and
+    non-batch dimensions (the queue only merges requests with one
+    ``shape_key``, so this is a guard, not a path).
+    """
+    if not requests:
+        raise ValueError("merge_inputs needs at least one request")
+    if len(requests) == 1:
+        return dict(requests[0])
+    key = shape_key(requests[0])
+    for index, inputs in enumerate(requests[1:], start=1):
+        if shape_key(inputs) != key:
+            raise InvalidArgument(
+                f"request {index} of the batch does not match the first request's inputs "
+                f"(names, datatypes and non-batch dimensions must agree): "
+                f"{shape_key(inputs)} != {key}"
+            )
+    return {name: np.concatenate([inputs[name] for inputs in requests]) for name in requests[0]}
+
+
+def split_outputs(
+    outputs: Mapping[str, Tensor], rows: Sequence[int], *, backend_id: str = ""
+) -> list[dict[str, Tensor]]:
+    """Each request's slice of the batch's outputs, in the order of ``rows``.
+
+    Every output must have ``sum(rows)`` as its first dimension; a backend
+    that returns anything else has broken the batch contract, and a
+    BackendError says which output and what came back.
+    """
+    total = sum(rows)
+    for name, array in outputs.items():
+        got = int(array.shape[0]) if array.ndim else None
+        if got != total:
+            raise BackendError(
+                f"output '{name}' has shape {list(array.shape)}, but a batch of "
+                f"{len(rows)} requests with {total} rows in all needs first dimension {total}",
+                backend_id=backend_id,
+            )
+    bounds = np.cumsum([0, *rows]).tolist()
+    return [
+        {name: array[start:stop] for name, array in outputs.items()}
+        for start, stop in itertools.pairwise(bounds)
+    ]

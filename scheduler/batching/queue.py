@@ -1,0 +1,291 @@
+"""The per-model batch queue: pure decisions about which requests form the next batch.
+
+No asyncio and no clock: every method that needs the time is handed ``now``,
+so the live batcher and the discrete-event simulator share this code.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from scheduler.batching.policy import BatchingPolicy
+from scheduler.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+
+T = TypeVar("T")
+
+#: Why a batch left the queue.
+Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
+
+_INF = math.inf
+#: Weight of the newest sample in the service-time moving average.
+_SERVICE_SMOOTHING = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class QueueItem(Generic[T]):
+    """One queued request. ``payload`` is the caller's (the batcher keeps request and future).
+
+    ``key`` groups the items that may share a batch (shapes, dtypes, version,
+    parameters); ``deadline`` is the request's own absolute deadline. The
+    queue fills in ``level``, ``enqueued_at``, ``timeout_at`` and ``seq`` on push.
+    """
+
+    payload: T
+    rows: int
+    key: Hashable
+    priority: int = 0
+    deadline: float | None = None
+    cancelled: bool = False
+    level: int = field(default=0, init=False)
+    enqueued_at: float = field(default=0.0, init=False)
+    timeout_at: float | None = field(default=None, init=False)
+    delayed: bool = field(default=False, init=False)
+    seq: int = field(default=0, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(Generic[T]):
+    """Items that leave the queue together, in batch order, and why they left."""
+
+    items: tuple[QueueItem[T], ...]
+    trigger: Trigger
+
+    @property
+    def rows(self) -> int:
+        return sum(item.rows for item in self.items)
+
+
+def _order(item: QueueItem[T]) -> tuple[bool, float, int]:
+    # Within a level: timed-out-but-delayed items last, then earliest deadline
+    # first, then arrival order (items without a deadline sort after those with one).
+    return (item.delayed, _INF if item.deadline is None else item.deadline, item.seq)
+
+
+class BatchQueue(Generic[T]):
+    """Priority levels of EDF-ordered items, and the rules that cut batches from them.
+
+    Order: level 1 first; within a level, earliest deadline first, arrival
+    order on ties; items whose queue timeout passed with action ``delay`` go
+    behind the rest of their level. Items are grouped by ``key`` in that
+    order; the group of the first item is considered first, so the most
+    urgent request decides which shape is batched next, but a group further
+    down that is due is not held back by an earlier one that is not.
+
+    For a group, its *candidates* are its items in order while their rows fit
+    in ``max_batch_size``; the first that does not fit ends the candidates
+    (skipping it for smaller ones behind would starve large requests). The
+    candidates leave as a batch when, checked in this order:
+
+    - ``full``: they fill ``max_batch_size``, or the next item cannot fit;
+    - ``preferred``: a prefix of them sums to a preferred size (the longest
+      such prefix leaves);
+    - ``deadline``: the earliest candidate deadline is within the estimated
+      batch service time (an EWMA of ``record_service`` samples, 0 until one);
+    - ``delay``: the oldest candidate has waited ``max_queue_delay_us``;
+    - ``idle``: the caller says a backend has capacity now (work-conserving).
+    """
+
+    def __init__(self, policy: BatchingPolicy) -> None:
+        self._policy = policy
+        self._levels: dict[int, list[QueueItem[T]]] = {
+            level: [] for level in range(1, policy.priority_levels + 1)
+        }
+        self._seq = itertools.count()
+        self._service_s: float | None = None
+
+    # -- state -------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(len(items) for items in self._levels.values())
+
+    def depth(self) -> dict[int, int]:
+        """Queued requests by priority level."""
+        return {level: len(items) for level, items in self._levels.items()}
+
+    @property
+    def service_estimate_s(self) -> float | None:
+        return self._service_s
+
+    def record_service(self, seconds: float) -> None:
+        """A batch's service time (dispatch to result); feeds deadlines and retry hints."""
+        prev = self._service_s
+        self._service_s = seconds if prev is None else prev + _SERVICE_SMOOTHING * (seconds - prev)
+
+    def _items(self) -> Iterator[QueueItem[T]]:
+        for level in sorted(self._levels):
+            yield from self._levels[level]
+
+    # -- in and out --------------------------------------------------------
+    def push(self, item: QueueItem[T], now: float) -> None:
+        """Queue ``item``; ResourceExhausted (with a retry hint) if its level is full."""
+        policy = self._policy
+        if not 1 <= item.rows <= policy.max_batch_size:
+            raise InvalidArgument(
+                f"a request of {item.rows} rows cannot be batched: max_batch_size is "
+                f"{policy.max_batch_size}"
+            )
+        level = policy.level_of(item.priority)
+        queue_policy = policy.queue_policy(level)
+        queue = self._levels[level]
+        if len(queue) >= queue_policy.max_queue_size:
+            raise ResourceExhausted(
+                f"the queue of priority level {level} is full "
+                f"({queue_policy.max_queue_size} requests); retry later",
+                retry_after_ms=self._retry_after_ms(level),
+            )
+        item.level = level
+        item.enqueued_at = now
+        item.seq = next(self._seq)
+        if queue_policy.allow_timeout_override and item.deadline is not None:
+            item.timeout_at = None  # the request's own deadline replaces the default
+        elif queue_policy.default_timeout_us > 0:
+            item.timeout_at = now + queue_policy.default_timeout_us / 1e6
+        bisect.insort(queue, item, key=_order)
+
+    def _retry_after_ms(self, level: int) -> int:
+        # Time to drain what is ahead of a new request at this level, one batch
+        # at a time; before any batch was timed, guess with the queue delay.
+        rows_ahead = sum(i.rows for lvl, q in self._levels.items() if lvl <= level for i in q)
+        batches = math.ceil(rows_ahead / self._policy.max_batch_size)
+        per_batch_s = self._service_s or max(self._policy.max_queue_delay_s, 0.001)
+        return max(1, math.ceil(batches * per_batch_s * 1000))
+
+    def remove(self, item: QueueItem[T]) -> bool:
+        """Take ``item`` out (its caller went away); False if it already left."""
+        queue = self._levels.get(item.level, [])
+        for index, queued in enumerate(queue):
+            if queued is item:
+                del queue[index]
+                return True
+        return False
+
+    def drain(self) -> list[QueueItem[T]]:
+        """Take every item out, in queue order (the batcher is closing)."""
+        items = list(self._items())
+        for queue in self._levels.values():
+            queue.clear()
+        return items
+
+    def remove_cancelled(self) -> list[QueueItem[T]]:
+        """Drop every item marked ``cancelled``, before it can be dispatched."""
+        gone: list[QueueItem[T]] = []
+        for level, queue in self._levels.items():
+            gone.extend(i for i in queue if i.cancelled)
+            self._levels[level] = [i for i in queue if not i.cancelled]
+        return gone
+
+    def expire(self, now: float) -> list[tuple[QueueItem[T], DeadlineExceeded]]:
+        """Remove items past their deadline or their reject-timeout; demote delay-timeouts."""
+        out: list[tuple[QueueItem[T], DeadlineExceeded]] = []
+        for level, queue in self._levels.items():
+            keep: list[QueueItem[T]] = []
+            demoted = False
+            for item in queue:
+                waited_ms = (now - item.enqueued_at) * 1000
+                if item.deadline is not None and now >= item.deadline:
+                    error = DeadlineExceeded(
+                        f"deadline exceeded after {waited_ms:.1f} ms in the batch queue"
+                    )
+                    out.append((item, error))
+                elif not item.delayed and item.timeout_at is not None and now >= item.timeout_at:
+                    policy = self._policy.queue_policy(level)
+                    if policy.timeout_action == "reject":
+                        error = DeadlineExceeded(
+                            f"timed out after {waited_ms:.1f} ms in the batch queue (queue "
+                            f"policy of priority level {level}: "
+                            f"{policy.default_timeout_us} µs, action reject)"
+                        )
+                        out.append((item, error))
+                    else:
+                        item.delayed = demoted = True
+                        keep.append(item)
+                else:
+                    keep.append(item)
+            if demoted:
+                keep.sort(key=_order)
+            self._levels[level] = keep
+        return out
+
+    # -- batching decisions ------------------------------------------------
+    def _groups(self) -> Iterator[tuple[list[QueueItem[T]], bool]]:
+        """Per key, in queue order: the candidates, and whether an item was left out for size."""
+        by_key: dict[Hashable, list[QueueItem[T]]] = {}
+        for item in self._items():
+            if not item.cancelled:
+                by_key.setdefault(item.key, []).append(item)
+        limit = self._policy.max_batch_size
+        for members in by_key.values():
+            chosen: list[QueueItem[T]] = []
+            rows = 0
+            for item in members:
+                if rows + item.rows > limit:
+                    break
+                chosen.append(item)
+                rows += item.rows
+            yield chosen, len(chosen) < len(members)
+
+    def _deadline_due_at(self, chosen: list[QueueItem[T]]) -> float:
+        earliest = min((i.deadline for i in chosen if i.deadline is not None), default=_INF)
+        return earliest - (self._service_s or 0.0)
+
+    def _decide(
+        self, chosen: list[QueueItem[T]], blocked: bool, now: float, idle_capacity: bool
+    ) -> tuple[int, Trigger] | None:
+        """How many of ``chosen`` leave now, and why; None to keep waiting."""
+        policy = self._policy
+        rows = sum(i.rows for i in chosen)
+        if rows >= policy.max_batch_size or blocked:
+            return len(chosen), "full"
+        preferred = set(policy.preferred_batch_sizes)
+        cut, running = 0, 0
+        for index, item in enumerate(chosen, start=1):
+            running += item.rows
+            if running in preferred:
+                cut = index
+        if cut:
+            return cut, "preferred"
+        if now >= self._deadline_due_at(chosen):
+            return len(chosen), "deadline"
+        if now - min(i.enqueued_at for i in chosen) >= policy.max_queue_delay_s:
+            return len(chosen), "delay"
+        if idle_capacity:
+            return len(chosen), "idle"
+        return None
+
+    def pop_batch(self, now: float, idle_capacity: bool) -> Batch[T] | None:
+        """The next batch to dispatch, removed from the queue, or None if nothing is due.
+
+        Call ``expire(now)`` first: this does not check timeouts.
+        """
+        for chosen, blocked in self._groups():
+            decision = self._decide(chosen, blocked, now, idle_capacity)
+            if decision is None:
+                continue
+            count, trigger = decision
+            taken = chosen[:count]
+            for item in taken:
+                self.remove(item)
+            return Batch(tuple(taken), trigger)
+        return None
+
+    def next_wakeup(self, now: float, *, triggers: bool = True) -> float | None:
+        """When a timeout or a trigger other than ``idle`` next falls due; None if nothing will.
+
+        ``triggers=False`` asks for timeouts only (the caller could not send
+        a batch now anyway).
+        """
+        times: list[float] = []
+        for item in self._items():
+            if item.deadline is not None:
+                times.append(item.deadline)
+            if item.timeout_at is not None and not item.delayed:
+                times.append(item.timeout_at)
+        for chosen, _ in self._groups() if triggers else ():
+            times.append(min(i.enqueued_at for i in chosen) + self._policy.max_queue_delay_s)
+            times.append(self._deadline_due_at(chosen))
+        due = min(times, default=_INF)
+        return None if due == _INF else due

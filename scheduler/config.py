@@ -1,0 +1,38 @@
+"""The scheduler's own settings: plain data, validated by the gateway's config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from scheduler.batching.policy import BatchLayer
+from scheduler.health import BreakerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Knobs of placement, health and batching (see README's configuration)."""
+
+    health_interval_s: float = 2.0
+    rediscover_interval_s: float = 30.0
+    dns_interval_s: float = 10.0
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    #: Telemetry older than this is unknown, never idle.
+    telemetry_max_age_s: float = 5.0
+    #: A GPU must have this much free memory beyond the model's footprint.
+    memory_headroom_bytes: int = 512 * 1024 * 1024
+    #: Model name -> bytes it needs on a device (0 or absent: no memory check).
+    model_memory_bytes: Mapping[str, int] = field(default_factory=dict)
+    max_in_flight_per_backend: int = 256
+    max_gpu_utilization: float = 0.98
+    #: What placement assumes for a batch it has never seen on a backend: small,
+    #: so new backends get tried, but not zero, so in-flight calls still count.
+    unknown_service_s: float = 0.001
+    decision_log_size: int = 256
+    #: Which layer batches (gateway, backend = Triton's own, none), per model.
+    batching_layer: BatchLayer = "gateway"
+    batching_layer_by_model: Mapping[str, BatchLayer] = field(default_factory=dict)
+    #: Gateway batching delay for models whose config gives none (µs).
+    default_max_queue_delay_us: int = 0
+    #: How many batches a backend runs at once per model instance.
+    pipeline_depth: int = 2

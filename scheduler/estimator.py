@@ -1,0 +1,80 @@
+"""Service-time estimates per backend, model and batch size, learned online."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def bucket_of(rows: int) -> int:
+    """Batch sizes are grouped in powers of two: 1, 2, 4, 8, ..."""
+    return 1 << max(0, math.ceil(math.log2(max(rows, 1))))
+
+
+@dataclass(slots=True)
+class _Estimate:
+    seconds: float
+    observed: bool  # False while only a seed (e.g. from Triton's statistics)
+
+
+class ServiceTimeEstimator:
+    """An EWMA of observed service time per (backend, model, batch-size bucket).
+
+    ``observe`` folds a measured call into its bucket (``alpha`` weights the
+    new sample; the first observation replaces a seed outright, because a seed
+    comes from a different load or from before a restart). ``predict`` for a
+    bucket never seen fits ``time = fixed + per_row * rows`` through the two
+    nearest known buckets of that backend and model — the shape of cost a GPU
+    has — or, with one known bucket, scales it by rows (an upper bound for
+    that shape, so a guess errs towards "slower"). With nothing known it
+    returns None and the caller decides what an unknown costs.
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self._alpha = alpha
+        self._table: dict[tuple[str, str], dict[int, _Estimate]] = {}
+
+    def observe(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
+        buckets = self._table.setdefault((backend_id, model), {})
+        bucket = bucket_of(rows)
+        current = buckets.get(bucket)
+        if current is None or not current.observed:
+            buckets[bucket] = _Estimate(seconds, observed=True)
+        else:
+            current.seconds += self._alpha * (seconds - current.seconds)
+
+    def seed(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
+        """A prior (e.g. from Triton's statistics); ignored once observed."""
+        buckets = self._table.setdefault((backend_id, model), {})
+        if bucket_of(rows) not in buckets:
+            buckets[bucket_of(rows)] = _Estimate(seconds, observed=False)
+
+    def forget(self, backend_id: str) -> None:
+        for key in [k for k in self._table if k[0] == backend_id]:
+            del self._table[key]
+
+    def predict(self, backend_id: str, model: str, rows: int) -> float | None:
+        buckets = self._table.get((backend_id, model))
+        if not buckets:
+            return None
+        bucket = bucket_of(rows)
+        exact = buckets.get(bucket)
+        if exact is not None:
+            return exact.seconds
+        known = sorted(buckets, key=lambda b: abs(b - bucket))[:2]
+        if len(known) == 1:
+            (only,) = known
+            return buckets[only].seconds * max(1.0, bucket / only)
+        b1, b2 = sorted(known)
+        t1, t2 = buckets[b1].seconds, buckets[b2].seconds
+        per_row = max(0.0, (t2 - t1) / (b2 - b1))
+        return max(0.0, t1 + per_row * (bucket - b1))
+
+    def snapshot(self) -> dict[str, dict[str, dict[int, float]]]:
+        """backend -> model -> bucket -> seconds, for the admin view."""
+        view: dict[str, dict[str, dict[int, float]]] = {}
+        for (backend_id, model), buckets in self._table.items():
+            view.setdefault(backend_id, {})[model] = {b: e.seconds for b, e in buckets.items()}
+        return view

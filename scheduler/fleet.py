@@ -1,0 +1,206 @@
+"""The fleet: every backend with its tier, circuit breaker and in-flight work,
+kept healthy by probing and kept current by DNS re-resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from scheduler.backends.base import Backend
+from scheduler.clock import Clock
+from scheduler.discovery import DnsEndpointGroup
+from scheduler.errors import GatewayError
+from scheduler.health import BreakerConfig, BreakerState, CircuitBreaker
+from scheduler.placement import Tier
+
+log = logging.getLogger(__name__)
+
+#: Builds a backend for a target (``host:port``) that DNS discovery found.
+BackendFactory = Callable[[str], Backend]
+
+
+@dataclass(slots=True)
+class BackendState:
+    """One backend as the scheduler tracks it."""
+
+    backend: Backend
+    tier: Tier
+    breaker: CircuitBreaker
+    order: int
+    discovered: bool = False  # discovery succeeded at least once
+    drained: bool = False  # an operator took it out of rotation
+    in_flight: int = 0
+    #: Predicted seconds of work in flight here, per model (for queue estimates).
+    busy_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    group: str = ""  # the DNS name that brought it, if any
+
+    @property
+    def id(self) -> str:
+        return self.backend.id
+
+    def usable(self, now: float) -> bool:
+        return self.discovered and not self.drained and self.breaker.available(now)
+
+
+class Fleet:
+    """Backends by id, in registration order, with their health.
+
+    Health is passive and active. Call outcomes feed each backend's circuit
+    breaker (``record_*``). ``probe`` runs on a timer: it asks each backend
+    whose breaker admits a trial (closed, or open with its backoff served)
+    whether it is ready, discovers its models if it never has, and records the
+    result, so an ejected backend is readmitted only after it answers. DNS
+    groups are re-resolved by ``refresh_dns``; new addresses become backends
+    (built by ``factory``), vanished ones are removed.
+    """
+
+    def __init__(
+        self,
+        backends: list[Backend],
+        *,
+        clock: Clock,
+        tier_of: Callable[[Backend], Tier],
+        breaker: BreakerConfig | None = None,
+        dns_groups: list[DnsEndpointGroup] | None = None,
+        factory: BackendFactory | None = None,
+    ) -> None:
+        self._clock = clock
+        self._tier_of = tier_of
+        self._breaker_config = breaker or BreakerConfig()
+        self._states: dict[str, BackendState] = {}
+        self._next_order = 0
+        self._dns_groups = dns_groups or []
+        self._factory = factory
+        self.on_change: list[Callable[[], None]] = []
+        self.on_added: list[Callable[[Backend], None]] = []
+        self.on_removed: list[Callable[[Backend], None]] = []
+        for backend in backends:
+            self._add(backend)
+
+    def _add(self, backend: Backend, group: str = "") -> BackendState:
+        if backend.id in self._states:
+            raise ValueError(f"backend ids must be unique: {backend.id!r} twice")
+        state = BackendState(
+            backend, self._tier_of(backend), CircuitBreaker(self._breaker_config), self._next_order
+        )
+        state.group = group
+        self._next_order += 1
+        self._states[backend.id] = state
+        return state
+
+    def __iter__(self) -> Iterator[BackendState]:
+        return iter(list(self._states.values()))
+
+    def get(self, backend_id: str) -> BackendState | None:
+        return self._states.get(backend_id)
+
+    def backends(self) -> list[Backend]:
+        return [s.backend for s in self._states.values()]
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    # -- start, probe, discover ---------------------------------------------
+    async def start(self) -> None:
+        await self.refresh_dns()
+        await asyncio.gather(*(self._start(s) for s in self))
+        self._changed()
+
+    async def _start(self, state: BackendState) -> bool:
+        try:
+            await state.backend.start()
+        except GatewayError as exc:
+            state.breaker.record_failure(self._clock.now(), exc.message, fatal=True)
+            log.warning("backend %s is not available: %s", state.id, exc.message)
+            return False
+        state.discovered = True
+        return True
+
+    async def probe(self) -> None:
+        """Probe every backend whose breaker admits a trial; readmit or eject."""
+        changed = False
+        for state in self:
+            now = self._clock.now()
+            was = state.breaker.state
+            if not state.breaker.allows(now):
+                continue
+            ok = await state.backend.health()
+            if ok and (not state.discovered or was is not BreakerState.CLOSED):
+                ok = await self._start(state)  # models may have changed while away
+                changed = changed or ok
+            if ok:
+                state.breaker.record_success()
+                if was is not BreakerState.CLOSED:
+                    log.info("backend %s is healthy again", state.id)
+                    changed = True
+            else:
+                state.breaker.record_failure(now, "health probe failed", fatal=True)
+                changed = changed or was is BreakerState.CLOSED
+        if changed:
+            self._changed()
+
+    async def rediscover(self) -> None:
+        """Re-read the models of every healthy backend (models load and unload)."""
+        for state in self:
+            if state.breaker.state is BreakerState.CLOSED and state.discovered:
+                await self._start(state)
+        self._changed()
+
+    async def refresh_dns(self) -> None:
+        if not self._dns_groups or self._factory is None:
+            return
+        changed = False
+        for group in self._dns_groups:
+            change = await group.refresh()
+            for target in change.added:
+                state = self._add(self._factory(target), group=group.name)
+                for callback in self.on_added:
+                    callback(state.backend)
+                changed = True
+            for target in change.removed:
+                for state in [s for s in self if s.group == group.name]:
+                    if getattr(state.backend, "url", None) == target:
+                        await self.remove(state.id)
+                        changed = True
+        if changed:
+            # New members are discovered by the next probe, not inline.
+            self._changed()
+
+    async def remove(self, backend_id: str) -> None:
+        state = self._states.pop(backend_id, None)
+        if state is None:
+            return
+        for callback in self.on_removed:
+            callback(state.backend)
+        with contextlib.suppress(Exception):
+            await state.backend.aclose()
+        self._changed()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(s.backend.aclose() for s in self), return_exceptions=True)
+
+    # -- call outcomes ------------------------------------------------------
+    def record_success(self, state: BackendState) -> None:
+        if state.breaker.state is not BreakerState.CLOSED:
+            log.info("backend %s readmitted after a successful trial call", state.id)
+            state.breaker.record_success()
+            self._changed()
+        else:
+            state.breaker.record_success()
+
+    def record_failure(self, state: BackendState, error: GatewayError) -> None:
+        """Count a failure against the backend, unless it says nothing about it."""
+        if error.code in ("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "UNIMPLEMENTED"):
+            return
+        was = state.breaker.state
+        state.breaker.record_failure(
+            self._clock.now(), error.message, fatal=error.code == "UNAVAILABLE"
+        )
+        if was is BreakerState.CLOSED and state.breaker.state is BreakerState.OPEN:
+            log.warning("backend %s ejected: %s", state.id, error.message)
+            self._changed()
