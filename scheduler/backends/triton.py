@@ -61,6 +61,12 @@ class TritonBackend:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # gRPC's default reconnect backoff grows to minutes; the circuit
+            # breaker already paces probes, so let the channel retry promptly
+            # and a restarted server be seen within about a second.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._client = tc_aio.InferenceServerClient(url, channel_args=options)
         self._models: dict[str, ModelSpec] = {}

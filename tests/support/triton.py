@@ -374,6 +374,7 @@ def start_triton(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 90,
+    ports: Sequence[int] | None = None,
 ) -> TritonProcess:
     """Start tritonserver on free loopback ports and wait until it and all models are ready.
 
@@ -396,11 +397,13 @@ def start_triton(
 
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         server_id = f"triton_{uuid.uuid4().hex[:12]}"
-        ports = free_ports(3)
+        # Given ports (grpc, http, metrics) restart a server where clients
+        # expect it, so a port race is not retried with others then.
+        chosen = list(ports) if ports is not None else free_ports(3)
         log_path = workdir / f"tritonserver-{server_id}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
-                _command(binary, model_repository, backend_dir, ports, server_id, extra_args),
+                _command(binary, model_repository, backend_dir, chosen, server_id, extra_args),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -410,13 +413,13 @@ def start_triton(
             )
         process = TritonProcess(
             pid=popen.pid,
-            grpc_url=f"127.0.0.1:{ports[0]}",
-            http_url=f"127.0.0.1:{ports[1]}",
-            metrics_url=f"http://127.0.0.1:{ports[2]}/metrics",
+            grpc_url=f"127.0.0.1:{chosen[0]}",
+            http_url=f"127.0.0.1:{chosen[1]}",
+            metrics_url=f"http://127.0.0.1:{chosen[2]}/metrics",
             log_path=log_path,
-            grpc_port=ports[0],
-            http_port=ports[1],
-            metrics_port=ports[2],
+            grpc_port=chosen[0],
+            http_port=chosen[1],
+            metrics_port=chosen[2],
             server_id=server_id,
             _popen=popen,
         )
@@ -429,7 +432,7 @@ def start_triton(
             return process
         process.kill()
         log_tail = process.log_tail()
-        if outcome == "address-in-use" and attempt < _PORT_ATTEMPTS:
+        if outcome == "address-in-use" and attempt < _PORT_ATTEMPTS and ports is None:
             continue
         reason = {
             "address-in-use": f"ports still in use after {attempt} attempts",
