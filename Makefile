@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Arguments for `make serve`, e.g. make serve ARGS="--triton 127.0.0.1:8001 --port 9001"
 ARGS ?=
 
-.PHONY: dev serve test lint typecheck protos bench clean
+.PHONY: dev tools serve test lint typecheck protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -22,6 +22,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 dev: $(VENV)/.installed
 
+# System tools the tests use: promtool (Debian's `prometheus` package) checks the
+# metrics exposition. Installed only when missing, and only as root.
+tools:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "promtool is missing: run 'sudo apt-get install --no-install-recommends prometheus'" \
+			"(its metrics test is skipped locally and fails under CI=true)"; \
+	fi
+
 serve: dev
 	$(BIN)/inference-gateway serve $(ARGS)
 
@@ -36,7 +48,7 @@ typecheck: dev
 protos: dev
 	$(BIN)/python protos/generate.py
 
-test: dev lint typecheck
+test: dev tools lint typecheck
 	$(BIN)/python -m pytest
 
 bench: dev

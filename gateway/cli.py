@@ -1,18 +1,18 @@
 """The ``inference-gateway`` command: ``serve`` runs the gateway, ``status``
-asks a running one how it is.
+asks a running one how it is, ``admin`` talks to its admin service.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
+from gateway import admin_cli
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.config import ConfigError, load_settings
@@ -42,14 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-cpu-models", action="store_true", help="serve Triton models only")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus HTTP port; 0 = any free")
+    serve.add_argument("--metrics-port-file", type=Path, help="write the bound metrics port here")
+    serve.add_argument("--admin-port", type=int, help="admin gRPC port; 0 = any free")
+    serve.add_argument("--admin-port-file", type=Path, help="write the bound admin port here")
     status = commands.add_parser("status", help="show a running gateway's health and models")
     status.add_argument("--target", default="127.0.0.1:8001", help="gateway address")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    admin_cli.add_parser(commands)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve  # imported late: `status` needs none of it
+    from gateway.logs import configure_logging  # imported late: `status` needs none of it
+    from gateway.server import serve
 
     overrides = {
         "host": args.host,
@@ -58,13 +65,15 @@ def _serve(args: argparse.Namespace) -> int:
         "triton_endpoints": args.triton_endpoints,
         "cpu_models": [] if args.no_cpu_models else args.cpu_models,
         "log_level": args.log_level,
+        "log_format": args.log_format,
+        "metrics_port": args.metrics_port,
+        "metrics_port_file": args.metrics_port_file,
+        "admin_port": args.admin_port,
+        "admin_port_file": args.admin_port_file,
     }
     try:
         settings = load_settings(args.config, **overrides)
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"inference-gateway: {exc}", file=sys.stderr)
@@ -91,6 +100,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "admin":
+        return admin_cli.run(args)
     return _serve(args) if args.command == "serve" else _status(args)
 
 

@@ -72,11 +72,30 @@ class Settings(BaseSettings):
     batching_layer_by_model: dict[str, Literal["gateway", "backend", "none"]] = Field(
         default_factory=dict, description="batching_layer per model"
     )
+    batching: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per model, Triton dynamic_batching fields overriding its config",
+    )
     default_max_queue_delay_us: int = Field(
         0, ge=0, description="gateway batching delay for models whose config sets none"
     )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line; both carry trace ids"
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics HTTP port on `host`; 0 = any free"
+    )
+    metrics_port_file: Path | None = Field(None, description="write the bound metrics port here")
+    admin_host: str = Field("127.0.0.1", description="address of the admin gRPC service")
+    admin_port: int | None = Field(
+        None, ge=0, le=65535, description="admin gRPC port (None = off; 0 = any free)"
+    )
+    admin_port_file: Path | None = Field(None, description="write the bound admin port here")
+    admin_token: str | None = Field(
+        None, min_length=1, description="if set, admin calls need 'authorization: Bearer TOKEN'"
+    )
 
     @field_validator("triton_endpoints")
     @classmethod

@@ -7,15 +7,21 @@ import contextlib
 import logging
 import signal
 from importlib import metadata as importlib_metadata
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
 
 from gateway import reflection
+from gateway.admin import AdminServer, AdminServicer
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.config import ConfigError, Settings
+from gateway.metrics import build_registry
 from gateway.servicer import InferenceServicer
+from gateway.telemetry import Tracing, configure_tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import load_cpu_model
@@ -92,6 +98,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         batching_layer=settings.batching_layer,
         batching_layer_by_model=dict(settings.batching_layer_by_model),
         default_max_queue_delay_us=settings.default_max_queue_delay_us,
+        batching_by_model=dict(settings.batching),
     )
 
 
@@ -140,24 +147,42 @@ class GatewayServer:
     finish, then the scheduler and its backends close.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing or Tracing()
         clock = MonotonicClock()
         self.scheduler = build_scheduler(settings, clock)
+        # Metrics are always counted (cheap); they are served only with metrics_port.
+        self.registry, self.metrics = build_registry(self.scheduler, clock)
+        self.scheduler.observer = self.metrics
         self.servicer = InferenceServicer(
             self.scheduler,
             clock=clock,
             server_name="inference-gateway",
             server_version=_version(),
             stream_max_in_flight=settings.stream_max_in_flight,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
+        self.admin: AdminServer | None = None
+        if settings.admin_port is not None:
+            self.admin = AdminServer(
+                AdminServicer(self.scheduler, self.metrics, clock),
+                host=settings.admin_host,
+                port=settings.admin_port,
+                token=settings.admin_token,
+            )
+        self.metrics_port: int | None = None
+        self._metrics_http: WSGIServer | None = None
         self.health = health.aio.HealthServicer()
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        self.server = grpc.aio.server(
+            options=options, interceptors=self.tracing.server_interceptors()
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, [INFERENCE_SERVICE, health.SERVICE_NAME])
@@ -175,6 +200,11 @@ class GatewayServer:
         self.servicer.ready = True
         await self._sync_health()
         self._sync_task = asyncio.create_task(self._health_sync_loop(), name="health-sync")
+        self._start_metrics()
+        if self.admin is not None:
+            admin_port = await self.admin.start()
+            _write_port(self.settings.admin_port_file, admin_port)
+            log.info("admin service on %s:%d", self.settings.admin_host, admin_port)
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n")
         log.info(
@@ -184,6 +214,21 @@ class GatewayServer:
             ", ".join(s.name for s in self.scheduler.models()) or "none yet",
         )
         return self.port
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics_port is None:
+            return
+        try:
+            http, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host, registry=self.registry
+            )
+        except OSError as exc:
+            address = f"{self.settings.host}:{self.settings.metrics_port}"
+            raise ConfigError(f"metrics: cannot listen on {address}: {exc}") from None
+        self._metrics_http = http
+        self.metrics_port = int(http.server_port)
+        _write_port(self.settings.metrics_port_file, self.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
 
     async def _sync_health(self) -> None:
         ready = any(self.scheduler.model_ready(s.name) for s in self.scheduler.models())
@@ -209,13 +254,25 @@ class GatewayServer:
                 await self._sync_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s)
+        if self.admin is not None:
+            await self.admin.stop(0)
         await self.scheduler.aclose()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         log.info("stopped")
+        # Last, so spans of the drained requests are exported.
+        await asyncio.to_thread(self.tracing.shutdown)
+
+
+def _write_port(path: Path | None, port: int) -> None:
+    if path is not None:
+        path.write_text(f"{port}\n")
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
-    gateway = GatewayServer(settings)
+    gateway = GatewayServer(settings, configure_tracing())
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,11 +18,14 @@ import grpc
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from gateway.metrics import GatewayMetrics
 from gateway.status import abort, internal_error
+from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import GatewayError, InvalidArgument, Unimplemented
 from scheduler.request import InferRequest
+from scheduler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,12 +52,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         server_name: str,
         server_version: str,
         stream_max_in_flight: int = 64,
+        metrics: GatewayMetrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._clock = clock
         self._server_name = server_name
         self._server_version = server_version
         self._stream_max_in_flight = stream_max_in_flight
+        self._metrics = metrics
+        self._tracing = tracing or Tracing()
         self.ready = False
 
     # -- health and metadata ---------------------------------------------
@@ -141,12 +148,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        # The trace id goes back in trailing metadata, errors included, so a
+        # client's log line leads to the trace.
+        trailer = trace_id_metadata()
+        if trailer:
+            context.set_trailing_metadata(trailer)
         try:
             return await self._infer(request, context)
         except GatewayError as exc:
-            await abort(context, exc)
+            await abort(context, exc, trailer)
         except Exception as exc:
-            await abort(context, internal_error(exc))
+            await abort(context, internal_error(exc), trailer)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -155,6 +167,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         responses come back as they finish, matched by ``id`` as in Triton.
         A failed request answers with ``error_message``; the stream goes on.
         """
+        if trailer := trace_id_metadata():
+            context.set_trailing_metadata(trailer)
         results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self._stream_max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
@@ -198,6 +212,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        start = self._clock.now()
+        # "unknown" until the model resolves: a client's typo must not become
+        # a metric label of its own.
+        model, code, backend = "unknown", "OK", ""
+        try:
+            infer_request, spec = self._decode(request, context)
+            model = spec.name
+            try:
+                result = await self._scheduler.infer(infer_request)
+            finally:
+                backend = infer_request.served_by
+            return codec.encode_response(result, spec)
+        except GatewayError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.request_done(model, code, backend, self._clock.now() - start)
+
+    def _decode(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> tuple[InferRequest, ModelSpec]:
         if not request.model_name:
             raise InvalidArgument("model_name is required")
         spec = self._scheduler.model(request.model_name, request.model_version)
@@ -221,20 +260,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             by_parameter = now + timeout_us / 1e6
             deadline = by_parameter if deadline is None else min(deadline, by_parameter)
         priority = parameters.get("priority", 0)
-        result = await self._scheduler.infer(
-            InferRequest(
-                model_name=spec.name,
-                model_version=request.model_version,
-                inputs=inputs,
-                requested_outputs=tuple(o.name for o in request.outputs),
-                parameters=parameters,
-                id=request.id,
-                priority=int(priority) if isinstance(priority, int | float) else 0,
-                deadline=deadline,
-                trace_context=_w3c_headers(context),
-            )
+        infer_request = InferRequest(
+            model_name=spec.name,
+            model_version=request.model_version,
+            inputs=inputs,
+            requested_outputs=tuple(o.name for o in request.outputs),
+            parameters=parameters,
+            id=request.id,
+            priority=int(priority) if isinstance(priority, int | float) else 0,
+            deadline=deadline,
+            trace_context=self._tracing.request_context(context.invocation_metadata()),
         )
-        return codec.encode_response(result, spec)
+        return infer_request, spec
 
     # -- what the gateway does not do ------------------------------------
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
@@ -278,13 +315,3 @@ def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStream
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
     )
-
-
-def _w3c_headers(context: Context) -> dict[str, str]:
-    """Trace context headers to forward to the backend, so it joins the caller's trace."""
-    wanted = ("traceparent", "tracestate")
-    return {
-        key: value
-        for key, value in (context.invocation_metadata() or ())
-        if key in wanted and isinstance(value, str)
-    }

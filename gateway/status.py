@@ -34,8 +34,14 @@ def internal_error(exc: BaseException) -> GatewayError:
     return GatewayError(f"internal error in the gateway (reference {ref} in its logs)")
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
-    metadata = trailing_metadata(error)
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    error: GatewayError,
+    extra_metadata: tuple[tuple[str, str], ...] = (),
+) -> NoReturn:
+    """End the rpc with the error's status; ``extra_metadata`` (e.g. the trace
+    id) joins the error's own trailing metadata."""
+    metadata = trailing_metadata(error) + extra_metadata
     if metadata:
         context.set_trailing_metadata(metadata)
     await context.abort(status_code(error), error.message)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from scheduler.config import SchedulerConfig
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState
+from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier
 from scheduler.spec import ModelSpec
 from scheduler.telemetry.snapshot import DeviceSnapshot, TelemetrySnapshot
-
-Concurrency = Callable[[BackendState, ModelSpec], int]
 
 
 def _is_local(target: str) -> bool:
@@ -68,7 +67,6 @@ class CandidateBuilder:
         estimator: ServiceTimeEstimator,
         snapshot: TelemetrySnapshot | None,
         now: float,
-        concurrency: Concurrency,
     ) -> Candidates:
         n = len(states)
         cfg = self._config

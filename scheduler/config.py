@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler.batching.policy import BatchLayer
 from scheduler.health import BreakerConfig
@@ -32,6 +33,11 @@ class SchedulerConfig:
     #: Which layer batches (gateway, backend = Triton's own, none), per model.
     batching_layer: BatchLayer = "gateway"
     batching_layer_by_model: Mapping[str, BatchLayer] = field(default_factory=dict)
+    #: Per model, fields of Triton's ``dynamic_batching`` (its JSON form, e.g.
+    #: ``max_queue_delay_microseconds``, ``preferred_batch_size``,
+    #: ``default_queue_policy``) that override the model's own config, plus
+    #: ``max_batch_size`` to batch smaller than the model allows.
+    batching_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Gateway batching delay for models whose config gives none (µs).
     default_max_queue_delay_us: int = 0
     #: How many batches a backend runs at once per model instance.

@@ -13,6 +13,9 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
+from opentelemetry.trace import Tracer
+
+from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.batching import Batcher, BatchInfo, policy_from_triton_config
@@ -23,6 +26,8 @@ from scheduler.discovery import DnsEndpointGroup
 from scheduler.errors import DeadlineExceeded, GatewayError, ModelNotFound, Unavailable
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendFactory, BackendState, Fleet
+from scheduler.load import concurrency, service_sample
+from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Decision, Tier, Verdict, place
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult
@@ -62,6 +67,8 @@ class Scheduler:
         dns_groups: list[DnsEndpointGroup] | None = None,
         backend_factory: BackendFactory | None = None,
         tier_of: Callable[[Backend], Tier] = default_tier,
+        tracer: Tracer | None = None,
+        observer: SchedulerObserver | None = None,
     ) -> None:
         self._clock = clock or MonotonicClock()
         self.config = config or SchedulerConfig()
@@ -82,6 +89,8 @@ class Scheduler:
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
         self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tracer = tracer or tracing.default_tracer()
+        self.observer: SchedulerObserver = observer or NullObserver()
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -157,6 +166,17 @@ class Scheduler:
     def batcher(self, name: str) -> Batcher | None:
         return self._batchers.get(name)
 
+    def set_drained(self, backend_id: str, drained: bool) -> BackendState:
+        """Take a backend out of rotation (placement skips it) or put it back.
+        In-flight calls finish. Raises KeyError for an unknown id."""
+        state = self.fleet.get(backend_id)
+        if state is None:
+            raise KeyError(backend_id)
+        state.drained = drained
+        for batcher in self._batchers.values():
+            batcher.notify_capacity()  # capacity changed either way
+        return state
+
     def _resolve(self, name: str, version: str) -> tuple[ModelSpec, Sequence[Backend]]:
         """The registry's answer, except that an unknown model is UNAVAILABLE,
         not NOT_FOUND, while some backend has never told us what it serves."""
@@ -195,10 +215,14 @@ class Scheduler:
                     outputs=request.requested_outputs,
                     priority=request.priority,
                     parameters=request.parameters,
-                    trace_contexts=(request.trace_context,),
+                    trace_contexts=(),
                     enqueued_at=(start,),
                 )
-                outputs = dict(await self._run_batch(spec, dict(request.inputs), info))
+                try:
+                    with tracing.solo_batch(self._tracer, request.trace_context, spec.name, rows):
+                        outputs = dict(await self._run_batch(spec, dict(request.inputs), info))
+                finally:
+                    request.served_by = info.served_by[-1] if info.served_by else ""
         except GatewayError:
             stats.record_request(ok=False, total_s=self._clock.now() - start, rows=rows)
             raise
@@ -208,6 +232,7 @@ class Scheduler:
             model_version=request.model_version or spec.versions[-1],
             outputs=outputs,
             id=request.id,
+            backend_id=request.served_by,
         )
 
     def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
@@ -215,7 +240,15 @@ class Scheduler:
         if batcher is not None or spec.max_batch_size <= 0:
             return batcher
         layer = self.config.batching_layer_by_model.get(spec.name, self.config.batching_layer)
-        policy = policy_from_triton_config(spec.config, spec.max_batch_size, layer=layer)
+        config = dict(spec.config)
+        override = dict(self.config.batching_by_model.get(spec.name, {}))
+        # The gateway may batch smaller than the model allows, never larger.
+        max_batch = min(
+            int(override.pop("max_batch_size", spec.max_batch_size)), spec.max_batch_size
+        )
+        if override:
+            config["dynamic_batching"] = {**config.get("dynamic_batching", {}), **override}
+        policy = policy_from_triton_config(config, max(1, max_batch), layer=layer)
         if not policy.enabled:
             return None
         if not policy.max_queue_delay_us and self.config.default_max_queue_delay_us:
@@ -226,6 +259,7 @@ class Scheduler:
             self._run_batch,
             clock=self._clock,
             capacity=lambda: self._capacity(spec),
+            tracer=self._tracer,
         )
         self._batchers[spec.name] = batcher
         return batcher
@@ -234,7 +268,7 @@ class Scheduler:
         """Batches this model's usable backends can run at once."""
         now = self._clock.now()
         total = sum(
-            _concurrency(s, spec) * self.config.pipeline_depth
+            concurrency(s, spec) * self.config.pipeline_depth
             for s in self._serving(spec)
             if s.usable(now)
         )
@@ -250,20 +284,26 @@ class Scheduler:
     ) -> Mapping[str, Tensor]:
         tried: set[str] = set()
         last_error: GatewayError | None = None
+        start = self._clock.now()
+        waits = [start - t for t in info.enqueued_at] if info.attempt == 0 else []
+        self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
             now = self._clock.now()
             states = [s for s in self._serving(spec) if s.id not in tried]
-            snapshot = self.monitor.snapshot() if self.monitor is not None else None
-            candidates = self._candidates.build(
-                spec, info.size, states, self.estimator, snapshot, now, _concurrency
-            )
-            decision = place(
-                candidates,
-                now=now,
-                deadline=info.deadline,
-                unknown_service_s=self.config.unknown_service_s,
-            )
+            with self._tracer.start_as_current_span("placement") as span:
+                snapshot = self.monitor.snapshot() if self.monitor is not None else None
+                candidates = self._candidates.build(
+                    spec, info.size, states, self.estimator, snapshot, now
+                )
+                decision = place(
+                    candidates,
+                    now=now,
+                    deadline=info.deadline,
+                    unknown_service_s=self.config.unknown_service_s,
+                )
+                tracing.record_placement(span, decision, candidates=len(states), tries=len(tried))
             self.decisions.append(decision)
+            self.observer.placed(spec.name, info.size, decision)
             if decision.backend_id is None:
                 if last_error is not None:
                     raise last_error  # the retry found nowhere else to go
@@ -275,7 +315,7 @@ class Scheduler:
             if not state.breaker.allows(now):
                 continue  # lost the half-open trial to another call
             try:
-                return await self._call(state, spec, inputs, info, decision)
+                return await self._call(state, spec, inputs, info, decision, len(tried) - 1)
             except GatewayError as exc:
                 if not exc.retryable:
                     raise
@@ -289,41 +329,56 @@ class Scheduler:
         inputs: dict[str, Tensor],
         info: BatchInfo,
         decision: Decision,
+        retries: int,
     ) -> Mapping[str, Tensor]:
         predicted = decision.service_s
+        # The work already in flight here, as predicted when this call joins it.
+        ahead = state.in_flight_by_model[spec.name]
+        wait_s = state.busy_s[spec.name] / concurrency(state, spec)
         state.in_flight += 1
+        state.in_flight_by_model[spec.name] += 1
         state.busy_s[spec.name] += predicted
+        info.served_by.append(state.id)
+        device = state.backend.device
         start = self._clock.now()
+        code = "OK"
         try:
-            outputs = await state.backend.infer(
-                spec,
-                inputs,
-                version=info.model_version,
-                outputs=info.outputs,
-                parameters=info.parameters,
-                deadline=info.deadline,
-                trace_context=info.trace_contexts[0] if info.trace_contexts else None,
-            )
+            with tracing.backend_call(
+                self._tracer,
+                backend_id=state.id,
+                endpoint=str(getattr(state.backend, "url", "")),
+                device=f"{device.kind.value}:{device.host}",
+                model=spec.name,
+                size=info.size,
+                retries=retries + info.attempt,
+            ) as headers:
+                outputs = await state.backend.infer(
+                    spec,
+                    inputs,
+                    version=info.model_version,
+                    outputs=info.outputs,
+                    parameters=info.parameters,
+                    deadline=info.deadline,
+                    trace_context=headers,
+                )
         except GatewayError as exc:
+            code = exc.code
             self.fleet.record_failure(state, exc)
+            raise
+        except BaseException:
+            code = "INTERNAL"
             raise
         finally:
             state.in_flight -= 1
+            state.in_flight_by_model[spec.name] -= 1
             state.busy_s[spec.name] = max(0.0, state.busy_s[spec.name] - predicted)
+            self.observer.backend_called(spec.name, state.id, self._clock.now() - start, code)
         elapsed = self._clock.now() - start
         self.fleet.record_success(state)
-        self.estimator.observe(state.id, spec.name, info.size, elapsed)
+        self.estimator.observe(
+            state.id, spec.name, info.size, service_sample(elapsed, wait_s, ahead)
+        )
         self._stats[spec.name].record_execution(
             rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
         )
         return outputs
-
-
-def _concurrency(state: BackendState, spec: ModelSpec) -> int:
-    """Model instances a backend runs in parallel: Triton's instance_group
-    counts, or the CPU backend's worker threads."""
-    own = state.backend.models().get(spec.name, spec)
-    groups = own.config.get("instance_group") if own.config else None
-    if groups:
-        return max(1, sum(int(g.get("count", 1)) for g in groups))
-    return int(getattr(state.backend, "workers", 1))

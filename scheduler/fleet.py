@@ -34,6 +34,7 @@ class BackendState:
     discovered: bool = False  # discovery succeeded at least once
     drained: bool = False  # an operator took it out of rotation
     in_flight: int = 0
+    in_flight_by_model: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: Predicted seconds of work in flight here, per model (for queue estimates).
     busy_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     group: str = ""  # the DNS name that brought it, if any

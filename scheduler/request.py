@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.context import Context
+
 from scheduler.spec import Tensor
 
 #: Request parameters (KServe ``parameters``): bool, int, float or str values.
@@ -19,7 +21,11 @@ class InferRequest:
 
     ``deadline`` is absolute, on the scheduler's monotonic clock, or None for
     no deadline. ``requested_outputs`` empty means "all outputs".
-    ``trace_context`` is an opaque carrier (W3C headers) for the backend call.
+    ``trace_context`` is the OpenTelemetry context the request's scheduler
+    spans descend from (the gateway's server span, or the caller's extracted
+    context when tracing is off); None means the current context.
+    ``served_by`` is set by the scheduler: the backend that ran (or last
+    tried) the request's batch.
     """
 
     model_name: str
@@ -30,7 +36,8 @@ class InferRequest:
     id: str = ""
     priority: int = 0
     deadline: float | None = None
-    trace_context: Mapping[str, str] = field(default_factory=dict)
+    trace_context: Context | None = None
+    served_by: str = ""
 
 
 @dataclass(slots=True)

@@ -9,7 +9,9 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from opentelemetry.trace import Tracer
 
+from scheduler import tracing
 from scheduler.backends.base import Device, DeviceKind
 from scheduler.backends.cpu_models import CpuModel
 from scheduler.clock import Clock, MonotonicClock
@@ -35,8 +37,10 @@ class CpuBackend:
         backend_id: str = "cpu",
         workers: int | None = None,
         clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._id = backend_id
+        self._tracer = tracer or tracing.default_tracer()
         self._workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._models: dict[str, CpuModel] = {}
         for model in models:
@@ -104,11 +108,15 @@ class CpuBackend:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, runner, inputs, parameters or {})
         future.add_done_callback(lambda _: self._slots.release())
+        rows = int(next(iter(inputs.values())).shape[0]) if inputs and model.max_batch_size else 1
         try:
             timeout_s = None if deadline is None else deadline - self._clock.now()
             # shield: a timeout must not cancel the executor future, whose
             # callback frees the slot only when the thread is really done.
-            produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            with tracing.cpu_execution(
+                self._tracer, model=model.name, backend_id=self._id, rows=rows
+            ):
+                produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"model '{model.name}' did not finish before the deadline"

@@ -8,6 +8,10 @@ import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, Tracer
+
+from scheduler import tracing
 from scheduler.batching.info import (
     SCHEDULING_PARAMETERS,
     BatcherCounters,
@@ -45,6 +49,15 @@ class _Pending:
     rows: int
     future: asyncio.Future[dict[str, Tensor]]
     enqueued_at: float
+    #: The queue span, open from admission until the request's batch is cut;
+    #: its context stays behind for the batch spans of later split halves.
+    span: Span | None = None
+    span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
+
+    def end_queue_span(self, *, batch: Span | None = None, error: str | None = None) -> None:
+        if self.span is not None:
+            tracing.end_queue_span(self.span, batch=batch, error=error)
+            self.span = None
 
 
 class Batcher:
@@ -85,6 +98,7 @@ class Batcher:
         clock: Clock | None = None,
         capacity: Callable[[], int] | None = None,
         queue_ahead: int = 1,
+        tracer: Tracer | None = None,
     ) -> None:
         if not policy.enabled:
             raise ValueError(f"batching is off for model '{spec.name}'; do not make a Batcher")
@@ -105,6 +119,7 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._closed = False
+        self._tracer = tracer or tracing.default_tracer()
         self.counters = BatcherCounters()
 
     # -- observation -------------------------------------------------------
@@ -136,8 +151,13 @@ class Batcher:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
         future: asyncio.Future[dict[str, Tensor]] = asyncio.get_running_loop().create_future()
         rows = rows_of(request.inputs)
+        pending = _Pending(request, rows, future, now)
+        pending.span = tracing.start_queue_span(
+            self._tracer, request.trace_context, model=name, priority=request.priority, rows=rows
+        )
+        pending.span_context = pending.span.get_span_context()
         item = QueueItem(
-            _Pending(request, rows, future, now),
+            pending,
             rows=rows,
             key=self._key(request),
             priority=request.priority,
@@ -147,6 +167,7 @@ class Batcher:
             self._queue.push(item, now)
         except ResourceExhausted as exc:
             self.counters.rejected_queue_full += 1
+            pending.end_queue_span(error=exc.message)
             raise ResourceExhausted(
                 f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
             ) from None
@@ -166,6 +187,9 @@ class Batcher:
                 self.counters.cancelled_in_queue += 1
                 self._wakeup.set()  # a smaller queue may change what is due
             raise
+        finally:
+            # Still open: the request never reached a batch (expired, cancelled, closed).
+            pending.end_queue_span(error="left the queue without a batch")
 
     def _key(self, request: InferRequest) -> Hashable:
         # Merge only what one backend call can carry: same version, same
@@ -272,6 +296,17 @@ class Batcher:
         rows = [m.rows for m in live]
         deadlines = [r.deadline for r in requests if r.deadline is not None]
         head = requests[0]
+        members = [m.span_context for m in live]
+        batch_span = tracing.start_batch_span(
+            self._tracer,
+            members,
+            model=self._spec.name,
+            size=sum(rows),
+            trigger=trigger,
+            attempt=attempt,
+        )
+        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
+            m.end_queue_span(batch=batch_span)
         info = BatchInfo(
             model_name=self._spec.name,
             model_version=head.model_version,
@@ -282,15 +317,20 @@ class Batcher:
             outputs=self._union_of_outputs(requests),
             priority=min(self._policy.level_of(r.priority) for r in requests),
             parameters={k: v for k, v in head.parameters.items() if k not in SCHEDULING_PARAMETERS},
-            trace_contexts=tuple(r.trace_context for r in requests),
+            trace_contexts=tuple(members),
             enqueued_at=tuple(m.enqueued_at for m in live),
             attempt=attempt,
         )
         self.counters.batch_sizes[info.size] += 1
         start = self._clock.now()
-        outputs = await self._run_batch(
-            self._spec, merge_inputs([r.inputs for r in requests]), info
-        )
+        try:
+            with trace.use_span(batch_span, end_on_exit=True):
+                outputs = await self._run_batch(
+                    self._spec, merge_inputs([r.inputs for r in requests]), info
+                )
+        finally:
+            for r in requests:
+                r.served_by = info.served_by[-1] if info.served_by else r.served_by
         self._queue.record_service(self._clock.now() - start)
         parts = split_outputs(outputs, rows)
         return [self._select(r, part) for r, part in zip(requests, parts, strict=True)]

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opentelemetry.trace import SpanContext
+
 from scheduler.batching.queue import Trigger
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
@@ -28,7 +30,9 @@ class BatchInfo:
     the members' requested outputs, ``()`` meaning all. ``priority`` is the
     most urgent member's level. ``parameters`` are the members' shared
     parameters, without ``priority`` and ``timeout``. ``trace_contexts`` are
-    the members' W3C carriers, for linking the batch span to each request.
+    the members' span contexts (their queue spans), which the batch span links.
+    ``served_by`` collects the ids of the backends the batch was sent to, in
+    order (the dispatcher appends; the last one ran it or failed it).
     """
 
     model_name: str
@@ -40,10 +44,11 @@ class BatchInfo:
     outputs: tuple[str, ...]
     priority: int
     parameters: Parameters
-    trace_contexts: tuple[Mapping[str, str], ...]
+    trace_contexts: tuple[SpanContext, ...]
     #: When each member entered the queue (monotonic), for queue-wait accounting.
     enqueued_at: tuple[float, ...] = ()
     attempt: int = 0
+    served_by: list[str] = field(default_factory=list)
 
 
 #: Runs one batch: placement and the backend call. Returns every output the

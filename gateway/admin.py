@@ -1,0 +1,214 @@
+"""The admin gRPC service (``gateway.admin.v1.AdminService``) and its own server.
+
+It serves on a port of its own (``admin_host``:``admin_port``, loopback by
+default) so that network policy can keep it apart from the inference API, and,
+when ``admin_token`` is set, every call must carry ``authorization: Bearer
+<token>`` (compared in constant time) or it ends UNAUTHENTICATED.
+
+The views are read from the scheduler's live state at call time; nothing is
+copied in the background. Draining flips ``BackendState.drained`` through
+``Scheduler.set_drained``: placement skips the backend from the next batch on,
+while calls already running there finish.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from gateway import reflection
+from gateway.api.gateway.admin.v1 import admin_pb2 as pb
+from gateway.api.gateway.admin.v1 import admin_pb2_grpc as pb_grpc
+from gateway.config import ConfigError
+from gateway.metrics import GatewayMetrics
+from scheduler.clock import Clock
+from scheduler.dispatcher import Scheduler
+from scheduler.fleet import BackendState
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """Answers the admin rpcs from the scheduler and the metrics' decision log."""
+
+    def __init__(self, scheduler: Scheduler, metrics: GatewayMetrics, clock: Clock) -> None:
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._clock = clock
+
+    async def ListDevices(
+        self, request: pb.ListDevicesRequest, context: Context
+    ) -> pb.ListDevicesResponse:
+        monitor = self._scheduler.monitor
+        response = pb.ListDevicesResponse()
+        if monitor is None:
+            return response
+        now = self._clock.now()
+        for device in sorted(monitor.snapshot().devices.values(), key=lambda d: d.device_id):
+            item = response.devices.add(
+                id=device.device_id,
+                kind=device.kind,
+                source=device.source,
+                host=device.host,
+                name=device.name,
+                telemetry_age_seconds=device.age_s(now),
+            )
+            for field in ("memory_total_bytes", "memory_used_bytes", "memory_free_bytes"):
+                if (value := getattr(device, field)) is not None:
+                    setattr(item, field, value)
+            if device.utilization is not None:
+                item.utilization = device.utilization
+        return response
+
+    async def ListBackends(
+        self, request: pb.ListBackendsRequest, context: Context
+    ) -> pb.ListBackendsResponse:
+        return pb.ListBackendsResponse(backends=[self._backend(s) for s in self._scheduler.fleet])
+
+    async def ListQueues(
+        self, request: pb.ListQueuesRequest, context: Context
+    ) -> pb.ListQueuesResponse:
+        response = pb.ListQueuesResponse()
+        for spec in self._scheduler.models():
+            batcher = self._scheduler.batcher(spec.name)
+            if batcher is None:
+                continue
+            for level, depth in sorted(batcher.queue_depth().items()):
+                response.queues.add(
+                    model=spec.name,
+                    priority=level,
+                    depth=depth,
+                    batches_in_flight=batcher.in_flight,
+                )
+        return response
+
+    async def ListDecisions(
+        self, request: pb.ListDecisionsRequest, context: Context
+    ) -> pb.ListDecisionsResponse:
+        records = list(self._metrics.recent_decisions)
+        records.reverse()
+        if request.limit > 0:
+            records = records[: request.limit]
+        now = self._clock.now()
+        response = pb.ListDecisionsResponse()
+        for record in records:
+            d = record.decision
+            response.decisions.add(
+                model=record.model,
+                batch_size=record.rows,
+                verdict=d.verdict.value,
+                backend_id=d.backend_id or "",
+                predicted_seconds=d.predicted_s,
+                runner_up=d.runner_up or "",
+                runner_up_seconds=d.runner_up_s,
+                reason=d.reason,
+                telemetry_age_seconds=d.telemetry_age_s,
+                age_seconds=max(0.0, now - d.decided_at),
+                trace_id=record.trace_id,
+            )
+        return response
+
+    async def DrainBackend(
+        self, request: pb.DrainBackendRequest, context: Context
+    ) -> pb.DrainBackendResponse:
+        state = await self._set_drained(request.backend_id, True, context)
+        return pb.DrainBackendResponse(backend=self._backend(state))
+
+    async def UndrainBackend(
+        self, request: pb.UndrainBackendRequest, context: Context
+    ) -> pb.UndrainBackendResponse:
+        state = await self._set_drained(request.backend_id, False, context)
+        return pb.UndrainBackendResponse(backend=self._backend(state))
+
+    async def _set_drained(self, backend_id: str, drained: bool, context: Context) -> BackendState:
+        try:
+            state = self._scheduler.set_drained(backend_id, drained)
+        except KeyError:
+            known = ", ".join(s.id for s in self._scheduler.fleet) or "none"
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no backend {backend_id!r}; backends: {known}"
+            )
+            raise AssertionError("unreachable") from None  # pragma: no cover
+        action = "drained" if drained else "undrained"
+        log.warning("backend %s %s by an operator", backend_id, action)
+        return state
+
+    def _backend(self, state: BackendState) -> pb.Backend:
+        now = self._clock.now()
+        item = pb.Backend(
+            id=state.id,
+            tier=state.tier.name.lower(),
+            endpoint=str(getattr(state.backend, "url", "")),
+            models=sorted(state.backend.models()),
+            usable=state.usable(now),
+            drained=state.drained,
+            breaker_state=state.breaker.state.value,
+            last_error=state.breaker.last_error,
+            in_flight=state.in_flight,
+        )
+        for model, buckets in self._scheduler.estimator.snapshot().get(state.id, {}).items():
+            for bucket, seconds in sorted(buckets.items()):
+                if math.isfinite(seconds):
+                    item.service_times.add(model=model, batch_bucket=bucket, seconds=seconds)
+        return item
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Lets a call through only with ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request: Any, context: Context) -> Any:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the admin API needs 'authorization: Bearer <admin_token>' metadata",
+            )
+
+        self._deny: Handler = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(handler_call_details)
+        return self._deny
+
+
+class AdminServer:
+    """The admin service's own grpc.aio server (with reflection, for grpcurl)."""
+
+    def __init__(self, servicer: AdminServicer, *, host: str, port: int, token: str | None) -> None:
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        self.server = grpc.aio.server(interceptors=interceptors)
+        pb_grpc.add_AdminServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        reflection.enable(self.server, [ADMIN_SERVICE])
+        self._address = f"{host}:{port}"
+        self.port = 0
+
+    async def start(self) -> int:
+        try:
+            self.port = self.server.add_insecure_port(self._address)
+        except RuntimeError as exc:
+            raise ConfigError(f"admin: cannot listen on {self._address}: {exc}") from None
+        await self.server.start()
+        return self.port
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)

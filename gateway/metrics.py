@@ -1,0 +1,271 @@
+"""Prometheus metrics: counters and histograms on the request path, gauges read at scrape time.
+
+Two halves, one registry:
+
+- ``GatewayMetrics`` is updated as work happens: the servicer reports each
+  request (model, status code, backend, latency), and as the scheduler's
+  ``SchedulerObserver`` it sees each batch (size, members' queue waits), each
+  placement decision (verdict, spill) and each backend call. It also keeps the
+  last placement decisions, with model, batch size and trace id, for the admin
+  view.
+- ``SchedulerCollector`` reads the scheduler's live state only when Prometheus
+  scrapes: queue depths, backend health / breaker / in-flight, learned service
+  times, batcher rejections, and the device telemetry snapshot. Nothing is
+  kept up to date between scrapes, so idle gauges cost nothing.
+
+Names follow Prometheus conventions (base units, ``_total`` counters, ``_ratio``
+for fractions); ``promtool check metrics`` is run on a live scrape by the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scheduler.clock import Clock
+from scheduler.dispatcher import Scheduler
+from scheduler.health import BreakerState
+from scheduler.placement import Decision, Verdict
+
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A placement decision as the admin view lists it."""
+
+    model: str
+    rows: int
+    decision: Decision
+    trace_id: str
+
+
+class GatewayMetrics:
+    """Request-path metrics and the recent-decisions log (a ``SchedulerObserver``)."""
+
+    def __init__(self, registry: CollectorRegistry, *, decision_log_size: int = 256) -> None:
+        self.registry = registry
+        self.recent_decisions: deque[DecisionRecord] = deque(maxlen=decision_log_size)
+        self.requests = Counter(
+            "gateway_requests",
+            "Inference requests that ended, by model, gRPC status code and backend.",
+            ["model", "code", "backend"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from decoding a request to its answer, by model, code and backend.",
+            ["model", "code", "backend"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time a request waited in the gateway's batch queue before placement.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size",
+            "Rows per batch sent to placement (a split half counts as its own batch).",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batches = Counter(
+            "gateway_batches",
+            "Batches sent to placement, by what triggered them.",
+            ["model", "trigger"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "gateway_placement_decisions",
+            "Placement decisions by verdict (placed, spilled, no_capacity, too_late) and backend.",
+            ["model", "verdict", "backend"],
+            registry=registry,
+        )
+        self.spillovers = Counter(
+            "gateway_placement_spillovers",
+            "Batches placed on the CPU tier because no accelerator could meet the deadline.",
+            ["model", "backend"],
+            registry=registry,
+        )
+        self.backend_calls = Counter(
+            "gateway_backend_calls",
+            "Backend calls (one per batch attempt), by backend, model and status code.",
+            ["backend", "model", "code"],
+            registry=registry,
+        )
+        self.backend_call_duration = Histogram(
+            "gateway_backend_call_duration_seconds",
+            "Duration of backend calls, by backend and model.",
+            ["backend", "model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+
+    # -- the servicer ------------------------------------------------------
+    def request_done(self, model: str, code: str, backend: str, seconds: float) -> None:
+        backend = backend or "none"
+        self.requests.labels(model, code, backend).inc()
+        self.request_duration.labels(model, code, backend).observe(seconds)
+
+    # -- SchedulerObserver -------------------------------------------------
+    def batch_started(
+        self, model: str, rows: int, trigger: str, queue_waits_s: Sequence[float]
+    ) -> None:
+        self.batch_size.labels(model).observe(rows)
+        self.batches.labels(model, trigger).inc()
+        if queue_waits_s:
+            wait = self.queue_wait.labels(model)
+            for seconds in queue_waits_s:
+                wait.observe(max(seconds, 0.0))
+
+    def placed(self, model: str, rows: int, decision: Decision) -> None:
+        backend = decision.backend_id or "none"
+        self.decisions.labels(model, decision.verdict.value, backend).inc()
+        if decision.verdict is Verdict.SPILLED:
+            self.spillovers.labels(model, backend).inc()
+        span_context = trace.get_current_span().get_span_context()
+        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        self.recent_decisions.append(DecisionRecord(model, rows, decision, trace_id))
+
+    def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
+        self.backend_calls.labels(backend_id, model, code).inc()
+        self.backend_call_duration.labels(backend_id, model).observe(seconds)
+
+
+class SchedulerCollector(Collector):
+    """Gauges over the scheduler's live state, read at scrape time."""
+
+    def __init__(self, scheduler: Scheduler, clock: Clock) -> None:
+        self._scheduler = scheduler
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._queues()
+        yield from self._backends()
+        yield from self._devices()
+
+    def _queues(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "gateway_queue_depth",
+            "Requests waiting in the batch queue.",
+            labels=["model", "priority"],
+        )
+        running = GaugeMetricFamily(
+            "gateway_batches_in_flight", "Batches of the model running now.", labels=["model"]
+        )
+        dropped = CounterMetricFamily(
+            "gateway_queue_dropped",
+            "Requests that left the queue without a batch: full, expired or cancelled.",
+            labels=["model", "reason"],
+        )
+        for spec in self._scheduler.models():
+            batcher = self._scheduler.batcher(spec.name)
+            if batcher is None:
+                continue
+            for level, count in sorted(batcher.queue_depth().items()):
+                depth.add_metric([spec.name, str(level)], count)
+            running.add_metric([spec.name], batcher.in_flight)
+            c = batcher.counters
+            for reason, value in (
+                ("queue_full", c.rejected_queue_full),
+                ("expired", c.expired_in_queue),
+                ("cancelled", c.cancelled_in_queue),
+            ):
+                dropped.add_metric([spec.name, reason], value)
+        yield from (depth, running, dropped)
+
+    def _backends(self) -> Iterator[Metric]:
+        now = self._clock.now()
+        up = GaugeMetricFamily(
+            "gateway_backend_up",
+            "1 when the backend takes work (discovered, breaker admits, not drained).",
+            labels=["backend", "tier"],
+        )
+        drained = GaugeMetricFamily(
+            "gateway_backend_drained", "1 when an operator drained the backend.", labels=["backend"]
+        )
+        breaker = GaugeMetricFamily(
+            "gateway_backend_breaker_state",
+            "Circuit breaker state: 1 for the current state, 0 for the others.",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "gateway_backend_in_flight", "Backend calls in flight.", labels=["backend"]
+        )
+        service = GaugeMetricFamily(
+            "gateway_backend_service_time_seconds",
+            "Learned (EWMA) service time per model and batch-size bucket.",
+            labels=["backend", "model", "batch_bucket"],
+        )
+        for state in self._scheduler.fleet:
+            up.add_metric([state.id, state.tier.name.lower()], float(state.usable(now)))
+            drained.add_metric([state.id], float(state.drained))
+            for value in BreakerState:
+                breaker.add_metric([state.id, value.value], float(state.breaker.state is value))
+            in_flight.add_metric([state.id], state.in_flight)
+        for backend_id, models in self._scheduler.estimator.snapshot().items():
+            for model, buckets in models.items():
+                for bucket, seconds in sorted(buckets.items()):
+                    service.add_metric([backend_id, model, str(bucket)], seconds)
+        yield from (up, drained, breaker, in_flight, service)
+
+    def _devices(self) -> Iterator[Metric]:
+        monitor = self._scheduler.monitor
+        if monitor is None:
+            return
+        labels = ["device", "kind", "source", "host"]
+        total = GaugeMetricFamily(
+            "gateway_device_memory_total_bytes", "Device memory in total.", labels=labels
+        )
+        used = GaugeMetricFamily(
+            "gateway_device_memory_used_bytes", "Device memory in use.", labels=labels
+        )
+        busy = GaugeMetricFamily(
+            "gateway_device_utilization_ratio",
+            "Fraction of time the device was busy.",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "gateway_device_telemetry_age_seconds",
+            "Seconds since the device's telemetry was read.",
+            labels=labels,
+        )
+        now = self._clock.now()
+        for device in monitor.snapshot().devices.values():
+            values = [device.device_id, device.kind, device.source, device.host]
+            # Unknown stays absent: a missing series is not a zero.
+            if device.memory_total_bytes is not None:
+                total.add_metric(values, device.memory_total_bytes)
+            if device.memory_used_bytes is not None:
+                used.add_metric(values, device.memory_used_bytes)
+            if device.utilization is not None and not math.isnan(device.utilization):
+                busy.add_metric(values, device.utilization)
+            age.add_metric(values, device.age_s(now))
+        yield from (total, used, busy, age)
+
+
+def build_registry(scheduler: Scheduler, clock: Clock) -> tuple[CollectorRegistry, GatewayMetrics]:
+    """A private registry (not the process-global one, so several gateways can live
+    in one process in tests) with process metrics, the collector and the counters."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(SchedulerCollector(scheduler, clock))
+    return registry, GatewayMetrics(registry, decision_log_size=scheduler.config.decision_log_size)

@@ -1,0 +1,166 @@
+"""OpenTelemetry tracing set-up, from the standard ``OTEL_*`` environment variables.
+
+What is read (all standard; the SDK and exporters read most of them themselves):
+
+- ``OTEL_SDK_DISABLED=true``: tracing off, whatever else is set.
+- ``OTEL_TRACES_EXPORTER``: ``otlp``, ``console`` or ``none`` (comma-separated
+  for several). Unset: ``otlp`` when an OTLP endpoint variable is set, else
+  ``none`` (the SDK's own default would export to localhost:4317 and log an
+  error per batch when nothing listens there).
+- ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``: ``grpc`` (default) or ``http/protobuf``;
+  ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, ``..._HEADERS``, ``..._TIMEOUT``.
+- ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` (default service name
+  ``inference-gateway``), ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``
+  (default ``parentbased_always_on``: a caller's sampled flag is respected),
+  ``OTEL_BSP_*`` for the batch span processor, ``OTEL_PROPAGATORS``.
+
+With tracing off no SDK is installed: the API's tracers are no-ops, the gRPC
+server gets no interceptor, and the only work left per request is a metadata
+lookup for an incoming ``traceparent`` (forwarded to Triton so it can still join
+the caller's trace).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from gateway.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_NAME = "inference-gateway"
+#: Trailing metadata key that carries the request's trace id back to the caller.
+TRACE_ID_KEY = "x-trace-id"
+
+_OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+@dataclass
+class Tracing:
+    """The gateway's tracing: an SDK provider when on, nothing when off."""
+
+    provider: TracerProvider | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def tracer(self, name: str) -> trace.Tracer:
+        return trace.get_tracer(name, tracer_provider=self.provider)
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The contrib aio server interceptor (SERVER spans, W3C extraction,
+        status on abort), health checks left out; none when tracing is off."""
+        if self.provider is None:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=self.provider, filter_=filters.negate(filters.health_check())
+        )
+        return [interceptor]
+
+    def request_context(self, metadata: Iterable[tuple[str, Any]] | None) -> Context | None:
+        """The context a request's scheduler spans descend from.
+
+        On: None, i.e. the current context, which the interceptor made the
+        SERVER span's. Off: the caller's ``traceparent`` if it sent one, so the
+        backend call still carries it (the no-op tracer passes it through).
+        """
+        if self.provider is not None or not metadata:
+            return None
+        carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
+        return propagate.extract(carrier) if carrier else None
+
+    def shutdown(self) -> None:
+        """Flush what is buffered (bounded by the exporter's timeout) and stop."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """``(("x-trace-id", <32 hex>),)`` for the span in ``context`` (default: the
+    current one), or ``()`` when there is no valid span."""
+    span_context = trace.get_current_span(context).get_span_context()
+    if not span_context.is_valid:
+        return ()
+    return ((TRACE_ID_KEY, format(span_context.trace_id, "032x")),)
+
+
+def _exporter_names(env: Mapping[str, str]) -> list[str]:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    raw = env.get("OTEL_TRACES_EXPORTER")
+    if raw is None:
+        raw = "otlp" if any(env.get(v) for v in _OTLP_ENDPOINT_VARS) else "none"
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    return [n for n in names if n != "none"]
+
+
+def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none"
+        )
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter()
+    raise ConfigError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use grpc or http/protobuf"
+    )
+
+
+def configure_tracing(
+    env: Mapping[str, str] | None = None, *, install_global: bool = True
+) -> Tracing:
+    """Tracing as the environment asks; installs the provider globally when on
+    (unless ``install_global`` is False, for tests).
+
+    Raises ConfigError for an exporter or protocol it does not know.
+    """
+    env = os.environ if env is None else env
+    names = _exporter_names(env)
+    if not names:
+        return Tracing()
+    exporters = [_exporter(name, env) for name in names]
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    # sampler=None: the SDK reads OTEL_TRACES_SAMPLER / _ARG.
+    provider = TracerProvider(resource=resource)
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if install_global:
+        trace.set_tracer_provider(provider)
+    log.info(
+        "tracing on: service %s, exporters %s, sampler %s",
+        resource.attributes.get(SERVICE_NAME),
+        ", ".join(names),
+        provider.sampler.get_description(),
+    )
+    return Tracing(provider)

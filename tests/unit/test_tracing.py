@@ -1,0 +1,200 @@
+"""The scheduler's spans, their links and the context sent to backends (in-memory exporter),
+plus the gateway's tracing and logging set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider
+
+from gateway.config import ConfigError
+from gateway.logs import JsonFormatter, TraceContextFilter
+from gateway.telemetry import configure_tracing, trace_id_metadata
+from scheduler.backends.base import Device, DeviceKind
+from scheduler.config import SchedulerConfig
+from scheduler.dispatcher import Scheduler
+from scheduler.request import InferRequest, Parameters
+from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
+
+VEC = TensorSpec("X", DataType.FP32, (-1, 2))
+DOUBLE = ModelSpec("double", (VEC,), (dataclasses.replace(VEC, name="Y"),), max_batch_size=8)
+CONFIG = SchedulerConfig(health_interval_s=3600, rediscover_interval_s=3600)
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class RecordingBackend:
+    """A Backend that remembers the trace headers of every call; ``gate`` holds calls."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+        self.gate: asyncio.Event | None = None
+
+    @property
+    def id(self) -> str:
+        return "b1"
+
+    @property
+    def device(self) -> Device:
+        return Device(DeviceKind.GPU, host="gpu-host")
+
+    def models(self) -> Mapping[str, ModelSpec]:
+        return {"double": DOUBLE}
+
+    async def start(self) -> None:
+        return None
+
+    async def infer(
+        self,
+        model: ModelSpec,
+        inputs: Mapping[str, Tensor],
+        *,
+        version: str = "",
+        outputs: tuple[str, ...] = (),
+        parameters: Parameters | None = None,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> dict[str, Tensor]:
+        self.headers.append(dict(trace_context or {}))
+        if self.gate is not None:
+            await self.gate.wait()
+        return {"Y": inputs["X"] * 2}
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _request(name: str, parent: trace.Span | None = None) -> InferRequest:
+    context = trace.set_span_in_context(parent) if parent is not None else None
+    x = np.ones((1, 2), np.float32)
+    return InferRequest("double", {"X": x}, id=name, trace_context=context)
+
+
+def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+async def test_one_batch_span_linked_to_every_member_and_parent_of_the_call() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    backend = RecordingBackend()
+    scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
+    await scheduler.start()
+    try:
+        backend.gate = asyncio.Event()
+        roots = [tracer.start_span(f"server-{i}") for i in range(4)]
+        first = asyncio.create_task(scheduler.infer(_request("0", roots[0])))
+        await asyncio.sleep(0.01)  # the first request holds the backend
+        rest = [asyncio.create_task(scheduler.infer(_request(str(i), roots[i]))) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        results = await asyncio.gather(first, *rest)
+    finally:
+        await scheduler.aclose()
+    assert {r.backend_id for r in results} == {"b1"}
+    spans = exporter.get_finished_spans()
+    queues = _by_name(spans, "queue")
+    batches = _by_name(spans, "batch")
+    calls = _by_name(spans, "backend.infer")
+    assert len(queues) == 4 and len(batches) == 2 and len(calls) == 2
+    merged = next(b for b in batches if b.attributes and b.attributes["gateway.batch.size"] == 3)
+    assert merged.attributes is not None and merged.attributes["gateway.batch.members"] == 3
+    linked = {link.context.span_id for link in merged.links}
+    members = [
+        q for q in queues if q.parent and q.parent.span_id != roots[0].get_span_context().span_id
+    ]
+    assert linked == {q.context.span_id for q in members}
+    assert merged.parent is not None and merged.parent.span_id in linked
+    for q in members:  # and each member links back to its batch
+        assert [link.context.span_id for link in q.links] == [merged.context.span_id]
+    call = next(c for c in calls if c.parent and c.parent.span_id == merged.context.span_id)
+    assert call.kind is trace.SpanKind.CLIENT
+    assert call.attributes is not None and call.attributes["gateway.backend.id"] == "b1"
+    placements = _by_name(spans, "placement")
+    assert any(p.parent and p.parent.span_id == merged.context.span_id for p in placements)
+    # The headers sent with the merged call carry the backend call span's context.
+    sent = [propagate.extract(h) for h in backend.headers]
+    sent_ids = {trace.get_current_span(c).get_span_context().span_id for c in sent}
+    assert sent_ids == {c.context.span_id for c in calls}
+
+
+async def test_with_tracing_off_the_callers_context_still_reaches_the_backend() -> None:
+    backend = RecordingBackend()
+    tracer = NoOpTracerProvider().get_tracer("off")
+    scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
+    await scheduler.start()
+    try:
+        context = propagate.extract({"traceparent": CALLER})
+        x = np.ones((1, 2), np.float32)
+        await scheduler.infer(InferRequest("double", {"X": x}, trace_context=context))
+    finally:
+        await scheduler.aclose()
+    assert backend.headers[0]["traceparent"] == CALLER
+
+
+def test_tracing_is_off_without_an_exporter() -> None:
+    assert not configure_tracing({}, install_global=False).enabled
+    off = configure_tracing({"OTEL_TRACES_EXPORTER": "none"}, install_global=False)
+    assert off.server_interceptors() == []
+    assert off.request_context([("traceparent", CALLER)]) is not None
+    disabled = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}
+    assert not configure_tracing(disabled, install_global=False).enabled
+
+
+def test_an_otlp_endpoint_turns_tracing_on() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    tracing = configure_tracing(env, install_global=False)
+    try:
+        assert tracing.enabled and len(tracing.server_interceptors()) == 1
+        assert tracing.request_context([("traceparent", CALLER)]) is None  # the server span's
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "unknown exporter 'zipkin'"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/json"),
+    ],
+)
+def test_unknown_exporters_and_protocols_are_config_errors(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        configure_tracing(env, install_global=False)
+
+
+def test_log_records_carry_trace_and_span_ids_in_json() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    record = logging.LogRecord("gw", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    with tracer.start_as_current_span("work") as span:
+        TraceContextFilter().filter(record)
+        assert trace_id_metadata() == (
+            ("x-trace-id", format(span.get_span_context().trace_id, "032x")),
+        )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "hello there" and entry["level"] == "INFO"
+    assert entry["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert entry["span_id"] == format(span.get_span_context().span_id, "016x")
+    outside = logging.LogRecord("gw", logging.INFO, __file__, 1, "bye", (), None)
+    TraceContextFilter().filter(outside)
+    assert "trace_id" not in json.loads(JsonFormatter().format(outside))
+    assert trace_id_metadata() == ()
