@@ -7,7 +7,7 @@ The model is ``gpu_sim`` shaped like a GPU: a fixed cost per call plus a small
 per-row cost (here 20 ms + 0.05 ms/row), so merging callers pays. Paths:
 
 - ``gateway, no batching``: gateway (``batching_layer=none``) -> gpu_sim
-- ``gateway batching``: gateway (default: it batches) -> gpu_sim
+- ``gateway batching``: gateway (default: it batches; 2 ms queue delay) -> gpu_sim
 - ``Triton batcher, direct``: client -> Triton's gpu_sim_tb (dynamic_batching,
   2 ms queue delay), no gateway
 - ``gateway -> Triton batcher``: gateway (``batching_layer=backend``) -> gpu_sim_tb
@@ -46,7 +46,10 @@ def measure(levels: list[int], seconds: float, repeats: int) -> dict[str, Any]:
                 start_gateway(
                     work / "off", args=common, env={"GATEWAY_BATCHING_LAYER": "none"}
                 ) as off,
-                start_gateway(work / "on", args=common) as on,
+                # The same 2 ms queue delay that gpu_sim_tb gives Triton's batcher.
+                start_gateway(
+                    work / "on", args=common, env={"GATEWAY_DEFAULT_MAX_QUEUE_DELAY_US": "2000"}
+                ) as on,
                 start_gateway(
                     work / "backend", args=common, env={"GATEWAY_BATCHING_LAYER": "backend"}
                 ) as passthrough,

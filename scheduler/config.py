@@ -41,4 +41,4 @@ class SchedulerConfig:
     #: Gateway batching delay for models whose config gives none (µs).
     default_max_queue_delay_us: int = 0
     #: How many batches a backend runs at once per model instance.
-    pipeline_depth: int = 2
+    pipeline_depth: int = 1

@@ -234,13 +234,20 @@ class Batcher:
         capacity = self._capacity()
         limit = capacity + self._queue_ahead
         while self._in_flight < limit:
-            batch = self._queue.pop_batch(now, idle_capacity=self._in_flight < capacity)
+            # Beyond capacity only a batch that cannot grow any more (full or
+            # preferred size) or must leave for its deadline goes ahead, into
+            # the backend's own queue: a partial batch sent there early would
+            # only split the requests that are still arriving into smaller
+            # batches, while waiting here lets them join it.
+            idle = self._in_flight < capacity
+            batch = self._queue.pop_batch(now, idle_capacity=idle, complete_only=not idle)
             if batch is None:
                 break
             self._launch(batch)
-        # At the limit only timeouts can act before a batch finishes (which
-        # wakes the loop); waking for due triggers would spin.
-        return self._queue.next_wakeup(now, triggers=self._in_flight < limit)
+        # Busy, only timeouts can act before a batch finishes (which wakes the
+        # loop); waking for due delay triggers would spin.
+        idle = self._in_flight < capacity
+        return self._queue.next_wakeup(now, triggers=idle, idle=idle)
 
     def _launch(self, batch: Batch[_Pending]) -> None:
         self.counters.batches_by_trigger[batch.trigger] += 1
@@ -332,6 +339,7 @@ class Batcher:
             for r in requests:
                 r.served_by = info.served_by[-1] if info.served_by else r.served_by
         self._queue.record_service(self._clock.now() - start)
+        self._queue.note_completion(self._clock.now())
         parts = split_outputs(outputs, rows)
         return [self._select(r, part) for r, part in zip(requests, parts, strict=True)]
 

@@ -22,6 +22,9 @@ T = TypeVar("T")
 Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
 
 _INF = math.inf
+#: With a backend idle, queued requests leave once no new one arrived for this
+#: long (capped by the model's queue delay).
+IDLE_QUIET_S = 0.001
 #: Weight of the newest sample in the service-time moving average.
 _SERVICE_SMOOTHING = 0.2
 
@@ -97,6 +100,10 @@ class BatchQueue(Generic[T]):
         }
         self._seq = itertools.count()
         self._service_s: float | None = None
+        #: The last arrival or batch completion: callers whose batch just
+        #: finished tend to send their next request within a moment.
+        self._last_event_at = -_INF
+        self._last_completion_at = -_INF
 
     # -- state -------------------------------------------------------------
     def __len__(self) -> int:
@@ -109,6 +116,11 @@ class BatchQueue(Generic[T]):
     @property
     def service_estimate_s(self) -> float | None:
         return self._service_s
+
+    def note_completion(self, now: float) -> None:
+        """A batch finished: its callers may be about to send again."""
+        self._last_event_at = max(self._last_event_at, now)
+        self._last_completion_at = now
 
     def record_service(self, seconds: float) -> None:
         """A batch's service time (dispatch to result); feeds deadlines and retry hints."""
@@ -140,6 +152,7 @@ class BatchQueue(Generic[T]):
         item.level = level
         item.enqueued_at = now
         item.seq = next(self._seq)
+        self._last_event_at = now
         if queue_policy.allow_timeout_override and item.deadline is not None:
             item.timeout_at = None  # the request's own deadline replaces the default
         elif queue_policy.default_timeout_us > 0:
@@ -252,17 +265,36 @@ class BatchQueue(Generic[T]):
             return len(chosen), "deadline"
         if now - min(i.enqueued_at for i in chosen) >= policy.max_queue_delay_s:
             return len(chosen), "delay"
-        if idle_capacity:
+        if idle_capacity and now >= self._idle_release_at(chosen):
             return len(chosen), "idle"
         return None
 
-    def pop_batch(self, now: float, idle_capacity: bool) -> Batch[T] | None:
+    def _idle_release_at(self, chosen: list[QueueItem[T]]) -> float:
+        """When an idle backend takes what is queued: once arrivals (and batch
+        completions, whose callers come back) pause for ``IDLE_QUIET_S``, so a
+        burst of callers lands in one batch instead of being split, but never
+        later than the model's delay, and at once when it has none (purely
+        work-conserving). The delay bounds the wait this adds, so it counts
+        from when the work arrived or the backend last freed up, whichever is
+        later: requests queued behind a busy backend already waited for it."""
+        delay = self._policy.max_queue_delay_s
+        quiet = min(IDLE_QUIET_S, delay)
+        since = max(min(i.enqueued_at for i in chosen), self._last_completion_at)
+        return min(self._last_event_at + quiet, since + delay)
+
+    def pop_batch(
+        self, now: float, idle_capacity: bool, *, complete_only: bool = False
+    ) -> Batch[T] | None:
         """The next batch to dispatch, removed from the queue, or None if nothing is due.
 
-        Call ``expire(now)`` first: this does not check timeouts.
+        ``complete_only``: only a batch that is full, of a preferred size, or
+        due by its deadline (not by delay or idleness). Call ``expire(now)``
+        first: this does not check timeouts.
         """
         for chosen, blocked in self._groups():
             decision = self._decide(chosen, blocked, now, idle_capacity)
+            if decision is not None and complete_only and decision[1] in ("delay", "idle"):
+                decision = None
             if decision is None:
                 continue
             count, trigger = decision
@@ -272,11 +304,14 @@ class BatchQueue(Generic[T]):
             return Batch(tuple(taken), trigger)
         return None
 
-    def next_wakeup(self, now: float, *, triggers: bool = True) -> float | None:
-        """When a timeout or a trigger other than ``idle`` next falls due; None if nothing will.
+    def next_wakeup(
+        self, now: float, *, triggers: bool = True, idle: bool = False
+    ) -> float | None:
+        """When a timeout or a trigger next falls due; None if nothing will.
 
         ``triggers=False`` asks for timeouts only (the caller could not send
-        a batch now anyway).
+        a batch now anyway); ``idle=True`` adds when an idle backend would
+        take the queue (see ``_idle_release_at``).
         """
         times: list[float] = []
         for item in self._items():
@@ -287,5 +322,7 @@ class BatchQueue(Generic[T]):
         for chosen, _ in self._groups() if triggers else ():
             times.append(min(i.enqueued_at for i in chosen) + self._policy.max_queue_delay_s)
             times.append(self._deadline_due_at(chosen))
+            if idle:
+                times.append(self._idle_release_at(chosen))
         due = min(times, default=_INF)
         return None if due == _INF else due

@@ -9,7 +9,7 @@ import pytest
 
 from scheduler.batching.merge import shape_key
 from scheduler.batching.policy import BatchingPolicy, QueuePolicy, policy_from_triton_config
-from scheduler.batching.queue import BatchQueue, QueueItem
+from scheduler.batching.queue import IDLE_QUIET_S, BatchQueue, QueueItem
 from scheduler.clock import ManualClock
 from scheduler.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
@@ -91,12 +91,36 @@ def test_deadline_trigger_uses_the_service_estimate(clock: ManualClock) -> None:
     assert batch is not None and batch.trigger == "deadline"
 
 
-def test_idle_capacity_sends_without_waiting(clock: ManualClock) -> None:
+def test_idle_capacity_sends_once_arrivals_pause_not_after_the_delay(clock: ManualClock) -> None:
     q: BatchQueue[str] = BatchQueue(policy(max_queue_delay_us=1_000_000))
     q.push(item("a"), clock.now())
     assert q.pop_batch(clock.now(), idle_capacity=False) is None
+    # An idle backend waits only for the burst to end (IDLE_QUIET_S), not 1 s.
+    assert q.pop_batch(clock.now(), idle_capacity=True) is None
+    assert q.next_wakeup(clock.now(), idle=True) == pytest.approx(100.0 + IDLE_QUIET_S)
+    clock.advance(IDLE_QUIET_S / 2)
+    q.push(item("b"), clock.now())  # still arriving: keep gathering
+    clock.advance(IDLE_QUIET_S * 0.75)
+    assert q.pop_batch(clock.now(), idle_capacity=True) is None
+    clock.advance(IDLE_QUIET_S * 0.3)
     batch = q.pop_batch(clock.now(), idle_capacity=True)
-    assert batch is not None and batch.trigger == "idle" and names(batch) == ["a"]
+    assert batch is not None and batch.trigger == "idle" and names(batch) == ["a", "b"]
+
+
+def test_without_a_delay_an_idle_backend_takes_work_at_once(clock: ManualClock) -> None:
+    q: BatchQueue[str] = BatchQueue(policy(max_queue_delay_us=0))
+    q.push(item("a"), clock.now())
+    batch = q.pop_batch(clock.now(), idle_capacity=True)
+    assert batch is not None and names(batch) == ["a"]
+
+
+def test_beyond_capacity_only_complete_batches_go_ahead(clock: ManualClock) -> None:
+    q: BatchQueue[str] = BatchQueue(policy(max_batch_size=2, max_queue_delay_us=0))
+    q.push(item("a"), clock.now())
+    assert q.pop_batch(clock.now(), idle_capacity=False, complete_only=True) is None
+    q.push(item("b"), clock.now())
+    batch = q.pop_batch(clock.now(), idle_capacity=False, complete_only=True)
+    assert batch is not None and batch.trigger == "full" and names(batch) == ["a", "b"]
 
 
 def test_priority_levels_then_earliest_deadline_first(clock: ManualClock) -> None:
@@ -189,6 +213,7 @@ def test_cancelled_items_leave_before_dispatch(clock: ManualClock) -> None:
     b.cancelled = True
     assert [i.payload for i in q.remove_cancelled()] == ["b"]
     assert q.remove(c) and not q.remove(c)
+    clock.advance(IDLE_QUIET_S)
     batch = q.pop_batch(clock.now(), idle_capacity=True)
     assert names(batch) == ["a"] and len(q) == 0
 
