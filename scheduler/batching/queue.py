@@ -304,9 +304,7 @@ class BatchQueue(Generic[T]):
             return Batch(tuple(taken), trigger)
         return None
 
-    def next_wakeup(
-        self, now: float, *, triggers: bool = True, idle: bool = False
-    ) -> float | None:
+    def next_wakeup(self, now: float, *, triggers: bool = True, idle: bool = False) -> float | None:
         """When a timeout or a trigger next falls due; None if nothing will.
 
         ``triggers=False`` asks for timeouts only (the caller could not send
