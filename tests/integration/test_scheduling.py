@@ -97,10 +97,12 @@ async def test_killed_server_loses_no_request_and_traffic_returns(
         reborn = await asyncio.to_thread(
             start_triton, MODEL_REPOSITORY, tmp_path / "reborn", env=FAST, ports=ports
         )
-        fleet["fast"] = reborn  # the fixture stops whichever process is current
-        await asyncio.sleep(1.5)  # a probe readmits it (backoff is capped at 1 s here)
-        after = await _load(gateway, seconds=2)
-        back = _rows_served(reborn)
+        try:
+            await asyncio.sleep(1.5)  # a probe readmits it (backoff is capped at 1 s here)
+            after = await _load(gateway, seconds=2)
+            back = _rows_served(reborn)
+        finally:
+            reborn.stop()
         log = gateway.log()
     # Every request ended with a result or a clear status; nearly all succeeded
     # (retried on the slow server or the CPU pool while the fast one was away).
