@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         0, ge=0, description="gateway batching delay for models whose config sets none"
     )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
+    max_concurrent_rpcs: int | None = Field(
+        4096, gt=0, description="rpcs served at once; more are refused with RESOURCE_EXHAUSTED"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["text", "json"] = Field(
         "text", description="text lines, or one JSON object per line; both carry trace ids"

@@ -181,7 +181,11 @@ class GatewayServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(
-            options=options, interceptors=self.tracing.server_interceptors()
+            options=options,
+            interceptors=self.tracing.server_interceptors(),
+            # Past this many rpcs at once gRPC itself answers RESOURCE_EXHAUSTED:
+            # the last guard against overload growing memory without bound.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -13,6 +13,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
@@ -23,7 +24,13 @@ from scheduler.candidates import CandidateBuilder
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup
-from scheduler.errors import DeadlineExceeded, GatewayError, ModelNotFound, Unavailable
+from scheduler.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    ModelNotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendFactory, BackendState, Fleet
 from scheduler.load import concurrency, service_sample
@@ -309,6 +316,13 @@ class Scheduler:
                     raise last_error  # the retry found nowhere else to go
                 if decision.verdict is Verdict.TOO_LATE:
                     raise DeadlineExceeded(f"model '{spec.name}': {decision.reason}")
+                busy = candidates.available & candidates.memory_ok & ~candidates.load_ok
+                if busy.any():  # up, but full: shed with a hint, not "unavailable"
+                    wait_ms = float(np.min(candidates.queued_s[busy])) * 1e3
+                    raise ResourceExhausted(
+                        f"model '{spec.name}': {decision.reason}",
+                        retry_after_ms=max(1, round(wait_ms)),
+                    )
                 raise Unavailable(f"model '{spec.name}': {decision.reason}")
             state = next(s for s in states if s.id == decision.backend_id)
             tried.add(state.id)

@@ -179,3 +179,20 @@ async def test_dns_members_become_backends_and_leave() -> None:
         assert sum(b.calls for b in made) == 4 and made[0].calls == 0  # .2 is gone
     finally:
         await scheduler.aclose()
+
+
+async def test_backends_over_their_in_flight_limit_shed_with_a_retry_hint() -> None:
+    from scheduler.errors import ResourceExhausted
+
+    clock = ManualClock()
+    only = FakeBackend("only", DOUBLE, clock=clock)
+    only.gate = asyncio.Event()
+    async with scheduler_with([only], clock, max_in_flight_per_backend=1) as scheduler:
+        scheduler.estimator.observe("only", "double", 1, 0.040)
+        first = asyncio.create_task(scheduler.infer(_request()))
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match="over load limits: only") as info:
+            await scheduler.infer(_request())
+        assert info.value.retry_after_ms == 40
+        only.gate.set()
+        await first
