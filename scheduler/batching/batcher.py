@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, Tracer
@@ -117,6 +118,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Callers running their own batch of one (see ``_run_alone``).
+        self._inline: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self._closed = False
         self._tracer = tracer or tracing.default_tracer()
@@ -156,6 +159,9 @@ class Batcher:
             self._tracer, request.trace_context, model=name, priority=request.priority, rows=rows
         )
         pending.span_context = pending.span.get_span_context()
+        timeout = None if request.deadline is None else request.deadline - now + _EXPIRY_GRACE_S
+        if self._may_skip_queue():
+            return await self._run_alone(pending, timeout)
         item = QueueItem(
             pending,
             rows=rows,
@@ -174,7 +180,6 @@ class Batcher:
         self.counters.submitted += 1
         self._ensure_running()
         self._wakeup.set()
-        timeout = None if request.deadline is None else request.deadline - now + _EXPIRY_GRACE_S
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -190,6 +195,42 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
+
+    def _may_skip_queue(self) -> bool:
+        """Nothing queued to merge with, no delay to wait, and a backend has room:
+        the request is its own batch, and going through the queue and the loop
+        would only add two task switches to its latency."""
+        return (
+            not self._policy.max_queue_delay_us
+            and len(self._queue) == 0
+            and self._in_flight < self._capacity()
+        )
+
+    async def _run_alone(self, pending: _Pending, timeout: float | None) -> dict[str, Tensor]:
+        """Run a batch of one in the caller's own task (see ``_may_skip_queue``)."""
+        self.counters.submitted += 1
+        self.counters.batches_by_trigger["idle"] += 1
+        self._in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._inline.add(task)  # so aclose() can stop it like a launched batch
+        try:
+            async with asyncio.timeout(timeout):
+                await self._execute([pending], "idle", 0)
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline exceeded running model '{self._spec.name}'") from None
+        except asyncio.CancelledError:
+            if not self._closed or task is None:
+                raise  # the caller went away
+            task.uncancel()  # stopped by aclose(): the caller gets a status instead
+            raise Unavailable(f"model '{self._spec.name}' shut down during the batch") from None
+        finally:
+            if task is not None:
+                self._inline.discard(task)
+            self._in_flight -= 1
+            self._wakeup.set()  # capacity freed, as when a launched batch ends
+            pending.end_queue_span(error="left without a batch")
+        return pending.future.result()
 
     def _key(self, request: InferRequest) -> Hashable:
         # Merge only what one backend call can carry: same version, same
@@ -369,7 +410,7 @@ class Batcher:
         """Stop the loop and every batch; fail what is still queued with UNAVAILABLE."""
         self._closed = True
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
-        for task in tasks:
+        for task in [*tasks, *self._inline]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for item in self._queue.drain():

@@ -300,3 +300,27 @@ async def test_under_load_a_higher_priority_request_overtakes_the_queue() -> Non
         await b.aclose()
     assert run.seen == [1.0, 9.0, 2.0, 3.0]
     assert [i.priority for i in run.batches] == [2, 1, 2, 2]
+
+
+async def test_a_lone_request_with_a_free_backend_runs_in_the_callers_task() -> None:
+    run = FakeRun(delay_s=0.01)
+    b = batcher(run, capacity=[1], max_queue_delay_us=0)
+    try:
+        result = await b.submit(request(3.0))
+        np.testing.assert_array_equal(result["Y"][0], [6.0, 0.0, 6.0])
+        assert b.counters.batches_by_trigger["idle"] == 1 and b.in_flight == 0
+        # A caller that goes away mid-call leaves nothing behind.
+        caller = asyncio.create_task(b.submit(request(4.0)))
+        await asyncio.sleep(0.002)
+        assert b.in_flight == 1
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert b.in_flight == 0
+        # While that backend is busy, the next caller queues and still gets served.
+        first = asyncio.create_task(b.submit(request(5.0)))
+        await asyncio.sleep(0)
+        second = await b.submit(request(6.0))
+        assert (await first)["Y"][0, 0] == 10.0 and second["Y"][0, 0] == 12.0
+    finally:
+        await b.aclose()
