@@ -64,10 +64,10 @@ class Tracing:
         status on abort), health checks left out; none when tracing is off."""
         if self.provider is None:
             return []
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=self.provider, filter_=filters.negate(filters.health_check())
+            tracer_provider=self.provider, filter_=_not_health_check
         )
         return [interceptor]
 
@@ -87,6 +87,16 @@ class Tracing:
         """Flush what is buffered (bounded by the exporter's timeout) and stop."""
         if self.provider is not None:
             self.provider.shutdown()
+
+
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _not_health_check(details: Any) -> bool:
+    """Trace every rpc but health checks. (The contrib ``filters.health_check()``
+    does the same through a runtime Protocol isinstance check that cost ~4 % of
+    the gateway's CPU per request under load; a prefix test is enough here.)"""
+    return not str(getattr(details, "method", "")).startswith(_HEALTH_PREFIX)
 
 
 def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:

@@ -194,6 +194,21 @@ def test_trace_id_comes_back_on_errors_too(stack: Stack) -> None:
     assert _trailer(caught.value)["x-trace-id"] == "0af7651916cd43dd8448eb211c80319c"
 
 
+def test_health_checks_are_not_traced(stack: Stack) -> None:
+    # start_gateway polled grpc.health.v1.Health/Check until SERVING; a traced
+    # request since then proves spans were flowing to the collector.
+    trace_id = "7c9d1e2f3a4b5c6d7e8f90a1b2c3d4e5"
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ServerLive(
+            pb.ServerLiveRequest(),
+            metadata=[("traceparent", f"00-{trace_id}-b7ad6b7169203331-01")],
+            timeout=10,
+        )
+    spans = stack.collector.wait_for(lambda got: any(s.trace_id == trace_id for s in got))
+    assert not [s for s in spans if "grpc.health.v1.Health" in s.name]
+
+
 def test_unsampled_caller_is_not_traced(stack: Stack) -> None:
     trace_id = "5b8efff798038103d269b633813fc60c"
     with grpc.insecure_channel(stack.gateway.address) as channel:
