@@ -22,21 +22,7 @@ from scheduler.telemetry.snapshot import (
     DeviceSnapshot,
     ProviderSample,
 )
-
-GIB = 1024**3
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _driver_present() -> bool:
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
+from tests.unit.test_telemetry_providers import GIB, ROOT, _driver_present
 
 # --- simulated -----------------------------------------------------------------------
 
