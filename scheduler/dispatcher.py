@@ -138,10 +138,13 @@ class Scheduler:
         for state in self.fleet:
             for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
                 self.estimator.seed(state.id, name, rows, seconds)
+        served = {s.name for s in self._registry.specs()}
         for name, batcher in list(self._batchers.items()):
-            if name not in {s.name for s in self._registry.specs()}:
+            if name not in served:  # the model is gone: its callers get UNAVAILABLE
                 del self._batchers[name]
-                asyncio.get_running_loop().create_task(batcher.aclose())
+                task = asyncio.get_running_loop().create_task(batcher.aclose())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             else:
                 batcher.notify_capacity()
 
