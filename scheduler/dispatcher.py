@@ -92,7 +92,7 @@ class Scheduler:
         self.estimator = ServiceTimeEstimator()
         self._candidates = CandidateBuilder(self.config)
         self._registry = ModelRegistry()
-        self._batchers: dict[str, Batcher] = {}
+        self._batchers: dict[str, Batcher | None] = {}
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
         self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,7 +128,7 @@ class Scheduler:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+        await asyncio.gather(*(b.aclose() for b in self._batchers.values() if b is not None))
         if self.monitor is not None:
             await self.monitor.aclose()
         await self.fleet.aclose()
@@ -138,13 +138,16 @@ class Scheduler:
         for state in self.fleet:
             for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
                 self.estimator.seed(state.id, name, rows, seconds)
-        served = {s.name for s in self._registry.specs()}
+        served = {s.name: s for s in self._registry.specs()}
         for name, batcher in list(self._batchers.items()):
-            if name not in served:  # the model is gone: its callers get UNAVAILABLE
+            # Gone, or rediscovered with another signature: decide again on next
+            # use; a batcher's queued callers get UNAVAILABLE rather than wrong shapes.
+            if batcher is None or name not in served or batcher.spec != served[name]:
                 del self._batchers[name]
-                task = asyncio.get_running_loop().create_task(batcher.aclose())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if batcher is not None:
+                    task = asyncio.get_running_loop().create_task(batcher.aclose())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             else:
                 batcher.notify_capacity()
 
@@ -184,7 +187,8 @@ class Scheduler:
             raise KeyError(backend_id)
         state.drained = drained
         for batcher in self._batchers.values():
-            batcher.notify_capacity()  # capacity changed either way
+            if batcher is not None:
+                batcher.notify_capacity()  # capacity changed either way
         return state
 
     def _resolve(self, name: str, version: str) -> tuple[ModelSpec, Sequence[Backend]]:
@@ -246,9 +250,13 @@ class Scheduler:
         )
 
     def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
-        batcher = self._batchers.get(spec.name)
-        if batcher is not None or spec.max_batch_size <= 0:
-            return batcher
+        """The model's batcher, made on first use; None (also remembered, so the
+        policy is not parsed again per request) when the gateway does not batch it."""
+        if spec.name in self._batchers:
+            return self._batchers[spec.name]
+        if spec.max_batch_size <= 0:
+            self._batchers[spec.name] = None
+            return None
         layer = self.config.batching_layer_by_model.get(spec.name, self.config.batching_layer)
         config = dict(spec.config)
         override = dict(self.config.batching_by_model.get(spec.name, {}))
@@ -260,6 +268,7 @@ class Scheduler:
             config["dynamic_batching"] = {**config.get("dynamic_batching", {}), **override}
         policy = policy_from_triton_config(config, max(1, max_batch), layer=layer)
         if not policy.enabled:
+            self._batchers[spec.name] = None
             return None
         if not policy.max_queue_delay_us and self.config.default_max_queue_delay_us:
             policy = replace(policy, max_queue_delay_us=self.config.default_max_queue_delay_us)
@@ -352,7 +361,6 @@ class Scheduler:
         # The work already in flight here, as predicted when this call joins it.
         ahead = state.in_flight_by_model[spec.name]
         wait_s = state.busy_s[spec.name] / concurrency(state, spec)
-        state.in_flight += 1
         state.in_flight_by_model[spec.name] += 1
         state.busy_s[spec.name] += predicted
         info.served_by.append(state.id)
@@ -386,7 +394,6 @@ class Scheduler:
             code = "INTERNAL"
             raise
         finally:
-            state.in_flight -= 1
             state.in_flight_by_model[spec.name] -= 1
             state.busy_s[spec.name] = max(0.0, state.busy_s[spec.name] - predicted)
             self.observer.backend_called(spec.name, state.id, self._clock.now() - start, code)

@@ -33,7 +33,7 @@ class BackendState:
     order: int
     discovered: bool = False  # discovery succeeded at least once
     drained: bool = False  # an operator took it out of rotation
-    in_flight: int = 0
+    #: Calls in flight here, per model.
     in_flight_by_model: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: Predicted seconds of work in flight here, per model (for queue estimates).
     busy_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -42,6 +42,11 @@ class BackendState:
     @property
     def id(self) -> str:
         return self.backend.id
+
+    @property
+    def in_flight(self) -> int:
+        """Calls in flight here, all models together."""
+        return sum(self.in_flight_by_model.values())
 
     def usable(self, now: float) -> bool:
         return self.discovered and not self.drained and self.breaker.available(now)

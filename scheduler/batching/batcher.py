@@ -125,6 +125,11 @@ class Batcher:
         self._tracer = tracer or tracing.default_tracer()
         self.counters = BatcherCounters()
 
+    @property
+    def spec(self) -> ModelSpec:
+        """The model this batcher serves, as it was when the batcher was made."""
+        return self._spec
+
     # -- observation -------------------------------------------------------
     @property
     def in_flight(self) -> int:

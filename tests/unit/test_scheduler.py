@@ -346,3 +346,21 @@ async def test_batching_through_the_scheduler_merges_concurrent_callers() -> Non
         assert batcher is not None and sum(batcher.counters.batch_sizes.values()) == b1.calls
     finally:
         await scheduler.aclose()
+
+
+async def test_a_model_rediscovered_with_another_signature_gets_a_new_batcher() -> None:
+    b1 = FakeBackend("b1", DOUBLE)
+    config = SchedulerConfig(health_interval_s=3600, rediscover_interval_s=3600)
+    scheduler = Scheduler([b1], config=config)
+    await scheduler.start()
+    try:
+        await scheduler.infer(_request())
+        first = scheduler.batcher("double")
+        assert first is not None and first.spec.max_batch_size == 8
+        b1.specs["double"] = dataclasses.replace(DOUBLE, max_batch_size=4)  # reloaded
+        await scheduler.fleet.rediscover()
+        await scheduler.infer(_request())
+        second = scheduler.batcher("double")
+        assert second is not None and second is not first and second.spec.max_batch_size == 4
+    finally:
+        await scheduler.aclose()
