@@ -1,25 +1,48 @@
 """The tensor codec: KServe v2 protobuf messages <-> the scheduler's numpy types.
 
-Protobuf stops here. Inputs sent in ``raw_input_contents`` become numpy views
-of the received bytes (no copy); typed ``contents`` are converted once.
-BYTES tensors use the KServe framing: each element is a 4-byte little-endian
-length followed by that many bytes. Every malformed tensor is rejected with
-InvalidArgument and a message that names the tensor and what is wrong.
+Protobuf stops here. ``ModelInfer`` requests arrive as bytes: ``decode_request``
+cuts the ``raw_input_contents`` out of them (``scheduler.kserve_wire``) and
+parses only the rest, so inputs sent as raw contents become numpy views of the
+received bytes, never copied, and the bytes themselves can go on to a backend
+unchanged. Typed ``contents`` are converted once. BYTES tensors use the KServe
+framing: each element is a 4-byte little-endian length followed by that many
+bytes. Every malformed tensor is rejected with InvalidArgument and a message
+that names the tensor and what is wrong.
+
+Responses are written as bytes too: a backend's encoded response is returned
+as it came, and decoded outputs are appended to the encoded small fields with
+one copy of their data (``encode_response``).
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from gateway.api.inference import grpc_service_pb2 as pb
+from scheduler import kserve_wire as wire
 from scheduler.errors import InvalidArgument, Unimplemented
+from scheduler.kserve_wire import decode_bytes, encode_bytes
 from scheduler.request import InferResult, Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
+
+__all__ = [
+    "decode_bytes",
+    "decode_inputs",
+    "decode_parameters",
+    "decode_request",
+    "decode_tensor",
+    "encode_bytes",
+    "encode_parameters",
+    "encode_response",
+    "parse_datatype",
+    "stream_error",
+    "stream_response",
+]
 
 #: Which typed ``contents`` field carries each datatype (FP16/BF16 have none).
 _CONTENTS_FIELD: dict[DataType, str] = {
@@ -36,7 +59,6 @@ _CONTENTS_FIELD: dict[DataType, str] = {
     DataType.FP64: "fp64_contents",
     DataType.BYTES: "bytes_contents",
 }
-_LENGTH = struct.Struct("<I")
 
 
 def parse_datatype(name: str, tensor: str) -> DataType:
@@ -49,45 +71,6 @@ def parse_datatype(name: str, tensor: str) -> DataType:
         ) from None
 
 
-def decode_bytes(buffer: bytes, count: int, tensor: str) -> Tensor:
-    """Split a KServe BYTES buffer into ``count`` elements, checking the framing."""
-    items = np.empty(count, dtype=np.object_)
-    view = memoryview(buffer)
-    offset = 0
-    for index in range(count):
-        if offset + 4 > len(view):
-            raise InvalidArgument(
-                f"BYTES input '{tensor}' is truncated: element {index} of {count} has no "
-                f"4-byte length prefix (offset {offset}, {len(view) - offset} bytes left)"
-            )
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise InvalidArgument(
-                f"BYTES input '{tensor}' is truncated: element {index} declares {length} "
-                f"bytes but only {len(view) - offset} remain"
-            )
-        items[index] = bytes(view[offset : offset + length])
-        offset += length
-    if offset != len(view):
-        raise InvalidArgument(
-            f"BYTES input '{tensor}' has {len(view) - offset} bytes after its {count} elements; "
-            "the shape and the data disagree"
-        )
-    return items
-
-
-def encode_bytes(array: Tensor) -> bytes:
-    """Frame a BYTES tensor (other elements are sent as their UTF-8 text)."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1):
-        # Anything not bytes is sent as its text, as tritonclient does.
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(_LENGTH.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
 def _shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
     shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
@@ -97,7 +80,23 @@ def _shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
     return shape
 
 
-def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+def decode_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    """A ``ModelInferRequest`` without its raw contents, and views of those.
+
+    Bytes that are not such a message are INVALID_ARGUMENT, like any other
+    malformed request (gRPC would answer a failed deserialisation with a
+    bare INTERNAL).
+    """
+    try:
+        header, raw = wire.split_raw(data, wire.RAW_INPUT_FIELD)
+        return pb.ModelInferRequest.FromString(header), raw
+    except (wire.WireError, DecodeError) as exc:
+        raise InvalidArgument(
+            f"the request is not a valid inference.ModelInferRequest message: {exc}"
+        ) from None
+
+
+def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: Any | None) -> Tensor:
     """One input tensor as a numpy array, from raw bytes or typed contents."""
     datatype = parse_datatype(tensor.datatype, tensor.name)
     shape = _shape(tensor.shape, tensor.name)
@@ -147,9 +146,13 @@ def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
-    """All inputs of a request, by name."""
-    raw = request.raw_input_contents
+def decode_inputs(
+    request: pb.ModelInferRequest, raw: Sequence[Any] | None = None
+) -> dict[str, Tensor]:
+    """All inputs of a request, by name; ``raw`` are its raw contents as
+    ``decode_request`` cut them out (default: the message's own field)."""
+    if raw is None:
+        raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(
             f"the request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
@@ -195,21 +198,38 @@ def encode_parameters(target: Any, params: Parameters) -> None:
             slot.string_param = str(value)
 
 
-def encode_response(result: InferResult, spec: ModelSpec) -> pb.ModelInferResponse:
-    """The response message, outputs as raw contents in the model's output order."""
+def encode_response(result: InferResult, spec: ModelSpec) -> bytes:
+    """The encoded ``ModelInferResponse``: the backend's own when it sent one,
+    else the outputs as raw contents, in the order the result holds them."""
+    if result.wire is not None:
+        return result.wire
     response = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=result.id
     )
     if result.parameters:
         encode_parameters(response.parameters, result.parameters)
+    contents: list[Any] = []
     for name, array in result.outputs.items():
         declared = spec.output(name)
         datatype = declared.datatype if declared else DataType.of_array(array)
-        output = response.outputs.add(name=name, datatype=datatype.value)
-        output.shape.extend(array.shape)
+        response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
         if datatype is DataType.BYTES:
-            response.raw_output_contents.append(encode_bytes(array))
+            contents.append(encode_bytes(array))
         else:
-            array = np.ascontiguousarray(array, dtype=datatype.numpy_dtype)
-            response.raw_output_contents.append(array.tobytes())
-    return response
+            contents.append(wire.as_buffer(array.astype(datatype.numpy_dtype, copy=False)))
+    return wire.join_raw(response.SerializeToString(), wire.RAW_OUTPUT_FIELD, contents)
+
+
+def stream_response(encoded: bytes) -> bytes:
+    """A ``ModelStreamInferResponse`` carrying an encoded ``ModelInferResponse``."""
+    return wire.wrap(wire.STREAM_RESPONSE_FIELD, encoded)
+
+
+def stream_error(request: pb.ModelInferRequest | None, message: str) -> bytes:
+    """A ``ModelStreamInferResponse`` that reports one request's failure."""
+    response = pb.ModelStreamInferResponse(error_message=message)
+    if request is not None:
+        response.infer_response.model_name = request.model_name
+        response.infer_response.model_version = request.model_version
+        response.infer_response.id = request.id
+    return response.SerializeToString()

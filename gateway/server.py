@@ -17,10 +17,9 @@ from prometheus_client import start_http_server
 from gateway import reflection
 from gateway.admin import AdminServer, AdminServicer
 from gateway.api.inference import grpc_service_pb2 as pb
-from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
-from gateway.servicer import InferenceServicer
+from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
@@ -187,7 +186,7 @@ class GatewayServer:
             # the last guard against overload growing memory without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)  # type: ignore[no-untyped-call]
+        add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable(self.server, [INFERENCE_SERVICE, health.SERVICE_NAME])
         self.port = 0

@@ -145,9 +145,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     # -- inference -------------------------------------------------------
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    # Both inference rpcs take and return bytes (``add_to_server`` registers
+    # them without protobuf (de)serialisers): the codec reads the message
+    # without copying its tensors, and a request the gateway does not batch
+    # reaches a Triton backend as the very bytes the caller sent.
+    async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         # The trace id goes back in trailing metadata, errors included, so a
         # client's log line leads to the trace.
         trailer = trace_id_metadata()
@@ -161,27 +163,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await abort(context, internal_error(exc), trailer)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        self, request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
         """Requests on one stream run concurrently (up to a bound) and their
         responses come back as they finish, matched by ``id`` as in Triton.
         A failed request answers with ``error_message``; the stream goes on.
         """
         if trailer := trace_id_metadata():
             context.set_trailing_metadata(trailer)
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        results: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self._stream_max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def run_one(request: pb.ModelInferRequest) -> None:
+        async def run_one(request: bytes) -> None:
             try:
-                response = pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, context)
-                )
+                response = codec.stream_response(await self._infer(request, context))
             except GatewayError as exc:
-                response = _stream_error(request, exc.message)
+                response = codec.stream_error(_header_of(request), exc.message)
             except Exception as exc:
-                response = _stream_error(request, internal_error(exc).message)
+                response = codec.stream_error(_header_of(request), internal_error(exc).message)
             finally:
                 slots.release()
             await results.put(response)
@@ -209,18 +209,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    async def _infer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def _infer(self, data: bytes, context: Context) -> bytes:
         start = self._clock.now()
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
         try:
-            infer_request, spec = self._decode(request, context)
+            infer_request, spec = self._decode(data, context)
             model = spec.name
             try:
-                result = await self._scheduler.infer(infer_request)
+                result = await self._scheduler.infer(infer_request, spec)
             finally:
                 backend = infer_request.served_by
             return codec.encode_response(result, spec)
@@ -234,13 +232,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, self._clock.now() - start)
 
-    def _decode(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> tuple[InferRequest, ModelSpec]:
+    def _decode(self, data: bytes, context: Context) -> tuple[InferRequest, ModelSpec]:
+        request, raw = codec.decode_request(data)
         if not request.model_name:
             raise InvalidArgument("model_name is required")
         spec = self._scheduler.model(request.model_name, request.model_version)
-        parameters = codec.decode_parameters(request.parameters)
+        parameters = codec.decode_parameters(request.parameters) if request.parameters else {}
         for output in request.outputs:
             if "classification" in output.parameters:
                 raise Unimplemented(
@@ -249,7 +246,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             if "shared_memory_region" in output.parameters:
                 raise Unimplemented(_NO_SHARED_MEMORY.format(kind="system or CUDA"))
-        inputs = codec.decode_inputs(request)
+        inputs = codec.decode_inputs(request, raw)
         now = self._clock.now()
         deadline = None
         remaining = context.time_remaining()
@@ -270,6 +267,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             priority=int(priority) if isinstance(priority, int | float) else 0,
             deadline=deadline,
             trace_context=self._tracing.request_context(context.invocation_metadata()),
+            wire=data,
         )
         return infer_request, spec
 
@@ -308,10 +306,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await abort(context, Unimplemented("log settings are set in the gateway's configuration"))
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
-    return pb.ModelStreamInferResponse(
-        error_message=message,
-        infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
+def _header_of(data: bytes) -> pb.ModelInferRequest | None:
+    """The small fields of a failed stream request, to label its error response."""
+    try:
+        return codec.decode_request(data)[0]
+    except GatewayError:
+        return None
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register every rpc of ``GRPCInferenceService``; the two inference rpcs
+    take and return bytes, the rest use the generated messages."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name)
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
+        elif method.name == "ModelStreamInfer":
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour)
+        else:
+            request_type = getattr(pb, method.input_type.name)
+            response_type = getattr(pb, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from opentelemetry.trace import Tracer
@@ -37,13 +38,15 @@ from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Decision, Tier, Verdict, place
 from scheduler.registry import ModelRegistry
-from scheduler.request import InferRequest, InferResult
+from scheduler.request import InferRequest, InferResult, Outputs
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.stats import ModelStats
 from scheduler.telemetry.monitor import DeviceMonitor
 from scheduler.validation import validate_inputs, validate_requested_outputs
 
 log = logging.getLogger(__name__)
+#: "Not looked up yet" in the batcher table, where None means "not batched".
+_UNSET: Any = object()
 
 
 def default_tier(backend: Backend) -> Tier:
@@ -206,37 +209,25 @@ class Scheduler:
             raise
 
     # -- the request path ----------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResult:
+    async def infer(self, request: InferRequest, spec: ModelSpec | None = None) -> InferResult:
+        """Run one request; ``spec`` is the model as the caller already resolved it."""
         start = self._clock.now()
-        spec, _ = self._resolve(request.model_name, request.model_version)
-        validate_requested_outputs(spec, request.requested_outputs)
+        if spec is None:
+            spec = self._resolve(request.model_name, request.model_version)[0]
+        if request.requested_outputs:
+            validate_requested_outputs(spec, request.requested_outputs)
         validate_inputs(spec, request.inputs)
         first = next(iter(request.inputs.values()), None)
         rows = first.shape[0] if first is not None and spec.max_batch_size > 0 else 1
         stats = self._stats[spec.name]
         try:
-            batcher = self._batcher_for(spec)
+            batcher = self._batchers.get(spec.name, _UNSET)
+            if batcher is _UNSET:
+                batcher = self._batcher_for(spec)
             if batcher is not None:
                 outputs = await batcher.submit(request)
             else:
-                info = BatchInfo(
-                    model_name=spec.name,
-                    model_version=request.model_version,
-                    size=rows,
-                    request_ids=(request.id,),
-                    deadline=request.deadline,
-                    trigger="idle",
-                    outputs=request.requested_outputs,
-                    priority=request.priority,
-                    parameters=request.parameters,
-                    trace_contexts=(),
-                    enqueued_at=(start,),
-                )
-                try:
-                    with tracing.solo_batch(self._tracer, request.trace_context, spec.name, rows):
-                        outputs = dict(await self._run_batch(spec, dict(request.inputs), info))
-                finally:
-                    request.served_by = info.served_by[-1] if info.served_by else ""
+                outputs = await self._run_solo(spec, request, rows, start)
         except GatewayError:
             stats.record_request(ok=False, total_s=self._clock.now() - start, rows=rows)
             raise
@@ -244,10 +235,41 @@ class Scheduler:
         return InferResult(
             model_name=spec.name,
             model_version=request.model_version or spec.versions[-1],
-            outputs=outputs,
+            outputs={} if isinstance(outputs, bytes) else outputs,
             id=request.id,
             backend_id=request.served_by,
+            wire=outputs if isinstance(outputs, bytes) else None,
         )
+
+    async def _run_solo(
+        self, spec: ModelSpec, request: InferRequest, rows: int, start: float
+    ) -> Outputs:
+        """A request the gateway does not batch: placed and run on its own,
+        forwarded in its wire form where the backend takes it."""
+        info = BatchInfo(
+            model_name=spec.name,
+            model_version=request.model_version,
+            size=rows,
+            request_ids=(request.id,),
+            deadline=request.deadline,
+            trigger="solo",
+            outputs=request.requested_outputs,
+            priority=request.priority,
+            parameters=request.parameters,
+            trace_contexts=(),
+            enqueued_at=(start,),
+            wire=request.wire,
+            caller_context=request.trace_context,
+        )
+        try:
+            if tracing.recording(self._tracer):
+                with tracing.solo_batch(self._tracer, request.trace_context, spec.name, rows):
+                    outputs = await self._run_batch(spec, request.inputs, info)
+            else:
+                outputs = await self._run_batch(spec, request.inputs, info)
+            return outputs if isinstance(outputs, bytes) else dict(outputs)
+        finally:
+            request.served_by = info.served_by[-1] if info.served_by else ""
 
     def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher, made on first use; None (also remembered, so the
@@ -300,27 +322,32 @@ class Scheduler:
 
     async def _run_batch(
         self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
-    ) -> Mapping[str, Tensor]:
+    ) -> Mapping[str, Tensor] | bytes:
         tried: set[str] = set()
         last_error: GatewayError | None = None
         start = self._clock.now()
-        waits = [start - t for t in info.enqueued_at] if info.attempt == 0 else []
-        self.observer.batch_started(spec.name, info.size, info.trigger, waits)
+        traced = tracing.recording(self._tracer)
+        if info.attempt == 0 and info.trigger != "solo":
+            waits = [start - t for t in info.enqueued_at]
+            self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
             now = self._clock.now()
             states = [s for s in self._serving(spec) if s.id not in tried]
-            with self._tracer.start_as_current_span("placement") as span:
-                snapshot = self.monitor.snapshot() if self.monitor is not None else None
-                candidates = self._candidates.build(
-                    spec, info.size, states, self.estimator, snapshot, now
-                )
-                decision = place(
-                    candidates,
-                    now=now,
-                    deadline=info.deadline,
-                    unknown_service_s=self.config.unknown_service_s,
-                )
-                tracing.record_placement(span, decision, candidates=len(states), tries=len(tried))
+            snapshot = self.monitor.snapshot() if self.monitor is not None else None
+            candidates = self._candidates.build(
+                spec, info.size, states, self.estimator, snapshot, now
+            )
+            decision = place(
+                candidates,
+                now=now,
+                deadline=info.deadline,
+                unknown_service_s=self.config.unknown_service_s,
+            )
+            if traced:
+                with self._tracer.start_as_current_span("placement") as span:
+                    tracing.record_placement(
+                        span, decision, candidates=len(states), tries=len(tried)
+                    )
             self.decisions.append(decision)
             self.observer.placed(spec.name, info.size, decision)
             if decision.backend_id is None:
@@ -341,7 +368,7 @@ class Scheduler:
             if not state.breaker.allows(now):
                 continue  # lost the half-open trial to another call
             try:
-                return await self._call(state, spec, inputs, info, decision, len(tried) - 1)
+                return await self._call(state, spec, inputs, info, decision, len(tried) - 1, traced)
             except GatewayError as exc:
                 if not exc.retryable:
                     raise
@@ -356,7 +383,8 @@ class Scheduler:
         info: BatchInfo,
         decision: Decision,
         retries: int,
-    ) -> Mapping[str, Tensor]:
+        traced: bool,
+    ) -> Mapping[str, Tensor] | bytes:
         predicted = decision.service_s
         # The work already in flight here, as predicted when this call joins it.
         ahead = state.in_flight_by_model[spec.name]
@@ -364,28 +392,24 @@ class Scheduler:
         state.in_flight_by_model[spec.name] += 1
         state.busy_s[spec.name] += predicted
         info.served_by.append(state.id)
-        device = state.backend.device
+        backend = state.backend
         start = self._clock.now()
         code = "OK"
         try:
-            with tracing.backend_call(
-                self._tracer,
-                backend_id=state.id,
-                endpoint=str(getattr(state.backend, "url", "")),
-                device=f"{device.kind.value}:{device.host}",
-                model=spec.name,
-                size=info.size,
-                retries=retries + info.attempt,
-            ) as headers:
-                outputs = await state.backend.infer(
-                    spec,
-                    inputs,
-                    version=info.model_version,
-                    outputs=info.outputs,
-                    parameters=info.parameters,
-                    deadline=info.deadline,
-                    trace_context=headers,
-                )
+            if traced:
+                device = backend.device
+                with tracing.backend_call(
+                    self._tracer,
+                    backend_id=state.id,
+                    endpoint=str(getattr(backend, "url", "")),
+                    device=f"{device.kind.value}:{device.host}",
+                    model=spec.name,
+                    size=info.size,
+                    retries=retries + info.attempt,
+                ) as headers:
+                    outputs = await self._invoke(backend, spec, inputs, info, headers)
+            else:
+                outputs = await self._invoke(backend, spec, inputs, info, info.propagation())
         except GatewayError as exc:
             code = exc.code
             self.fleet.record_failure(state, exc)
@@ -406,3 +430,25 @@ class Scheduler:
             rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
         )
         return outputs
+
+    @staticmethod
+    async def _invoke(
+        backend: Backend,
+        spec: ModelSpec,
+        inputs: dict[str, Tensor],
+        info: BatchInfo,
+        headers: Mapping[str, str] | None,
+    ) -> Mapping[str, Tensor] | bytes:
+        if info.wire is not None and backend.forwards_wire:
+            return await backend.infer_wire(
+                spec, info.wire, deadline=info.deadline, trace_context=headers
+            )
+        return await backend.infer(
+            spec,
+            inputs,
+            version=info.model_version,
+            outputs=info.outputs,
+            parameters=info.parameters,
+            deadline=info.deadline,
+            trace_context=headers,
+        )

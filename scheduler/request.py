@@ -26,6 +26,11 @@ class InferRequest:
     context when tracing is off); None means the current context.
     ``served_by`` is set by the scheduler: the backend that ran (or last
     tried) the request's batch.
+
+    ``wire`` is the request as the caller encoded it (a KServe v2
+    ``ModelInferRequest``), when the front end has it. A backend that speaks
+    the protocol forwards it unchanged when the request runs alone, instead of
+    encoding ``inputs`` again; ``inputs`` are views into the same bytes.
     """
 
     model_name: str
@@ -38,11 +43,19 @@ class InferRequest:
     deadline: float | None = None
     trace_context: Context | None = None
     served_by: str = ""
+    wire: bytes | None = None
+
+
+#: What a backend call yields for a request: its outputs by name, or, when the
+#: request was forwarded in its wire form, the backend's encoded KServe v2
+#: ``ModelInferResponse``, to be returned to the caller unchanged.
+Outputs = dict[str, Tensor] | bytes
 
 
 @dataclass(slots=True)
 class InferResult:
-    """Outputs of one request, in the order the model declares them."""
+    """Outputs of one request, in the order the model declares them, or
+    ``wire``: the backend's encoded response (then ``outputs`` is empty)."""
 
     model_name: str
     model_version: str
@@ -50,3 +63,4 @@ class InferResult:
     id: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     backend_id: str = ""
+    wire: bytes | None = None

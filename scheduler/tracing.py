@@ -40,6 +40,7 @@ __all__ = [
     "default_tracer",
     "end_queue_span",
     "record_placement",
+    "recording",
     "solo_batch",
     "start_batch_span",
     "start_queue_span",
@@ -47,6 +48,20 @@ __all__ = [
 ]
 
 TRACER_NAME = "inference-gateway.scheduler"
+
+
+def recording(tracer: Tracer) -> bool:
+    """Whether spans of ``tracer`` can record, i.e. are worth making at all.
+
+    The global tracer is a proxy that starts recording once an SDK provider
+    is installed, so for it the answer is looked up each time (cheaply).
+    """
+    if isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):
+        provider = trace.get_tracer_provider()
+        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return True
 
 
 def default_tracer() -> Tracer:

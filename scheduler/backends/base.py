@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from scheduler.errors import Unimplemented
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
 
@@ -35,6 +36,11 @@ class Backend(Protocol):
     outputs by name. It raises only errors of ``scheduler.errors``: a backend
     translates its third-party errors itself. ``deadline`` is absolute on the
     monotonic clock; a backend must not run past it.
+
+    A backend that speaks KServe v2 itself (``forwards_wire``) also runs a
+    single request in its wire form with ``infer_wire``: the caller's encoded
+    ``ModelInferRequest`` in, the server's encoded ``ModelInferResponse`` out,
+    with no tensor decoded or encoded on the way.
     """
 
     @property
@@ -63,8 +69,40 @@ class Backend(Protocol):
         trace_context: Mapping[str, str] | None = None,
     ) -> dict[str, Tensor]: ...
 
+    @property
+    def forwards_wire(self) -> bool:
+        """Whether ``infer_wire`` may be called."""
+        ...
+
+    async def infer_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Run one encoded ``ModelInferRequest``; the encoded ``ModelInferResponse``."""
+        ...
+
     async def health(self) -> bool:
         """Whether the backend is live and ready now."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+class DecodedTensorsOnly:
+    """Mixin for backends that run decoded tensors only: no ``infer_wire``."""
+
+    forwards_wire: bool = False
+
+    async def infer_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> bytes:
+        raise Unimplemented(f"this backend does not take encoded requests (model '{model.name}')")

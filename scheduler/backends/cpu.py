@@ -12,7 +12,7 @@ import numpy as np
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
-from scheduler.backends.base import Device, DeviceKind
+from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.backends.cpu_models import CpuModel
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import BackendError, DeadlineExceeded, GatewayError, Unavailable
@@ -20,7 +20,7 @@ from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
 
 
-class CpuBackend:
+class CpuBackend(DecodedTensorsOnly):
     """Runs ``CpuModel``s on a fixed pool of worker threads.
 
     At most ``workers`` calls run at once; later calls wait for a slot, but

@@ -1,6 +1,12 @@
-"""The Triton backend: one Triton Inference Server, reached with tritonclient's
-asyncio gRPC client. Model discovery, inference, health, and the one place
-where tritonclient's errors become ours.
+"""The Triton backend: one Triton Inference Server over gRPC. Model discovery,
+inference, health, and the one place where Triton's errors become ours.
+
+The control plane (repository index, metadata, config, statistics, readiness)
+goes through tritonclient's asyncio client. Inference goes over a gRPC channel
+of our own that carries bytes: a request the caller encoded is forwarded as it
+came (``infer_wire``), and a batch is encoded here with tritonclient's message
+classes for the small fields and ``kserve_wire`` for the tensors, so no tensor
+is copied more than once on its way to the server or back.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-import tritonclient.grpc as tc
+import numpy as np
 import tritonclient.grpc.aio as tc_aio
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from scheduler import kserve_wire as wire
 from scheduler.backends.base import Device, DeviceKind
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import (
@@ -29,10 +37,10 @@ from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 
 log = logging.getLogger(__name__)
 
-#: Request parameters tritonclient refuses in ``parameters=``; the ones that
-#: mean something are passed through its keyword arguments instead.
-_SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
-_RESERVED_PARAMS = {*_SEQUENCE_PARAMS, "priority", "timeout", "headers", "binary_data_output"}
+_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+#: Parameters that are not forwarded with a batch: ``priority`` and ``timeout``
+#: are set from the batch's own; the rest are reserved by Triton or HTTP-only.
+_RESERVED_PARAMS = {"priority", "timeout", "headers", "binary_data_output"}
 
 
 class TritonBackend:
@@ -69,6 +77,11 @@ class TritonBackend:
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._client = tc_aio.InferenceServerClient(url, channel_args=options)
+        self._channel = grpc.aio.insecure_channel(url, options=options)
+        # No serializers: requests and responses travel as bytes.
+        self._infer_rpc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            _INFER_METHOD
+        )
         self._models: dict[str, ModelSpec] = {}
         self._hints: list[tuple[str, int, float]] = []
 
@@ -79,6 +92,10 @@ class TritonBackend:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def forwards_wire(self) -> bool:
+        return True
 
     @property
     def device(self) -> Device:
@@ -144,6 +161,47 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
+    def _budget(self, model: ModelSpec, deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        timeout_s = deadline - self._clock.now()
+        if timeout_s <= 0:
+            raise DeadlineExceeded(f"deadline passed before model '{model.name}' was sent")
+        return timeout_s
+
+    async def _call(
+        self,
+        model: ModelSpec,
+        payload: bytes,
+        timeout_s: float | None,
+        trace_context: Mapping[str, str] | None,
+    ) -> bytes:
+        metadata = tuple(trace_context.items()) if trace_context else None
+        try:
+            response: bytes = await self._infer_rpc(payload, timeout=timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate_status(
+                exc.code().name, exc.details() or "", f"running model '{model.name}'"
+            ) from exc
+        return response
+
+    async def infer_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Forward an encoded request as it came. With a deadline, the time
+        left is appended as Triton's ``timeout`` parameter (the last entry of a
+        map key wins, and it is never later than the caller's own ``timeout``,
+        which the deadline already includes)."""
+        timeout_s = self._budget(model, deadline)
+        if timeout_s is not None:
+            request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
+        return await self._call(model, request, timeout_s, trace_context)
+
     async def infer(
         self,
         model: ModelSpec,
@@ -155,62 +213,84 @@ class TritonBackend:
         deadline: float | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> dict[str, Tensor]:
-        timeout_s: float | None = None
-        if deadline is not None:
-            timeout_s = deadline - self._clock.now()
-            if timeout_s <= 0:
-                raise DeadlineExceeded(f"deadline passed before model '{model.name}' was sent")
+        timeout_s = self._budget(model, deadline)
+        request = service_pb2.ModelInferRequest(model_name=model.name, model_version=version)
         params = dict(parameters or {})
-        sequence = {k: params.pop(k) for k in _SEQUENCE_PARAMS if k in params}
-        priority = int(params.pop("priority", 0))
-        server_timeout_us = params.pop("timeout", None)
-        for key in [k for k in params if k in _RESERVED_PARAMS or k.startswith("triton_")]:
-            params.pop(key)
+        server_timeout_us = params.get("timeout")
+        for key, value in params.items():
+            if key not in _RESERVED_PARAMS and not key.startswith("triton_"):
+                _set_parameter(request.parameters[key], value)
         if timeout_s is not None:
-            budget_us = int(timeout_s * 1e6)
-            server_timeout_us = min(int(server_timeout_us or budget_us), budget_us)
+            budget_us = max(1, int(timeout_s * 1e6))
+            if isinstance(server_timeout_us, int) and 0 < server_timeout_us < budget_us:
+                budget_us = server_timeout_us
+            request.parameters["timeout"].int64_param = budget_us
+        elif isinstance(server_timeout_us, int) and server_timeout_us > 0:
+            request.parameters["timeout"].int64_param = server_timeout_us
+        priority = params.get("priority")
+        if isinstance(priority, int) and not isinstance(priority, bool) and priority > 0:
+            request.parameters["priority"].uint64_param = priority
+        contents: list[Any] = []
+        for name, array in inputs.items():
+            spec = model.input(name)
+            datatype = spec.datatype if spec else DataType.of_array(array)
+            request.inputs.add(name=name, datatype=datatype.value, shape=array.shape)
+            if datatype is DataType.BYTES:
+                contents.append(wire.encode_bytes(array))
+            else:
+                contents.append(wire.as_buffer(array.astype(datatype.numpy_dtype, copy=False)))
+        for name in outputs:
+            request.outputs.add(name=name)
+        payload = wire.join_raw(request.SerializeToString(), wire.RAW_INPUT_FIELD, contents)
+        return self._decode(model, await self._call(model, payload, timeout_s, trace_context))
+
+    def _decode(self, model: ModelSpec, data: bytes) -> dict[str, Tensor]:
+        """The response's outputs as numpy views of the received bytes."""
         try:
-            request_inputs = []
-            for name, array in inputs.items():
-                spec = model.input(name)
-                datatype = spec.datatype.value if spec else DataType.of_array(array).value
-                tensor = tc.InferInput(name, list(array.shape), datatype)
-                tensor.set_data_from_numpy(array)
-                request_inputs.append(tensor)
-            requested = [tc.InferRequestedOutput(name) for name in outputs] or None
-            result = await self._client.infer(
-                model.name,
-                request_inputs,
-                model_version=version,
-                outputs=requested,
-                priority=priority,
-                timeout=None if server_timeout_us is None else int(server_timeout_us),
-                client_timeout=timeout_s,
-                headers=dict(trace_context) if trace_context else None,
-                parameters=params or None,
-                **sequence,
+            header_bytes, raw = wire.split_raw(data, wire.RAW_OUTPUT_FIELD)
+            header = service_pb2.ModelInferResponse.FromString(header_bytes)
+        except Exception as exc:  # WireError, or protobuf's DecodeError
+            raise BackendError(
+                f"Triton at {self._url} sent an unreadable response for '{model.name}': {exc}",
+                backend_id=self._id,
+            ) from exc
+        if len(raw) != len(header.outputs):
+            raise BackendError(
+                f"Triton at {self._url} returned {len(header.outputs)} outputs of "
+                f"'{model.name}' with {len(raw)} raw contents",
+                backend_id=self._id,
             )
-        except InferenceServerException as exc:
-            raise self._translate(exc, f"running model '{model.name}'") from exc
-        response = result.get_response()
         produced: dict[str, Tensor] = {}
-        for output in response.outputs:
-            array = result.as_numpy(output.name)
-            if array is None:
+        for output, buffer in zip(header.outputs, raw, strict=True):
+            shape = tuple(output.shape)
+            try:
+                datatype = DataType(output.datatype)
+                if datatype is DataType.BYTES:
+                    array = wire.decode_bytes(buffer, int(np.prod(shape)), output.name)
+                else:
+                    array = np.frombuffer(buffer, dtype=datatype.numpy_dtype)
+                produced[output.name] = array.reshape(shape)
+            except (ValueError, GatewayError) as exc:
                 raise BackendError(
-                    f"Triton returned no data for output '{output.name}' of '{model.name}'",
+                    f"Triton at {self._url} returned output '{output.name}' of "
+                    f"'{model.name}' that does not match its shape {list(shape)} and "
+                    f"datatype {output.datatype}: {exc}",
                     backend_id=self._id,
-                )
-            produced[output.name] = array
+                ) from exc
         return produced
 
     async def aclose(self) -> None:
         await self._client.close()
+        await self._channel.close()
 
     def _translate(self, exc: InferenceServerException, doing: str) -> GatewayError:
-        """tritonclient's errors carry the gRPC code as a string: map it to ours."""
+        """tritonclient's errors carry the gRPC code as a string."""
         status = str(exc.status() or "").removeprefix("StatusCode.")
-        message = f"Triton at {self._url} failed {doing}: {exc.message()}"
+        return self._translate_status(status, str(exc.message()), doing)
+
+    def _translate_status(self, status: str, detail: str, doing: str) -> GatewayError:
+        """A gRPC status from Triton (by its code's name) as an error of ours."""
+        message = f"Triton at {self._url} failed {doing}: {detail}"
         if status == grpc.StatusCode.UNAVAILABLE.name:
             return BackendUnavailable(message, backend_id=self._id)
         if status == grpc.StatusCode.DEADLINE_EXCEEDED.name:
@@ -256,3 +336,18 @@ def spec_from_triton(
         outputs=tensors(metadata.get("outputs", [])),
         config=dict(config),
     )
+
+
+def _set_parameter(slot: Any, value: bool | int | float | str) -> None:
+    """One ``InferParameter``, typed as the caller sent it."""
+    if isinstance(value, bool):
+        slot.bool_param = value
+    elif isinstance(value, int):
+        if value >= 2**63:  # only uint64 can hold it
+            slot.uint64_param = value
+        else:
+            slot.int64_param = value
+    elif isinstance(value, float):
+        slot.double_param = value
+    else:
+        slot.string_param = str(value)

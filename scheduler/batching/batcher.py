@@ -32,7 +32,7 @@ from scheduler.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from scheduler.request import InferRequest
+from scheduler.request import InferRequest, Outputs
 from scheduler.spec import ModelSpec, Tensor
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ _MIN_SLEEP_S = 0.0002
 class _Pending:
     request: InferRequest
     rows: int
-    future: asyncio.Future[dict[str, Tensor]]
+    future: asyncio.Future[Outputs]
     enqueued_at: float
     #: The queue span, open from admission until the request's batch is cut;
     #: its context stays behind for the batch spans of later split halves.
@@ -144,7 +144,7 @@ class Batcher:
         self._wakeup.set()
 
     # -- submitting --------------------------------------------------------
-    async def submit(self, request: InferRequest) -> dict[str, Tensor]:
+    async def submit(self, request: InferRequest) -> Outputs:
         """The request's outputs, once its batch ran; raises what ended it otherwise.
 
         The caller has validated the inputs against the model. Raises
@@ -157,13 +157,20 @@ class Batcher:
         now = self._clock.now()
         if request.deadline is not None and now >= request.deadline:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
-        future: asyncio.Future[dict[str, Tensor]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         rows = rows_of(request.inputs)
         pending = _Pending(request, rows, future, now)
-        pending.span = tracing.start_queue_span(
-            self._tracer, request.trace_context, model=name, priority=request.priority, rows=rows
-        )
-        pending.span_context = pending.span.get_span_context()
+        if tracing.recording(self._tracer):
+            pending.span = tracing.start_queue_span(
+                self._tracer,
+                request.trace_context,
+                model=name,
+                priority=request.priority,
+                rows=rows,
+            )
+            pending.span_context = pending.span.get_span_context()
+        else:  # no spans: the caller's own context is what reaches the backend
+            pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
         timeout = None if request.deadline is None else request.deadline - now + _EXPIRY_GRACE_S
         if self._may_skip_queue():
             return await self._run_alone(pending, timeout)
@@ -211,7 +218,7 @@ class Batcher:
             and self._in_flight < self._capacity()
         )
 
-    async def _run_alone(self, pending: _Pending, timeout: float | None) -> dict[str, Tensor]:
+    async def _run_alone(self, pending: _Pending, timeout: float | None) -> Outputs:
         """Run a batch of one in the caller's own task (see ``_may_skip_queue``)."""
         self.counters.submitted += 1
         self.counters.batches_by_trigger["idle"] += 1
@@ -344,20 +351,22 @@ class Batcher:
 
     async def _call(
         self, live: list[_Pending], trigger: BatchTrigger, attempt: int
-    ) -> list[dict[str, Tensor]]:
+    ) -> list[Outputs]:
         requests = [m.request for m in live]
         rows = [m.rows for m in live]
         deadlines = [r.deadline for r in requests if r.deadline is not None]
         head = requests[0]
         members = [m.span_context for m in live]
-        batch_span = tracing.start_batch_span(
-            self._tracer,
-            members,
-            model=self._spec.name,
-            size=sum(rows),
-            trigger=trigger,
-            attempt=attempt,
-        )
+        batch_span: Span | None = None
+        if tracing.recording(self._tracer):
+            batch_span = tracing.start_batch_span(
+                self._tracer,
+                members,
+                model=self._spec.name,
+                size=sum(rows),
+                trigger=trigger,
+                attempt=attempt,
+            )
         for m in live:  # the wait ends here (a no-op for a re-run half of a split)
             m.end_queue_span(batch=batch_span)
         info = BatchInfo(
@@ -373,19 +382,25 @@ class Batcher:
             trace_contexts=tuple(members),
             enqueued_at=tuple(m.enqueued_at for m in live),
             attempt=attempt,
+            # Alone in its batch, a request may travel in the form it came in.
+            wire=head.wire if len(requests) == 1 else None,
         )
         self.counters.batch_sizes[info.size] += 1
         start = self._clock.now()
+        merged = merge_inputs([r.inputs for r in requests])
         try:
-            with trace.use_span(batch_span, end_on_exit=True):
-                outputs = await self._run_batch(
-                    self._spec, merge_inputs([r.inputs for r in requests]), info
-                )
+            if batch_span is None:
+                outputs = await self._run_batch(self._spec, merged, info)
+            else:
+                with trace.use_span(batch_span, end_on_exit=True):
+                    outputs = await self._run_batch(self._spec, merged, info)
         finally:
             for r in requests:
                 r.served_by = info.served_by[-1] if info.served_by else r.served_by
         self._queue.record_service(self._clock.now() - start)
         self._queue.note_completion(self._clock.now())
+        if isinstance(outputs, bytes):  # the lone member's encoded response
+            return [outputs]
         parts = split_outputs(outputs, rows)
         return [self._select(r, part) for r, part in zip(requests, parts, strict=True)]
 

@@ -7,14 +7,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext
 
 from scheduler.batching.queue import Trigger
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
 
-#: Why a batch ran: a queue trigger, or ``split`` for a half of a failed batch.
-BatchTrigger = Trigger | Literal["split"]
+#: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch, or
+#: ``solo`` for a request of a model the gateway does not batch.
+BatchTrigger = Trigger | Literal["split", "solo"]
 
 #: Parameters that describe scheduling, not the inference: they do not keep
 #: requests apart, and are not forwarded as the batch's parameters.
@@ -33,6 +36,9 @@ class BatchInfo:
     the members' span contexts (their queue spans), which the batch span links.
     ``served_by`` collects the ids of the backends the batch was sent to, in
     order (the dispatcher appends; the last one ran it or failed it).
+    ``wire`` is the single member's request in its encoded form, for a
+    backend that forwards it (None for a merged batch). ``caller_context`` is
+    the OpenTelemetry context of a solo request's caller.
     """
 
     model_name: str
@@ -49,11 +55,29 @@ class BatchInfo:
     enqueued_at: tuple[float, ...] = ()
     attempt: int = 0
     served_by: list[str] = field(default_factory=list)
+    wire: bytes | None = None
+    caller_context: Context | None = None
+
+    def propagation(self) -> dict[str, str] | None:
+        """W3C headers with the caller's trace context (of the first member
+        for a batch), so that with the gateway's own tracing off a backend
+        still joins the caller's trace; None when there is none."""
+        context = self.caller_context
+        if context is None:
+            if not self.trace_contexts or not self.trace_contexts[0].is_valid:
+                return None
+            context = trace.set_span_in_context(trace.NonRecordingSpan(self.trace_contexts[0]))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=context)
+        return carrier or None
 
 
 #: Runs one batch: placement and the backend call. Returns every output the
 #: batch asked for, first dimension = ``info.size``; raises scheduler errors.
-RunBatch = Callable[[ModelSpec, dict[str, Tensor], BatchInfo], Awaitable[Mapping[str, Tensor]]]
+#: A batch whose ``wire`` a backend forwarded yields that backend's encoded response.
+RunBatch = Callable[
+    [ModelSpec, dict[str, Tensor], BatchInfo], Awaitable[Mapping[str, Tensor] | bytes]
+]
 
 
 @dataclass(slots=True)

@@ -56,6 +56,10 @@ def _spec(outputs: dict[str, DataType]) -> ModelSpec:
     )
 
 
+def _encode(result: InferResult, spec: ModelSpec) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse.FromString(codec.encode_response(result, spec))
+
+
 def _decode_output(response: pb.ModelInferResponse, index: int) -> np.ndarray:
     out = response.outputs[index]
     datatype = DataType(out.datatype)
@@ -78,7 +82,7 @@ def test_raw_round_trip_every_datatype(datatype: DataType) -> None:
         assert decoded.tobytes() == array.tobytes()  # bit-exact, NaN payloads included
 
     result = InferResult(model_name="m", model_version="1", outputs={"y": decoded}, id="r1")
-    response = codec.encode_response(result, _spec({"y": datatype}))
+    response = _encode(result, _spec({"y": datatype}))
     assert (response.model_name, response.model_version, response.id) == ("m", "1", "r1")
     assert response.outputs[0].datatype == datatype.value
     assert list(response.outputs[0].shape) == list(array.shape)
@@ -109,6 +113,13 @@ def test_raw_decode_is_zero_copy(datatype: DataType) -> None:
     while isinstance(base, np.ndarray):
         base = base.base
     assert isinstance(base, bytes) and base == raw
+    # And from the received bytes: the array views the message the caller sent.
+    data = request.SerializeToString()
+    header, contents = codec.decode_request(data)
+    from_wire = codec.decode_inputs(header, contents)["x"]
+    assert np.shares_memory(from_wire, np.frombuffer(data, dtype=np.uint8))
+    assert from_wire.tobytes() == raw
+    assert not header.raw_input_contents  # the tensor was never parsed into the message
 
 
 def test_empty_tensor_round_trips() -> None:
@@ -177,8 +188,9 @@ def _frame(*items: bytes) -> bytes:
     [
         ("FP32", [2, 2], b"\0" * 12, ["'x'", "12 bytes", "needs 16", "FP32"]),
         ("INT64", [3], b"\0" * 25, ["25 bytes", "needs 24"]),
-        ("BYTES", [2], _frame(b"a"), ["truncated", "element 1 of 2", "length prefix"]),
-        ("BYTES", [1], b"\x01\x00", ["truncated", "element 0 of 1", "length prefix"]),
+        ("BYTES", [2], _frame(b"a"), ["truncated", "2 elements", "length prefixes"]),
+        ("BYTES", [2], _frame(b"abcd"), ["truncated", "element 1 of 2", "length prefix"]),
+        ("BYTES", [1], b"\x01\x00", ["truncated", "1 elements", "length prefixes"]),
         ("BYTES", [1], struct.pack("<I", 10) + b"abc", ["truncated", "declares 10", "only 3"]),
         ("BYTES", [1], _frame(b"a") + b"zz", ["2 bytes after its 1 elements", "shape"]),
     ],
@@ -275,7 +287,7 @@ def test_encode_response_converts_and_infers_datatypes() -> None:
         outputs={"y": declared, "extra": np.array([1, 2], dtype=np.int16)},
         parameters={"sequence_end": True},
     )
-    response = codec.encode_response(result, _spec({"y": DataType.FP32}))
+    response = _encode(result, _spec({"y": DataType.FP32}))
     assert [o.name for o in response.outputs] == ["y", "extra"]
     assert response.outputs[0].datatype == "FP32" and list(response.outputs[0].shape) == [3, 2]
     assert _decode_output(response, 0).tolist() == declared.tolist()
@@ -307,7 +319,7 @@ def test_random_round_trips_are_inverses() -> None:
         decoded = codec.decode_tensor(tensor, raw)
         assert decoded.shape == shape, case
         result = InferResult("m", "1", {"y": decoded})
-        assert codec.encode_response(result, _spec({"y": datatype})).raw_output_contents[0] == raw
+        assert _encode(result, _spec({"y": datatype})).raw_output_contents[0] == raw
 
         items = [rng.bytes(int(rng.integers(0, 12))) for _ in range(count)]
         array = np.empty(count, dtype=np.object_)
@@ -315,3 +327,24 @@ def test_random_round_trips_are_inverses() -> None:
         framed = codec.encode_bytes(array.reshape(shape))
         assert len(framed) == 4 * count + sum(map(len, items))
         assert codec.decode_bytes(framed, count, "s").tolist() == items, case
+
+
+def test_garbage_bytes_are_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match=r"not a valid inference\.ModelInferRequest"):
+        codec.decode_request(b"\xff\xff\xff")
+
+
+def test_encoded_response_is_returned_unchanged() -> None:
+    encoded = pb.ModelInferResponse(model_name="m", id="7").SerializeToString()
+    result = InferResult(model_name="m", model_version="1", outputs={}, wire=encoded)
+    assert codec.encode_response(result, _spec({})) is encoded
+
+
+def test_stream_responses_wrap_the_encoded_response() -> None:
+    encoded = pb.ModelInferResponse(model_name="m", id="7").SerializeToString()
+    stream = pb.ModelStreamInferResponse.FromString(codec.stream_response(encoded))
+    assert stream.infer_response.id == "7" and not stream.error_message
+    header = pb.ModelInferRequest(model_name="m", model_version="2", id="9")
+    error = pb.ModelStreamInferResponse.FromString(codec.stream_error(header, "bad"))
+    assert error.error_message == "bad"
+    assert (error.infer_response.model_name, error.infer_response.id) == ("m", "9")

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 import numpy as np
 import pytest
 
-from scheduler.backends.base import Backend, Device, DeviceKind
+from scheduler.backends.base import Backend, DecodedTensorsOnly, Device, DeviceKind
 from scheduler.clock import ManualClock
 from scheduler.config import SchedulerConfig
 from scheduler.dispatcher import Scheduler
@@ -34,7 +34,7 @@ DOUBLE = ModelSpec("double", (VEC,), (dataclasses.replace(VEC, name="Y"),), max_
 TRIPLE = dataclasses.replace(DOUBLE, name="triple")
 
 
-class FakeBackend:
+class FakeBackend(DecodedTensorsOnly):
     """Implements the Backend protocol; the test scripts its failures and timing."""
 
     def __init__(self, backend_id: str, *specs: ModelSpec, clock: ManualClock | None = None):

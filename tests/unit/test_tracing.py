@@ -20,7 +20,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from gateway.config import ConfigError
 from gateway.logs import JsonFormatter, TraceContextFilter
 from gateway.telemetry import configure_tracing, trace_id_metadata
-from scheduler.backends.base import Device, DeviceKind
+from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.config import SchedulerConfig
 from scheduler.dispatcher import Scheduler
 from scheduler.request import InferRequest, Parameters
@@ -32,7 +32,7 @@ CONFIG = SchedulerConfig(health_interval_s=3600, rediscover_interval_s=3600)
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-class RecordingBackend:
+class RecordingBackend(DecodedTensorsOnly):
     """A Backend that remembers the trace headers of every call; ``gate`` holds calls."""
 
     def __init__(self) -> None:
