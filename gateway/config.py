@@ -45,7 +45,13 @@ class Settings(BaseSettings):
         ],
         description="CPU models: builtin:NAME or package.module:factory",
     )
-    cpu_workers: int | None = Field(None, gt=0, description="CPU backend threads")
+    cpu_workers: int | None = Field(
+        None, gt=0, description="CPU backend threads (and processes, for models run in them)"
+    )
+    cpu_execution: dict[str, Literal["inline", "thread", "process"]] = Field(
+        default_factory=dict,
+        description="per CPU model: run inline on the event loop, on a thread, or in a process",
+    )
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
     dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
     triton_metrics_port: int | None = Field(

@@ -23,10 +23,12 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from scheduler.clock import Clock
@@ -55,6 +57,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, decision_log_size: int = 256) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.recent_decisions: deque[DecisionRecord] = deque(maxlen=decision_log_size)
         self.requests = Counter(
             "gateway_requests",
@@ -115,35 +119,49 @@ class GatewayMetrics:
             registry=registry,
         )
 
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: ``labels()`` validates and
+        hashes on every call, which is most of what an update costs."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- the servicer ------------------------------------------------------
     def request_done(self, model: str, code: str, backend: str, seconds: float) -> None:
-        backend = backend or "none"
-        self.requests.labels(model, code, backend).inc()
-        self.request_duration.labels(model, code, backend).observe(seconds)
+        key = (model, code, backend)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (model, code, backend or "none")
+            children = (self.requests.labels(*labels), self.request_duration.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- SchedulerObserver -------------------------------------------------
     def batch_started(
         self, model: str, rows: int, trigger: str, queue_waits_s: Sequence[float]
     ) -> None:
-        self.batch_size.labels(model).observe(rows)
-        self.batches.labels(model, trigger).inc()
+        self._child(self.batch_size, model).observe(rows)
+        self._child(self.batches, model, trigger).inc()
         if queue_waits_s:
-            wait = self.queue_wait.labels(model)
+            wait = self._child(self.queue_wait, model)
             for seconds in queue_waits_s:
                 wait.observe(max(seconds, 0.0))
 
     def placed(self, model: str, rows: int, decision: Decision) -> None:
         backend = decision.backend_id or "none"
-        self.decisions.labels(model, decision.verdict.value, backend).inc()
+        self._child(self.decisions, model, decision.verdict.value, backend).inc()
         if decision.verdict is Verdict.SPILLED:
-            self.spillovers.labels(model, backend).inc()
+            self._child(self.spillovers, model, backend).inc()
         span_context = trace.get_current_span().get_span_context()
         trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         self.recent_decisions.append(DecisionRecord(model, rows, decision, trace_id))
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
-        self.backend_calls.labels(backend_id, model, code).inc()
-        self.backend_call_duration.labels(backend_id, model).observe(seconds)
+        self._child(self.backend_calls, backend_id, model, code).inc()
+        self._child(self.backend_call_duration, backend_id, model).observe(seconds)
 
 
 class SchedulerCollector(Collector):

@@ -23,7 +23,7 @@ from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
-from scheduler.backends.cpu_models import load_cpu_model
+from scheduler.backends.cpu_models import Execution, default_execution, load_cpu_model
 from scheduler.backends.triton import TritonBackend
 from scheduler.clock import MonotonicClock
 from scheduler.config import SchedulerConfig
@@ -56,14 +56,30 @@ def build_backends(settings: Settings) -> list[Backend]:
         if parse_dns_endpoint(endpoint) is None:
             backends.append(triton_backend(settings, endpoint))
     if settings.cpu_models:
-        try:
-            models = [load_cpu_model(ref) for ref in settings.cpu_models]
-        except ValueError as exc:
-            raise ConfigError(f"cpu_models: {exc}") from None
-        backends.append(CpuBackend(models, workers=settings.cpu_workers))
+        backends.append(cpu_backend(settings))
     if not settings.triton_endpoints and not backends:
         raise ConfigError("nothing to serve: set triton_endpoints and/or cpu_models")
     return backends
+
+
+def cpu_backend(settings: Settings) -> CpuBackend:
+    """The CPU pool of ``cpu_models``, each run as ``cpu_execution`` (or its default) says."""
+    try:
+        models = [load_cpu_model(ref) for ref in settings.cpu_models]
+    except ValueError as exc:
+        raise ConfigError(f"cpu_models: {exc}") from None
+    refs = {model.spec.name: ref for model, ref in zip(models, settings.cpu_models, strict=True)}
+    if unknown := sorted(set(settings.cpu_execution) - set(refs)):
+        raise ConfigError(
+            f"cpu_execution: no CPU model named {', '.join(unknown)}; "
+            f"the CPU models are {', '.join(sorted(refs)) or 'none'}"
+        )
+    execution = {name: default_execution(ref) for name, ref in refs.items()}
+    execution.update({name: Execution(mode) for name, mode in settings.cpu_execution.items()})
+    try:
+        return CpuBackend(models, workers=settings.cpu_workers, execution=execution, refs=refs)
+    except ValueError as exc:
+        raise ConfigError(f"cpu_models: {exc}") from None
 
 
 def triton_backend(settings: Settings, target: str) -> TritonBackend:

@@ -26,6 +26,9 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._routes: dict[str, list[Backend]] = {}
+        #: (name, version) -> backends serving that version: resolved once per
+        #: rebuild, not per request (``models()`` may build a dict each call).
+        self._by_version: dict[tuple[str, str], tuple[Backend, ...]] = {}
 
     def rebuild(self, backends: Iterable[Backend]) -> None:
         specs: dict[str, ModelSpec] = {}
@@ -47,6 +50,7 @@ class ModelRegistry:
                     specs[name] = dataclasses.replace(known, versions=merged)
                 routes.setdefault(name, []).append(backend)
         self._specs, self._routes = specs, routes
+        self._by_version = {}
 
     def specs(self) -> list[ModelSpec]:
         return [self._specs[name] for name in sorted(self._specs)]
@@ -61,7 +65,10 @@ class ModelRegistry:
             raise ModelNotFound(
                 f"model '{name}' has no version '{version}'; versions: {', '.join(spec.versions)}"
             )
-        backends = [b for b in self._routes[name] if spec_has(b, name, version)]
+        backends = self._by_version.get((name, version))
+        if backends is None:
+            backends = tuple(b for b in self._routes[name] if spec_has(b, name, version))
+            self._by_version[(name, version)] = backends
         return spec, backends
 
 

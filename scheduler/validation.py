@@ -17,8 +17,33 @@ def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
 
     Names, datatypes and shapes (``-1`` is a wildcard) are checked, and for a
     batching model every input must agree on a batch size within
-    ``max_batch_size``.
+    ``max_batch_size``. The common case, a valid request, takes one pass with
+    no allocation; anything else goes to the thorough check that words the error.
     """
+    if len(inputs) == len(spec.inputs):
+        batch = -1
+        for tensor in spec.inputs:
+            array = inputs.get(tensor.name)
+            if array is None or array.dtype != tensor.datatype.numpy_dtype:
+                break
+            shape = array.shape
+            if len(shape) != len(tensor.shape):
+                break
+            if not all(want in (-1, got) for want, got in zip(tensor.shape, shape, strict=True)):
+                break
+            if spec.max_batch_size > 0:
+                if batch == -1:
+                    batch = shape[0]
+                elif shape[0] != batch:
+                    break
+        else:
+            if spec.max_batch_size <= 0 or 0 < batch <= spec.max_batch_size:
+                return
+    _explain_invalid(spec, inputs)
+
+
+def _explain_invalid(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
+    """The thorough check: raises InvalidArgument saying what is wrong."""
     unexpected = sorted(set(inputs) - {t.name for t in spec.inputs})
     if unexpected:
         raise InvalidArgument(

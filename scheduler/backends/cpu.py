@@ -1,33 +1,61 @@
-"""The local CPU backend: runs numpy models on a thread pool, off the event loop."""
+"""The local CPU backend: runs numpy models inline, on threads or in processes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import multiprocessing
 import os
+import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
-from scheduler.backends.cpu_models import CpuModel
+from scheduler.backends.cpu_models import CpuModel, Execution, load_cpu_model
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import BackendError, DeadlineExceeded, GatewayError, Unavailable
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
 
+log = logging.getLogger(__name__)
+
+#: An inline call that uses more CPU than this stalls every other request on
+#: the event loop; it is logged, at most once per ``INLINE_WARN_EVERY_S`` per model.
+INLINE_WARN_S = 0.002
+INLINE_WARN_EVERY_S = 60.0
+
+#: Models loaded in a process worker, by name (set by ``_load_in_child``).
+_CHILD_MODELS: dict[str, CpuModel] = {}
+
+
+def _load_in_child(refs: Mapping[str, str]) -> None:
+    for name, ref in refs.items():
+        _CHILD_MODELS[name] = load_cpu_model(ref)
+
+
+def _run_in_child(
+    name: str, inputs: Mapping[str, Tensor], parameters: Parameters
+) -> dict[str, Tensor]:
+    return _CHILD_MODELS[name](inputs, parameters)
+
 
 class CpuBackend(DecodedTensorsOnly):
-    """Runs ``CpuModel``s on a fixed pool of worker threads.
+    """Runs ``CpuModel``s inline, on a pool of worker threads, or in a pool of
+    worker processes, per model (``execution``; see ``cpu_models.Execution``).
 
-    At most ``workers`` calls run at once; later calls wait for a slot, but
+    An inline call runs to its end on the event loop: nothing else can run
+    meanwhile, so it needs no slot. Thread and process calls share ``workers``
+    slots: at most that many run at once; later calls wait for a slot, but
     never past their deadline. A thread cannot be interrupted, so a call that
     misses its deadline while running still finishes in the background; its
     slot is held until it does, which keeps the pool from being oversubscribed
-    by abandoned work.
+    by abandoned work. Process workers load their models themselves from
+    ``refs`` (the ``module:factory`` they were loaded from here).
     """
 
     def __init__(
@@ -38,6 +66,8 @@ class CpuBackend(DecodedTensorsOnly):
         workers: int | None = None,
         clock: Clock | None = None,
         tracer: Tracer | None = None,
+        execution: Mapping[str, Execution] | None = None,
+        refs: Mapping[str, str] | None = None,
     ) -> None:
         self._id = backend_id
         self._tracer = tracer or tracing.default_tracer()
@@ -47,9 +77,31 @@ class CpuBackend(DecodedTensorsOnly):
             if model.spec.name in self._models:
                 raise ValueError(f"two CPU models are named {model.spec.name!r}")
             self._models[model.spec.name] = model
+        self._specs = {name: m.spec for name, m in self._models.items()}
+        if unknown := sorted(set(execution or {}) - set(self._models)):
+            raise ValueError(f"execution is set for models this backend lacks: {unknown}")
+        self._execution = {name: Execution.THREAD for name in self._models}
+        self._execution.update(execution or {})
+        in_processes = {
+            n: (refs or {}).get(n, "") for n, e in self._execution.items() if e is Execution.PROCESS
+        }
+        if missing := sorted(n for n, ref in in_processes.items() if not ref):
+            raise ValueError(
+                f"CPU models {', '.join(missing)} run in processes, which load them by "
+                "reference: give their module:factory"
+            )
         self._clock = clock or MonotonicClock()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{backend_id}-worker")
+        self._processes: Executor | None = None
+        if in_processes:
+            self._processes = ProcessPoolExecutor(
+                self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_load_in_child,
+                initargs=(in_processes,),
+            )
         self._slots = asyncio.Semaphore(self._workers)
+        self._warned_at: dict[str, float] = {}
         self._closed = False
 
     @property
@@ -66,7 +118,10 @@ class CpuBackend(DecodedTensorsOnly):
         return Device(DeviceKind.CPU, name=f"{self._workers} worker threads")
 
     def models(self) -> Mapping[str, ModelSpec]:
-        return {name: m.spec for name, m in self._models.items()}
+        return self._specs
+
+    def execution(self, model: str) -> Execution:
+        return self._execution[model]
 
     async def start(self) -> None:
         return None
@@ -98,6 +153,9 @@ class CpuBackend(DecodedTensorsOnly):
         timeout_s = None if deadline is None else deadline - self._clock.now()
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded(f"deadline passed before model '{model.name}' could run")
+        mode = self._execution[model.name]
+        if mode is Execution.INLINE:
+            return self._run_inline(runner, model, inputs, outputs, parameters)
         try:
             async with asyncio.timeout(timeout_s):
                 await self._slots.acquire()
@@ -106,16 +164,24 @@ class CpuBackend(DecodedTensorsOnly):
                 f"no CPU worker became free for model '{model.name}' before the deadline"
             ) from None
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, runner, inputs, parameters or {})
+        if mode is Execution.PROCESS and self._processes is not None:
+            future = loop.run_in_executor(
+                self._processes, _run_in_child, model.name, dict(inputs), dict(parameters or {})
+            )
+        else:
+            future = loop.run_in_executor(self._pool, runner, inputs, parameters or {})
         future.add_done_callback(lambda _: self._slots.release())
         rows = int(next(iter(inputs.values())).shape[0]) if inputs and model.max_batch_size else 1
         try:
             timeout_s = None if deadline is None else deadline - self._clock.now()
             # shield: a timeout must not cancel the executor future, whose
             # callback frees the slot only when the thread is really done.
-            with tracing.cpu_execution(
-                self._tracer, model=model.name, backend_id=self._id, rows=rows
-            ):
+            if tracing.recording(self._tracer):
+                with tracing.cpu_execution(
+                    self._tracer, model=model.name, backend_id=self._id, rows=rows
+                ):
+                    produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            else:
                 produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(
@@ -130,12 +196,56 @@ class CpuBackend(DecodedTensorsOnly):
             ) from exc
         return _check_outputs(model, produced, outputs, self._id)
 
+    def _run_inline(
+        self,
+        runner: CpuModel,
+        model: ModelSpec,
+        inputs: Mapping[str, Tensor],
+        outputs: tuple[str, ...],
+        parameters: Parameters | None,
+    ) -> dict[str, Tensor]:
+        # CPU time, not wall time: being preempted is not the model's cost.
+        start = time.thread_time()
+        try:
+            produced = runner(inputs, parameters or {})
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"CPU model '{model.name}' failed: {type(exc).__name__}: {exc}",
+                backend_id=self._id,
+            ) from exc
+        elapsed = time.thread_time() - start
+        if elapsed > INLINE_WARN_S and self._may_warn(model.name):
+            log.warning(
+                "CPU model %s used %.1f ms of CPU on the event loop, stalling every other "
+                "request; "
+                "set cpu_execution.%s to 'thread' (or 'process' if it holds the GIL)",
+                model.name,
+                elapsed * 1e3,
+                model.name,
+            )
+        return _check_outputs(model, produced, outputs, self._id)
+
+    def _may_warn(self, model: str) -> bool:
+        now = self._clock.now()
+        if now < self._warned_at.get(model, -INLINE_WARN_EVERY_S) + INLINE_WARN_EVERY_S:
+            return False
+        self._warned_at[model] = now
+        return True
+
     async def aclose(self) -> None:
         self._closed = True
-        with contextlib.suppress(RuntimeError):
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._pool.shutdown(wait=True, cancel_futures=True)
-            )
+        pools: list[Executor] = [self._pool]
+        if self._processes is not None:
+            pools.append(self._processes)
+        for pool in pools:
+            with contextlib.suppress(RuntimeError):
+                await asyncio.get_running_loop().run_in_executor(None, _shut_down, pool)
+
+
+def _shut_down(pool: Executor) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_outputs(

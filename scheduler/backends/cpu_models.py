@@ -1,13 +1,25 @@
-"""Models that run on the local CPU backend: the protocol, the built-in demos,
-and loading a user's model from an import path.
+"""Models that run on the local CPU backend: the protocol, how each runs, the
+built-in demos, and loading a user's model from an import path.
 
 A CPU model is any object with a ``spec`` and a ``__call__`` from numpy
-inputs to numpy outputs. It runs on a worker thread (numpy releases the GIL
-in its kernels), so it must not touch the event loop.
+inputs to numpy outputs. Where its call runs is its ``Execution``, chosen per
+model (setting ``cpu_execution``), because the gateway's event loop must never
+wait on model code for long:
+
+- ``inline``: on the event loop itself. Only for models that cost a few tens
+  of microseconds per batch (the built-in demos): handing such a call to a
+  thread costs more than the call. A call that takes longer is logged.
+- ``thread`` (the default): on a worker thread. For models that release the
+  GIL while they compute (numpy's large kernels, ONNX Runtime, PyTorch), so
+  the event loop keeps running beside them.
+- ``process``: in a pool of worker processes that load the model themselves.
+  For models that hold the GIL (pure Python, many small numpy calls): on a
+  thread they would stall the event loop; inputs and outputs are pickled.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
@@ -16,6 +28,14 @@ import numpy as np
 
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
+
+
+class Execution(enum.Enum):
+    """Where a CPU model's calls run (see the module docstring)."""
+
+    INLINE = "inline"
+    THREAD = "thread"
+    PROCESS = "process"
 
 
 @runtime_checkable
@@ -129,6 +149,21 @@ BUILTIN_MODELS: dict[str, Callable[[], CpuModel]] = {
     "mlp_classifier": MlpClassifier,
     "text_upper": TextUpper,
 }
+#: The demos that cost microseconds run inline; the perceptron's matrix
+#: products release the GIL, and grow with the batch, so it takes a thread.
+BUILTIN_EXECUTION: dict[str, Execution] = {
+    "add_sub": Execution.INLINE,
+    "mlp_classifier": Execution.THREAD,
+    "text_upper": Execution.INLINE,
+}
+
+
+def default_execution(ref: str) -> Execution:
+    """How a model loaded from ``ref`` runs unless the settings say otherwise."""
+    kind, _, target = ref.partition(":")
+    if kind == "builtin":
+        return BUILTIN_EXECUTION.get(target, Execution.THREAD)
+    return Execution.THREAD
 
 
 def load_cpu_model(ref: str) -> CpuModel:

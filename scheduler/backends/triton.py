@@ -104,7 +104,7 @@ class TritonBackend:
         return Device(DeviceKind.UNKNOWN, host=self._url)
 
     def models(self) -> Mapping[str, ModelSpec]:
-        return dict(self._models)
+        return self._models  # replaced, never changed in place, by discover()
 
     async def start(self) -> None:
         await self.discover()

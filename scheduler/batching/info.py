@@ -24,7 +24,7 @@ BatchTrigger = Trigger | Literal["split", "solo"]
 SCHEDULING_PARAMETERS = frozenset({"priority", "timeout"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per batch, and frozen init is slow
 class BatchInfo:
     """What ``run_batch`` is told about the batch besides its tensors.
 

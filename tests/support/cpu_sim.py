@@ -13,6 +13,8 @@ import os
 import time
 from collections.abc import Mapping
 
+import numpy as np
+
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 
@@ -44,3 +46,37 @@ class CpuGpuSim:
 
 def gpu_sim() -> CpuGpuSim:
     return CpuGpuSim()
+
+
+class Spin:
+    """Holds the GIL: a pure-Python loop of ``SPIN_MS`` (default 100) per call,
+    then reports which process ran it. Load with ``tests.support.cpu_sim:spin``."""
+
+    def __init__(self) -> None:
+        self.spin_s = float(os.environ.get("SPIN_MS") or 100) / 1000
+        self._spec = ModelSpec(
+            name="spin",
+            max_batch_size=8,
+            platform="python",
+            inputs=(TensorSpec("INPUT", DataType.FP32, (-1, -1)),),
+            outputs=(
+                TensorSpec("OUTPUT", DataType.FP32, (-1, -1)),
+                TensorSpec("PID", DataType.INT64, (-1, 1)),
+            ),
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def __call__(self, inputs: Mapping[str, Tensor], parameters: Parameters) -> dict[str, Tensor]:
+        data = inputs["INPUT"]
+        end = time.perf_counter() + self.spin_s
+        while time.perf_counter() < end:  # never releases the GIL for long
+            pass
+        pid = np.full((data.shape[0], 1), os.getpid(), dtype=np.int64)
+        return {"OUTPUT": data * 2, "PID": pid}
+
+
+def spin() -> Spin:
+    return Spin()

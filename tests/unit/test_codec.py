@@ -113,13 +113,21 @@ def test_raw_decode_is_zero_copy(datatype: DataType) -> None:
     while isinstance(base, np.ndarray):
         base = base.base
     assert isinstance(base, bytes) and base == raw
-    # And from the received bytes: the array views the message the caller sent.
+
+
+@pytest.mark.parametrize(
+    "datatype", [t for t in DataType if t is not DataType.BYTES], ids=lambda t: t.value
+)
+def test_large_requests_are_decoded_without_copying_their_tensors(datatype: DataType) -> None:
+    array = np.resize(SAMPLES[datatype], codec.PARSE_WHOLE_BYTES)  # past the threshold
+    request = _request(("x", datatype.value, list(array.shape)), raw=[array.tobytes()])
+    request.id = "r1"
     data = request.SerializeToString()
     header, contents = codec.decode_request(data)
-    from_wire = codec.decode_inputs(header, contents)["x"]
-    assert np.shares_memory(from_wire, np.frombuffer(data, dtype=np.uint8))
-    assert from_wire.tobytes() == raw
-    assert not header.raw_input_contents  # the tensor was never parsed into the message
+    assert not header.raw_input_contents and header.id == "r1"
+    decoded = codec.decode_inputs(header, contents)["x"]
+    assert np.shares_memory(decoded, np.frombuffer(data, dtype=np.uint8))  # a view of the wire
+    assert decoded.tobytes() == array.tobytes()
 
 
 def test_empty_tensor_round_trips() -> None:

@@ -10,6 +10,7 @@ import pytest
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.server import build_backends
 from scheduler.backends.cpu import CpuBackend
+from scheduler.backends.cpu_models import Execution
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +131,22 @@ def test_build_backends_default_cpu_pool() -> None:
     backends = build_backends(load_settings(cpu_workers=2))
     assert len(backends) == 1 and isinstance(backends[0], CpuBackend)
     assert sorted(backends[0].models()) == ["add_sub", "mlp_classifier", "text_upper"]
+
+
+def test_cpu_execution_defaults_and_overrides() -> None:
+    settings = load_settings(cpu_execution={"mlp_classifier": "process"})
+    (backend,) = build_backends(settings)
+    assert isinstance(backend, CpuBackend)
+    assert backend.execution("add_sub") is Execution.INLINE  # the built-in's default
+    assert backend.execution("mlp_classifier") is Execution.PROCESS
+    assert backend.execution("text_upper") is Execution.INLINE
+
+
+def test_cpu_execution_of_an_unknown_model_or_mode() -> None:
+    with pytest.raises(ConfigError, match=r"cpu_execution: no CPU model named resnet"):
+        build_backends(load_settings(cpu_execution={"resnet": "thread"}))
+    with pytest.raises(ConfigError, match=r"cpu_execution\.add_sub"):
+        load_settings(cpu_execution={"add_sub": "gpu"})
 
 
 def test_build_backends_unknown_builtin() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import (
     AddSub,
     CpuModel,
+    Execution,
     MlpClassifier,
     TextUpper,
+    default_execution,
     load_cpu_model,
 )
 from scheduler.errors import BackendError, DeadlineExceeded, GatewayError, Unavailable
@@ -255,3 +258,73 @@ def test_load_cpu_model_bad_refs(ref: str, words: list[str]) -> None:
 def test_load_cpu_model_factory_that_fails() -> None:
     with pytest.raises(ValueError, match="json:loads"):
         load_cpu_model("json:loads")  # needs an argument: TypeError inside the factory call
+
+
+# -- where a model's calls run -------------------------------------------------
+
+
+async def _ticks_while(call: Awaitable[object], period_s: float = 0.005) -> tuple[object, int]:
+    """Run ``call`` beside a ticker; how many ticks the event loop managed meanwhile."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(period_s)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await call
+    finally:
+        done.set()
+        await task
+    return result, ticks
+
+
+async def test_inline_models_run_on_the_event_loop_thread() -> None:
+    seen: list[int] = []
+    model = Scripted("here", lambda inputs: seen.append(threading.get_ident()) or dict(inputs))
+    backend = CpuBackend([model], workers=1, execution={"here": Execution.INLINE})
+    try:
+        await backend.infer(model.spec, {"X": X})
+    finally:
+        await backend.aclose()
+    assert seen == [threading.get_ident()]
+
+
+async def test_a_model_that_holds_the_gil_runs_in_a_process_and_the_loop_keeps_going(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SPIN_MS", "300")
+    ref = "tests.support.cpu_sim:spin"
+    model = load_cpu_model(ref)
+    inputs = {"INPUT": np.ones((2, 3), np.float32)}
+    backend = CpuBackend(
+        [model], workers=1, execution={"spin": Execution.PROCESS}, refs={"spin": ref}
+    )
+    try:
+        await backend.infer(model.spec, inputs)  # the first call also starts the process
+        result, ticks = await _ticks_while(backend.infer(model.spec, inputs))
+    finally:
+        await backend.aclose()
+    assert isinstance(result, dict)
+    assert result["OUTPUT"].tolist() == [[2.0] * 3] * 2
+    assert int(result["PID"][0, 0]) != os.getpid()
+    # 300 ms of Python in another process: the loop ticked all along (on a thread
+    # the same call would hold the GIL and the ticker would barely run).
+    assert ticks >= 20
+
+
+def test_process_models_need_a_reference_to_load_them_by() -> None:
+    with pytest.raises(ValueError, match="module:factory"):
+        CpuBackend([make_doubler()], execution={"doubler": Execution.PROCESS})
+    with pytest.raises(ValueError, match="lacks"):
+        CpuBackend([make_doubler()], execution={"other": Execution.THREAD})
+
+
+def test_builtin_defaults() -> None:
+    assert default_execution("builtin:add_sub") is Execution.INLINE
+    assert default_execution("builtin:mlp_classifier") is Execution.THREAD
+    assert default_execution("tests.unit.test_cpu_backend:make_doubler") is Execution.THREAD
