@@ -328,3 +328,16 @@ def test_builtin_defaults() -> None:
     assert default_execution("builtin:add_sub") is Execution.INLINE
     assert default_execution("builtin:mlp_classifier") is Execution.THREAD
     assert default_execution("tests.unit.test_cpu_backend:make_doubler") is Execution.THREAD
+
+
+async def test_a_slow_inline_model_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = Scripted("slow", lambda inputs: time.sleep(0.005) or dict(inputs))
+    backend = CpuBackend([model], workers=1, execution={"slow": Execution.INLINE})
+    try:
+        with caplog.at_level("WARNING"):
+            for _ in range(3):
+                await backend.infer(model.spec, {"X": X})
+    finally:
+        await backend.aclose()
+    warnings = [r for r in caplog.records if "on the event loop" in r.getMessage()]
+    assert len(warnings) == 1 and "cpu_execution.slow" in warnings[0].getMessage()
