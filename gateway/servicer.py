@@ -8,7 +8,9 @@ an internal error with a reference to the logs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -165,44 +167,60 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
-        """Requests on one stream run concurrently (up to a bound) and their
-        responses come back as they finish, matched by ``id`` as in Triton.
-        A failed request answers with ``error_message``; the stream goes on.
+        """Requests on one stream run concurrently (up to ``stream_max_in_flight``)
+        and their responses come back as they finish, matched by ``id`` as in
+        Triton. A failed request answers with ``error_message``; the stream
+        goes on. Each request runs as a task whose done-callback queues its
+        response, so a message costs one task and no queue or semaphore hops.
         """
         if trailer := trace_id_metadata():
             context.set_trailing_metadata(trailer)
-        results: asyncio.Queue[bytes | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self._stream_max_in_flight)
-        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        responses: collections.deque[bytes] = collections.deque()
+        wake = asyncio.Event()  # a response is ready, or reading ended
+        room = asyncio.Event()  # fewer than the bound are running
+        room.set()
+        tasks: set[asyncio.Task[bytes]] = set()
+        limit = self._stream_max_in_flight
 
-        async def run_one(request: bytes) -> None:
-            try:
-                response = codec.stream_response(await self._infer(request, context))
-            except GatewayError as exc:
-                response = codec.stream_error(_header_of(request), exc.message)
-            except Exception as exc:
-                response = codec.stream_error(_header_of(request), internal_error(exc).message)
-            finally:
-                slots.release()
-            await results.put(response)
+        def finished(request: bytes, task: asyncio.Task[bytes]) -> None:
+            tasks.discard(task)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is None:
+                responses.append(codec.stream_response(task.result()))
+            elif isinstance(error, GatewayError):
+                responses.append(codec.stream_error(_header_of(request), error.message))
+            else:
+                message = internal_error(error).message
+                responses.append(codec.stream_error(_header_of(request), message))
+            room.set()
+            wake.set()
 
         async def read_all() -> None:
             try:
                 async for request in request_iterator:
-                    await slots.acquire()
-                    task = asyncio.create_task(run_one(request))
+                    while len(tasks) >= limit:
+                        room.clear()
+                        await room.wait()
+                    task = loop.create_task(self._infer(request, context))
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks))
+                    task.add_done_callback(functools.partial(finished, request))
             finally:
-                await results.put(None)
+                wake.set()
 
-        reader = asyncio.create_task(read_all())
+        reader = loop.create_task(read_all())
         try:
-            while (item := await results.get()) is not None:
-                yield item
-            await reader
+            while True:
+                while responses:
+                    yield responses.popleft()
+                if reader.done() and not tasks:
+                    break
+                wake.clear()
+                if not responses:
+                    await wake.wait()
+            await reader  # raises what ended the reading, if it failed
         finally:
             for task in [reader, *tasks]:
                 task.cancel()

@@ -205,3 +205,30 @@ def test_oversize_message_is_refused_and_service_continues(
         small = grpcclient.InferInput("INPUT", [1, 4], "INT64")
         small.set_data_from_numpy(np.arange(4, dtype=np.int64)[None])
         assert client.infer("int64_offset", [small]).as_numpy("OUTPUT").tolist() == [[1, 2, 3, 4]]
+
+
+def test_garbage_bytes_are_invalid_argument_and_a_stream_goes_on(gateway: GatewayProcess) -> None:
+    good = _request(
+        "add_sub", _fp32("INPUT0", [1, 16], GOOD_ROW), _fp32("INPUT1", [1, 16], GOOD_ROW)
+    )
+    good.id = "first"
+    later = pb.ModelInferRequest()
+    later.CopyFrom(good)
+    later.id = "after"
+    garbage = b"\xff\xff\xff\xff"
+    method = "/inference.GRPCInferenceService/"
+    with grpc.insecure_channel(gateway.address) as channel:
+        unary = channel.unary_unary(method + "ModelInfer")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as info:
+            unary(garbage, timeout=10)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid inference.ModelInferRequest" in (info.value.details() or "")
+        stream = channel.stream_stream(method + "ModelStreamInfer")
+        sent = [good.SerializeToString(), garbage, later.SerializeToString()]
+        replies = [
+            pb.ModelStreamInferResponse.FromString(r) for r in stream(iter(sent), timeout=10)
+        ]
+    errors = [r.error_message for r in replies if r.error_message]
+    assert len(replies) == 3 and len(errors) == 1
+    assert "not a valid inference.ModelInferRequest" in errors[0]
+    assert sorted(r.infer_response.id for r in replies if not r.error_message) == ["after", "first"]
