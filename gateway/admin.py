@@ -192,14 +192,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AdminServer:
-    """The admin service's own grpc.aio server (with reflection, for grpcurl)."""
+    """The admin service's own grpc.aio server (with reflection, for grpcurl).
 
-    def __init__(self, servicer: AdminServicer, *, host: str, port: int, token: str | None) -> None:
+    ``address`` is ``host:port`` (port 0: any free one) or ``unix:PATH``.
+    """
+
+    def __init__(
+        self, servicer: pb_grpc.AdminServiceServicer, *, address: str, token: str | None
+    ) -> None:
         interceptors = [BearerTokenInterceptor(token)] if token else []
         self.server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_AdminServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         reflection.enable(self.server, [ADMIN_SERVICE])
-        self._address = f"{host}:{port}"
+        self._address = address
         self.port = 0
 
     async def start(self) -> int:

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 8001)")
     serve.add_argument("--port-file", type=Path, help="write the bound port here")
+    serve.add_argument("--workers", type=int, help="gateway processes sharing the port (default 1)")
     serve.add_argument(
         "--triton",
         action="append",
@@ -57,11 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import configure_logging  # imported late: `status` needs none of it
     from gateway.server import serve
+    from gateway.supervisor import WorkerFailed, supervise
 
     overrides = {
         "host": args.host,
         "port": args.port,
         "port_file": args.port_file,
+        "workers": args.workers,
         "triton_endpoints": args.triton_endpoints,
         "cpu_models": [] if args.no_cpu_models else args.cpu_models,
         "log_level": args.log_level,
@@ -74,10 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, **overrides)
         configure_logging(settings.log_level, settings.log_format)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings) if settings.workers == 1 else supervise(settings))
     except ConfigError as exc:
         print(f"inference-gateway: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:
+        print(f"inference-gateway: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     port_file: Path | None = Field(None, description="write the bound port here once serving")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest message in/out")
     grace_period_s: float = Field(10.0, ge=0, description="in-flight work allowed at shutdown")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="gateway processes sharing the port (SO_REUSEPORT); about one per core",
+    )
     triton_endpoints: list[str] = Field(
         default_factory=list, description="Triton gRPC endpoints, host:port"
     )

@@ -18,6 +18,9 @@ from opentelemetry import trace
 LogFormat = Literal["text", "json"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
+_WORKER_TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s [worker %(worker)s] %(name)s: %(message)s%(trace_suffix)s"
+)
 
 
 class TraceContextFilter(logging.Filter):
@@ -46,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("trace_id", "span_id"):
+        for key in ("trace_id", "span_id", "worker"):
             if value := getattr(record, key, ""):
                 entry[key] = value
         if record.exc_info:
@@ -54,11 +57,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: LogFormat = "text") -> None:
-    """Replace the root logger's handlers with one stderr handler in ``log_format``."""
+class WorkerFilter(logging.Filter):
+    """Stamps ``worker`` (the worker process's index) on each record."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self._index = str(index)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__["worker"] = self._index
+        return True
+
+
+def configure_logging(
+    level: str, log_format: LogFormat = "text", *, worker: int | None = None
+) -> None:
+    """Replace the root logger's handlers with one stderr handler in ``log_format``;
+    a worker of a multi-worker gateway marks its lines with its index."""
     handler = logging.StreamHandler()
     handler.addFilter(TraceContextFilter())
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
+    text = _TEXT_FORMAT
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
+        text = _WORKER_TEXT_FORMAT
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(text)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
+from gateway.worker_views import WorkerRole
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import Execution, default_execution, load_cpu_model
@@ -30,6 +32,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup, parse_dns_endpoint
 from scheduler.dispatcher import Scheduler
 from scheduler.health import BreakerConfig
+from scheduler.shared_view import Role, SharedTelemetryProvider, SharedView
 from scheduler.telemetry.cpu import CpuProvider
 from scheduler.telemetry.monitor import DeviceMonitor
 from scheduler.telemetry.nvml import NvmlProvider
@@ -117,15 +120,30 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
     )
 
 
-def build_scheduler(settings: Settings, clock: MonotonicClock) -> Scheduler:
-    """The scheduler, its backends, DNS groups and device monitor, from settings."""
+def build_scheduler(
+    settings: Settings, clock: MonotonicClock, worker: WorkerRole | None = None
+) -> Scheduler:
+    """The scheduler, its backends, DNS groups and device monitor, from settings.
+
+    One of several workers shares the fleet's view (``scheduler.shared_view``):
+    the leader polls telemetry and probes; a follower reads what it publishes.
+    """
     backends = build_backends(settings)
-    providers: list[TelemetryProvider] = [CpuProvider()]
-    if settings.nvml:
-        providers.append(NvmlProvider())
-    for backend in backends:
-        if isinstance(backend, TritonBackend) and (url := metrics_url(settings, backend.url)):
-            providers.append(TritonMetricsProvider(url, backend.id))
+    shared: SharedView | None = None
+    if worker is not None and worker.count > 1:
+        role: Role = "leader" if worker.leader else "follower"
+        shared = SharedView(worker.shared_view_file, role)
+    follower = shared is not None and shared.role == "follower"
+    providers: list[TelemetryProvider] = []
+    if shared is not None and follower:
+        providers.append(SharedTelemetryProvider(shared))
+    else:
+        providers.append(CpuProvider())
+        if settings.nvml:
+            providers.append(NvmlProvider())
+        for backend in backends:
+            if isinstance(backend, TritonBackend) and (url := metrics_url(settings, backend.url)):
+                providers.append(TritonMetricsProvider(url, backend.id))
     monitor = DeviceMonitor(providers, clock=clock, interval_s=settings.telemetry_interval_s)
     groups = [
         DnsEndpointGroup(*parsed)
@@ -139,7 +157,10 @@ def build_scheduler(settings: Settings, clock: MonotonicClock) -> Scheduler:
         monitor=monitor,
         dns_groups=groups,
         backend_factory=lambda target: triton_backend(settings, target),
+        shared=shared,
     )
+    if follower:
+        return scheduler  # the leader watches the Tritons' metrics for it
 
     def watch(backend: Backend) -> None:
         if isinstance(backend, TritonBackend) and (url := metrics_url(settings, backend.url)):
@@ -162,11 +183,17 @@ class GatewayServer:
     finish, then the scheduler and its backends close.
     """
 
-    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tracing: Tracing | None = None,
+        worker: WorkerRole | None = None,
+    ) -> None:
         self.settings = settings
         self.tracing = tracing or Tracing()
+        self.worker = worker
         clock = MonotonicClock()
-        self.scheduler = build_scheduler(settings, clock)
+        self.scheduler = build_scheduler(settings, clock, worker)
         # Metrics are always counted (cheap); they are served only with metrics_port.
         self.registry, self.metrics = build_registry(self.scheduler, clock)
         self.scheduler.observer = self.metrics
@@ -180,11 +207,13 @@ class GatewayServer:
             tracing=self.tracing,
         )
         self.admin: AdminServer | None = None
-        if settings.admin_port is not None:
+        admin = AdminServicer(self.scheduler, self.metrics, clock)
+        if worker is not None:  # for the supervisor only: a socket in its private directory
+            self.admin = AdminServer(admin, address=worker.admin_target, token=None)
+        elif settings.admin_port is not None:
             self.admin = AdminServer(
-                AdminServicer(self.scheduler, self.metrics, clock),
-                host=settings.admin_host,
-                port=settings.admin_port,
+                admin,
+                address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
             )
         self.metrics_port: int | None = None
@@ -193,7 +222,9 @@ class GatewayServer:
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Workers of one gateway share its port; otherwise a second gateway
+            # started on a port in use must fail, not quietly take half the calls.
+            ("grpc.so_reuseport", 1 if worker is not None else 0),
         ]
         self.server = grpc.aio.server(
             options=options,
@@ -210,6 +241,10 @@ class GatewayServer:
 
     async def start(self) -> int:
         await self.scheduler.start()
+        if self.worker is not None:
+            for backend_id in self.worker.drained():  # an operator's drains outlive a restart
+                with contextlib.suppress(KeyError):
+                    self.scheduler.set_drained(backend_id, True)
         address = f"{self.settings.host}:{self.settings.port}"
         try:
             self.port = self.server.add_insecure_port(address)
@@ -222,10 +257,13 @@ class GatewayServer:
         self._start_metrics()
         if self.admin is not None:
             admin_port = await self.admin.start()
-            _write_port(self.settings.admin_port_file, admin_port)
-            log.info("admin service on %s:%d", self.settings.admin_host, admin_port)
+            if self.worker is None:
+                _write_port(self.settings.admin_port_file, admin_port)
+                log.info("admin service on %s:%d", self.settings.admin_host, admin_port)
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n")
+        if self.worker is not None:
+            self.worker.announce(pid=os.getpid(), metrics_port=self.metrics_port)
         log.info(
             "serving on %s:%d; models: %s",
             self.settings.host,
@@ -237,17 +275,18 @@ class GatewayServer:
     def _start_metrics(self) -> None:
         if self.settings.metrics_port is None:
             return
+        # A worker's metrics are read by its supervisor only, on loopback.
+        host = "127.0.0.1" if self.worker is not None else self.settings.host
+        port = 0 if self.worker is not None else self.settings.metrics_port
         try:
-            http, _ = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.registry
-            )
+            http, _ = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            address = f"{self.settings.host}:{self.settings.metrics_port}"
-            raise ConfigError(f"metrics: cannot listen on {address}: {exc}") from None
+            raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc}") from None
         self._metrics_http = http
         self.metrics_port = int(http.server_port)
-        _write_port(self.settings.metrics_port_file, self.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
+        if self.worker is None:
+            _write_port(self.settings.metrics_port_file, self.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
     async def _sync_health(self) -> None:
         ready = any(self.scheduler.model_ready(s.name) for s in self.scheduler.models())
@@ -289,9 +328,9 @@ def _write_port(path: Path | None, port: int) -> None:
         path.write_text(f"{port}\n")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
-    gateway = GatewayServer(settings, configure_tracing())
+    gateway = GatewayServer(settings, configure_tracing(), worker)
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,6 +39,7 @@ from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Decision, Tier, Verdict, place
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult, Outputs
+from scheduler.shared_view import SharedView
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.stats import ModelStats
 from scheduler.telemetry.monitor import DeviceMonitor
@@ -79,6 +80,7 @@ class Scheduler:
         tier_of: Callable[[Backend], Tier] = default_tier,
         tracer: Tracer | None = None,
         observer: SchedulerObserver | None = None,
+        shared: SharedView | None = None,
     ) -> None:
         self._clock = clock or MonotonicClock()
         self.config = config or SchedulerConfig()
@@ -101,16 +103,40 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracer = tracer or tracing.default_tracer()
         self.observer: SchedulerObserver = observer or NullObserver()
+        #: With several gateway workers: the view the leader shares with the others.
+        self.shared = shared
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
-        """Start every backend (one that is down is probed later) and the loops."""
+        """Start every backend (one that is down is probed later) and the loops.
+
+        A follower worker (``shared``) neither probes nor re-reads models: it
+        applies what the leader publishes (``scheduler.shared_view``).
+        """
         await self.fleet.start()
         if self.monitor is not None:
             await self.monitor.start()
-        self._every(self.config.health_interval_s, self.fleet.probe, "health")
-        self._every(self.config.rediscover_interval_s, self.fleet.rediscover, "rediscover")
+        shared = self.shared
+        if shared is None or shared.role == "leader":
+            self._every(self.config.health_interval_s, self.fleet.probe, "health")
+            self._every(self.config.rediscover_interval_s, self.fleet.rediscover, "rediscover")
+        if shared is not None:
+            share_every_s = self.config.health_interval_s / 2
+            if shared.role == "leader":
+                await self._publish()
+                self._every(share_every_s, self._publish, "publish")
+            else:
+                self._every(share_every_s, self._follow, "follow")
         self._every(self.config.dns_interval_s, self.fleet.refresh_dns, "dns")
+
+    async def _publish(self) -> None:
+        if self.shared is not None:
+            snapshot = self.monitor.snapshot() if self.monitor is not None else None
+            self.shared.publish(self.fleet, snapshot, self._clock.now())
+
+    async def _follow(self) -> None:
+        if self.shared is not None:
+            await self.shared.follow(self.fleet, self._clock.now())
 
     def _every(self, period_s: float, job: Callable[[], Awaitable[None]], name: str) -> None:
         async def loop() -> None:

@@ -111,6 +111,14 @@ class Fleet:
         for callback in self.on_change:
             callback()
 
+    def changed(self) -> None:
+        """Tell the listeners that health or models changed (for state applied from outside)."""
+        self._changed()
+
+    async def rediscover_one(self, state: BackendState) -> bool:
+        """Re-read one backend's models; False (and the breaker open) if it is unreachable."""
+        return await self._start(state)
+
     # -- start, probe, discover ---------------------------------------------
     async def start(self) -> None:
         await self.refresh_dns()

@@ -51,7 +51,7 @@ class ServiceTime(_message.Message):
     def __init__(self, model: _Optional[str] = ..., batch_bucket: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class Backend(_message.Message):
-    __slots__ = ("id", "tier", "endpoint", "models", "usable", "drained", "breaker_state", "last_error", "in_flight", "service_times")
+    __slots__ = ("id", "tier", "endpoint", "models", "usable", "drained", "breaker_state", "last_error", "in_flight", "service_times", "worker")
     ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Backend(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     id: str
     tier: str
     endpoint: str
@@ -72,7 +73,8 @@ class Backend(_message.Message):
     last_error: str
     in_flight: int
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
-    def __init__(self, id: _Optional[str] = ..., tier: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., usable: _Optional[bool] = ..., drained: _Optional[bool] = ..., breaker_state: _Optional[str] = ..., last_error: _Optional[str] = ..., in_flight: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ...) -> None: ...
+    worker: int
+    def __init__(self, id: _Optional[str] = ..., tier: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., usable: _Optional[bool] = ..., drained: _Optional[bool] = ..., breaker_state: _Optional[str] = ..., last_error: _Optional[str] = ..., in_flight: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class ListBackendsRequest(_message.Message):
     __slots__ = ()
@@ -85,16 +87,18 @@ class ListBackendsResponse(_message.Message):
     def __init__(self, backends: _Optional[_Iterable[_Union[Backend, _Mapping]]] = ...) -> None: ...
 
 class Queue(_message.Message):
-    __slots__ = ("model", "priority", "depth", "batches_in_flight")
+    __slots__ = ("model", "priority", "depth", "batches_in_flight", "worker")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     BATCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     model: str
     priority: int
     depth: int
     batches_in_flight: int
-    def __init__(self, model: _Optional[str] = ..., priority: _Optional[int] = ..., depth: _Optional[int] = ..., batches_in_flight: _Optional[int] = ...) -> None: ...
+    worker: int
+    def __init__(self, model: _Optional[str] = ..., priority: _Optional[int] = ..., depth: _Optional[int] = ..., batches_in_flight: _Optional[int] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class ListQueuesRequest(_message.Message):
     __slots__ = ()
@@ -107,7 +111,7 @@ class ListQueuesResponse(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[Queue, _Mapping]]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("model", "batch_size", "verdict", "backend_id", "predicted_seconds", "runner_up", "runner_up_seconds", "reason", "telemetry_age_seconds", "age_seconds", "trace_id")
+    __slots__ = ("model", "batch_size", "verdict", "backend_id", "predicted_seconds", "runner_up", "runner_up_seconds", "reason", "telemetry_age_seconds", "age_seconds", "trace_id", "worker")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +123,7 @@ class Decision(_message.Message):
     TELEMETRY_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_size: int
     verdict: str
@@ -130,7 +135,8 @@ class Decision(_message.Message):
     telemetry_age_seconds: float
     age_seconds: float
     trace_id: str
-    def __init__(self, model: _Optional[str] = ..., batch_size: _Optional[int] = ..., verdict: _Optional[str] = ..., backend_id: _Optional[str] = ..., predicted_seconds: _Optional[float] = ..., runner_up: _Optional[str] = ..., runner_up_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., telemetry_age_seconds: _Optional[float] = ..., age_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    worker: int
+    def __init__(self, model: _Optional[str] = ..., batch_size: _Optional[int] = ..., verdict: _Optional[str] = ..., backend_id: _Optional[str] = ..., predicted_seconds: _Optional[float] = ..., runner_up: _Optional[str] = ..., runner_up_seconds: _Optional[float] = ..., reason: _Optional[str] = ..., telemetry_age_seconds: _Optional[float] = ..., age_seconds: _Optional[float] = ..., trace_id: _Optional[str] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class ListDecisionsRequest(_message.Message):
     __slots__ = ("limit",)
