@@ -44,10 +44,18 @@ def add_parser(commands: Any) -> None:
 
 
 def _table(headers: Sequence[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _with_workers(headers: list[str], rows: list[list[str]], workers: list[int]) -> str:
+    """A WORKER column first, when the views come from several gateway workers."""
+    if any(workers):
+        headers = ["WORKER", *headers]
+        rows = [[str(w), *row] for w, row in zip(workers, rows, strict=True)]
+    return _table(headers, rows)
 
 
 def _gib(value: int) -> str:
@@ -90,14 +98,15 @@ def _backend_rows(backends: Sequence[pb.Backend]) -> str:
             ]
         )
     headers = ["BACKEND", "TIER", "STATE", "BREAKER", "IN FLIGHT", "EWMA", "LAST ERROR"]
-    return _table(headers, rows)
+    return _with_workers(headers, rows, [b.worker for b in backends])
 
 
 def _queues(reply: pb.ListQueuesResponse) -> str:
     rows = [
         [q.model, str(q.priority), str(q.depth), str(q.batches_in_flight)] for q in reply.queues
     ]
-    return _table(["MODEL", "PRIORITY", "DEPTH", "BATCHES IN FLIGHT"], rows)
+    headers = ["MODEL", "PRIORITY", "DEPTH", "BATCHES IN FLIGHT"]
+    return _with_workers(headers, rows, [q.worker for q in reply.queues])
 
 
 def _decisions(reply: pb.ListDecisionsResponse) -> str:
@@ -113,7 +122,8 @@ def _decisions(reply: pb.ListDecisionsResponse) -> str:
         ]
         for d in reply.decisions
     ]
-    return _table(["WHEN", "MODEL", "ROWS", "VERDICT", "BACKEND", "TRACE", "REASON"], rows)
+    headers = ["WHEN", "MODEL", "ROWS", "VERDICT", "BACKEND", "TRACE", "REASON"]
+    return _with_workers(headers, rows, [d.worker for d in reply.decisions])
 
 
 def _call(stub: pb_grpc.AdminServiceStub, args: argparse.Namespace) -> tuple[Message, str]:
