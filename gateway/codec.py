@@ -32,6 +32,7 @@ from scheduler.request import InferResult, Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
 
 __all__ = [
+    "ResponseHeaders",
     "decode_bytes",
     "decode_inputs",
     "decode_parameters",
@@ -220,26 +221,69 @@ def encode_parameters(target: Any, params: Parameters) -> None:
             slot.string_param = str(value)
 
 
-def encode_response(result: InferResult, spec: ModelSpec) -> bytes:
+class ResponseHeaders:
+    """Encoded response headers (model, version, output names, datatypes and
+    shapes: everything but the id and the tensors), remembered per layout.
+
+    Requests of one model come back with few distinct layouts (one per batch
+    size, mostly), so after the first of each the header is copied, not
+    built and serialised again. Holds at most ``max_entries``; when full it
+    starts over.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._cache: dict[tuple[Any, ...], bytes] = {}
+
+    def get(self, model: str, version: str, outputs: tuple[tuple[str, str, Any], ...]) -> bytes:
+        key = (model, version, outputs)
+        header = self._cache.get(key)
+        if header is None:
+            response = pb.ModelInferResponse(model_name=model, model_version=version)
+            for name, datatype, shape in outputs:
+                response.outputs.add(name=name, datatype=datatype, shape=shape)
+            header = response.SerializeToString()
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+            self._cache[key] = header
+        return header
+
+
+_ID_FIELD = 3  # ModelInferResponse.id
+
+
+def encode_response(
+    result: InferResult, spec: ModelSpec, headers: ResponseHeaders | None = None
+) -> bytes:
     """The encoded ``ModelInferResponse``: the backend's own when it sent one,
     else the outputs as raw contents, in the order the result holds them."""
     if result.wire is not None:
         return result.wire
-    response = pb.ModelInferResponse(
-        model_name=result.model_name, model_version=result.model_version, id=result.id
-    )
-    if result.parameters:
-        encode_parameters(response.parameters, result.parameters)
+    layout: list[tuple[str, str, Any]] = []
     contents: list[Any] = []
     for name, array in result.outputs.items():
         declared = spec.output(name)
         datatype = declared.datatype if declared else DataType.of_array(array)
-        response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
+        layout.append((name, datatype.value, array.shape))
         if datatype is DataType.BYTES:
             contents.append(encode_bytes(array))
         else:
             contents.append(wire.as_buffer(array.astype(datatype.numpy_dtype, copy=False)))
-    return wire.join_raw(response.SerializeToString(), wire.RAW_OUTPUT_FIELD, contents)
+    if result.parameters:  # rare: build the whole message
+        response = pb.ModelInferResponse(
+            model_name=result.model_name, model_version=result.model_version, id=result.id
+        )
+        encode_parameters(response.parameters, result.parameters)
+        for name, type_name, shape in layout:
+            response.outputs.add(name=name, datatype=type_name, shape=shape)
+        header = response.SerializeToString()
+    else:
+        headers = headers or ResponseHeaders(1)
+        header = headers.get(result.model_name, result.model_version, tuple(layout))
+        if result.id:
+            identifier = result.id.encode()
+            header += wire.field_prefix(_ID_FIELD, len(identifier)) + identifier
+    return wire.join_raw(header, wire.RAW_OUTPUT_FIELD, contents)
 
 
 def stream_response(encoded: bytes) -> bytes:

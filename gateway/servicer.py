@@ -64,6 +64,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._metrics = metrics
         self._tracing = tracing or Tracing()
+        self._headers = codec.ResponseHeaders()
         self.ready = False
 
     # -- health and metadata ---------------------------------------------
@@ -239,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
                 backend = infer_request.served_by
-            return codec.encode_response(result, spec)
+            return codec.encode_response(result, spec, self._headers)
         except GatewayError as exc:
             code = exc.code
             raise

@@ -104,6 +104,11 @@ class TensorSpec:
     name: str
     datatype: DataType
     shape: tuple[int, ...]
+    #: ``datatype.numpy_dtype``, looked up once (validation reads it per request).
+    dtype: np.dtype[Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", self.datatype.numpy_dtype)
 
     def accepts_shape(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.shape) and all(

@@ -24,7 +24,7 @@ def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
         batch = -1
         for tensor in spec.inputs:
             array = inputs.get(tensor.name)
-            if array is None or array.dtype != tensor.datatype.numpy_dtype:
+            if array is None or array.dtype != tensor.dtype:
                 break
             shape = array.shape
             if len(shape) != len(tensor.shape):

@@ -20,7 +20,7 @@ from scheduler.batching.info import (
     BatchTrigger,
     RunBatch,
 )
-from scheduler.batching.merge import merge_inputs, params_key, rows_of, shape_key, split_outputs
+from scheduler.batching.merge import merge_inputs, params_key, rows_of, split_outputs
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem
 from scheduler.clock import Clock, MonotonicClock
@@ -115,6 +115,8 @@ class Batcher:
         self._capacity = capacity or (lambda: 1)
         self._queue_ahead = queue_ahead
         self._queue: BatchQueue[_Pending] = BatchQueue(policy)
+        #: Inputs whose non-batch dimensions the model leaves open.
+        self._open_dims = tuple(t.name for t in spec.inputs if -1 in t.shape[1:])
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -246,11 +248,14 @@ class Batcher:
 
     def _key(self, request: InferRequest) -> Hashable:
         # Merge only what one backend call can carry: same version, same
-        # tensor layouts, same inference parameters.
+        # tensor layouts, same inference parameters. Requests were validated
+        # against the model, so names and datatypes agree already: only the
+        # non-batch dimensions the model leaves open (-1) can differ.
+        inputs = request.inputs
         return (
             request.model_version,
-            shape_key(request.inputs),
-            params_key(request.parameters, SCHEDULING_PARAMETERS),
+            tuple(inputs[name].shape[1:] for name in self._open_dims),
+            params_key(request.parameters, SCHEDULING_PARAMETERS) if request.parameters else (),
         )
 
     # -- the loop ----------------------------------------------------------
