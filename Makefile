@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Arguments for `make serve`, e.g. make serve ARGS="--triton 127.0.0.1:8001 --port 9001"
 ARGS ?=
 
-.PHONY: dev tools serve test lint typecheck protos bench clean
+.PHONY: dev tools deploy-tools deploy-check deploy-lock serve test lint typecheck protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -34,6 +34,38 @@ tools:
 			"(its metrics test is skipped locally and fails under CI=true)"; \
 	fi
 
+# checkov (deploy-check) lives in a virtual environment of its own, since its
+# many exact pins would otherwise decide the versions of the project's tools.
+# Like promtool it is installed once per machine (in the user's cache, one
+# environment per version), not once per clone: it is large and slow to install.
+CHECKOV_VERSION ?= 3.3.30
+CHECKOV_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/inference-gateway/checkov-$(CHECKOV_VERSION)
+
+$(CHECKOV_VENV)/.installed:
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+deploy-tools: $(CHECKOV_VENV)/.installed
+
+# deploy/ validated offline: kustomize renders, schemas, yamllint, hadolint,
+# compose config, checkov, promtool, and agreement with the code (tests/deploy).
+deploy-check: dev tools deploy-tools
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest tests/deploy
+
+# Re-pin the image's run-time dependencies (deploy/docker/requirements.txt) to
+# the versions installed in $(VENV), i.e. the ones the tests run with.
+deploy-lock: dev
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV)-lock/constraints.txt
+	$(VENV)-lock/bin/python -m pip install --quiet --constraint $(VENV)-lock/constraints.txt .
+	{ sed -n '1,/^[^#]/{/^#/p}' deploy/docker/requirements.txt; \
+		$(VENV)-lock/bin/python -m pip freeze --exclude inference-gateway; } > $(VENV)-lock/requirements.txt
+	mv $(VENV)-lock/requirements.txt deploy/docker/requirements.txt
+	rm -rf $(VENV)-lock
+
 serve: dev
 	$(BIN)/inference-gateway serve $(ARGS)
 
@@ -48,8 +80,8 @@ typecheck: dev
 protos: dev
 	$(BIN)/python protos/generate.py
 
-test: dev tools lint typecheck
-	$(BIN)/python -m pytest
+test: dev tools lint typecheck deploy-check
+	$(BIN)/python -m pytest --ignore=tests/deploy
 
 bench: dev
 	$(BIN)/python -m loadtests.latency
