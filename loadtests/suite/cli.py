@@ -20,16 +20,14 @@ import argparse
 import datetime
 import os
 import shlex
-import signal
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from loadtests.suite import plots, report
 from loadtests.suite.load import Ghz, LoadRunner, PythonLoad, find_ghz
-from loadtests.suite.procs import Fleet
+from loadtests.suite.procs import Fleet, exit_on_sigterm
 from loadtests.suite.runner import Plan, idle_cpu, run_rounds, summarise
 from loadtests.suite.servers import start_fleet
 
@@ -63,10 +61,6 @@ def _plan(args: argparse.Namespace) -> Plan:
     requests = args.requests or (2000 if quick else 10000)
     requests_c1 = args.requests_c1 or (200 if quick else 1000)
     return Plan(rounds, requests_c1, requests, warmup=requests // 4, max_s=args.max_seconds)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _loader(workdir: Path, connections: int) -> LoadRunner:
@@ -119,7 +113,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         run(args, args.workdir.resolve())

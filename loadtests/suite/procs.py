@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
-__all__ = ["Fleet", "ServerProcess", "ServerStartError", "tree_cpu_s"]
+__all__ = ["Fleet", "ServerProcess", "ServerStartError", "exit_on_sigterm", "tree_cpu_s"]
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -192,6 +193,15 @@ class Fleet:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``with Fleet(...)`` blocks stop their servers."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _read_port(port_file: Path | None) -> str:
