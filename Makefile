@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Arguments for `make serve`, e.g. make serve ARGS="--triton 127.0.0.1:8001 --port 9001"
 ARGS ?=
 
-.PHONY: dev tools serve test lint typecheck protos bench bench-suite mlserver clean
+.PHONY: dev tools serve test lint typecheck protos bench bench-suite bench-profile mlserver clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -59,6 +59,12 @@ bench: dev
 # make bench-suite ARGS=--quick for a 1-minute smoke run.
 bench-suite: dev
 	$(BIN)/python -m loadtests.suite $(ARGS)
+
+# Where the gateway's CPU goes (py-spy under ghz load): py-spy is installed into
+# the venv for this only. make bench-profile ARGS="--path cpu"
+bench-profile: dev
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m loadtests.suite.profile $(ARGS)
 
 # MLServer, the suite's reference for CPU models, in a venv of its own: never a
 # dependency of the gateway or its tests. The suite skips it when this is absent.

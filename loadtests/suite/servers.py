@@ -30,9 +30,19 @@ import grpc
 
 from loadtests.suite.payloads import ADD_SUB, GPU_SIM, GPU_SIM_TB, Payload
 from loadtests.suite.procs import Fleet
-from tests.support.triton import MODEL_REPOSITORY, free_ports, start_triton
+from tests.support.triton import MODEL_REPOSITORY, TritonProcess, free_ports, start_triton
 
-__all__ = ["GPU_COST", "MLSERVER_VENV", "Route", "start_fleet", "workers_supported"]
+__all__ = [
+    "GPU_COST",
+    "MLSERVER_VENV",
+    "Route",
+    "gateway_server",
+    "gateway_triton_env",
+    "infer_ok",
+    "start_fleet",
+    "triton_server",
+    "workers_supported",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = REPO / "loadtests" / ".mlserver-venv"
@@ -91,9 +101,10 @@ def workers_supported() -> bool:
     return "--workers" in done.stdout
 
 
-def _gateway(
+def gateway_server(
     fleet: Fleet, name: str, args: list[str], env: dict[str, str], probe: Payload
 ) -> tuple[str, int]:
+    """Start ``inference-gateway serve`` with ``args``; return its address and PID."""
     port_file = fleet.workdir / f"{name}.port"
     command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
     server = fleet.launch(
@@ -164,23 +175,34 @@ def _mlserver(fleet: Fleet) -> tuple[str, int, str] | None:
     return address, server.pid, version or "unknown"
 
 
-def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
-    """Start every server of the suite in ``fleet`` and return the routes through them."""
-    info = FleetInfo()
+def triton_server(fleet: Fleet) -> TritonProcess:
+    """The suite's tritonserver (GPU-shaped models at :data:`GPU_COST`), stopped by ``fleet``."""
     triton = start_triton(MODEL_REPOSITORY, fleet.workdir / "triton", env=GPU_COST)
     fleet.adopt("tritonserver", triton.stop, triton.pid)
-    tpid = triton.pid
-    env_t = {
+    return triton
+
+
+def gateway_triton_env(triton: TritonProcess) -> dict[str, str]:
+    """Gateway T's settings: add_sub passed through, gpu_sim batched like gpu_sim_tb."""
+    return {
         "GATEWAY_BATCHING_LAYER_BY_MODEL": json.dumps({"add_sub": "none"}),
         "GATEWAY_DEFAULT_MAX_QUEUE_DELAY_US": "2000",
         "GATEWAY_TRITON_METRICS_URLS": json.dumps({triton.grpc_url: triton.metrics_url}),
     }
-    gw_t, gw_t_pid = _gateway(
+
+
+def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
+    """Start every server of the suite in ``fleet`` and return the routes through them."""
+    info = FleetInfo()
+    triton = triton_server(fleet)
+    tpid = triton.pid
+    env_t = gateway_triton_env(triton)
+    gw_t, gw_t_pid = gateway_server(
         fleet, "gateway-triton", ["--triton", triton.grpc_url, "--no-cpu-models"], env_t, ADD_SUB
     )
     info.workers = workers_supported()
     cpu_args = ["--cpu-model", "builtin:add_sub"]
-    gw_c, gw_c_pid = _gateway(
+    gw_c, gw_c_pid = gateway_server(
         fleet, "gateway-cpu", cpu_args + (["--workers", "1"] if info.workers else []), {}, ADD_SUB
     )
     floor_a, floor_a_pid = _floor(fleet, "floor-a", ["canned"])
@@ -243,7 +265,7 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
         ),
     ]
     if info.workers:
-        gw_c2, gw_c2_pid = _gateway(
+        gw_c2, gw_c2_pid = gateway_server(
             fleet, "gateway-cpu-w2", [*cpu_args, "--workers", "2"], {}, ADD_SUB
         )
         info.routes.append(
