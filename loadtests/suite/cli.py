@@ -22,6 +22,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def _loader(workdir: Path, connections: int) -> LoadRunner:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    started = time.monotonic()
     plan = _plan(args)
     load = _loader(workdir, args.connections)
     print(f"suite: load generator {load.name} ({load.version}); logs in {workdir}", flush=True)
@@ -95,11 +97,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         idle_ms_per_s = {fleet.names[pid]: round(ms, 1) for pid, ms in idle.items()}
         cells = run_rounds(info.routes, load, plan, lambda line: print(line, flush=True))
     medians = summarise(cells)
-    targets = report.evaluate(medians)
+    targets = report.evaluate(medians, comparable=load.comparable)
     context |= {
         "notes": [*info.notes, *([] if load.comparable else [FALLBACK_WARNING])],
         "idle_ms_per_s": idle_ms_per_s,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "elapsed_min": (time.monotonic() - started) / 60,
         "mlserver_version": info.mlserver,
         "workers_available": info.workers,
     }

@@ -64,8 +64,12 @@ def _check(
     return Target(name, shown, ref_shown, value, limit, verdict)
 
 
-def evaluate(medians: Medians) -> list[Target]:
-    """The issue's targets, computed from the medians."""
+def evaluate(medians: Medians, *, comparable: bool = True) -> list[Target]:
+    """The issue's targets, computed from the medians.
+
+    With ``comparable=False`` (figures from the Python fallback generator) every
+    verdict says so: the client's own ceiling decides those figures, not the servers.
+    """
 
     def ratio(a: float, b: float) -> float:
         return a / b
@@ -138,6 +142,9 @@ def evaluate(medians: Medians) -> list[Target]:
             "req/s",
         ),
     ]
+    if not comparable:
+        for target in targets:
+            target.verdict += " (Python generator: not comparable)"
     return targets
 
 
@@ -192,6 +199,10 @@ def write_json(
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def _rounds(count: int) -> str:
+    return f"{count} round" if count == 1 else f"{count} rounds"
+
+
 def _n(value: float | None, fmt: str = ".0f") -> str:
     return "—" if value is None else format(value, fmt)
 
@@ -210,8 +221,9 @@ def write_markdown(
         f"Command: `{context['command']}` · {context['date']} · {m['cpu']}, {m['cores']} cores "
         f"({m['arch']}, Linux {m['kernel']}, Python {m['python']}), load average at start "
         f"{m['loadavg_start']} · load generator: **{context['load_generator']}** "
-        f"({context['load_generator_version']}) · {context['plan']['rounds']} rounds alternating "
-        f"between paths, {context['plan']['requests_c1']} requests per run at c=1 and "
+        f"({context['load_generator_version']}) · {_rounds(context['plan']['rounds'])} "
+        f"alternating between paths (the run took {context['elapsed_min']:.1f} min), "
+        f"{context['plan']['requests_c1']} requests per run at c=1 and "
         f"{context['plan']['requests']} at c>1; every figure is the median over the rounds.",
         "",
     ]
