@@ -4,9 +4,10 @@ Every server leads a new session (``start_new_session=True``), so a Ctrl-C typed
 the terminal reaches only the suite, which then stops each server itself: SIGTERM to
 the whole group, SIGKILL to the group after a grace period.  :class:`Fleet` holds
 every server (and any other closer, such as a Triton from tests/support/triton.py);
-leaving it — normally, by an exception, by KeyboardInterrupt, or by the SIGTERM
-handler in ``cli`` that turns into SystemExit — stops them in reverse start order,
-with SIGINT ignored meanwhile so a second Ctrl-C cannot cut the clean-up short.
+leaving it — normally, by an exception, by KeyboardInterrupt, or by SIGTERM, which
+:func:`exit_on_sigterm` turns into SystemExit — stops them in reverse start order,
+with SIGINT and SIGTERM ignored meanwhile so that a second Ctrl-C cannot cut the
+clean-up short.
 
 CPU time is read from ``/proc/PID/stat``: ``utime + stime`` of every live process in
 the tree under a root PID (workers, Triton's Python backend stubs), plus ``cutime +
@@ -29,6 +30,8 @@ from types import FrameType
 __all__ = ["Fleet", "ServerProcess", "ServerStartError", "exit_on_sigterm", "tree_cpu_s"]
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+#: Signals that must not cut the clean-up short.
+_MASKED = (signal.SIGINT, signal.SIGTERM)
 
 
 class ServerStartError(RuntimeError):
@@ -176,8 +179,8 @@ class Fleet:
         raise ServerStartError(f"{name} not ready within {timeout_s:g} s:\n{server.log_tail()}")
 
     def close(self) -> None:
-        """Stop everything, newest first; a second Ctrl-C meanwhile is ignored."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        """Stop everything, newest first; SIGINT and SIGTERM meanwhile are ignored."""
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _MASKED}
         try:
             while self._closers:
                 name, closer = self._closers.pop()
@@ -186,7 +189,8 @@ class Fleet:
                 except Exception as error:  # keep stopping the others
                     print(f"suite: stopping {name} failed: {error!r}", flush=True)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def __enter__(self) -> Fleet:
         return self
