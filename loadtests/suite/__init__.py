@@ -21,6 +21,10 @@ Modules, in the order a run uses them:
 - ``mlserver_model``: the same ``add_sub`` as an MLServer custom runtime; it is
   imported only by MLServer, inside its own virtual environment.
 
+Beside the suite, two tools of their own: ``ghz_check`` runs every ghz command and
+config the repository documents (``results/ghz_configs.md``), and ``profile``
+samples the gateway with py-spy under ghz load (``make bench-profile``).
+
 Nothing here is imported by the package's tests, and nothing here imports
 ``mlserver``, except ``mlserver_model``.
 """
