@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Arguments for `make serve`, e.g. make serve ARGS="--triton 127.0.0.1:8001 --port 9001"
 ARGS ?=
 
-.PHONY: dev tools deploy-tools deploy-check deploy-lock serve test lint typecheck protos bench clean
+.PHONY: dev tools deploy-tools deploy-check deploy-lock serve test lint typecheck protos bench bench-suite bench-profile mlserver clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -85,6 +85,27 @@ test: dev tools lint typecheck deploy-check
 
 bench: dev
 	$(BIN)/python -m loadtests.latency
+
+# The benchmark suite with ghz (GHZ=path, or ghz on PATH, or ../shared/tools/ghz):
+# every path beside its references, in one run -> loadtests/results/suite.md.
+# make bench-suite ARGS=--quick for a 1-minute smoke run.
+bench-suite: dev
+	$(BIN)/python -m loadtests.suite $(ARGS)
+
+# Where the gateway's CPU goes (py-spy under ghz load): py-spy is installed into
+# the venv for this only. make bench-profile ARGS="--path cpu"
+bench-profile: dev
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m loadtests.suite.profile $(ARGS)
+
+# MLServer, the suite's reference for CPU models, in a venv of its own: never a
+# dependency of the gateway or its tests. The suite skips it when this is absent.
+MLSERVER_VENV := loadtests/.mlserver-venv
+mlserver: $(MLSERVER_VENV)/bin/mlserver
+$(MLSERVER_VENV)/bin/mlserver:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver==1.7.1'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
