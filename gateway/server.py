@@ -332,6 +332,14 @@ async def serve(settings: Settings, worker: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     gateway = GatewayServer(settings, configure_tracing(), worker)
     await gateway.start()
+    if os.environ.get("XPROF"):  # XXX experiment
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+        def _dump() -> None:
+            prof.disable()
+            prof.dump_stats("/tmp/dev/cprof.out")
+        asyncio.get_running_loop().call_later(float(os.environ["XPROF"]), _dump)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

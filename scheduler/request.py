@@ -16,8 +16,9 @@ Parameters = Mapping[str, bool | int | float | str]
 
 @dataclass(slots=True)
 class InferRequest:
-    """A decoded, validated request. Tensors are numpy arrays (zero-copy views
-    of the wire buffers where the datatype allows), never protobuf.
+    """A decoded, validated request. Tensors are numpy arrays, never protobuf:
+    for raw contents, views of the received bytes (of a copy made by parsing,
+    for messages the codec parses whole; see ``gateway.codec``).
 
     ``deadline`` is absolute, on the scheduler's monotonic clock, or None for
     no deadline. ``requested_outputs`` empty means "all outputs".
