@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -332,14 +333,9 @@ async def serve(settings: Settings, worker: WorkerRole | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     gateway = GatewayServer(settings, configure_tracing(), worker)
     await gateway.start()
-    if os.environ.get("XPROF"):  # XXX experiment
-        import cProfile
-        prof = cProfile.Profile()
-        prof.enable()
-        def _dump() -> None:
-            prof.disable()
-            prof.dump_stats("/tmp/dev/cprof.out")
-        asyncio.get_running_loop().call_later(float(os.environ["XPROF"]), _dump)
+    # The objects of start-up (modules, settings, model specs) live for good:
+    # keep them out of the collector's way, so its full passes stay short.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
