@@ -1,11 +1,10 @@
 """The tensor codec: KServe v2 protobuf messages <-> the scheduler's numpy types.
 
 Protobuf stops here. ``ModelInfer`` requests arrive as bytes, which can go on
-to a backend unchanged. ``decode_request`` parses a small message whole; from
-``PARSE_WHOLE_BYTES`` up it cuts the ``raw_input_contents`` out of the message
-(``scheduler.kserve_wire``) and parses only the rest, so those inputs become
-numpy views of the received bytes, never copied. Typed ``contents`` are
-converted once. BYTES tensors use the KServe
+to a backend unchanged. Their ``raw_input_contents`` are cut out of the message
+(``scheduler.kserve_wire``) and only the rest is parsed, so those inputs
+become numpy views of the received bytes, never copied (``gateway.layouts``
+remembers the parsed rest). Typed ``contents`` are converted once. BYTES tensors use the KServe
 framing: each element is a 4-byte little-endian length followed by that many
 bytes. Every malformed tensor is rejected with InvalidArgument and a message
 that names the tensor and what is wrong.
@@ -63,6 +62,13 @@ _CONTENTS_FIELD: dict[DataType, str] = {
 }
 
 
+NO_SHARED_MEMORY = (  # .format(kind=...)
+    "the gateway does not support {kind} shared memory: it forwards tensors over the "
+    "network to remote servers, so a region in this host's memory cannot be read there; "
+    "send tensors in raw_input_contents instead"
+)
+
+
 _DATATYPES: dict[str, DataType] = {t.value: t for t in DataType}
 _ITEM_SIZE: dict[DataType, int] = {t: t.item_size or 0 for t in DataType}
 
@@ -77,7 +83,7 @@ def parse_datatype(name: str, tensor: str) -> DataType:
     return datatype
 
 
-def _shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
+def tensor_shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
     shape = tuple(dims)
     if shape and min(shape) < 0:
         raise InvalidArgument(
@@ -86,25 +92,15 @@ def _shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
     return shape
 
 
-#: Messages up to this size are parsed whole: copying a few KiB of tensors costs
-#: less than walking the message's fields in Python. Above it, the tensors are
-#: cut out of the message and never copied.
-PARSE_WHOLE_BYTES = 16 * 1024
-
-
 def decode_request(data: bytes) -> tuple[pb.ModelInferRequest, Sequence[Any]]:
-    """A ``ModelInferRequest`` and its raw contents. Above ``PARSE_WHOLE_BYTES``
-    the message is parsed without its raw contents and those are views of
-    ``data`` (no copy).
+    """A ``ModelInferRequest`` parsed without its raw contents, and views of
+    those into ``data`` (no copy).
 
     Bytes that are not such a message are INVALID_ARGUMENT, like any other
     malformed request (gRPC would answer a failed deserialisation with a
     bare INTERNAL).
     """
     try:
-        if len(data) <= PARSE_WHOLE_BYTES:
-            request = pb.ModelInferRequest.FromString(data)
-            return request, request.raw_input_contents
         header, raw = wire.split_raw(data, wire.RAW_INPUT_FIELD)
         return pb.ModelInferRequest.FromString(header), raw
     except (wire.WireError, DecodeError) as exc:
@@ -117,7 +113,7 @@ def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: Any | None
     """One input tensor as a numpy array, from raw bytes or typed contents."""
     name = tensor.name
     datatype = parse_datatype(tensor.datatype, name)
-    shape = _shape(tensor.shape, name)
+    shape = tensor_shape(tensor.shape, name)
     count = math.prod(shape)
     if tensor.parameters and "shared_memory_region" in tensor.parameters:
         raise Unimplemented(

@@ -20,9 +20,11 @@ import grpc
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.status import abort, internal_error
 from gateway.telemetry import Tracing, trace_id_metadata
+from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import GatewayError, InvalidArgument, Unimplemented
@@ -32,11 +34,6 @@ from scheduler.spec import ModelSpec
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_NO_SHARED_MEMORY = (
-    "the gateway does not support {kind} shared memory: it forwards tensors over the "
-    "network to remote servers, so a region in this host's memory cannot be read there; "
-    "send tensors in raw_input_contents instead"
-)
 _NO_REPOSITORY_CONTROL = (
     "the gateway does not load or unload models: it serves what its backends serve; "
     "load the model on the Triton server and the gateway discovers it"
@@ -65,6 +62,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._metrics = metrics
         self._tracing = tracing or Tracing()
         self._headers = codec.ResponseHeaders()
+        self._layouts = Layouts()
         self.ready = False
 
     # -- health and metadata ---------------------------------------------
@@ -252,41 +250,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self._metrics.request_done(model, code, backend, self._clock.now() - start)
 
     def _decode(self, data: bytes, context: Context) -> tuple[InferRequest, ModelSpec]:
-        request, raw = codec.decode_request(data)
-        if not request.model_name:
-            raise InvalidArgument("model_name is required")
-        spec = self._scheduler.model(request.model_name, request.model_version)
-        parameters = codec.decode_parameters(request.parameters) if request.parameters else {}
-        for output in request.outputs:
-            if "classification" in output.parameters:
-                raise Unimplemented(
-                    f"output '{output.name}' asks for classification, which the gateway does "
-                    "not offer; request the raw output and classify on the client"
-                )
-            if "shared_memory_region" in output.parameters:
-                raise Unimplemented(_NO_SHARED_MEMORY.format(kind="system or CUDA"))
-        inputs = codec.decode_inputs(request, raw)
+        try:
+            key, identifier, raw = wire.split_request(data)
+            request_id = identifier.decode()
+        except (wire.WireError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(
+                f"the request is not a valid inference.ModelInferRequest message: {exc}"
+            ) from None
+        scheduler = self._scheduler
+        layout = self._layouts.get(key, scheduler.generation, scheduler.model)
+        if not layout.typed:
+            inputs = layout.tensors(raw)
+        elif raw:
+            raise InvalidArgument(
+                "an input has both typed contents and raw_input_contents; send one or the other"
+            )
+        else:  # typed contents: part of the layout's bytes, so decoded per request
+            inputs = codec.decode_inputs(pb.ModelInferRequest.FromString(key))
         now = self._clock.now()
         deadline = None
         remaining = context.time_remaining()
         if remaining is not None:
             deadline = now + remaining
-        timeout_us = parameters.get("timeout")
+        timeout_us = layout.parameters.get("timeout")
         if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
             by_parameter = now + timeout_us / 1e6
             deadline = by_parameter if deadline is None else min(deadline, by_parameter)
-        priority = parameters.get("priority", 0)
+        spec = layout.spec
         infer_request = InferRequest(
             model_name=spec.name,
-            model_version=request.model_version,
+            model_version=layout.version,
             inputs=inputs,
-            requested_outputs=tuple(o.name for o in request.outputs),
-            parameters=parameters,
-            id=request.id,
-            priority=int(priority) if isinstance(priority, int | float) else 0,
+            requested_outputs=layout.outputs,
+            parameters=layout.parameters,
+            id=request_id,
+            priority=layout.priority,
             deadline=deadline,
             trace_context=self._tracing.request_context(context.invocation_metadata()),
             wire=data,
+            checked=spec,
         )
         return infer_request, spec
 
@@ -298,22 +300,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await abort(context, Unimplemented(_NO_REPOSITORY_CONTROL))
 
     async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="system")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_SHARED_MEMORY.format(kind="CUDA")))
+        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
 
     async def TraceSetting(self, request: Any, context: Context) -> Any:
         await abort(

@@ -192,6 +192,12 @@ class Scheduler:
     def models(self) -> list[ModelSpec]:
         return self._registry.specs()
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the served models may have: a request layout
+        checked against ``model()`` in one generation holds for that one."""
+        return self._registry.generation
+
     def model(self, name: str, version: str = "") -> ModelSpec:
         return self._resolve(name, version)[0]
 
@@ -240,9 +246,10 @@ class Scheduler:
         start = self._clock.now()
         if spec is None:
             spec = self._resolve(request.model_name, request.model_version)[0]
-        if request.requested_outputs:
-            validate_requested_outputs(spec, request.requested_outputs)
-        validate_inputs(spec, request.inputs)
+        if request.checked is not spec:
+            if request.requested_outputs:
+                validate_requested_outputs(spec, request.requested_outputs)
+            validate_inputs(spec, request.inputs)
         first = next(iter(request.inputs.values()), None)
         rows = first.shape[0] if first is not None and spec.max_batch_size > 0 else 1
         stats = self._stats[spec.name]

@@ -33,6 +33,8 @@ import numpy as np
 from scheduler.errors import InvalidArgument
 from scheduler.spec import Tensor
 
+#: ``ModelInferRequest.id`` / ``ModelInferResponse.id``
+ID_FIELD = 3
 #: ``ModelInferRequest.raw_input_contents``
 RAW_INPUT_FIELD = 7
 #: ``ModelInferResponse.raw_output_contents``
@@ -89,8 +91,25 @@ def split_raw(data: bytes, field: int) -> tuple[bytes, list[memoryview]]:
     come last (as every protobuf encoder writes them), else joined. Raises
     WireError for bytes that are not a well-formed message.
     """
+    rest, _, raw = _cut(data, field, 0)
+    return rest, raw
+
+
+def split_request(data: bytes) -> tuple[bytes, bytes, list[memoryview]]:
+    """A ``ModelInferRequest`` in three: everything but its ``id`` and its raw
+    contents (what requests of one caller mostly share), the ``id`` (its
+    UTF-8 bytes; the last one wins, as in protobuf), and views of the raw
+    contents. Raises WireError for bytes that are not a well-formed message."""
+    rest, identifier, raw = _cut(data, RAW_INPUT_FIELD, ID_FIELD)
+    return rest, identifier, raw
+
+
+def _cut(data: bytes, field: int, id_field: int) -> tuple[bytes, bytes, list[memoryview]]:
+    """Walk the top-level fields once: views of ``field``, the last ``id_field``,
+    and the spans of everything else joined (a slice when they are one span)."""
     view = memoryview(data)
     raw: list[memoryview] = []
+    identifier = b""
     kept: list[tuple[int, int]] = []  # spans of the other fields
     size = len(data)
     pos = kept_from = 0
@@ -100,6 +119,9 @@ def split_raw(data: bytes, field: int) -> tuple[bytes, list[memoryview]]:
         pos += 1
         if tag >= 0x80:
             tag, pos = _varint(data, start)
+        number = tag >> 3
+        if number == 0:
+            raise WireError("field number 0 is not valid")
         wire_type = tag & 7
         if wire_type == _LEN:
             length = data[pos] if pos < size else 0x80
@@ -109,9 +131,12 @@ def split_raw(data: bytes, field: int) -> tuple[bytes, list[memoryview]]:
                 length, pos = _varint(data, pos)
             end = pos + length
             if end > size:
-                raise WireError(f"field {tag >> 3} runs {end - size} bytes past the message")
-            if tag >> 3 == field:
-                raw.append(view[pos:end])
+                raise WireError(f"field {number} runs {end - size} bytes past the message")
+            if number == field or number == id_field:
+                if number == field:
+                    raw.append(view[pos:end])
+                else:
+                    identifier = data[pos:end]
                 if start > kept_from:
                     kept.append((kept_from, start))
                 kept_from = end
@@ -123,18 +148,16 @@ def split_raw(data: bytes, field: int) -> tuple[bytes, list[memoryview]]:
         elif wire_type == 5:
             pos += 4
         else:
-            raise WireError(f"field {tag >> 3} has wire type {wire_type}, which proto3 never uses")
+            raise WireError(f"field {number} has wire type {wire_type}, which proto3 never uses")
         if pos > size:
             raise WireError("the last field is truncated")
-        if tag >> 3 == 0:
-            raise WireError("field number 0 is not valid")
-    if not raw:
-        return data, raw
+    if kept_from == 0:
+        return data, identifier, raw
     if kept_from < size:
         kept.append((kept_from, size))
     if len(kept) == 1 and kept[0][0] == 0:
-        return data[: kept[0][1]], raw
-    return b"".join(view[a:b] for a, b in kept), raw
+        return data[: kept[0][1]], identifier, raw
+    return b"".join(view[a:b] for a, b in kept), identifier, raw
 
 
 def join_raw(header: bytes, field: int, contents: Sequence[Any]) -> bytes:

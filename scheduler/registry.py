@@ -29,6 +29,9 @@ class ModelRegistry:
         #: (name, version) -> backends serving that version: resolved once per
         #: rebuild, not per request (``models()`` may build a dict each call).
         self._by_version: dict[tuple[str, str], tuple[Backend, ...]] = {}
+        #: Counts rebuilds: what was checked against the specs of one
+        #: generation holds until the next.
+        self.generation = 0
 
     def rebuild(self, backends: Iterable[Backend]) -> None:
         specs: dict[str, ModelSpec] = {}
@@ -51,6 +54,7 @@ class ModelRegistry:
                 routes.setdefault(name, []).append(backend)
         self._specs, self._routes = specs, routes
         self._by_version = {}
+        self.generation += 1
 
     def specs(self) -> list[ModelSpec]:
         return [self._specs[name] for name in sorted(self._specs)]

@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 
-from scheduler.spec import Tensor
+from scheduler.spec import ModelSpec, Tensor
 
 #: Request parameters (KServe ``parameters``): bool, int, float or str values.
 Parameters = Mapping[str, bool | int | float | str]
@@ -32,6 +32,10 @@ class InferRequest:
     ``ModelInferRequest``), when the front end has it. A backend that speaks
     the protocol forwards it unchanged when the request runs alone, instead of
     encoding ``inputs`` again; ``inputs`` are views into the same bytes.
+
+    ``checked`` is the spec the front end already validated the inputs and
+    requested outputs against (the scheduler does not check them again when it
+    is the model's current spec, the very object).
     """
 
     model_name: str
@@ -45,6 +49,7 @@ class InferRequest:
     trace_context: Context | None = None
     served_by: str = ""
     wire: bytes | None = None
+    checked: ModelSpec | None = None
 
 
 #: What a backend call yields for a request: its outputs by name, or, when the
