@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+#: Told (backend id, model) whenever an estimate of that pair may have changed.
+EstimateListener = Callable[[str, str], None]
 
 
 def bucket_of(rows: int) -> int:
     """Batch sizes are grouped in powers of two: 1, 2, 4, 8, ..."""
-    return 1 << max(0, math.ceil(math.log2(max(rows, 1))))
+    # The smallest power of two >= rows, in integer arithmetic (no float log).
+    return 1 << (max(rows, 1) - 1).bit_length()
 
 
 @dataclass(slots=True)
@@ -28,6 +32,10 @@ class ServiceTimeEstimator:
     has — or, with one known bucket, scales it by rows (an upper bound for
     that shape, so a guess errs towards "slower"). With nothing known it
     returns None and the caller decides what an unknown costs.
+
+    ``listeners`` are told (backend id, model) after every change, so the
+    placement tables can keep predictions in arrays and recompute only the
+    rows that changed.
     """
 
     def __init__(self, alpha: float = 0.2) -> None:
@@ -35,6 +43,11 @@ class ServiceTimeEstimator:
             raise ValueError("alpha must be in (0, 1]")
         self._alpha = alpha
         self._table: dict[tuple[str, str], dict[int, _Estimate]] = {}
+        self.listeners: list[EstimateListener] = []
+
+    def _changed(self, backend_id: str, model: str) -> None:
+        for listener in self.listeners:
+            listener(backend_id, model)
 
     def observe(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
         buckets = self._table.setdefault((backend_id, model), {})
@@ -44,16 +57,19 @@ class ServiceTimeEstimator:
             buckets[bucket] = _Estimate(seconds, observed=True)
         else:
             current.seconds += self._alpha * (seconds - current.seconds)
+        self._changed(backend_id, model)
 
     def seed(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
         """A prior (e.g. from Triton's statistics); ignored once observed."""
         buckets = self._table.setdefault((backend_id, model), {})
         if bucket_of(rows) not in buckets:
             buckets[bucket_of(rows)] = _Estimate(seconds, observed=False)
+            self._changed(backend_id, model)
 
     def forget(self, backend_id: str) -> None:
         for key in [k for k in self._table if k[0] == backend_id]:
             del self._table[key]
+            self._changed(*key)
 
     def predict(self, backend_id: str, model: str, rows: int) -> float | None:
         buckets = self._table.get((backend_id, model))
