@@ -30,7 +30,8 @@ load_ok, age       and total calls in flight per backend        epoch; load_ok
                                                                 also when a
                                                                 backend crosses
                                                                 its in-flight cap
-service            the estimator, per batch-size bucket         stale rows only,
+service            the estimator, per batch-size bucket         rows whose value
+                                                                may have moved,
                                                                 when next read
 =================  ===========================================  ==================
 
@@ -108,9 +109,19 @@ class ModelTable:
     def _room_changed(self) -> None:
         self.accelerator_ok = accelerators_with_room(self.tier, self.memory_ok, self.load_ok)
 
-    def estimate_changed(self, row: int) -> None:
-        for rows in self._stale.values():
-            rows.add(row)
+    def estimate_changed(
+        self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
+    ) -> None:
+        """Mark the cached predictions of ``row`` that ``bucket``'s new
+        estimate can move: that bucket's, and those interpolated from it."""
+        backend_id = self.ids[row]
+        for cached, rows in self._stale.items():
+            if (
+                bucket is None
+                or cached == bucket
+                or not estimator.has_bucket(backend_id, self.name, cached)
+            ):
+                rows.add(row)
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
@@ -332,10 +343,10 @@ class CandidateTables:
             if table.epoch == self._index.epoch:  # others re-gather before their next read
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
-    def _estimate_changed(self, backend_id: str, model: str) -> None:
+    def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
         cell = self._cells.get((backend_id, model))
         if cell is not None:
-            cell[0].estimate_changed(cell[1])
+            cell[0].estimate_changed(cell[1], bucket, self._estimator)
 
 
 def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
