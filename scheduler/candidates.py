@@ -1,119 +1,365 @@
-"""Builds the placement policy's view of the backends for one batch.
+"""The placement policy's view of the backends, kept current instead of rebuilt per batch.
 
 This is where live state meets the pure policy: breaker and drain state, the
 work each backend has in flight, learned service times, and telemetry — fresh
 telemetry only: a stale or missing reading leaves a constraint unchecked and
 adds no load, it never makes a device look idle or full.
+
+A decision has to cost microseconds at a thousand backends, so nothing here
+walks the fleet per decision. ``CandidateTables`` keeps, per model, a
+``ModelTable`` whose rows are the backends serving that model (registry
+order) and whose columns are numpy arrays. Each column changes when, and only
+where, its source changes:
+
+=================  ===========================================  ==================
+column             source                                       updated
+=================  ===========================================  ==================
+tier, concurrency  the fleet and the registry                   table rebuilt on
+                                                                fleet change
+available          breaker / drain / discovery, as the instant  O(1) per change
+                   ``available_from`` from which the backend    (hooks), compared
+                   takes work                                   with ``now`` per
+                                                                decision
+queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
+                                                                (``Tally.watch``)
+queued (theirs)    Triton's pending requests x the 1-row        per telemetry
+                   prediction                                   epoch, and per
+                                                                changed estimate
+memory_ok,         fresh device readings (``TelemetryIndex``)   per telemetry
+load_ok, age       and total calls in flight per backend        epoch; load_ok
+                                                                also when a
+                                                                backend crosses
+                                                                its in-flight cap
+service            the estimator, per batch-size bucket         rows whose value
+                                                                may have moved,
+                                                                when next read
+=================  ===========================================  ==================
+
+A decision then costs a few vector operations (``avail_from <= now``,
+``maximum(ours, theirs)``, ``now - sampled_at``) plus ``place``. Arrays
+handed out in a ``Candidates`` are never written afterwards (columns that are
+updated in place are copied first), so a caller may keep one.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from scheduler.config import SchedulerConfig
-from scheduler.estimator import ServiceTimeEstimator
-from scheduler.fleet import BackendState
+from scheduler.estimator import ServiceTimeEstimator, bucket_of
+from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
-from scheduler.placement import Candidates, Tier
-from scheduler.spec import ModelSpec
-from scheduler.telemetry.snapshot import DeviceSnapshot, TelemetrySnapshot
+from scheduler.placement import Candidates, Tier, accelerators_with_room
+from scheduler.registry import ModelRegistry
+from scheduler.telemetry.snapshot import TelemetrySnapshot
+from scheduler.telemetry_index import BackendSlot, TelemetryIndex, is_local
+
+Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
 
 
-def _is_local(target: str) -> bool:
-    host = target.rpartition(":")[0].strip("[]")
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class ModelTable:
+    """The rows of one model and their columns (see the module docstring)."""
 
-
-class CandidateBuilder:
-    """One row per backend: availability, memory and load limits, queued work
-    and predicted service time for this batch size."""
-
-    def __init__(self, config: SchedulerConfig) -> None:
-        self._config = config
-
-    def devices_of(
-        self, state: BackendState, snapshot: TelemetrySnapshot | None, now: float
-    ) -> list[DeviceSnapshot]:
-        """Fresh GPU readings for a backend: its Triton's own metrics, or the
-        local NVML GPUs when the Triton server runs on this host."""
-        if snapshot is None or state.tier is Tier.CPU:
-            return []
-        max_age = self._config.telemetry_max_age_s
-        prefix = f"{state.id}:"
-        url = str(getattr(state.backend, "url", ""))
-        local = _is_local(url) if url else False
-        found = []
-        for device_id, device in snapshot.devices.items():
-            if device.kind != "gpu" or device.age_s(now) > max_age:
-                continue
-            if device_id.startswith(prefix) or (local and device.source == "nvml"):
-                found.append(device)
-        return found
-
-    def build(
+    def __init__(
         self,
-        spec: ModelSpec,
-        rows: int,
+        name: str,
         states: Sequence[BackendState],
-        estimator: ServiceTimeEstimator,
-        snapshot: TelemetrySnapshot | None,
-        now: float,
-    ) -> Candidates:
+        slots: Sequence[int],
+        instances: Sequence[int],
+    ) -> None:
         n = len(states)
-        cfg = self._config
-        footprint = cfg.model_memory_bytes.get(spec.name, 0)
-        tier = np.empty(n, np.int8)
-        available = np.empty(n, np.bool_)
-        memory_ok = np.ones(n, np.bool_)
-        load_ok = np.empty(n, np.bool_)
-        queued_s = np.empty(n, np.float64)
-        service_s = np.empty(n, np.float64)
-        age = np.full(n, np.nan)
-        for i, state in enumerate(states):
-            tier[i] = state.tier
-            available[i] = state.usable(now)
-            predicted = estimator.predict(state.id, spec.name, rows)
-            service_s[i] = math.nan if predicted is None else predicted
-            single = estimator.predict(state.id, spec.name, 1) or 0.0
-            ours = state.busy_s[spec.name] / max(1, concurrency(state, spec))
-            theirs = 0.0
-            load = (
-                snapshot.load(state.id, now, cfg.telemetry_max_age_s)
-                if snapshot is not None
-                else None
-            )
-            if load is not None:
-                # Triton's queue holds other gateways' work too; ours is in it
-                # as well, so take the larger view rather than the sum.
-                theirs = load.pending_requests.get(spec.name, 0) * single
-                age[i] = load.age_s(now)
-            queued_s[i] = max(ours, theirs)
-            devices = self.devices_of(state, snapshot, now)
-            utilization_ok = True
-            if devices:
-                age[i] = min(d.age_s(now) for d in devices)
-                free = [d.memory_free_bytes for d in devices if d.memory_free_bytes is not None]
-                if footprint and free:
-                    memory_ok[i] = max(free) >= footprint + cfg.memory_headroom_bytes
-                busy = [d.utilization for d in devices if d.utilization is not None]
-                utilization_ok = not busy or min(busy) <= cfg.max_gpu_utilization
-            load_ok[i] = utilization_ok and state.in_flight < cfg.max_in_flight_per_backend
-        return Candidates(
-            backend_ids=tuple(s.id for s in states),
-            tier=tier,
-            available=available,
-            memory_ok=memory_ok,
-            load_ok=load_ok,
-            queued_s=queued_s,
-            service_s=service_s,
-            telemetry_age_s=age,
+        self.name = name
+        self.states = tuple(states)
+        self.ids = tuple(s.id for s in states)
+        self.slots = np.array(slots, np.intp)
+        self.concurrency = np.array(instances, np.int64)
+        self._divisor = [max(1, c) for c in instances]
+        self.tier = np.array([s.tier for s in states], np.int8)
+        self.avail_from = np.array([s.available_from() for s in states], np.float64)
+        self.ours = np.array(
+            [s.busy_s[name] / d for s, d in zip(states, self._divisor, strict=True)]
         )
+        self.epoch = -1  # of the telemetry the columns below were gathered from
+        self.memory_ok: Bools = np.ones(n, np.bool_)
+        self.load_ok: Bools = np.ones(n, np.bool_)
+        self.accelerator_ok: Bools = self.tier == int(Tier.ACCELERATOR)
+        self.sampled_at: Floats = np.full(n, np.nan)
+        self.future_readings = False
+        self._pending: Floats = np.zeros(n)
+        self._has_pending = False
+        self._theirs: Floats = np.zeros(n)
+        self._theirs_valid = True
+        self._service: dict[int, Floats] = {}
+        self._stale: dict[int, set[int]] = {}
+
+    # -- O(1) updates -------------------------------------------------------
+    def set_busy(self, row: int, seconds: float) -> None:
+        self.ours[row] = seconds / self._divisor[row]
+
+    def set_load_ok(self, row: int, ok: bool) -> None:
+        if self.load_ok[row] != ok:
+            self.load_ok = self.load_ok.copy()  # the old one may be in a Candidates
+            self.load_ok[row] = ok
+            self._room_changed()
+
+    def _room_changed(self) -> None:
+        self.accelerator_ok = accelerators_with_room(self.tier, self.memory_ok, self.load_ok)
+
+    def estimate_changed(
+        self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
+    ) -> None:
+        """Mark the cached predictions of ``row`` that ``bucket``'s new
+        estimate can move: that bucket's, and those interpolated from it."""
+        backend_id = self.ids[row]
+        for cached, rows in self._stale.items():
+            if (
+                bucket is None
+                or cached == bucket
+                or not estimator.has_bucket(backend_id, self.name, cached)
+            ):
+                rows.add(row)
+
+    # -- reads ----------------------------------------------------------------
+    def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
+        """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
+        cached = self._service.get(bucket)
+        stale = self._stale.get(bucket)
+        if cached is None or stale is None:
+            cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
+            self._service[bucket], self._stale[bucket] = cached, set()
+        elif stale:
+            cached = cached.copy()
+            for row in stale:
+                cached[row] = _predict(estimator, self.ids[row], self.name, bucket)
+                if bucket == 1:
+                    self._theirs[row] = self._pending[row] * _known(cached[row])
+            stale.clear()
+            self._service[bucket] = cached
+        return cached
+
+    def apply_telemetry(
+        self, index: TelemetryIndex, in_flight_ok: Bools, need_bytes: int | None
+    ) -> None:
+        """Re-gather the telemetry columns after the index moved to a new epoch."""
+        slots = self.slots
+        self.sampled_at = index.sampled_at[slots]
+        free = index.free_bytes[slots]
+        self.memory_ok = (
+            np.ones(len(slots), np.bool_) if need_bytes is None else ~(free < need_bytes)
+        )
+        self.load_ok = index.utilization_ok[slots] & in_flight_ok[slots]
+        self._room_changed()
+        self.future_readings = index.future_readings
+        loads = index.loads
+        pending = [
+            0 if (load := loads[slot]) is None else load.pending_requests.get(self.name, 0)
+            for slot in slots.tolist()
+        ]
+        self._pending = np.array(pending, np.float64)
+        self._has_pending = any(pending)
+        self._theirs = np.zeros(len(slots))
+        self._theirs_valid = not self._has_pending
+        self.epoch = index.epoch
+
+    def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
+        service = self.service(bucket_of(rows), estimator)
+        if not self._theirs_valid:
+            single = self.service(1, estimator)
+            self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
+            self._theirs_valid = True
+        elif self._has_pending and self._stale.get(1):
+            self.service(1, estimator)  # refreshes the rows of ``_theirs`` it changes
+        age = now - self.sampled_at
+        if self.future_readings:
+            np.maximum(age, 0.0, out=age)  # a reading is never from the future
+        return Candidates(
+            backend_ids=self.ids,
+            tier=self.tier,
+            available=self.avail_from <= now,
+            memory_ok=self.memory_ok,
+            load_ok=self.load_ok,
+            # Triton's queue holds other gateways' work too; ours is in it as
+            # well, so the larger of the two views counts, not their sum.
+            queued_s=np.maximum(self.ours, self._theirs),
+            service_s=service,
+            telemetry_age_s=age,
+            accelerator_ok=self.accelerator_ok,
+        )
+
+
+def _predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
+    predicted = estimator.predict(backend_id, model, bucket)
+    return np.nan if predicted is None else predicted
+
+
+def _known(seconds: float) -> float:
+    return 0.0 if seconds != seconds else seconds  # NaN (unknown) adds no queue
+
+
+class CandidateTables:
+    """Every model's ``ModelTable``, built on first use and kept current by hooks.
+
+    Hooks set on each ``BackendState`` (its ``watch``, its breaker's
+    ``on_change``, the ``watch`` of its two ``Tally`` counters) and on the
+    estimator route each change to the rows it touches. ``invalidate`` (the
+    fleet or the registry changed) drops the tables; the next read rebuilds
+    them, which is the only O(backends) work outside a telemetry epoch.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        fleet: Fleet,
+        registry: ModelRegistry,
+        estimator: ServiceTimeEstimator,
+        snapshot: Callable[[], TelemetrySnapshot | None],
+    ) -> None:
+        self._config = config
+        self._fleet = fleet
+        self._registry = registry
+        self._estimator = estimator
+        self._snapshot = snapshot
+        self._index = TelemetryIndex(
+            max_age_s=config.telemetry_max_age_s, max_gpu_utilization=config.max_gpu_utilization
+        )
+        self._tables: dict[str, ModelTable] = {}
+        self._cells: dict[tuple[str, str], tuple[ModelTable, int]] = {}
+        self._rows_of: dict[str, list[tuple[ModelTable, int]]] = {}
+        self._slot_of: dict[str, int] = {}
+        self._in_flight: list[int] = []
+        self._in_flight_ok: Bools = np.ones(0, np.bool_)
+        self._bound = False
+        estimator.listeners.append(self._estimate_changed)
+
+    def invalidate(self) -> None:
+        """Backends or models changed: rebuild the tables on next use."""
+        self._bound = False
+        self._tables.clear()
+        self._cells.clear()
+        self._rows_of.clear()
+
+    # -- reads ----------------------------------------------------------------
+    def table(self, model: str) -> ModelTable:
+        """The model's table; ModelNotFound (from the registry) if none serves it."""
+        table = self._tables.get(model)
+        return table if table is not None else self._build(model)
+
+    def gather(
+        self, model: str, rows: int, now: float, exclude: Collection[str] = ()
+    ) -> Candidates:
+        """The candidates for a batch of ``rows`` of ``model`` at ``now``,
+        leaving out the backends in ``exclude`` (already tried)."""
+        table = self._tables.get(model) or self._build(model)
+        epoch = self._index.sync(self._snapshot(), now)
+        if table.epoch != epoch:
+            footprint = self._config.model_memory_bytes.get(model, 0)
+            need = footprint + self._config.memory_headroom_bytes if footprint else None
+            table.apply_telemetry(self._index, self._in_flight_ok, need)
+        candidates = table.candidates(rows, now, self._estimator)
+        return _without(candidates, exclude) if exclude else candidates
+
+    def capacity(self, model: str, now: float) -> int:
+        """Model instances, summed over the backends that take work now."""
+        table = self.table(model)
+        return int(table.concurrency[table.avail_from <= now].sum())
+
+    # -- building -------------------------------------------------------------
+    def _bind(self) -> None:
+        states = list(self._fleet)
+        limit = self._config.max_in_flight_per_backend
+        self._slot_of = {s.id: slot for slot, s in enumerate(states)}
+        self._in_flight = [s.in_flight for s in states]
+        self._in_flight_ok = np.array([n < limit for n in self._in_flight], np.bool_)
+        self._index.bind(
+            [
+                BackendSlot(
+                    s.id, s.tier is not Tier.CPU, is_local(str(getattr(s.backend, "url", "")))
+                )
+                for s in states
+            ]
+        )
+        for state in states:
+            self._hook(state)
+        self._bound = True
+
+    def _build(self, model: str) -> ModelTable:
+        if not self._bound:
+            self._bind()
+        spec, backends = self._registry.resolve(model)
+        found = (self._fleet.get(b.id) for b in backends)
+        states = [s for s in found if s is not None and s.id in self._slot_of]
+        table = ModelTable(
+            model,
+            states,
+            [self._slot_of[s.id] for s in states],
+            [concurrency(s, spec) for s in states],
+        )
+        for row, state in enumerate(states):
+            self._cells[(state.id, model)] = (table, row)
+            self._rows_of.setdefault(state.id, []).append((table, row))
+        self._tables[model] = table
+        return table
+
+    def _hook(self, state: BackendState) -> None:
+        backend_id = state.id
+
+        def availability() -> None:
+            self._availability_changed(state)
+
+        def busy(model: str, old: float, new: float) -> None:
+            cell = self._cells.get((backend_id, model))
+            if cell is not None:
+                cell[0].set_busy(cell[1], new)
+
+        def in_flight(model: str, old: int, new: int) -> None:
+            self._in_flight_changed(backend_id, new - old)
+
+        state.watch = self._availability_changed
+        state.breaker.on_change = availability
+        state.busy_s.watch = busy
+        state.in_flight_by_model.watch = in_flight
+
+    # -- hooks ------------------------------------------------------------------
+    def _availability_changed(self, state: BackendState) -> None:
+        available_from = state.available_from()
+        for table, row in self._rows_of.get(state.id, ()):
+            table.avail_from[row] = available_from
+
+    def _in_flight_changed(self, backend_id: str, delta: int) -> None:
+        slot = self._slot_of.get(backend_id)
+        if slot is None or not self._bound:
+            return
+        total = self._in_flight[slot] + delta
+        self._in_flight[slot] = total
+        ok = total < self._config.max_in_flight_per_backend
+        if ok == self._in_flight_ok[slot]:
+            return  # the common case: no cap crossed
+        self._in_flight_ok[slot] = ok
+        for table, row in self._rows_of.get(backend_id, ()):
+            if table.epoch == self._index.epoch:  # others re-gather before their next read
+                table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
+
+    def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
+        cell = self._cells.get((backend_id, model))
+        if cell is not None:
+            cell[0].estimate_changed(cell[1], bucket, self._estimator)
+
+
+def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
+    keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
+    rows = np.array(keep, np.intp)
+    return Candidates(
+        backend_ids=tuple(c.backend_ids[i] for i in keep),
+        tier=c.tier[rows],
+        available=c.available[rows],
+        memory_ok=c.memory_ok[rows],
+        load_ok=c.load_ok[rows],
+        queued_s=c.queued_s[rows],
+        service_s=c.service_s[rows],
+        telemetry_age_s=c.telemetry_age_s[rows],
+        accelerator_ok=None if c.accelerator_ok is None else c.accelerator_ok[rows],
+    )

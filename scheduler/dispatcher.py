@@ -21,7 +21,7 @@ from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.batching import Batcher, BatchInfo, policy_from_triton_config
-from scheduler.candidates import CandidateBuilder
+from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup
@@ -43,6 +43,7 @@ from scheduler.shared_view import SharedView
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.stats import ModelStats
 from scheduler.telemetry.monitor import DeviceMonitor
+from scheduler.telemetry.snapshot import TelemetrySnapshot
 from scheduler.validation import validate_inputs, validate_requested_outputs
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class Scheduler:
     Per request: resolve the model and validate the tensors; if the gateway
     batches the model, the request joins its ``Batcher`` (which merges callers
     and calls ``_run_batch``), else it runs alone through ``_run_batch``.
-    ``_run_batch`` builds the candidates (breaker, drain, in-flight work,
-    learned service time, fresh telemetry), asks the pure ``place`` policy,
+    ``_run_batch`` gathers the candidates (breaker, drain, in-flight work,
+    learned service time, fresh telemetry) from ``candidates``, tables that
+    hooks keep current as that state changes, asks the pure ``place`` policy,
     and calls the chosen backend. Outcomes feed the estimator and the
     circuit breakers; a retryable failure is retried on the next-best backend
     while the deadline leaves time. Every decision is kept, with its reason.
@@ -95,8 +97,18 @@ class Scheduler:
         )
         self.fleet.on_change.append(self._fleet_changed)
         self.estimator = ServiceTimeEstimator()
-        self._candidates = CandidateBuilder(self.config)
         self._registry = ModelRegistry()
+
+        def telemetry() -> TelemetrySnapshot | None:
+            return self.monitor.snapshot() if self.monitor is not None else None
+
+        #: Per-model candidate tables, kept current by hooks on the fleet and
+        #: the estimator; ``gather`` + ``place`` is one placement decision.
+        self.candidates = CandidateTables(
+            self.config, self.fleet, self._registry, self.estimator, telemetry
+        )
+        # A removed backend must leave the tables before the registry is rebuilt.
+        self.fleet.on_removed.append(lambda _backend: self.candidates.invalidate())
         self._batchers: dict[str, Batcher | None] = {}
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
         self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
@@ -163,6 +175,7 @@ class Scheduler:
         await self.fleet.aclose()
 
     def _fleet_changed(self) -> None:
+        self.candidates.invalidate()
         self._registry.rebuild(self.fleet.backends())
         for state in self.fleet:
             for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
@@ -340,18 +353,11 @@ class Scheduler:
 
     def _capacity(self, spec: ModelSpec) -> int:
         """Batches this model's usable backends can run at once."""
-        now = self._clock.now()
-        total = sum(
-            concurrency(s, spec) * self.config.pipeline_depth
-            for s in self._serving(spec)
-            if s.usable(now)
-        )
-        return max(total, 1)
+        instances = self.candidates.capacity(spec.name, self._clock.now())
+        return max(instances * self.config.pipeline_depth, 1)
 
     def _serving(self, spec: ModelSpec) -> list[BackendState]:
-        _, backends = self._registry.resolve(spec.name)
-        states = (self.fleet.get(b.id) for b in backends)
-        return [s for s in states if s is not None]
+        return list(self.candidates.table(spec.name).states)
 
     async def _run_batch(
         self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
@@ -365,11 +371,7 @@ class Scheduler:
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
             now = self._clock.now()
-            states = [s for s in self._serving(spec) if s.id not in tried]
-            snapshot = self.monitor.snapshot() if self.monitor is not None else None
-            candidates = self._candidates.build(
-                spec, info.size, states, self.estimator, snapshot, now
-            )
+            candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
             decision = place(
                 candidates,
                 now=now,
@@ -379,7 +381,7 @@ class Scheduler:
             if traced:
                 with self._tracer.start_as_current_span("placement") as span:
                     tracing.record_placement(
-                        span, decision, candidates=len(states), tries=len(tried)
+                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
                     )
             self.decisions.append(decision)
             self.observer.placed(spec.name, info.size, decision)
@@ -396,7 +398,10 @@ class Scheduler:
                         retry_after_ms=max(1, round(wait_ms)),
                     )
                 raise Unavailable(f"model '{spec.name}': {decision.reason}")
-            state = next(s for s in states if s.id == decision.backend_id)
+            state = self.fleet.get(decision.backend_id)
+            if state is None:  # removed since the tables were built: rebuild, decide again
+                self.candidates.invalidate()
+                continue
             tried.add(state.id)
             if not state.breaker.allows(now):
                 continue  # lost the half-open trial to another call

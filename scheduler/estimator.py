@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+#: Told (backend id, model, bucket) after that bucket's estimate changed; the
+#: bucket is None when every estimate of the pair went (``forget``).
+EstimateListener = Callable[[str, str, int | None], None]
 
 
 def bucket_of(rows: int) -> int:
     """Batch sizes are grouped in powers of two: 1, 2, 4, 8, ..."""
-    return 1 << max(0, math.ceil(math.log2(max(rows, 1))))
+    # The smallest power of two >= rows, in integer arithmetic (no float log).
+    return 1 << (max(rows, 1) - 1).bit_length()
 
 
 @dataclass(slots=True)
@@ -28,6 +33,12 @@ class ServiceTimeEstimator:
     has — or, with one known bucket, scales it by rows (an upper bound for
     that shape, so a guess errs towards "slower"). With nothing known it
     returns None and the caller decides what an unknown costs.
+
+    ``listeners`` are told (backend id, model, bucket) after every change, so
+    the placement tables can keep predictions in arrays and recompute only
+    what changed: a prediction for a bucket with an estimate of its own
+    (``has_bucket``) depends on that estimate alone; any other is
+    interpolated and may move with every bucket of the pair.
     """
 
     def __init__(self, alpha: float = 0.2) -> None:
@@ -35,6 +46,16 @@ class ServiceTimeEstimator:
             raise ValueError("alpha must be in (0, 1]")
         self._alpha = alpha
         self._table: dict[tuple[str, str], dict[int, _Estimate]] = {}
+        self.listeners: list[EstimateListener] = []
+
+    def _changed(self, backend_id: str, model: str, bucket: int | None) -> None:
+        for listener in self.listeners:
+            listener(backend_id, model, bucket)
+
+    def has_bucket(self, backend_id: str, model: str, bucket: int) -> bool:
+        """Whether ``bucket`` has an estimate of its own (seeded or observed)."""
+        buckets = self._table.get((backend_id, model))
+        return buckets is not None and bucket in buckets
 
     def observe(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
         buckets = self._table.setdefault((backend_id, model), {})
@@ -44,16 +65,19 @@ class ServiceTimeEstimator:
             buckets[bucket] = _Estimate(seconds, observed=True)
         else:
             current.seconds += self._alpha * (seconds - current.seconds)
+        self._changed(backend_id, model, bucket)
 
     def seed(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
         """A prior (e.g. from Triton's statistics); ignored once observed."""
         buckets = self._table.setdefault((backend_id, model), {})
         if bucket_of(rows) not in buckets:
             buckets[bucket_of(rows)] = _Estimate(seconds, observed=False)
+            self._changed(backend_id, model, bucket_of(rows))
 
     def forget(self, backend_id: str) -> None:
         for key in [k for k in self._table if k[0] == backend_id]:
             del self._table[key]
+            self._changed(*key, None)
 
     def predict(self, backend_id: str, model: str, rows: int) -> float | None:
         buckets = self._table.get((backend_id, model))

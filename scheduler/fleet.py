@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TypeVar
 
 from scheduler.backends.base import Backend
 from scheduler.clock import Clock
@@ -23,25 +23,116 @@ log = logging.getLogger(__name__)
 BackendFactory = Callable[[str], Backend]
 
 
-@dataclass(slots=True)
-class BackendState:
-    """One backend as the scheduler tracks it."""
+N = TypeVar("N", int, float)
 
-    backend: Backend
-    tier: Tier
-    breaker: CircuitBreaker
-    order: int
-    discovered: bool = False  # discovery succeeded at least once
-    drained: bool = False  # an operator took it out of rotation
-    #: Calls in flight here, per model.
-    in_flight_by_model: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: Predicted seconds of work in flight here, per model (for queue estimates).
-    busy_s: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    group: str = ""  # the DNS name that brought it, if any
+
+class Tally(MutableMapping[str, N]):
+    """Per-model counters of one backend (calls or predicted seconds in flight).
+
+    A missing model reads as 0, as with ``defaultdict``. Every write is passed
+    to ``watch`` (model, old value, new value) when one is set: the placement
+    tables mirror these counters into their arrays as they change, so a
+    decision never walks the backends to add them up.
+    """
+
+    __slots__ = ("_values", "_zero", "watch")
+
+    def __init__(self, zero: N) -> None:
+        self._zero: N = zero
+        self._values: dict[str, N] = {}
+        self.watch: Callable[[str, N, N], None] | None = None
+
+    def __getitem__(self, model: str) -> N:
+        return self._values.get(model, self._zero)
+
+    def __setitem__(self, model: str, value: N) -> None:
+        old = self._values.get(model, self._zero)
+        self._values[model] = value
+        if self.watch is not None:
+            self.watch(model, old, value)
+
+    def __delitem__(self, model: str) -> None:
+        self[model] = self._zero  # let the watcher see the value go
+        del self._values[model]
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Tally({self._values!r})"
+
+
+class BackendState:
+    """One backend as the scheduler tracks it.
+
+    ``discovered`` and ``drained`` are properties: a change calls ``watch``
+    (as the breaker's ``on_change`` does), which keeps the placement tables'
+    availability column current without scanning the fleet per decision.
+    """
+
+    __slots__ = (
+        "_discovered",
+        "_drained",
+        "backend",
+        "breaker",
+        "busy_s",
+        "group",
+        "in_flight_by_model",
+        "order",
+        "tier",
+        "watch",
+    )
+
+    def __init__(
+        self,
+        backend: Backend,
+        tier: Tier,
+        breaker: CircuitBreaker,
+        order: int,
+        discovered: bool = False,
+        drained: bool = False,
+        group: str = "",
+    ) -> None:
+        self.backend = backend
+        self.tier = tier
+        self.breaker = breaker
+        self.order = order
+        self._discovered = discovered  # discovery succeeded at least once
+        self._drained = drained  # an operator took it out of rotation
+        #: Calls in flight here, per model.
+        self.in_flight_by_model: Tally[int] = Tally(0)
+        #: Predicted seconds of work in flight here, per model (for queue estimates).
+        self.busy_s: Tally[float] = Tally(0.0)
+        self.group = group  # the DNS name that brought it, if any
+        self.watch: Callable[[BackendState], None] | None = None
 
     @property
     def id(self) -> str:
         return self.backend.id
+
+    @property
+    def discovered(self) -> bool:
+        return self._discovered
+
+    @discovered.setter
+    def discovered(self, value: bool) -> None:
+        self._discovered = value
+        self._changed()
+
+    @property
+    def drained(self) -> bool:
+        return self._drained
+
+    @drained.setter
+    def drained(self, value: bool) -> None:
+        self._drained = value
+        self._changed()
 
     @property
     def in_flight(self) -> int:
@@ -49,7 +140,18 @@ class BackendState:
         return sum(self.in_flight_by_model.values())
 
     def usable(self, now: float) -> bool:
-        return self.discovered and not self.drained and self.breaker.available(now)
+        return now >= self.available_from()
+
+    def available_from(self) -> float:
+        """The earliest ``now`` at which this backend takes work (see
+        ``CircuitBreaker.available_from``); +inf while undiscovered or drained."""
+        if not self._discovered or self._drained:
+            return math.inf
+        return self.breaker.available_from()
+
+    def _changed(self) -> None:
+        if self.watch is not None:
+            self.watch(self)
 
 
 class Fleet:

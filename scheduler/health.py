@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -29,6 +31,12 @@ class CircuitBreaker:
     call, or the active health probe). A trial that succeeds closes it and
     resets the backoff; one that fails reopens it with the backoff doubled,
     up to ``max_backoff_s``. Pure: time is always passed in.
+
+    Whether it admits work is a single threshold, ``available_from()``: the
+    placement tables keep it in an array and compare the whole fleet against
+    ``now`` in one vector operation, so ``on_change`` (when set) is called
+    whenever that threshold moves — and only then, since a success on a closed
+    breaker happens on every call.
     """
 
     def __init__(self, config: BreakerConfig | None = None) -> None:
@@ -37,36 +45,51 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at = 0.0
         self.backoff_s = self.config.base_backoff_s
+        #: When an open breaker admits its trial: ``opened_at + backoff_s``,
+        #: computed once so the scalar and the vector checks cannot disagree.
+        self.retry_at = 0.0
         self._trial_in_flight = False
         self.last_error = ""
+        self.on_change: Callable[[], None] | None = None
+
+    def available_from(self) -> float:
+        """The earliest ``now`` at which ``available(now)`` holds, were nothing
+        else to happen: -inf when it admits work, +inf while a trial runs."""
+        if self.state is BreakerState.CLOSED:
+            return -math.inf
+        if self.state is BreakerState.OPEN:
+            return self.retry_at
+        return math.inf if self._trial_in_flight else -math.inf
 
     def allows(self, now: float) -> bool:
         """Whether a call may go to this backend now (claims the trial if half-open)."""
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN:
-            if now - self.opened_at < self.backoff_s:
+            if now < self.retry_at:
                 return False
             self.state = BreakerState.HALF_OPEN
             self._trial_in_flight = False
         if self._trial_in_flight:
             return False
         self._trial_in_flight = True
+        self._changed()
         return True
 
     def available(self, now: float) -> bool:
         """Like ``allows`` but without claiming a trial: for scoring candidates."""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN:
-            return now - self.opened_at >= self.backoff_s
-        return not self._trial_in_flight
+        return now >= self.available_from()
 
     def record_success(self) -> None:
+        if self.state is BreakerState.CLOSED and not self.consecutive_failures:
+            return  # the common case: nothing changes
+        was = self.available_from()
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.backoff_s = self.config.base_backoff_s
         self._trial_in_flight = False
+        if self.available_from() != was:
+            self._changed()
 
     def record_failure(self, now: float, error: str, *, fatal: bool = False) -> None:
         """A failed call. ``fatal`` (backend unreachable) opens at once."""
@@ -81,4 +104,10 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self.state = BreakerState.OPEN
         self.opened_at = now
+        self.retry_at = now + self.backoff_s
         self._trial_in_flight = False
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

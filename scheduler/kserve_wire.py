@@ -132,7 +132,7 @@ def _cut(data: bytes, field: int, id_field: int) -> tuple[bytes, bytes, list[mem
             end = pos + length
             if end > size:
                 raise WireError(f"field {number} runs {end - size} bytes past the message")
-            if number == field or number == id_field:
+            if number in (field, id_field):
                 if number == field:
                     raw.append(view[pos:end])
                 else:

@@ -284,28 +284,19 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), delay_s)
 
     def _step(self, now: float) -> float | None:
-        """Expire, dispatch what is due; when to look again (None: on the next event)."""
-        for item, error in self._queue.expire(now):
+        """Expire, dispatch what is due; when to look again (None: on the next event).
+
+        The decisions are the queue's (``BatchQueue.step``, pure); this acts on them.
+        """
+        step = self._queue.step(
+            now, in_flight=self._in_flight, capacity=self._capacity(), ahead=self._queue_ahead
+        )
+        for item, error in step.expired:
             self.counters.expired_in_queue += 1
             _fail(item.payload, DeadlineExceeded(f"model '{self._spec.name}': {error}"))
-        self._queue.remove_cancelled()
-        capacity = self._capacity()
-        limit = capacity + self._queue_ahead
-        while self._in_flight < limit:
-            # Beyond capacity only a batch that cannot grow any more (full or
-            # preferred size) or must leave for its deadline goes ahead, into
-            # the backend's own queue: a partial batch sent there early would
-            # only split the requests that are still arriving into smaller
-            # batches, while waiting here lets them join it.
-            idle = self._in_flight < capacity
-            batch = self._queue.pop_batch(now, idle_capacity=idle, complete_only=not idle)
-            if batch is None:
-                break
+        for batch in step.batches:
             self._launch(batch)
-        # Busy, only timeouts can act before a batch finishes (which wakes the
-        # loop); waking for due delay triggers would spin.
-        idle = self._in_flight < capacity
-        return self._queue.next_wakeup(now, triggers=idle, idle=idle)
+        return step.wake_at
 
     def _launch(self, batch: Batch[_Pending]) -> None:
         self.counters.batches_by_trigger[batch.trigger] += 1

@@ -6,20 +6,19 @@ so the live batcher and the discrete-event simulator share this code.
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import itertools
 import math
-from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
+from scheduler.batching.groups import GroupIndex
+from scheduler.batching.item import Batch, Entry, Moment, QueueItem, Step, Trigger
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
-T = TypeVar("T")
+__all__ = ["IDLE_QUIET_S", "Batch", "BatchQueue", "QueueItem", "Step", "Trigger"]
 
-#: Why a batch left the queue.
-Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
+T = TypeVar("T")
 
 _INF = math.inf
 #: With a backend idle, queued requests leave once no new one arrived for this
@@ -27,46 +26,6 @@ _INF = math.inf
 IDLE_QUIET_S = 0.001
 #: Weight of the newest sample in the service-time moving average.
 _SERVICE_SMOOTHING = 0.2
-
-
-@dataclass(slots=True, eq=False)
-class QueueItem(Generic[T]):
-    """One queued request. ``payload`` is the caller's (the batcher keeps request and future).
-
-    ``key`` groups the items that may share a batch (shapes, dtypes, version,
-    parameters); ``deadline`` is the request's own absolute deadline. The
-    queue fills in ``level``, ``enqueued_at``, ``timeout_at`` and ``seq`` on push.
-    """
-
-    payload: T
-    rows: int
-    key: Hashable
-    priority: int = 0
-    deadline: float | None = None
-    cancelled: bool = False
-    level: int = field(default=0, init=False)
-    enqueued_at: float = field(default=0.0, init=False)
-    timeout_at: float | None = field(default=None, init=False)
-    delayed: bool = field(default=False, init=False)
-    seq: int = field(default=0, init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Batch(Generic[T]):
-    """Items that leave the queue together, in batch order, and why they left."""
-
-    items: tuple[QueueItem[T], ...]
-    trigger: Trigger
-
-    @property
-    def rows(self) -> int:
-        return sum(item.rows for item in self.items)
-
-
-def _order(item: QueueItem[T]) -> tuple[bool, float, int]:
-    # Within a level: timed-out-but-delayed items last, then earliest deadline
-    # first, then arrival order (items without a deadline sort after those with one).
-    return (item.delayed, _INF if item.deadline is None else item.deadline, item.seq)
 
 
 class BatchQueue(Generic[T]):
@@ -90,15 +49,37 @@ class BatchQueue(Generic[T]):
     - ``deadline``: the earliest candidate deadline is within the estimated
       batch service time (an EWMA of ``record_service`` samples, 0 until one);
     - ``delay``: the oldest candidate has waited ``max_queue_delay_us``;
-    - ``idle``: the caller says a backend has capacity now (work-conserving).
+    - ``idle``: the caller says a backend has capacity now (work-conserving),
+      and arrivals paused (see ``IDLE_QUIET_S`` and ``item.Moment``).
+
+    Each level holds at most its ``max_queue_size`` items (cancelled ones
+    count until removed). Cancelled items are never batched.
+
+    How: nothing is rescanned per call. Items live in per-key sorted groups
+    (``groups.GroupIndex``), which also finds the first due group; deadlines
+    and queue timeouts sit in two min-heaps, so ``expire`` pops only what
+    passed; cancelled items are set aside the moment they are marked;
+    counts and rows per level are kept as items come and go. Push, remove
+    and cancel cost O(log n); a batch leaving costs O(log n) plus its own
+    items; a group with less than a batch of rows is recounted, O(max batch
+    size), once per query after it changed. Heaps delete lazily: an entry is
+    live while its item is still here under the same ``seq``; the stale
+    ones are dropped as they surface (amortized O(log n) per item) and the
+    heaps rebuilt when they hold four times more entries than items.
     """
 
     def __init__(self, policy: BatchingPolicy) -> None:
         self._policy = policy
-        self._levels: dict[int, list[QueueItem[T]]] = {
-            level: [] for level in range(1, policy.priority_levels + 1)
-        }
+        self._levels = range(1, policy.priority_levels + 1)
+        self._count = dict.fromkeys(self._levels, 0)
+        self._rows = dict.fromkeys(self._levels, 0)
+        self._index: GroupIndex[T] = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
+        self._cancelled: dict[int, QueueItem[T]] = {}
+        self._deadlines: list[tuple[float, int, QueueItem[T]]] = []
+        self._timeouts: list[tuple[float, int, QueueItem[T]]] = []
         self._seq = itertools.count()
+        self._delay_s = policy.max_queue_delay_s
+        self._quiet_s = min(IDLE_QUIET_S, self._delay_s)
         self._service_s: float | None = None
         #: The last arrival or batch completion: callers whose batch just
         #: finished tend to send their next request within a moment.
@@ -107,11 +88,11 @@ class BatchQueue(Generic[T]):
 
     # -- state -------------------------------------------------------------
     def __len__(self) -> int:
-        return sum(len(items) for items in self._levels.values())
+        return sum(self._count.values())
 
     def depth(self) -> dict[int, int]:
         """Queued requests by priority level."""
-        return {level: len(items) for level, items in self._levels.items()}
+        return dict(self._count)
 
     @property
     def service_estimate_s(self) -> float | None:
@@ -127,9 +108,16 @@ class BatchQueue(Generic[T]):
         prev = self._service_s
         self._service_s = seconds if prev is None else prev + _SERVICE_SMOOTHING * (seconds - prev)
 
-    def _items(self) -> Iterator[QueueItem[T]]:
-        for level in sorted(self._levels):
-            yield from self._levels[level]
+    def _moment(self, now: float, idle: bool) -> Moment:
+        return Moment(
+            now,
+            idle,
+            self._service_s or 0.0,
+            self._delay_s,
+            self._quiet_s,
+            self._last_event_at,
+            self._last_completion_at,
+        )
 
     # -- in and out --------------------------------------------------------
     def push(self, item: QueueItem[T], now: float) -> None:
@@ -142,8 +130,7 @@ class BatchQueue(Generic[T]):
             )
         level = policy.level_of(item.priority)
         queue_policy = policy.queue_policy(level)
-        queue = self._levels[level]
-        if len(queue) >= queue_policy.max_queue_size:
+        if self._count[level] >= queue_policy.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of priority level {level} is full "
                 f"({queue_policy.max_queue_size} requests); retry later",
@@ -151,137 +138,147 @@ class BatchQueue(Generic[T]):
             )
         item.level = level
         item.enqueued_at = now
-        item.seq = next(self._seq)
+        item.seq = seq = next(self._seq)
         self._last_event_at = now
         if queue_policy.allow_timeout_override and item.deadline is not None:
             item.timeout_at = None  # the request's own deadline replaces the default
         elif queue_policy.default_timeout_us > 0:
             item.timeout_at = now + queue_policy.default_timeout_us / 1e6
-        bisect.insort(queue, item, key=_order)
+        item._queue = self
+        self._count[level] += 1
+        self._rows[level] += item.rows
+        self._file(item)
+        if item.deadline is not None:
+            heapq.heappush(self._deadlines, (item.deadline, seq, item))
+        if item.timeout_at is not None and not item.delayed:
+            heapq.heappush(self._timeouts, (item.timeout_at, seq, item))
+        if len(self._deadlines) + len(self._timeouts) > 4 * len(self) + 64:
+            self._compact()
+
+    def _file(self, item: QueueItem[T]) -> None:
+        if item.cancelled:
+            self._cancelled[item.seq] = item
+            deadline = _INF if item.deadline is None else item.deadline
+            item.entry = (item.level, item.delayed, deadline, item.seq, item)
+        else:
+            self._index.add(item)
+
+    def _unfile(self, item: QueueItem[T]) -> None:
+        if item.cancelled:
+            del self._cancelled[item.seq]
+        else:
+            self._index.discard(item)
+
+    def _gone(self, item: QueueItem[T]) -> None:
+        """``item`` left (its heap entries go stale with it)."""
+        item._queue = None
+        self._count[item.level] -= 1
+        self._rows[item.level] -= item.rows
+
+    def _cancel_changed(self, item: QueueItem[T]) -> None:
+        if item.cancelled:  # out of its group into the cancelled set
+            self._index.discard(item)
+        else:
+            del self._cancelled[item.seq]
+        self._file(item)
+
+    def _compact(self) -> None:
+        live = self._queued()
+        self._deadlines = [(i.deadline, i.seq, i) for i in live if i.deadline is not None]
+        self._timeouts = [
+            (i.timeout_at, i.seq, i) for i in live if i.timeout_at is not None and not i.delayed
+        ]
+        heapq.heapify(self._deadlines)
+        heapq.heapify(self._timeouts)
+
+    def _queued(self) -> list[QueueItem[T]]:
+        """Every item, cancelled ones included, in queue order."""
+        entries = [e for group in self._index for e in group.entries()]
+        entries.extend(i.entry for i in self._cancelled.values() if i.entry is not None)
+        entries.sort()
+        return [entry[4] for entry in entries]
 
     def _retry_after_ms(self, level: int) -> int:
         # Time to drain what is ahead of a new request at this level, one batch
         # at a time; before any batch was timed, guess with the queue delay.
-        rows_ahead = sum(i.rows for lvl, q in self._levels.items() if lvl <= level for i in q)
+        rows_ahead = sum(rows for lvl, rows in self._rows.items() if lvl <= level)
         batches = math.ceil(rows_ahead / self._policy.max_batch_size)
         per_batch_s = self._service_s or max(self._policy.max_queue_delay_s, 0.001)
         return max(1, math.ceil(batches * per_batch_s * 1000))
 
     def remove(self, item: QueueItem[T]) -> bool:
         """Take ``item`` out (its caller went away); False if it already left."""
-        queue = self._levels.get(item.level, [])
-        for index, queued in enumerate(queue):
-            if queued is item:
-                del queue[index]
-                return True
-        return False
+        if item._queue is not self:
+            return False
+        self._unfile(item)
+        self._gone(item)
+        return True
 
     def drain(self) -> list[QueueItem[T]]:
         """Take every item out, in queue order (the batcher is closing)."""
-        items = list(self._items())
-        for queue in self._levels.values():
-            queue.clear()
+        items = self._queued()
+        for item in items:
+            self._gone(item)
+        policy = self._policy
+        self._index = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
+        self._cancelled.clear()
+        self._deadlines.clear()
+        self._timeouts.clear()
         return items
 
     def remove_cancelled(self) -> list[QueueItem[T]]:
         """Drop every item marked ``cancelled``, before it can be dispatched."""
-        gone: list[QueueItem[T]] = []
-        for level, queue in self._levels.items():
-            gone.extend(i for i in queue if i.cancelled)
-            self._levels[level] = [i for i in queue if not i.cancelled]
+        if not self._cancelled:
+            return []
+        gone = sorted(self._cancelled.values(), key=lambda i: i.entry or ())
+        self._cancelled.clear()
+        for item in gone:
+            self._gone(item)
         return gone
 
     def expire(self, now: float) -> list[tuple[QueueItem[T], DeadlineExceeded]]:
         """Remove items past their deadline or their reject-timeout; demote delay-timeouts."""
-        out: list[tuple[QueueItem[T], DeadlineExceeded]] = []
-        for level, queue in self._levels.items():
-            keep: list[QueueItem[T]] = []
-            demoted = False
-            for item in queue:
+        out: list[tuple[Entry, QueueItem[T], DeadlineExceeded]] = []
+        deadlines, timeouts = self._deadlines, self._timeouts
+        while deadlines and now >= deadlines[0][0]:
+            _, seq, item = heapq.heappop(deadlines)
+            if item._queue is self and item.seq == seq:
                 waited_ms = (now - item.enqueued_at) * 1000
-                if item.deadline is not None and now >= item.deadline:
-                    error = DeadlineExceeded(
-                        f"deadline exceeded after {waited_ms:.1f} ms in the batch queue"
-                    )
-                    out.append((item, error))
-                elif not item.delayed and item.timeout_at is not None and now >= item.timeout_at:
-                    policy = self._policy.queue_policy(level)
-                    if policy.timeout_action == "reject":
-                        error = DeadlineExceeded(
-                            f"timed out after {waited_ms:.1f} ms in the batch queue (queue "
-                            f"policy of priority level {level}: "
-                            f"{policy.default_timeout_us} µs, action reject)"
-                        )
-                        out.append((item, error))
-                    else:
-                        item.delayed = demoted = True
-                        keep.append(item)
-                else:
-                    keep.append(item)
-            if demoted:
-                keep.sort(key=_order)
-            self._levels[level] = keep
-        return out
+                error = DeadlineExceeded(
+                    f"deadline exceeded after {waited_ms:.1f} ms in the batch queue"
+                )
+                out.append(self._expired(item, error))
+        while timeouts and now >= timeouts[0][0]:
+            _, seq, item = heapq.heappop(timeouts)
+            if item._queue is not self or item.seq != seq or item.delayed:
+                continue
+            level = item.level
+            policy = self._policy.queue_policy(level)
+            if policy.timeout_action == "reject":
+                waited_ms = (now - item.enqueued_at) * 1000
+                error = DeadlineExceeded(
+                    f"timed out after {waited_ms:.1f} ms in the batch queue (queue "
+                    f"policy of priority level {level}: "
+                    f"{policy.default_timeout_us} µs, action reject)"
+                )
+                out.append(self._expired(item, error))
+            else:  # behind the rest of its level, from now on
+                self._unfile(item)
+                item.delayed = True
+                self._file(item)
+        out.sort(key=lambda found: found[0])  # queue order, as they stood
+        return [(item, error) for _, item, error in out]
+
+    def _expired(
+        self, item: QueueItem[T], error: DeadlineExceeded
+    ) -> tuple[Entry, QueueItem[T], DeadlineExceeded]:
+        entry = item.entry
+        assert entry is not None  # set when it was filed
+        self._unfile(item)
+        self._gone(item)
+        return entry, item, error
 
     # -- batching decisions ------------------------------------------------
-    def _groups(self) -> Iterator[tuple[list[QueueItem[T]], bool]]:
-        """Per key, in queue order: the candidates, and whether an item was left out for size."""
-        by_key: dict[Hashable, list[QueueItem[T]]] = {}
-        for item in self._items():
-            if not item.cancelled:
-                by_key.setdefault(item.key, []).append(item)
-        limit = self._policy.max_batch_size
-        for members in by_key.values():
-            chosen: list[QueueItem[T]] = []
-            rows = 0
-            for item in members:
-                if rows + item.rows > limit:
-                    break
-                chosen.append(item)
-                rows += item.rows
-            yield chosen, len(chosen) < len(members)
-
-    def _deadline_due_at(self, chosen: list[QueueItem[T]]) -> float:
-        earliest = min((i.deadline for i in chosen if i.deadline is not None), default=_INF)
-        return earliest - (self._service_s or 0.0)
-
-    def _decide(
-        self, chosen: list[QueueItem[T]], blocked: bool, now: float, idle_capacity: bool
-    ) -> tuple[int, Trigger] | None:
-        """How many of ``chosen`` leave now, and why; None to keep waiting."""
-        policy = self._policy
-        rows = sum(i.rows for i in chosen)
-        if rows >= policy.max_batch_size or blocked:
-            return len(chosen), "full"
-        preferred = set(policy.preferred_batch_sizes)
-        cut, running = 0, 0
-        for index, item in enumerate(chosen, start=1):
-            running += item.rows
-            if running in preferred:
-                cut = index
-        if cut:
-            return cut, "preferred"
-        if now >= self._deadline_due_at(chosen):
-            return len(chosen), "deadline"
-        if now - min(i.enqueued_at for i in chosen) >= policy.max_queue_delay_s:
-            return len(chosen), "delay"
-        if idle_capacity and now >= self._idle_release_at(chosen):
-            return len(chosen), "idle"
-        return None
-
-    def _idle_release_at(self, chosen: list[QueueItem[T]]) -> float:
-        """When an idle backend takes what is queued: once arrivals (and batch
-        completions, whose callers come back) pause for ``IDLE_QUIET_S``, so a
-        burst of callers lands in one batch instead of being split, but never
-        later than the model's delay, and at once when it has none (purely
-        work-conserving). The delay bounds the wait this adds, so it counts
-        from when the work arrived or the backend last freed up, whichever is
-        later: requests queued behind a busy backend already waited for it."""
-        delay = self._policy.max_queue_delay_s
-        quiet = min(IDLE_QUIET_S, delay)
-        since = max(min(i.enqueued_at for i in chosen), self._last_completion_at)
-        return min(self._last_event_at + quiet, since + delay)
-
     def pop_batch(
         self, now: float, idle_capacity: bool, *, complete_only: bool = False
     ) -> Batch[T] | None:
@@ -291,36 +288,74 @@ class BatchQueue(Generic[T]):
         due by its deadline (not by delay or idleness). Call ``expire(now)``
         first: this does not check timeouts.
         """
-        for chosen, blocked in self._groups():
-            decision = self._decide(chosen, blocked, now, idle_capacity)
-            if decision is not None and complete_only and decision[1] in ("delay", "idle"):
-                decision = None
-            if decision is None:
-                continue
-            count, trigger = decision
-            taken = chosen[:count]
-            for item in taken:
-                self.remove(item)
-            return Batch(tuple(taken), trigger)
-        return None
+        moment = self._moment(now, idle_capacity)
+        group = self._index.first_due(moment, complete_only=complete_only)
+        if group is None:
+            return None
+        popped = self._index.pop(group, moment)
+        assert popped is not None  # first_due found a rule that holds
+        taken, trigger = popped
+        count, rows = self._count, self._rows
+        for item in taken:  # what _gone does, inline: a batch is many items
+            item._queue = None
+            count[item.level] -= 1
+            rows[item.level] -= item.rows
+        return Batch(tuple(taken), trigger)
 
     def next_wakeup(self, now: float, *, triggers: bool = True, idle: bool = False) -> float | None:
         """When a timeout or a trigger next falls due; None if nothing will.
 
         ``triggers=False`` asks for timeouts only (the caller could not send
         a batch now anyway); ``idle=True`` adds when an idle backend would
-        take the queue (see ``_idle_release_at``).
+        take the queue (see ``item.Moment.idle_release_at``).
         """
-        times: list[float] = []
-        for item in self._items():
-            if item.deadline is not None:
-                times.append(item.deadline)
-            if item.timeout_at is not None and not item.delayed:
-                times.append(item.timeout_at)
-        for chosen, _ in self._groups() if triggers else ():
-            times.append(min(i.enqueued_at for i in chosen) + self._policy.max_queue_delay_s)
-            times.append(self._deadline_due_at(chosen))
-            if idle:
-                times.append(self._idle_release_at(chosen))
-        due = min(times, default=_INF)
+        due = min(self._live_front(self._deadlines), self._live_front(self._timeouts, True))
+        if triggers:
+            moment = self._moment(now, idle)
+            oldest, earliest = self._index.extremes()
+            if oldest < _INF:
+                due = min(due, oldest + self._delay_s)
+                if idle:
+                    due = min(due, moment.idle_release_at(oldest))
+            due = min(due, earliest - moment.service_s)
         return None if due == _INF else due
+
+    def _live_front(
+        self, heap: list[tuple[float, int, QueueItem[T]]], timeouts: bool = False
+    ) -> float:
+        """The earliest live time in ``heap``, dropping the stale entries on top
+        (a demoted item's queue timeout no longer counts)."""
+        while heap:
+            at, seq, item = heap[0]
+            if item._queue is self and item.seq == seq and not (timeouts and item.delayed):
+                return at
+            heapq.heappop(heap)
+        return _INF
+
+    def step(self, now: float, *, in_flight: int, capacity: int, ahead: int) -> Step[T]:
+        """One look at the queue by a batcher with ``in_flight`` batches running
+        and room for ``capacity``: expire, drop the cancelled, cut what is due,
+        and say when to look again.
+
+        While fewer than ``capacity`` run, a backend is idle and any due batch
+        leaves. Beyond that, up to ``ahead`` more may leave, but only batches
+        that cannot grow any more (full or preferred size) or must leave for
+        their deadline: a partial batch sent into a busy backend's own queue
+        would only split the requests still arriving into smaller batches,
+        while waiting here lets them join it. Busy, only timeouts can act
+        before a batch finishes (which wakes the batcher), so the wake-up
+        leaves the delay triggers out: waking for them would spin.
+        """
+        expired = self.expire(now)
+        self.remove_cancelled()
+        batches: list[Batch[T]] = []
+        running = in_flight
+        while running < capacity + ahead:
+            idle = running < capacity
+            batch = self.pop_batch(now, idle_capacity=idle, complete_only=not idle)
+            if batch is None:
+                break
+            batches.append(batch)
+            running += 1
+        idle = running < capacity
+        return Step(expired, batches, self.next_wakeup(now, triggers=idle, idle=idle))

@@ -1,0 +1,51 @@
+"""``place``'s fast path against its general path (hypothesis): on random
+candidates, with and without the precomputed ``accelerator_ok`` column, the
+decision must be the same in every field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.placement import Candidates, Decision, Tier, _place, accelerators_with_room, place
+
+
+def fields(d: Decision) -> tuple[object, ...]:
+    """A decision's fields, NaN made comparable."""
+    return tuple(
+        "nan" if isinstance(v, float) and math.isnan(v) else v for v in dataclasses.astuple(d)
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12))
+def test_the_fast_path_decides_as_the_general_one(data: st.DataObject, n: int) -> None:
+    def column(values: st.SearchStrategy[object]) -> list[object]:
+        return data.draw(st.lists(values, min_size=n, max_size=n))
+
+    seconds = st.sampled_from([0.0, 0.001, 0.002, 0.005, 0.01, 0.03])
+    c = Candidates(
+        backend_ids=tuple(f"b{i}" for i in range(n)),
+        tier=np.array(column(st.sampled_from([Tier.ACCELERATOR, Tier.CPU])), np.int8),
+        available=np.array(column(st.booleans()), np.bool_),
+        memory_ok=np.array(column(st.booleans()), np.bool_),
+        load_ok=np.array(column(st.booleans()), np.bool_),
+        queued_s=np.array(column(seconds), np.float64),
+        service_s=np.array(column(seconds | st.just(math.nan)), np.float64),
+        telemetry_age_s=np.array(column(st.just(0.5) | st.just(math.nan)), np.float64),
+    )
+    now = 10.0
+    deadline = data.draw(st.none() | st.sampled_from([now - 1, now, now + 0.004, now + 0.02]))
+    unknown = data.draw(st.sampled_from([0.0, 0.001]))
+    fast = place(c, now=now, deadline=deadline, unknown_service_s=unknown)
+    general = _place(c, now=now, deadline=deadline, unknown_service_s=unknown)
+    assert fields(fast) == fields(general)
+    room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
+    kept = dataclasses.replace(c, accelerator_ok=room)
+    assert fields(place(kept, now=now, deadline=deadline, unknown_service_s=unknown)) == fields(
+        fast
+    )
