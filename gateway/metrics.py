@@ -55,8 +55,12 @@ class DecisionRecord:
 class GatewayMetrics:
     """Request-path metrics and the recent-decisions log (a ``SchedulerObserver``)."""
 
-    def __init__(self, registry: CollectorRegistry, *, decision_log_size: int = 256) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, decision_log_size: int = 256, trace_ids: bool = True
+    ) -> None:
         self.registry = registry
+        #: Whether decisions record the current trace id (only our own spans have one).
+        self._trace_ids = trace_ids
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.recent_decisions: deque[DecisionRecord] = deque(maxlen=decision_log_size)
@@ -155,8 +159,10 @@ class GatewayMetrics:
         self._child(self.decisions, model, decision.verdict.value, backend).inc()
         if decision.verdict is Verdict.SPILLED:
             self._child(self.spillovers, model, backend).inc()
-        span_context = trace.get_current_span().get_span_context()
-        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        trace_id = ""
+        if self._trace_ids:
+            span_context = trace.get_current_span().get_span_context()
+            trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
         self.recent_decisions.append(DecisionRecord(model, rows, decision, trace_id))
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
@@ -276,7 +282,9 @@ class SchedulerCollector(Collector):
         yield from (total, used, busy, age)
 
 
-def build_registry(scheduler: Scheduler, clock: Clock) -> tuple[CollectorRegistry, GatewayMetrics]:
+def build_registry(
+    scheduler: Scheduler, clock: Clock, *, trace_ids: bool = True
+) -> tuple[CollectorRegistry, GatewayMetrics]:
     """A private registry (not the process-global one, so several gateways can live
     in one process in tests) with process metrics, the collector and the counters."""
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
@@ -286,4 +294,7 @@ def build_registry(scheduler: Scheduler, clock: Clock) -> tuple[CollectorRegistr
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     registry.register(SchedulerCollector(scheduler, clock))
-    return registry, GatewayMetrics(registry, decision_log_size=scheduler.config.decision_log_size)
+    metrics = GatewayMetrics(
+        registry, decision_log_size=scheduler.config.decision_log_size, trace_ids=trace_ids
+    )
+    return registry, metrics

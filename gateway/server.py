@@ -196,7 +196,9 @@ class GatewayServer:
         clock = MonotonicClock()
         self.scheduler = build_scheduler(settings, clock, worker)
         # Metrics are always counted (cheap); they are served only with metrics_port.
-        self.registry, self.metrics = build_registry(self.scheduler, clock)
+        self.registry, self.metrics = build_registry(
+            self.scheduler, clock, trace_ids=self.tracing.enabled
+        )
         self.scheduler.observer = self.metrics
         self.servicer = InferenceServicer(
             self.scheduler,

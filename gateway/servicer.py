@@ -153,7 +153,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         # The trace id goes back in trailing metadata, errors included, so a
         # client's log line leads to the trace.
-        trailer = trace_id_metadata()
+        # (Only our own spans have an id to report: with tracing off there is none.)
+        trailer = trace_id_metadata() if self._tracing.enabled else ()
         if trailer:
             context.set_trailing_metadata(trailer)
         try:
@@ -172,7 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         goes on. Each request runs as a task whose done-callback queues its
         response, so a message costs one task and no queue or semaphore hops.
         """
-        if trailer := trace_id_metadata():
+        if self._tracing.enabled and (trailer := trace_id_metadata()):
             context.set_trailing_metadata(trailer)
         loop = asyncio.get_running_loop()
         responses: collections.deque[bytes] = collections.deque()
