@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -217,69 +218,117 @@ def encode_parameters(target: Any, params: Parameters) -> None:
             slot.string_param = str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to encode responses of one layout: the encoded header (model,
+    version, outputs' names, datatypes and shapes) and, per output, the
+    numpy dtype its data must have (None: BYTES, framed per response) and the
+    tag and length that precede its raw contents (None for BYTES)."""
+
+    header: bytes
+    dtypes: tuple[np.dtype[Any] | None, ...]
+    prefixes: tuple[bytes | None, ...]
+
+
 class ResponseHeaders:
-    """Encoded response headers (model, version, output names, datatypes and
-    shapes: everything but the id and the tensors), remembered per layout.
+    """Response encoding plans, remembered per layout of the outputs.
 
     Requests of one model come back with few distinct layouts (one per batch
-    size, mostly), so after the first of each the header is copied, not
-    built and serialised again. Holds at most ``max_entries``; when full it
-    starts over.
+    size, mostly), so after the first of each, a response is its header, its
+    id and its tensors joined, with no protobuf message built. Holds at most
+    ``max_entries``; when full it starts over.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max_entries = max_entries
-        self._cache: dict[tuple[Any, ...], bytes] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
 
-    def get(self, model: str, version: str, outputs: tuple[tuple[str, str, Any], ...]) -> bytes:
-        key = (model, version, outputs)
-        header = self._cache.get(key)
-        if header is None:
-            response = pb.ModelInferResponse(model_name=model, model_version=version)
-            for name, datatype, shape in outputs:
-                response.outputs.add(name=name, datatype=datatype, shape=shape)
-            header = response.SerializeToString()
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._cache[key] = header
-        return header
+    def plan(self, result: InferResult, spec: ModelSpec) -> _Plan:
+        outputs = result.outputs
+        key = (
+            result.model_name,
+            result.model_version,
+            *[(name, array.dtype, array.shape) for name, array in outputs.items()],
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _make_plan(result, spec)
+            if len(self._plans) >= self._max_entries:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
 
-_ID_FIELD = 3  # ModelInferResponse.id
+def _make_plan(result: InferResult, spec: ModelSpec) -> _Plan:
+    response = pb.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version
+    )
+    dtypes: list[np.dtype[Any] | None] = []
+    prefixes: list[bytes | None] = []
+    for name, array in result.outputs.items():
+        declared = spec.output(name)
+        datatype = declared.datatype if declared else DataType.of_array(array)
+        response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
+        if datatype is DataType.BYTES:
+            dtypes.append(None)
+            prefixes.append(None)
+        else:
+            nbytes = array.size * _ITEM_SIZE[datatype]
+            dtypes.append(datatype.numpy_dtype)
+            prefixes.append(wire.field_prefix(wire.RAW_OUTPUT_FIELD, nbytes))
+    return _Plan(response.SerializeToString(), tuple(dtypes), tuple(prefixes))
 
 
 def encode_response(
     result: InferResult, spec: ModelSpec, headers: ResponseHeaders | None = None
 ) -> bytes:
     """The encoded ``ModelInferResponse``: the backend's own when it sent one,
-    else the outputs as raw contents, in the order the result holds them."""
+    else the outputs as raw contents, in the order the result holds them,
+    each tensor copied once (into the joined message)."""
     if result.wire is not None:
         return result.wire
-    layout: list[tuple[str, str, Any]] = []
+    if result.parameters:  # rare: build the whole message
+        return _encode_with_parameters(result, spec)
+    plan = (headers or ResponseHeaders(1)).plan(result, spec)
+    parts: list[Any] = [plan.header]
+    if result.id:
+        identifier = result.id.encode()
+        parts.append(wire.field_prefix(_ID_FIELD, len(identifier)))
+        parts.append(identifier)
+    for array, dtype, prefix in zip(
+        result.outputs.values(), plan.dtypes, plan.prefixes, strict=True
+    ):
+        if dtype is None:
+            data = encode_bytes(array)
+            parts.append(wire.field_prefix(wire.RAW_OUTPUT_FIELD, len(data)))
+            parts.append(data)
+            continue
+        parts.append(prefix)
+        if array.dtype == dtype and array.flags.c_contiguous and dtype.kind != "V":
+            parts.append(array.data)  # a view: the join below is the one copy
+        else:
+            parts.append(wire.as_buffer(array.astype(dtype, copy=False)))
+    return b"".join(parts)
+
+
+def _encode_with_parameters(result: InferResult, spec: ModelSpec) -> bytes:
+    response = pb.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id
+    )
+    encode_parameters(response.parameters, result.parameters)
     contents: list[Any] = []
     for name, array in result.outputs.items():
         declared = spec.output(name)
         datatype = declared.datatype if declared else DataType.of_array(array)
-        layout.append((name, datatype.value, array.shape))
+        response.outputs.add(name=name, datatype=datatype.value, shape=array.shape)
         if datatype is DataType.BYTES:
             contents.append(encode_bytes(array))
         else:
             contents.append(wire.as_buffer(array.astype(datatype.numpy_dtype, copy=False)))
-    if result.parameters:  # rare: build the whole message
-        response = pb.ModelInferResponse(
-            model_name=result.model_name, model_version=result.model_version, id=result.id
-        )
-        encode_parameters(response.parameters, result.parameters)
-        for name, type_name, shape in layout:
-            response.outputs.add(name=name, datatype=type_name, shape=shape)
-        header = response.SerializeToString()
-    else:
-        headers = headers or ResponseHeaders(1)
-        header = headers.get(result.model_name, result.model_version, tuple(layout))
-        if result.id:
-            identifier = result.id.encode()
-            header += wire.field_prefix(_ID_FIELD, len(identifier)) + identifier
-    return wire.join_raw(header, wire.RAW_OUTPUT_FIELD, contents)
+    return wire.join_raw(response.SerializeToString(), wire.RAW_OUTPUT_FIELD, contents)
+
+
+_ID_FIELD = wire.ID_FIELD
 
 
 def stream_response(encoded: bytes) -> bytes:
