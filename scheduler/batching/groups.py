@@ -143,9 +143,10 @@ class GroupIndex(Generic[T]):
     def discard(self, item: QueueItem[T]) -> None:
         group = self._groups[item.key]
         entry = item.entry
-        group.items.remove(entry)  # type: ignore[arg-type]
+        assert entry is not None  # set when it was added
+        group.items.remove(entry)
         group.total -= item.rows
-        if entry is not None and self._quiet(group, entry, group.total):
+        if self._quiet(group, entry, group.total):
             self._facts_changed(group)
         else:
             self._dirty[item.key] = group
