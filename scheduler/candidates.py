@@ -176,18 +176,19 @@ class ModelTable:
         age = now - self.sampled_at
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
+        # Positional, in field order (keywords cost a dict per decision).
         return Candidates(
-            backend_ids=self.ids,
-            tier=self.tier,
-            available=self.avail_from <= now,
-            memory_ok=self.memory_ok,
-            load_ok=self.load_ok,
-            # Triton's queue holds other gateways' work too; ours is in it as
-            # well, so the larger of the two views counts, not their sum.
-            queued_s=np.maximum(self.ours, self._theirs),
-            service_s=service,
-            telemetry_age_s=age,
-            accelerator_ok=self.accelerator_ok,
+            self.ids,  # backend_ids
+            self.tier,  # tier
+            np.less_equal(self.avail_from, now),  # available (the ufunc: faster than <=)
+            self.memory_ok,  # memory_ok
+            self.load_ok,  # load_ok
+            # queued_s: Triton's queue holds other gateways' work too; ours is
+            # in it as well, so the larger of the two views counts, not the sum.
+            np.maximum(self.ours, self._theirs),
+            service,  # service_s
+            age,  # telemetry_age_s
+            self.accelerator_ok,  # accelerator_ok
         )
 
 
