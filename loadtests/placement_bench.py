@@ -37,7 +37,8 @@ whole decisions on the first ``--backends`` size, each inside
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
         python -m loadtests.placement_bench --backends 64 --callgrind 300
 
-(the instructions collected, divided by N, are one decision's).
+(the instructions collected, divided by N, are one decision's; add
+``--before`` for the old builder's).
 """
 
 from __future__ import annotations
@@ -256,24 +257,32 @@ async def measure(n: int, repeats: int, before: bool) -> dict[str, list[float]]:
     return found
 
 
-async def under_callgrind(n: int, decisions: int) -> None:
-    """Whole decisions, each alone inside functools.reduce (module docstring)."""
-    scheduler, clock, _ = await start_fleet(n)
+async def under_callgrind(n: int, decisions: int, *, before: bool) -> None:
+    """Whole decisions, each alone inside functools.reduce (module docstring);
+    ``before``: with the old builder."""
+    scheduler, clock, monitor = await start_fleet(n)
     unknown_s = scheduler.config.unknown_service_s
     rng = random.Random(4)
     states = list(scheduler.fleet)
+    old = ReferenceBuilder(scheduler.config)
 
     def decide(_: object, now: float) -> object:
-        candidates = scheduler.candidates.gather(SPEC.name, ROWS, now)
+        if before:
+            serving = [s for s in scheduler.fleet if SPEC.name in s.backend.models()]
+            snapshot = monitor.snapshot()
+            candidates = old.build(SPEC, ROWS, serving, scheduler.estimator, snapshot, now)
+        else:
+            candidates = scheduler.candidates.gather(SPEC.name, ROWS, now)
         return place(candidates, now=now, deadline=now + DEADLINE_S, unknown_service_s=unknown_s)
 
     try:
-        for warm in range(200 + decisions):
+        warmup = 5 if before else 200  # the old builder is slow to run under valgrind
+        for warm in range(warmup + decisions):
             clock.advance(1e-6)
             state = rng.choice(states)  # a call finishes somewhere, as in the timed runs
             state.busy_s[SPEC.name] = rng.uniform(0.0, 0.02)
             scheduler.estimator.observe(state.id, SPEC.name, ROWS, rng.uniform(0.002, 0.004))
-            if warm < 200:
+            if warm < warmup:
                 decide(None, clock.now())
             else:
                 functools.reduce(decide, [clock.now()], None)
@@ -327,7 +336,7 @@ def main() -> None:
     parser.add_argument("--callgrind", type=int, default=0, help="N decisions for callgrind only")
     args = parser.parse_args()
     if args.callgrind:
-        asyncio.run(under_callgrind(args.backends[0], args.callgrind))
+        asyncio.run(under_callgrind(args.backends[0], args.callgrind, before=args.before))
         return
     where = machine()
     steal = StealMeter()

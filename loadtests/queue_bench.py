@@ -34,7 +34,8 @@ instruction counts do not. ``--callgrind N`` runs N busy steps, each inside
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
         python -m loadtests.queue_bench --callgrind 300
 
-(the instructions collected, divided by N, are one step's).
+(the instructions collected, divided by N, are one step's; add ``--before``
+for the old queue's).
 """
 
 from __future__ import annotations
@@ -153,9 +154,15 @@ def time_push_cancel(work: Workload, calls: int) -> tuple[float, float]:
     return statistics.median(pushes) / 1e3, statistics.median(cancels) / 1e3
 
 
-def under_callgrind(queued: int, steps: int) -> None:
-    """Busy steps, each alone inside functools.reduce (see the module docstring)."""
-    work = Workload(BatchQueue(POLICY), QueueItem, queued)
+def under_callgrind(queued: int, steps: int, *, before: bool) -> None:
+    """Busy steps, each alone inside functools.reduce (see the module docstring);
+    ``before``: of the old queue."""
+    if before:
+        from tests.unit.batch_queue_reference import ReferenceQueue, RefItem
+
+        work = Workload(ReferenceQueue(POLICY), RefItem, queued)
+    else:
+        work = Workload(BatchQueue(POLICY), QueueItem, queued)
     step = step_of(work.queue)
     for warm in range(200 + steps):
         work.now += 1e-5
@@ -188,7 +195,7 @@ def main() -> None:
     parser.add_argument("--callgrind", type=int, default=0, help="N steps for callgrind only")
     args = parser.parse_args()
     if args.callgrind:
-        under_callgrind(args.queued, args.callgrind)
+        under_callgrind(args.queued, args.callgrind, before=args.before)
         return
     where = machine()
     steal = StealMeter()
