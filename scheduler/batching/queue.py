@@ -317,7 +317,7 @@ class BatchQueue(Generic[T]):
             rows += entry[4]
         self._count[level] -= count
         self._rows[level] -= rows
-        return Batch(tuple(items), trigger)
+        return tuple.__new__(Batch, (tuple(items), trigger))  # as in _moment
 
     def next_wakeup(self, now: float, *, triggers: bool = True, idle: bool = False) -> float | None:
         """When a timeout or a trigger next falls due; None if nothing will.
@@ -375,4 +375,5 @@ class BatchQueue(Generic[T]):
             batches.append(batch)
             running += 1
         idle = running < capacity
-        return Step(expired, batches, self.next_wakeup(now, triggers=idle, idle=idle))
+        wake_at = self.next_wakeup(now, triggers=idle, idle=idle)
+        return tuple.__new__(Step, (expired, batches, wake_at))  # as in _moment
