@@ -32,7 +32,7 @@ load_ok, age       and total calls in flight per backend        epoch; load_ok
                                                                 its in-flight cap
 service            the estimator, per batch-size bucket         rows whose value
                                                                 may have moved,
-                                                                when next read
+                                                                when it observes
 =================  ===========================================  ==================
 
 A decision then costs a few vector operations (``avail_from <= now``,
@@ -94,7 +94,6 @@ class ModelTable:
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service: dict[int, Floats] = {}
-        self._stale: dict[int, set[int]] = {}
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
@@ -112,32 +111,29 @@ class ModelTable:
     def estimate_changed(
         self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Mark the cached predictions of ``row`` that ``bucket``'s new
-        estimate can move: that bucket's, and those interpolated from it."""
+        """Re-predict the cached buckets of ``row`` that ``bucket``'s new
+        estimate can move: that bucket, and those interpolated from it. Done
+        here, when a call's outcome is learned, not in the next decision."""
         backend_id = self.ids[row]
-        for cached, rows in self._stale.items():
+        for cached, values in list(self._service.items()):
             if (
                 bucket is None
                 or cached == bucket
                 or not estimator.has_bucket(backend_id, self.name, cached)
             ):
-                rows.add(row)
+                values = self._service[cached] = values.copy()  # a Candidates may hold it
+                values[row] = _predict(estimator, backend_id, self.name, cached)
+                if cached == 1:
+                    self._theirs[row] = self._pending[row] * _known(values[row])
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
+        """Predicted service time per row for a batch-size bucket (NaN:
+        unknown): predicted for every row on first use, then kept current by
+        ``estimate_changed``."""
         cached = self._service.get(bucket)
-        stale = self._stale.get(bucket)
-        if cached is None or stale is None:
+        if cached is None:
             cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
-            self._service[bucket], self._stale[bucket] = cached, set()
-        elif stale:
-            cached = cached.copy()
-            for row in stale:
-                cached[row] = _predict(estimator, self.ids[row], self.name, bucket)
-                if bucket == 1:
-                    self._theirs[row] = self._pending[row] * _known(cached[row])
-            stale.clear()
             self._service[bucket] = cached
         return cached
 
@@ -167,27 +163,26 @@ class ModelTable:
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
         service = self.service(bucket_of(rows), estimator)
-        if not self._theirs_valid:
+        if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        elif self._has_pending and self._stale.get(1):
-            self.service(1, estimator)  # refreshes the rows of ``_theirs`` it changes
         age = now - self.sampled_at
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
+        # Positional, in field order (keywords cost a dict per decision).
         return Candidates(
-            backend_ids=self.ids,
-            tier=self.tier,
-            available=self.avail_from <= now,
-            memory_ok=self.memory_ok,
-            load_ok=self.load_ok,
-            # Triton's queue holds other gateways' work too; ours is in it as
-            # well, so the larger of the two views counts, not their sum.
-            queued_s=np.maximum(self.ours, self._theirs),
-            service_s=service,
-            telemetry_age_s=age,
-            accelerator_ok=self.accelerator_ok,
+            self.ids,  # backend_ids
+            self.tier,  # tier
+            np.less_equal(self.avail_from, now),  # available (the ufunc: faster than <=)
+            self.memory_ok,  # memory_ok
+            self.load_ok,  # load_ok
+            # queued_s: Triton's queue holds other gateways' work too; ours is
+            # in it as well, so the larger of the two views counts, not the sum.
+            np.maximum(self.ours, self._theirs),
+            service,  # service_s
+            age,  # telemetry_age_s
+            self.accelerator_ok,  # accelerator_ok
         )
 
 

@@ -44,17 +44,21 @@ the last bit (``tests/unit/test_batch_queue_model.py``).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
 from collections.abc import Hashable, Iterable, Iterator
+from itertools import accumulate, islice
+from operator import itemgetter
 from typing import Any, Generic, Literal, TypeVar
 
-from scheduler.batching.item import Entry, Moment, QueueItem, Trigger
+from scheduler.batching.item import Entry, Moment, QueueItem, Trigger, entry_of
 from scheduler.batching.sorted_run import SortedRun
 
 T = TypeVar("T")
 _INF = math.inf
+_ROWS = itemgetter(4)  # of an entry
 
 
 class Group(Generic[T]):
@@ -125,9 +129,7 @@ class GroupIndex(Generic[T]):
 
     # -- membership ----------------------------------------------------------
     def add(self, item: QueueItem[T]) -> None:
-        deadline = _INF if item.deadline is None else item.deadline
-        entry: Entry = (item.level, item.delayed, deadline, item.seq, item)
-        item.entry = entry
+        item.entry = entry = entry_of(item)
         group = self._groups.get(item.key)
         if group is None:
             group = self._groups[item.key] = Group(item.key)
@@ -141,9 +143,10 @@ class GroupIndex(Generic[T]):
     def discard(self, item: QueueItem[T]) -> None:
         group = self._groups[item.key]
         entry = item.entry
-        group.items.remove(entry)  # type: ignore[arg-type]
+        assert entry is not None  # set when it was added
+        group.items.remove(entry)
         group.total -= item.rows
-        if entry is not None and self._quiet(group, entry, group.total):
+        if self._quiet(group, entry, group.total):
             self._facts_changed(group)
         else:
             self._dirty[item.key] = group
@@ -166,30 +169,26 @@ class GroupIndex(Generic[T]):
         group.counted = False
         self._uncounted[group.key] = group
 
-    def pop(self, group: Group[T], m: Moment) -> tuple[list[QueueItem[T]], Trigger] | None:
-        """Take out the group's candidates that leave now, and say why; None:
-        none do. A full group's leave at once, counted as they are taken."""
+    def pop(self, group: Group[T], m: Moment) -> tuple[list[Entry], Trigger, int] | None:
+        """Take out the entries of the group's candidates that leave now, and
+        say why and how many rows they hold; None: none do. A full group's
+        leave at once."""
         if group.full:
-            taken: list[QueueItem[T]] = []
-            rows, limit, keep = 0, self._limit, taken.append
-            for entry in group.items:
-                item = entry[4]
-                if rows + item.rows > limit:
-                    break
-                rows += item.rows
-                keep(item)
-            group.items.take(len(taken))
-            group.total -= rows
-            self._dirty[group.key] = group
-            return taken, "full"
-        decision = self.decide(group, m)
-        if decision is None:
-            return None
-        count, trigger = decision
-        taken = [entry[4] for entry in group.items.take(count)]
-        group.total -= sum(item.rows for item in taken)
+            # Rows are >= 1, so no more than max_batch_size items can fit; the
+            # running sums and the cut are computed in C, not per item here.
+            sums = list(accumulate(map(_ROWS, islice(group.items, self._limit))))
+            count = bisect.bisect_right(sums, self._limit)
+            trigger: Trigger = "full"
+        else:
+            decision = self.decide(group, m)
+            if decision is None:
+                return None
+            count, trigger = decision
+            sums = list(accumulate(map(_ROWS, islice(group.items, count))))
+        rows = sums[count - 1]
+        group.total -= rows
         self._dirty[group.key] = group
-        return taken, trigger
+        return group.items.take(count), trigger, rows
 
     # -- cached facts ----------------------------------------------------------
     def _refresh(self) -> None:
@@ -206,12 +205,13 @@ class GroupIndex(Generic[T]):
             group.head = group.items.first()
             group.full = group.total >= self._limit
             ordered: _Ordered = (group.head, version, group)
-            heapq.heappush(self._by_head, ordered)
-            if group.full:
+            if group.full:  # complete, and only ever found as such
                 group.cut = 0  # the full rule comes first: nothing else is read
-                self._facts_changed(group)
+                group.counted = False
+                self._uncounted[group.key] = group
                 heapq.heappush(self._complete, ordered)
             else:
+                heapq.heappush(self._by_head, ordered)
                 self._count(group)
                 if group.cut:
                     heapq.heappush(self._complete, ordered)
@@ -229,17 +229,16 @@ class GroupIndex(Generic[T]):
         count = rows = cut = 0
         earliest = oldest = _INF
         for entry in group.items:
-            item = entry[4]
-            if rows + item.rows > limit:
+            if rows + entry[4] > limit:
                 break  # the first item that does not fit ends the candidates
-            rows += item.rows
+            rows += entry[4]
             count += 1
             if rows in preferred:
                 cut = count
             if entry[2] < earliest:  # the deadline, inf for none
                 earliest = entry[2]
-            if item.enqueued_at < oldest:
-                oldest = item.enqueued_at
+            if entry[5].enqueued_at < oldest:
+                oldest = entry[5].enqueued_at
         group.count, group.earliest_deadline, group.oldest = count, earliest, oldest
         if not group.full:
             group.cut = cut
@@ -272,7 +271,8 @@ class GroupIndex(Generic[T]):
         for group in self._groups.values():
             assert group.head is not None  # every group here was refreshed
             ordered: _Ordered = (group.head, group.version, group)
-            heapq.heappush(self._by_head, ordered)
+            if not group.full:
+                heapq.heappush(self._by_head, ordered)
             if group.complete:
                 heapq.heappush(self._complete, ordered)
             if group.counted:
@@ -303,9 +303,13 @@ class GroupIndex(Generic[T]):
         ``complete_only``: only the complete and deadline rules count.
         """
         self._refresh()
-        if not complete_only and m.all_idle_due:
-            return _front(self._by_head)
         first = _front(self._complete)
+        if not complete_only and m.all_idle_due:
+            # Every group is due: the first of all (full ones are complete).
+            other = _front(self._by_head)
+            if other is not None and (first is None or _head(other) < _head(first)):
+                first = other
+            return first
         due = self._due(self._deadline_waiting, self._deadline_due, m.deadline_due, "deadline")
         if due is not None and (first is None or _head(due) < _head(first)):
             first = due

@@ -7,8 +7,8 @@ the item at once (see ``BatchQueue``), so the queue never scans for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from scheduler.errors import DeadlineExceeded
@@ -16,15 +16,23 @@ from scheduler.errors import DeadlineExceeded
 if TYPE_CHECKING:
     from scheduler.batching.queue import BatchQueue
 
-__all__ = ["Batch", "Entry", "Moment", "QueueItem", "Step", "Trigger"]
+__all__ = ["Batch", "Entry", "Moment", "QueueItem", "Step", "Trigger", "entry_of"]
 
 T = TypeVar("T")
+_INF = math.inf
 
 #: Why a batch left the queue.
 Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
 #: Queue order: level, demoted last, earliest deadline first (inf: none), then
-#: arrival (``seq`` is unique, so two entries never compare their items).
-Entry = tuple[int, bool, float, int, "QueueItem[Any]"]
+#: arrival; ``seq`` is unique, so two entries never compare what follows it:
+#: the item's rows (read in hot loops without an attribute lookup) and the item.
+Entry = tuple[int, bool, float, int, int, "QueueItem[Any]"]
+
+
+def entry_of(item: QueueItem[Any]) -> Entry:
+    """``item``'s place in queue order, as it stands now."""
+    deadline = _INF if item.deadline is None else item.deadline
+    return (item.level, item.delayed, deadline, item.seq, item.rows, item)
 
 
 class QueueItem(Generic[T]):
@@ -91,8 +99,7 @@ class QueueItem(Generic[T]):
         return f"QueueItem({self.payload!r}, rows={self.rows}, key={self.key!r}, seq={self.seq})"
 
 
-@dataclass(frozen=True, slots=True)
-class Batch(Generic[T]):
+class Batch(NamedTuple, Generic[T]):
     """Items that leave the queue together, in batch order, and why they left."""
 
     items: tuple[QueueItem[T], ...]

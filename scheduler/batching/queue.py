@@ -12,7 +12,7 @@ import math
 from typing import Generic, TypeVar
 
 from scheduler.batching.groups import GroupIndex
-from scheduler.batching.item import Batch, Entry, Moment, QueueItem, Step, Trigger
+from scheduler.batching.item import Batch, Entry, Moment, QueueItem, Step, Trigger, entry_of
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
@@ -109,14 +109,19 @@ class BatchQueue(Generic[T]):
         self._service_s = seconds if prev is None else prev + _SERVICE_SMOOTHING * (seconds - prev)
 
     def _moment(self, now: float, idle: bool) -> Moment:
-        return Moment(
-            now,
-            idle,
-            self._service_s or 0.0,
-            self._delay_s,
-            self._quiet_s,
-            self._last_event_at,
-            self._last_completion_at,
+        # tuple.__new__ directly: the named tuple's own __new__ is a Python
+        # function, and one Moment is made per pop and per wake-up.
+        return tuple.__new__(
+            Moment,
+            (
+                now,
+                idle,
+                self._service_s or 0.0,
+                self._delay_s,
+                self._quiet_s,
+                self._last_event_at,
+                self._last_completion_at,
+            ),
         )
 
     # -- in and out --------------------------------------------------------
@@ -158,8 +163,7 @@ class BatchQueue(Generic[T]):
     def _file(self, item: QueueItem[T]) -> None:
         if item.cancelled:
             self._cancelled[item.seq] = item
-            deadline = _INF if item.deadline is None else item.deadline
-            item.entry = (item.level, item.delayed, deadline, item.seq, item)
+            item.entry = entry_of(item)
         else:
             self._index.add(item)
 
@@ -196,7 +200,7 @@ class BatchQueue(Generic[T]):
         entries = [e for group in self._index for e in group.entries()]
         entries.extend(i.entry for i in self._cancelled.values() if i.entry is not None)
         entries.sort()
-        return [entry[4] for entry in entries]
+        return [entry[5] for entry in entries]
 
     def _retry_after_ms(self, level: int) -> int:
         # Time to drain what is ahead of a new request at this level, one batch
@@ -238,8 +242,10 @@ class BatchQueue(Generic[T]):
 
     def expire(self, now: float) -> list[tuple[QueueItem[T], DeadlineExceeded]]:
         """Remove items past their deadline or their reject-timeout; demote delay-timeouts."""
-        out: list[tuple[Entry, QueueItem[T], DeadlineExceeded]] = []
         deadlines, timeouts = self._deadlines, self._timeouts
+        if (not deadlines or now < deadlines[0][0]) and (not timeouts or now < timeouts[0][0]):
+            return []  # the common case: nothing passed since the last look
+        out: list[tuple[Entry, QueueItem[T], DeadlineExceeded]] = []
         while deadlines and now >= deadlines[0][0]:
             _, seq, item = heapq.heappop(deadlines)
             if item._queue is self and item.seq == seq:
@@ -294,13 +300,24 @@ class BatchQueue(Generic[T]):
             return None
         popped = self._index.pop(group, moment)
         assert popped is not None  # first_due found a rule that holds
-        taken, trigger = popped
-        count, rows = self._count, self._rows
-        for item in taken:  # what _gone does, inline: a batch is many items
+        entries, trigger, _ = popped
+        # What _gone does, in one pass, the per-level sums added up locally
+        # (entries are in level order): a batch is many items.
+        items: list[QueueItem[T]] = []
+        level, count, rows = entries[0][0], 0, 0
+        for entry in entries:
+            item = entry[5]
             item._queue = None
-            count[item.level] -= 1
-            rows[item.level] -= item.rows
-        return Batch(tuple(taken), trigger)
+            items.append(item)
+            if entry[0] != level:
+                self._count[level] -= count
+                self._rows[level] -= rows
+                level, count, rows = entry[0], 0, 0
+            count += 1
+            rows += entry[4]
+        self._count[level] -= count
+        self._rows[level] -= rows
+        return tuple.__new__(Batch, (tuple(items), trigger))  # as in _moment
 
     def next_wakeup(self, now: float, *, triggers: bool = True, idle: bool = False) -> float | None:
         """When a timeout or a trigger next falls due; None if nothing will.
@@ -358,4 +375,5 @@ class BatchQueue(Generic[T]):
             batches.append(batch)
             running += 1
         idle = running < capacity
-        return Step(expired, batches, self.next_wakeup(now, triggers=idle, idle=idle))
+        wake_at = self.next_wakeup(now, triggers=idle, idle=idle)
+        return tuple.__new__(Step, (expired, batches, wake_at))  # as in _moment

@@ -4,7 +4,6 @@ decision must be the same in every field."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -16,9 +15,7 @@ from scheduler.placement import Candidates, Decision, Tier, _place, accelerators
 
 def fields(d: Decision) -> tuple[object, ...]:
     """A decision's fields, NaN made comparable."""
-    return tuple(
-        "nan" if isinstance(v, float) and math.isnan(v) else v for v in dataclasses.astuple(d)
-    )
+    return tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in d)
 
 
 @settings(max_examples=400, deadline=None)
@@ -45,7 +42,7 @@ def test_the_fast_path_decides_as_the_general_one(data: st.DataObject, n: int) -
     general = _place(c, now=now, deadline=deadline, unknown_service_s=unknown)
     assert fields(fast) == fields(general)
     room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
-    kept = dataclasses.replace(c, accelerator_ok=room)
+    kept = c._replace(accelerator_ok=room)
     assert fields(place(kept, now=now, deadline=deadline, unknown_service_s=unknown)) == fields(
         fast
     )
