@@ -2,7 +2,8 @@
 
 Two halves, one registry:
 
-- ``GatewayMetrics`` is updated as work happens: the servicer reports each
+- ``GatewayMetrics`` is updated as work happens (as plain numbers, exposed at
+  scrape time: ``gateway.metric_series``): the servicer reports each
   request (model, status code, backend, latency), and as the scheduler's
   ``SchedulerObserver`` it sees each batch (size, members' queue waits), each
   placement decision (verdict, spill) and each backend call. It also keeps the
@@ -23,14 +24,13 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from gateway.metric_series import CounterSeries, HistogramSeries, families
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.health import BreakerState
@@ -52,8 +52,13 @@ class DecisionRecord:
     trace_id: str
 
 
-class GatewayMetrics:
-    """Request-path metrics and the recent-decisions log (a ``SchedulerObserver``)."""
+class GatewayMetrics(Collector):
+    """Request-path metrics and the recent-decisions log (a ``SchedulerObserver``).
+
+    Updated on the event loop as work happens, as plain numbers
+    (``gateway.metric_series``), and registered as a collector that exposes
+    them when Prometheus scrapes.
+    """
 
     def __init__(
         self, registry: CollectorRegistry, *, decision_log_size: int = 256, trace_ids: bool = True
@@ -61,104 +66,92 @@ class GatewayMetrics:
         self.registry = registry
         #: Whether decisions record the current trace id (only our own spans have one).
         self._trace_ids = trace_ids
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.recent_decisions: deque[DecisionRecord] = deque(maxlen=decision_log_size)
-        self.requests = Counter(
+        self.requests = CounterSeries(
             "gateway_requests",
             "Inference requests that ended, by model, gRPC status code and backend.",
             ["model", "code", "backend"],
-            registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HistogramSeries(
             "gateway_request_duration_seconds",
             "Time from decoding a request to its answer, by model, code and backend.",
             ["model", "code", "backend"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=registry,
+            _LATENCY_BUCKETS_S,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = HistogramSeries(
             "gateway_queue_wait_seconds",
             "Time a request waited in the gateway's batch queue before placement.",
             ["model"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=registry,
+            _LATENCY_BUCKETS_S,
         )
-        self.batch_size = Histogram(
+        self.batch_size = HistogramSeries(
             "gateway_batch_size",
             "Rows per batch sent to placement (a split half counts as its own batch).",
             ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=registry,
+            _BATCH_BUCKETS,
         )
-        self.batches = Counter(
+        self.batches = CounterSeries(
             "gateway_batches",
             "Batches sent to placement, by what triggered them.",
             ["model", "trigger"],
-            registry=registry,
         )
-        self.decisions = Counter(
+        self.decisions = CounterSeries(
             "gateway_placement_decisions",
             "Placement decisions by verdict (placed, spilled, no_capacity, too_late) and backend.",
             ["model", "verdict", "backend"],
-            registry=registry,
         )
-        self.spillovers = Counter(
+        self.spillovers = CounterSeries(
             "gateway_placement_spillovers",
             "Batches placed on the CPU tier because no accelerator could meet the deadline.",
             ["model", "backend"],
-            registry=registry,
         )
-        self.backend_calls = Counter(
+        self.backend_calls = CounterSeries(
             "gateway_backend_calls",
             "Backend calls (one per batch attempt), by backend, model and status code.",
             ["backend", "model", "code"],
-            registry=registry,
         )
-        self.backend_call_duration = Histogram(
+        self.backend_call_duration = HistogramSeries(
             "gateway_backend_call_duration_seconds",
             "Duration of backend calls, by backend and model.",
             ["backend", "model"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=registry,
+            _LATENCY_BUCKETS_S,
         )
+        self._series = (
+            self.requests,
+            self.request_duration,
+            self.queue_wait,
+            self.batch_size,
+            self.batches,
+            self.decisions,
+            self.spillovers,
+            self.backend_calls,
+            self.backend_call_duration,
+        )
+        registry.register(self)
 
-    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
-        """``metric.labels(*labels)``, remembered: ``labels()`` validates and
-        hashes on every call, which is most of what an update costs."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        return families(self._series)
 
     # -- the servicer ------------------------------------------------------
     def request_done(self, model: str, code: str, backend: str, seconds: float) -> None:
-        key = (model, code, backend)
-        children = self._request_children.get(key)
-        if children is None:
-            labels = (model, code, backend or "none")
-            children = (self.requests.labels(*labels), self.request_duration.labels(*labels))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        labels = (model, code, backend or "none")
+        self.requests.inc(labels)
+        self.request_duration.observe(labels, seconds)
 
     # -- SchedulerObserver -------------------------------------------------
     def batch_started(
         self, model: str, rows: int, trigger: str, queue_waits_s: Sequence[float]
     ) -> None:
-        self._child(self.batch_size, model).observe(rows)
-        self._child(self.batches, model, trigger).inc()
-        if queue_waits_s:
-            wait = self._child(self.queue_wait, model)
-            for seconds in queue_waits_s:
-                wait.observe(max(seconds, 0.0))
+        self.batch_size.observe((model,), rows)
+        self.batches.inc((model, trigger))
+        for seconds in queue_waits_s:
+            self.queue_wait.observe((model,), max(seconds, 0.0))
 
     def placed(self, model: str, rows: int, decision: Decision) -> None:
         backend = decision.backend_id or "none"
-        self._child(self.decisions, model, decision.verdict.value, backend).inc()
+        self.decisions.inc((model, decision.verdict.value, backend))
         if decision.verdict is Verdict.SPILLED:
-            self._child(self.spillovers, model, backend).inc()
+            self.spillovers.inc((model, backend))
         trace_id = ""
         if self._trace_ids:
             span_context = trace.get_current_span().get_span_context()
@@ -166,8 +159,8 @@ class GatewayMetrics:
         self.recent_decisions.append(DecisionRecord(model, rows, decision, trace_id))
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
-        self._child(self.backend_calls, backend_id, model, code).inc()
-        self._child(self.backend_call_duration, backend_id, model).observe(seconds)
+        self.backend_calls.inc((backend_id, model, code))
+        self.backend_call_duration.observe((backend_id, model), seconds)
 
 
 class SchedulerCollector(Collector):
