@@ -112,6 +112,8 @@ class Scheduler:
         self._batchers: dict[str, Batcher | None] = {}
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
         self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
+        #: Model instances per (backend, model), read per call: cleared when the fleet changes.
+        self._concurrency: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracer = tracer or tracing.default_tracer()
         self.observer: SchedulerObserver = observer or NullObserver()
@@ -176,6 +178,7 @@ class Scheduler:
 
     def _fleet_changed(self) -> None:
         self.candidates.invalidate()
+        self._concurrency.clear()
         self._registry.rebuild(self.fleet.backends())
         for state in self.fleet:
             for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
@@ -424,11 +427,16 @@ class Scheduler:
         traced: bool,
     ) -> Mapping[str, Tensor] | bytes:
         predicted = decision.service_s
+        name = spec.name
+        in_flight, busy = state.in_flight_by_model, state.busy_s
         # The work already in flight here, as predicted when this call joins it.
-        ahead = state.in_flight_by_model[spec.name]
-        wait_s = state.busy_s[spec.name] / concurrency(state, spec)
-        state.in_flight_by_model[spec.name] += 1
-        state.busy_s[spec.name] += predicted
+        ahead = in_flight[name]
+        instances = self._concurrency.get((state.id, name))
+        if instances is None:
+            instances = self._concurrency[(state.id, name)] = concurrency(state, spec)
+        wait_s = busy[name] / instances
+        in_flight.add(name, 1)
+        busy.add(name, predicted)
         info.served_by.append(state.id)
         backend = state.backend
         start = self._clock.now()
@@ -456,9 +464,9 @@ class Scheduler:
             code = "INTERNAL"
             raise
         finally:
-            state.in_flight_by_model[spec.name] -= 1
-            state.busy_s[spec.name] = max(0.0, state.busy_s[spec.name] - predicted)
-            self.observer.backend_called(spec.name, state.id, self._clock.now() - start, code)
+            in_flight.add(name, -1)
+            busy.add(name, -predicted, 0.0)
+            self.observer.backend_called(name, state.id, self._clock.now() - start, code)
         elapsed = self._clock.now() - start
         self.fleet.record_success(state)
         self.estimator.observe(

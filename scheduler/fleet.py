@@ -51,6 +51,17 @@ class Tally(MutableMapping[str, N]):
         if self.watch is not None:
             self.watch(model, old, value)
 
+    def add(self, model: str, delta: N, floor: N | None = None) -> None:
+        """``self[model] += delta`` (not below ``floor``), with one read and one
+        notification: the hot path's way to count a call in and out."""
+        old = self._values.get(model, self._zero)
+        new = old + delta
+        if floor is not None and new < floor:
+            new = floor
+        self._values[model] = new
+        if self.watch is not None:
+            self.watch(model, old, new)
+
     def __delitem__(self, model: str) -> None:
         self[model] = self._zero  # let the watcher see the value go
         del self._values[model]

@@ -10,6 +10,7 @@ handful of vector operations (``loadtests/placement_bench.py``).
 from __future__ import annotations
 
 import enum
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -104,6 +105,8 @@ def place(
     # times an ``argmin``, so none is used). ``argmin`` returns the first NaN
     # if there is one, which sends the decision down the general path, where
     # unknown service times are filled in.
+    if len(c.backend_ids) == 1:
+        return _place_one(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
     if not c.backend_ids:
         return _place(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
     room = c.accelerator_ok
@@ -138,6 +141,34 @@ def place(
         reason,  # reason
         now,  # decided_at
         c.telemetry_age_s.item(best),  # telemetry_age_s
+    )
+
+
+def _place_one(
+    c: Candidates, *, now: float, deadline: float | None, unknown_service_s: float
+) -> Decision:
+    """One candidate (a model on a single backend, the common case): the same
+    decision as the general path, in plain Python (a vector operation costs
+    more than the whole decision here). With one row there is nothing to
+    prefer it over, so it is PLACED when usable and in time, whatever its tier."""
+    service = c.service_s.item(0)
+    if service != service:  # NaN: never seen on this backend
+        service = unknown_service_s
+    finish = c.queued_s.item(0) + service
+    usable = c.available.item(0) and c.memory_ok.item(0) and c.load_ok.item(0)
+    if not usable or (deadline is not None and not finish <= deadline - now):
+        return _place(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
+    backend_id = c.backend_ids[0]
+    return Decision(
+        Verdict.PLACED,  # verdict
+        backend_id,  # backend_id
+        finish,  # predicted_s
+        service,  # service_s
+        None,  # runner_up
+        math.nan,  # runner_up_s
+        f"{backend_id} predicted {finish * 1e3:.2f} ms",  # reason
+        now,  # decided_at
+        c.telemetry_age_s.item(0),  # telemetry_age_s
     )
 
 
