@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +23,7 @@ from scheduler.batching.info import (
 from scheduler.batching.merge import merge_inputs, params_key, rows_of, split_outputs
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem
+from scheduler.batching.waker import Waker
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import (
     BackendError,
@@ -37,9 +38,6 @@ from scheduler.spec import ModelSpec, Tensor
 
 log = logging.getLogger(__name__)
 
-# The caller's own wait outlives its deadline by this much, so that the
-# batcher's expiry (with the better message) normally answers first.
-_EXPIRY_GRACE_S = 0.02
 # Floor of a timed wait, so a wake-up that is due but not actionable cannot spin.
 _MIN_SLEEP_S = 0.0002
 
@@ -65,11 +63,13 @@ class Batcher:
     """Batches one model's requests from many callers into few backend calls.
 
     ``submit`` pushes the request, with the future its result goes to, into a
-    ``BatchQueue`` and waits for the future (bounded by the request's
-    deadline); a caller that goes away takes its item out of the queue before
-    dispatch. One background task per batcher loops: expire timed-out items,
-    pop due batches, then sleep until a push, a finished batch,
-    ``notify_capacity`` or the queue's ``next_wakeup``.
+    ``BatchQueue`` and waits for the future; a caller that goes away takes its
+    item out of the queue before dispatch. One background task per batcher
+    loops: expire timed-out items, pop due batches, then sleep until a push it
+    may act on (``_worth_a_look``), a finished batch, ``notify_capacity`` or
+    the queue's ``next_wakeup``. Deadlines need no timer per request: the loop
+    expires queued requests at theirs, and a running batch's backend call is
+    bounded by its earliest member's.
 
     ``capacity()`` is how many batches the backends can run at once now.
     While fewer are in flight, the queue is told a backend is idle and sends
@@ -117,7 +117,11 @@ class Batcher:
         self._queue: BatchQueue[_Pending] = BatchQueue(policy)
         #: Inputs whose non-batch dimensions the model leaves open.
         self._open_dims = tuple(t.name for t in spec.inputs if -1 in t.shape[1:])
-        self._wakeup = asyncio.Event()
+        self._wakeup = Waker()
+        #: When the loop looks at the queue next by itself (None: only when woken),
+        #: and the capacity it saw last: a push wakes it only when it may act.
+        self._wake_at: float | None = None
+        self._seen_capacity = 1
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Callers running their own batch of one (see ``_run_alone``).
@@ -173,9 +177,8 @@ class Batcher:
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
             pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
-        timeout = None if request.deadline is None else request.deadline - now + _EXPIRY_GRACE_S
         if self._may_skip_queue():
-            return await self._run_alone(pending, timeout)
+            return await self._run_alone(pending)
         item = QueueItem(
             pending,
             rows=rows,
@@ -193,13 +196,13 @@ class Batcher:
             ) from None
         self.counters.submitted += 1
         self._ensure_running()
-        self._wakeup.set()
+        if self._worth_a_look(item):
+            self._wakeup.set()
+        # No timer per request: the loop expires queued requests at their
+        # deadlines, a batch's backend call is bounded by its earliest member's,
+        # and gRPC ends the rpc at the caller's deadline.
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            if self._queue.remove(item):
-                self.counters.expired_in_queue += 1
-            raise DeadlineExceeded(f"deadline exceeded waiting for model '{name}'") from None
+            return await future
         except asyncio.CancelledError:
             item.cancelled = True
             if self._queue.remove(item):
@@ -209,6 +212,25 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
+
+    def _worth_a_look(self, item: QueueItem[_Pending]) -> bool:
+        """Whether the loop should look at the queue now that ``item`` joined it.
+
+        While every backend slot is busy only a batch that cannot grow (full
+        or at a preferred size) may leave, and timeouts must be kept: any
+        other push changes nothing the loop would act on before its next
+        wake-up, and skipping the look saves a step per request under load.
+        """
+        if self._in_flight < self._seen_capacity or self._policy.preferred_batch_sizes:
+            return True
+        if self._queue.group_rows(item.key) >= self._policy.max_batch_size:
+            return True
+        wake_at = self._wake_at
+        soonest = min(
+            item.deadline if item.deadline is not None else math.inf,
+            item.timeout_at if item.timeout_at is not None else math.inf,
+        )
+        return soonest < (math.inf if wake_at is None else wake_at)
 
     def _may_skip_queue(self) -> bool:
         """Nothing queued to merge with, no delay to wait, and a backend has room:
@@ -220,8 +242,9 @@ class Batcher:
             and self._in_flight < self._capacity()
         )
 
-    async def _run_alone(self, pending: _Pending, timeout: float | None) -> Outputs:
-        """Run a batch of one in the caller's own task (see ``_may_skip_queue``)."""
+    async def _run_alone(self, pending: _Pending) -> Outputs:
+        """Run a batch of one in the caller's own task (see ``_may_skip_queue``);
+        the backend call is bounded by the request's deadline."""
         self.counters.submitted += 1
         self.counters.batches_by_trigger["idle"] += 1
         self._in_flight += 1
@@ -229,10 +252,7 @@ class Batcher:
         if task is not None:
             self._inline.add(task)  # so aclose() can stop it like a launched batch
         try:
-            async with asyncio.timeout(timeout):
-                await self._execute([pending], "idle", 0)
-        except TimeoutError:
-            raise DeadlineExceeded(f"deadline exceeded running model '{self._spec.name}'") from None
+            await self._execute([pending], "idle", 0)
         except asyncio.CancelledError:
             if not self._closed or task is None:
                 raise  # the caller went away
@@ -276,20 +296,20 @@ class Batcher:
                         GatewayError(f"batcher of model '{self._spec.name}' failed: {exc!r}"),
                     )
                 wake_at = None
+            self._wake_at = wake_at
             if wake_at is None:
                 await self._wakeup.wait()
-                continue
-            delay_s = max(wake_at - self._clock.now(), _MIN_SLEEP_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), delay_s)
+            else:
+                await self._wakeup.wait(max(wake_at - self._clock.now(), _MIN_SLEEP_S))
 
     def _step(self, now: float) -> float | None:
         """Expire, dispatch what is due; when to look again (None: on the next event).
 
         The decisions are the queue's (``BatchQueue.step``, pure); this acts on them.
         """
+        self._seen_capacity = capacity = self._capacity()
         step = self._queue.step(
-            now, in_flight=self._in_flight, capacity=self._capacity(), ahead=self._queue_ahead
+            now, in_flight=self._in_flight, capacity=capacity, ahead=self._queue_ahead
         )
         for item, error in step.expired:
             self.counters.expired_in_queue += 1

@@ -124,6 +124,9 @@ class GroupIndex(Generic[T]):
         self._earliest: list[_Keyed] = []
         self._oldest: list[_Keyed] = []
 
+    def group(self, key: Hashable) -> Group[T] | None:
+        return self._groups.get(key)
+
     def __iter__(self) -> Iterator[Group[T]]:
         return iter(list(self._groups.values()))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from scheduler.batching.groups import GroupIndex
@@ -87,6 +88,11 @@ class BatchQueue(Generic[T]):
         self._last_completion_at = -_INF
 
     # -- state -------------------------------------------------------------
+    def group_rows(self, key: Hashable) -> int:
+        """Rows queued under ``key`` (cancelled ones included until removed)."""
+        group = self._index.group(key)
+        return 0 if group is None else group.total
+
     def __len__(self) -> int:
         return sum(self._count.values())
 
