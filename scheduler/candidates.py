@@ -260,6 +260,8 @@ class CandidateTables:
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
         table = self.table(model)
+        if len(table.ids) == 1:  # a vector operation costs more than the answer
+            return int(table.concurrency.item(0)) if table.avail_from.item(0) <= now else 0
         return int(table.concurrency[table.avail_from <= now].sum())
 
     # -- building -------------------------------------------------------------

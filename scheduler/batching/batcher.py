@@ -163,10 +163,13 @@ class Batcher:
         now = self._clock.now()
         if request.deadline is not None and now >= request.deadline:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         rows = rows_of(request.inputs)
+        traced = tracing.recording(self._tracer)
+        if not traced and self._may_skip_queue():
+            return await self._run_lean(request, rows, now)
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         pending = _Pending(request, rows, future, now)
-        if tracing.recording(self._tracer):
+        if traced:
             pending.span = tracing.start_queue_span(
                 self._tracer,
                 request.trace_context,
@@ -241,6 +244,65 @@ class Batcher:
             and len(self._queue) == 0
             and self._in_flight < self._capacity()
         )
+
+    async def _run_lean(self, request: InferRequest, rows: int, now: float) -> Outputs:
+        """A batch of one with tracing off, in the caller's own task: no queue
+        item, no future, nothing to merge or split (see ``_may_skip_queue``)."""
+        counters = self.counters
+        counters.submitted += 1
+        counters.batches_by_trigger["idle"] += 1
+        counters.batch_sizes[rows] += 1
+        parameters = request.parameters
+        if parameters and not SCHEDULING_PARAMETERS.isdisjoint(parameters):
+            parameters = {k: v for k, v in parameters.items() if k not in SCHEDULING_PARAMETERS}
+        info = BatchInfo(
+            self._spec.name,  # model_name
+            request.model_version,  # model_version
+            rows,  # size
+            (request.id,),  # request_ids
+            request.deadline,  # deadline
+            "idle",  # trigger
+            self._union_of_outputs((request,)),  # outputs
+            self._policy.level_of(request.priority),  # priority
+            parameters,  # parameters
+            (),  # trace_contexts
+            (now,),  # enqueued_at
+            wire=request.wire,
+            caller_context=request.trace_context,
+        )
+        self._in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._inline.add(task)  # so aclose() can stop it like a launched batch
+        start = self._clock.now()
+        try:
+            outputs = await self._run_batch(self._spec, request.inputs, info)
+        except asyncio.CancelledError:
+            if not self._closed or task is None:
+                raise  # the caller went away
+            task.uncancel()  # stopped by aclose(): the caller gets a status instead
+            raise Unavailable(f"model '{self._spec.name}' shut down during the batch") from None
+        except GatewayError:
+            counters.failed_batches += 1
+            raise
+        except Exception as exc:  # a bug in run_batch: a status for the caller, logged
+            counters.failed_batches += 1
+            log.exception("batch of model %s failed unexpectedly", self._spec.name)
+            raise BackendError(f"batch failed: {exc!r}", backend_id="") from exc
+        finally:
+            if info.served_by:
+                request.served_by = info.served_by[-1]
+            if task is not None:
+                self._inline.discard(task)
+            self._in_flight -= 1
+            self._wakeup.set()  # capacity freed, as when a launched batch ends
+        done = self._clock.now()
+        self._queue.record_service(done - start)
+        self._queue.note_completion(done)
+        if isinstance(outputs, bytes):  # the backend's encoded response, as it came
+            return outputs
+        (part,) = split_outputs(outputs, (rows,))  # checks the batch contract
+        return self._select(request, part)
 
     async def _run_alone(self, pending: _Pending) -> Outputs:
         """Run a batch of one in the caller's own task (see ``_may_skip_queue``);

@@ -87,6 +87,8 @@ def split_outputs(
                 f"{len(rows)} requests with {total} rows in all needs first dimension {total}",
                 backend_id=backend_id,
             )
+    if len(rows) == 1:  # a batch of one: the outputs are its own
+        return [dict(outputs)]
     bounds = np.cumsum([0, *rows]).tolist()
     return [
         {name: array[start:stop] for name, array in outputs.items()}
