@@ -204,18 +204,7 @@ def decode_parameters(params: Any) -> dict[str, bool | int | float | str]:
 
 def encode_parameters(target: Any, params: Parameters) -> None:
     for key, value in params.items():
-        slot = target[key]
-        if isinstance(value, bool):
-            slot.bool_param = value
-        elif isinstance(value, int):
-            if value >= 2**63:  # only uint64 can hold it
-                slot.uint64_param = value
-            else:
-                slot.int64_param = value
-        elif isinstance(value, float):
-            slot.double_param = value
-        else:
-            slot.string_param = str(value)
+        wire.set_parameter(target[key], value)
 
 
 @dataclass(frozen=True, slots=True)

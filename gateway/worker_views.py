@@ -228,21 +228,36 @@ class FanOutAdminServicer(pb_grpc.AdminServiceServicer):
     async def DrainBackend(
         self, request: pb.DrainBackendRequest, context: Context
     ) -> pb.DrainBackendResponse:
-        answer: pb.DrainBackendResponse = await self._everywhere(
-            context, lambda s: s.DrainBackend(request, timeout=WORKER_TIMEOUT_S)
+        answer: pb.DrainBackendResponse = await self._drain(
+            context,
+            request.backend_id,
+            True,
+            lambda s: s.DrainBackend(request, timeout=WORKER_TIMEOUT_S),
         )
-        if self._on_drain is not None:
-            self._on_drain(request.backend_id, True)
         return answer
 
     async def UndrainBackend(
         self, request: pb.UndrainBackendRequest, context: Context
     ) -> pb.UndrainBackendResponse:
-        answer: pb.UndrainBackendResponse = await self._everywhere(
-            context, lambda s: s.UndrainBackend(request, timeout=WORKER_TIMEOUT_S)
+        answer: pb.UndrainBackendResponse = await self._drain(
+            context,
+            request.backend_id,
+            False,
+            lambda s: s.UndrainBackend(request, timeout=WORKER_TIMEOUT_S),
         )
+        return answer
+
+    async def _drain(
+        self,
+        context: Context,
+        backend_id: str,
+        drained: bool,
+        call: Callable[[pb_grpc.AdminServiceStub], Any],
+    ) -> Any:
+        """Drain or undrain on every worker, and remember it for workers that start later."""
+        answer = await self._everywhere(context, call)
         if self._on_drain is not None:
-            self._on_drain(request.backend_id, False)
+            self._on_drain(backend_id, drained)
         return answer
 
     async def _everywhere(

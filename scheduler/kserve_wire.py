@@ -185,6 +185,23 @@ def int_parameter(key: str, value: int) -> bytes:
     return wrap(PARAMETERS_FIELD, entry)
 
 
+def set_parameter(slot: Any, value: bool | int | float | str) -> None:
+    """Fill an ``InferParameter`` (of any generated class) with ``value``,
+    typed as the caller sent it: bool, int64 (uint64 when only it can hold
+    the value), double or string."""
+    if isinstance(value, bool):
+        slot.bool_param = value
+    elif isinstance(value, int):
+        if value >= 2**63:
+            slot.uint64_param = value
+        else:
+            slot.int64_param = value
+    elif isinstance(value, float):
+        slot.double_param = value
+    else:
+        slot.string_param = str(value)
+
+
 def as_buffer(array: Tensor) -> memoryview:
     """A C-contiguous array's bytes, without a copy (one copy if it is not contiguous)."""
     flat = np.ascontiguousarray(array).reshape(-1)

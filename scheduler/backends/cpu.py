@@ -194,10 +194,7 @@ class CpuBackend(DecodedTensorsOnly):
         except GatewayError:
             raise
         except Exception as exc:
-            raise BackendError(
-                f"CPU model '{model.name}' failed: {type(exc).__name__}: {exc}",
-                backend_id=self._id,
-            ) from exc
+            raise self._failed(model, exc) from exc
         return _check_outputs(model, produced, outputs, self._id)
 
     def _run_inline(
@@ -214,10 +211,7 @@ class CpuBackend(DecodedTensorsOnly):
         except GatewayError:
             raise
         except Exception as exc:
-            raise BackendError(
-                f"CPU model '{model.name}' failed: {type(exc).__name__}: {exc}",
-                backend_id=self._id,
-            ) from exc
+            raise self._failed(model, exc) from exc
         elapsed = time.perf_counter() - start
         mean = self._inline_s.get(model.name, elapsed)
         mean += _INLINE_SMOOTHING * (elapsed - mean)
@@ -232,6 +226,12 @@ class CpuBackend(DecodedTensorsOnly):
                 model.name,
             )
         return _check_outputs(model, produced, outputs, self._id)
+
+    def _failed(self, model: ModelSpec, exc: Exception) -> BackendError:
+        """A model's own exception, as the error the caller gets."""
+        return BackendError(
+            f"CPU model '{model.name}' failed: {type(exc).__name__}: {exc}", backend_id=self._id
+        )
 
     def _may_warn(self, model: str) -> bool:
         now = self._clock.now()

@@ -219,7 +219,7 @@ class TritonBackend:
         server_timeout_us = params.get("timeout")
         for key, value in params.items():
             if key not in _RESERVED_PARAMS and not key.startswith("triton_"):
-                _set_parameter(request.parameters[key], value)
+                wire.set_parameter(request.parameters[key], value)
         if timeout_s is not None:
             budget_us = max(1, int(timeout_s * 1e6))
             if isinstance(server_timeout_us, int) and 0 < server_timeout_us < budget_us:
@@ -336,18 +336,3 @@ def spec_from_triton(
         outputs=tensors(metadata.get("outputs", [])),
         config=dict(config),
     )
-
-
-def _set_parameter(slot: Any, value: bool | int | float | str) -> None:
-    """One ``InferParameter``, typed as the caller sent it."""
-    if isinstance(value, bool):
-        slot.bool_param = value
-    elif isinstance(value, int):
-        if value >= 2**63:  # only uint64 can hold it
-            slot.uint64_param = value
-        else:
-            slot.int64_param = value
-    elif isinstance(value, float):
-        slot.double_param = value
-    else:
-        slot.string_param = str(value)
