@@ -11,7 +11,7 @@ utilization) and, for every backend, a Triton queue reading. The model has a
 configured memory footprint, so the memory check is live; every backend has
 learned service times and some work in flight. Columns:
 
-- *whole decision*: what ``Scheduler._run_batch`` does per placement —
+- *whole decision*: what ``BatchRunner.run`` does per placement —
   ``scheduler.candidates.gather`` (the model's candidates from live state)
   and ``place`` — with the clock moving 1 µs per decision and, before each
   (untimed), one call finishing on a random backend (its queued work changes

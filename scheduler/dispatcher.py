@@ -10,11 +10,10 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
@@ -26,21 +25,19 @@ from scheduler.clock import Clock, MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup
 from scheduler.errors import (
-    DeadlineExceeded,
     GatewayError,
     ModelNotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendFactory, BackendState, Fleet
-from scheduler.load import concurrency, service_sample
-from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Decision, Tier, Verdict, place
+from scheduler.observer import SchedulerObserver
+from scheduler.placement import Decision, Tier
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult, Outputs
+from scheduler.runner import BatchRunner
 from scheduler.shared_view import SharedView
-from scheduler.spec import ModelSpec, Tensor
+from scheduler.spec import ModelSpec
 from scheduler.stats import ModelStats
 from scheduler.telemetry.monitor import DeviceMonitor
 from scheduler.telemetry.snapshot import TelemetrySnapshot
@@ -61,13 +58,11 @@ class Scheduler:
 
     Per request: resolve the model and validate the tensors; if the gateway
     batches the model, the request joins its ``Batcher`` (which merges callers
-    and calls ``_run_batch``), else it runs alone through ``_run_batch``.
-    ``_run_batch`` gathers the candidates (breaker, drain, in-flight work,
-    learned service time, fresh telemetry) from ``candidates``, tables that
-    hooks keep current as that state changes, asks the pure ``place`` policy,
-    and calls the chosen backend. Outcomes feed the estimator and the
-    circuit breakers; a retryable failure is retried on the next-best backend
-    while the deadline leaves time. Every decision is kept, with its reason.
+    and hands each batch to ``runner``), else it runs alone through ``runner``.
+    ``BatchRunner.run`` places the batch with the pure ``place`` policy on
+    candidate tables that hooks keep current, calls the chosen backend and
+    retries a retryable failure on the next-best one while the deadline
+    leaves time (see ``scheduler.runner``).
     """
 
     def __init__(
@@ -111,12 +106,19 @@ class Scheduler:
         self.fleet.on_removed.append(lambda _backend: self.candidates.invalidate())
         self._batchers: dict[str, Batcher | None] = {}
         self._stats: dict[str, ModelStats] = defaultdict(ModelStats)
-        self.decisions: deque[Decision] = deque(maxlen=self.config.decision_log_size)
-        #: Model instances per (backend, model), read per call: cleared when the fleet changes.
-        self._concurrency: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tracer = tracer or tracing.default_tracer()
-        self.observer: SchedulerObserver = observer or NullObserver()
+        self.runner = BatchRunner(
+            config=self.config,
+            fleet=self.fleet,
+            candidates=self.candidates,
+            estimator=self.estimator,
+            stats=self._stats,
+            clock=self._clock,
+            tracer=self._tracer,
+        )
+        if observer is not None:
+            self.runner.observer = observer
         #: With several gateway workers: the view the leader shares with the others.
         self.shared = shared
 
@@ -178,7 +180,7 @@ class Scheduler:
 
     def _fleet_changed(self) -> None:
         self.candidates.invalidate()
-        self._concurrency.clear()
+        self.runner.concurrency.clear()
         self._registry.rebuild(self.fleet.backends())
         for state in self.fleet:
             for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
@@ -197,6 +199,20 @@ class Scheduler:
                 batcher.notify_capacity()
 
     # -- queries -------------------------------------------------------------
+    @property
+    def observer(self) -> SchedulerObserver:
+        """Told of every batch, decision and backend call (the gateway's metrics)."""
+        return self.runner.observer
+
+    @observer.setter
+    def observer(self, observer: SchedulerObserver) -> None:
+        self.runner.observer = observer
+
+    @property
+    def decisions(self) -> deque[Decision]:
+        """The latest placement decisions, with their reasons, oldest first."""
+        return self.runner.decisions
+
     @property
     def backends(self) -> list[Backend]:
         return self.fleet.backends()
@@ -313,9 +329,9 @@ class Scheduler:
         try:
             if tracing.recording(self._tracer):
                 with tracing.solo_batch(self._tracer, request.trace_context, spec.name, rows):
-                    outputs = await self._run_batch(spec, request.inputs, info)
+                    outputs = await self.runner.run(spec, request.inputs, info)
             else:
-                outputs = await self._run_batch(spec, request.inputs, info)
+                outputs = await self.runner.run(spec, request.inputs, info)
             return outputs if isinstance(outputs, bytes) else dict(outputs)
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""
@@ -346,7 +362,7 @@ class Scheduler:
         batcher = Batcher(
             spec,
             policy,
-            self._run_batch,
+            self.runner.run,
             clock=self._clock,
             capacity=lambda: self._capacity(spec),
             tracer=self._tracer,
@@ -361,140 +377,3 @@ class Scheduler:
 
     def _serving(self, spec: ModelSpec) -> list[BackendState]:
         return list(self.candidates.table(spec.name).states)
-
-    async def _run_batch(
-        self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
-    ) -> Mapping[str, Tensor] | bytes:
-        tried: set[str] = set()
-        last_error: GatewayError | None = None
-        start = self._clock.now()
-        traced = tracing.recording(self._tracer)
-        if info.attempt == 0 and info.trigger != "solo":
-            waits = [start - t for t in info.enqueued_at]
-            self.observer.batch_started(spec.name, info.size, info.trigger, waits)
-        while True:
-            now = self._clock.now()
-            candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
-            decision = place(
-                candidates,
-                now=now,
-                deadline=info.deadline,
-                unknown_service_s=self.config.unknown_service_s,
-            )
-            if traced:
-                with self._tracer.start_as_current_span("placement") as span:
-                    tracing.record_placement(
-                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
-                    )
-            self.decisions.append(decision)
-            self.observer.placed(spec.name, info.size, decision)
-            if decision.backend_id is None:
-                if last_error is not None:
-                    raise last_error  # the retry found nowhere else to go
-                if decision.verdict is Verdict.TOO_LATE:
-                    raise DeadlineExceeded(f"model '{spec.name}': {decision.reason}")
-                busy = candidates.available & candidates.memory_ok & ~candidates.load_ok
-                if busy.any():  # up, but full: shed with a hint, not "unavailable"
-                    wait_ms = float(np.min(candidates.queued_s[busy])) * 1e3
-                    raise ResourceExhausted(
-                        f"model '{spec.name}': {decision.reason}",
-                        retry_after_ms=max(1, round(wait_ms)),
-                    )
-                raise Unavailable(f"model '{spec.name}': {decision.reason}")
-            state = self.fleet.get(decision.backend_id)
-            if state is None:  # removed since the tables were built: rebuild, decide again
-                self.candidates.invalidate()
-                continue
-            tried.add(state.id)
-            if not state.breaker.allows(now):
-                continue  # lost the half-open trial to another call
-            try:
-                return await self._call(state, spec, inputs, info, decision, len(tried) - 1, traced)
-            except GatewayError as exc:
-                if not exc.retryable:
-                    raise
-                log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
-                last_error = exc
-
-    async def _call(
-        self,
-        state: BackendState,
-        spec: ModelSpec,
-        inputs: dict[str, Tensor],
-        info: BatchInfo,
-        decision: Decision,
-        retries: int,
-        traced: bool,
-    ) -> Mapping[str, Tensor] | bytes:
-        predicted = decision.service_s
-        name = spec.name
-        in_flight, busy = state.in_flight_by_model, state.busy_s
-        # The work already in flight here, as predicted when this call joins it.
-        ahead = in_flight[name]
-        instances = self._concurrency.get((state.id, name))
-        if instances is None:
-            instances = self._concurrency[(state.id, name)] = concurrency(state, spec)
-        wait_s = busy[name] / instances
-        in_flight.add(name, 1)
-        busy.add(name, predicted)
-        info.served_by.append(state.id)
-        backend = state.backend
-        start = self._clock.now()
-        code = "OK"
-        try:
-            if traced:
-                device = backend.device
-                with tracing.backend_call(
-                    self._tracer,
-                    backend_id=state.id,
-                    endpoint=str(getattr(backend, "url", "")),
-                    device=f"{device.kind.value}:{device.host}",
-                    model=spec.name,
-                    size=info.size,
-                    retries=retries + info.attempt,
-                ) as headers:
-                    outputs = await self._invoke(backend, spec, inputs, info, headers)
-            else:
-                outputs = await self._invoke(backend, spec, inputs, info, info.propagation())
-        except GatewayError as exc:
-            code = exc.code
-            self.fleet.record_failure(state, exc)
-            raise
-        except BaseException:
-            code = "INTERNAL"
-            raise
-        finally:
-            in_flight.add(name, -1)
-            busy.add(name, -predicted, 0.0)
-            self.observer.backend_called(name, state.id, self._clock.now() - start, code)
-        elapsed = self._clock.now() - start
-        self.fleet.record_success(state)
-        self.estimator.observe(
-            state.id, spec.name, info.size, service_sample(elapsed, wait_s, ahead)
-        )
-        self._stats[spec.name].record_execution(
-            rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
-        )
-        return outputs
-
-    @staticmethod
-    async def _invoke(
-        backend: Backend,
-        spec: ModelSpec,
-        inputs: dict[str, Tensor],
-        info: BatchInfo,
-        headers: Mapping[str, str] | None,
-    ) -> Mapping[str, Tensor] | bytes:
-        if info.wire is not None and backend.forwards_wire:
-            return await backend.infer_wire(
-                spec, info.wire, deadline=info.deadline, trace_context=headers
-            )
-        return await backend.infer(
-            spec,
-            inputs,
-            version=info.model_version,
-            outputs=info.outputs,
-            parameters=info.parameters,
-            deadline=info.deadline,
-            trace_context=headers,
-        )

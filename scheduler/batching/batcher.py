@@ -5,58 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, Tracer
+from opentelemetry.trace import Tracer
 
 from scheduler import tracing
-from scheduler.batching.info import (
-    SCHEDULING_PARAMETERS,
-    BatcherCounters,
-    BatchInfo,
-    BatchTrigger,
-    RunBatch,
-)
-from scheduler.batching.merge import merge_inputs, params_key, rows_of, split_outputs
+from scheduler.batching.execution import BatchExecutor, Pending, fail
+from scheduler.batching.info import SCHEDULING_PARAMETERS, BatcherCounters, BatchInfo, RunBatch
+from scheduler.batching.merge import params_key, rows_of, split_outputs
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem
 from scheduler.batching.waker import Waker
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import (
     BackendError,
-    Cancelled,
     DeadlineExceeded,
     GatewayError,
     ResourceExhausted,
     Unavailable,
 )
 from scheduler.request import InferRequest, Outputs
-from scheduler.spec import ModelSpec, Tensor
+from scheduler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 # Floor of a timed wait, so a wake-up that is due but not actionable cannot spin.
 _MIN_SLEEP_S = 0.0002
-
-
-@dataclass(slots=True)
-class _Pending:
-    request: InferRequest
-    rows: int
-    future: asyncio.Future[Outputs]
-    enqueued_at: float
-    #: The queue span, open from admission until the request's batch is cut;
-    #: its context stays behind for the batch spans of later split halves.
-    span: Span | None = None
-    span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
-
-    def end_queue_span(self, *, batch: Span | None = None, error: str | None = None) -> None:
-        if self.span is not None:
-            tracing.end_queue_span(self.span, batch=batch, error=error)
-            self.span = None
 
 
 class Batcher:
@@ -79,12 +55,8 @@ class Batcher:
     already there; past that, requests wait here, where priority, deadlines
     and shedding still act on them, instead of in a backend's FIFO.
 
-    Each batch runs in its own task: merge inputs, ``run_batch``, check one
-    output row per input row, split, and give each request what it asked for.
-    Failure isolation: a batch of several requests that fails with an error
-    that may be one member's fault (not a deadline, cancellation or
-    unavailability) is split in halves, each retried while its deadline
-    allows, down to the single request that fails alone.
+    Each batch runs in its own task through a ``BatchExecutor`` (merge,
+    ``run_batch``, split, failure isolation: see ``execution``).
 
     Waits run on the event loop's timer, so ``clock`` must advance in real
     time (the simulator drives ``BatchQueue`` itself on virtual time).
@@ -114,7 +86,7 @@ class Batcher:
         self._clock = clock or MonotonicClock()
         self._capacity = capacity or (lambda: 1)
         self._queue_ahead = queue_ahead
-        self._queue: BatchQueue[_Pending] = BatchQueue(policy)
+        self._queue: BatchQueue[Pending] = BatchQueue(policy)
         #: Inputs whose non-batch dimensions the model leaves open.
         self._open_dims = tuple(t.name for t in spec.inputs if -1 in t.shape[1:])
         self._wakeup = Waker()
@@ -130,6 +102,15 @@ class Batcher:
         self._closed = False
         self._tracer = tracer or tracing.default_tracer()
         self.counters = BatcherCounters()
+        self._executor = BatchExecutor(
+            spec,
+            policy,
+            run_batch,
+            self._queue,
+            clock=self._clock,
+            tracer=self._tracer,
+            counters=self.counters,
+        )
 
     @property
     def spec(self) -> ModelSpec:
@@ -168,7 +149,7 @@ class Batcher:
         if not traced and self._may_skip_queue():
             return await self._run_lean(request, rows, now)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        pending = _Pending(request, rows, future, now)
+        pending = Pending(request, rows, future, now)
         if traced:
             pending.span = tracing.start_queue_span(
                 self._tracer,
@@ -216,7 +197,7 @@ class Batcher:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
 
-    def _worth_a_look(self, item: QueueItem[_Pending]) -> bool:
+    def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
         """Whether the loop should look at the queue now that ``item`` joined it.
 
         While every backend slot is busy only a batch that cannot grow (full
@@ -262,7 +243,7 @@ class Batcher:
             (request.id,),  # request_ids
             request.deadline,  # deadline
             "idle",  # trigger
-            self._union_of_outputs((request,)),  # outputs
+            self._executor.union_of_outputs((request,)),  # outputs
             self._policy.level_of(request.priority),  # priority
             parameters,  # parameters
             (),  # trace_contexts
@@ -302,9 +283,9 @@ class Batcher:
         if isinstance(outputs, bytes):  # the backend's encoded response, as it came
             return outputs
         (part,) = split_outputs(outputs, (rows,))  # checks the batch contract
-        return self._select(request, part)
+        return self._executor.select(request, part)
 
-    async def _run_alone(self, pending: _Pending) -> Outputs:
+    async def _run_alone(self, pending: Pending) -> Outputs:
         """Run a batch of one in the caller's own task (see ``_may_skip_queue``);
         the backend call is bounded by the request's deadline."""
         self.counters.submitted += 1
@@ -314,7 +295,7 @@ class Batcher:
         if task is not None:
             self._inline.add(task)  # so aclose() can stop it like a launched batch
         try:
-            await self._execute([pending], "idle", 0)
+            await self._executor.execute([pending], "idle", 0)
         except asyncio.CancelledError:
             if not self._closed or task is None:
                 raise  # the caller went away
@@ -353,7 +334,7 @@ class Batcher:
             except Exception as exc:  # a bug here must not strand the queued callers
                 log.exception("batcher of model %s failed; failing its queue", self._spec.name)
                 for item in self._queue.drain():
-                    _fail(
+                    fail(
                         item.payload,
                         GatewayError(f"batcher of model '{self._spec.name}' failed: {exc!r}"),
                     )
@@ -375,16 +356,16 @@ class Batcher:
         )
         for item, error in step.expired:
             self.counters.expired_in_queue += 1
-            _fail(item.payload, DeadlineExceeded(f"model '{self._spec.name}': {error}"))
+            fail(item.payload, DeadlineExceeded(f"model '{self._spec.name}': {error}"))
         for batch in step.batches:
             self._launch(batch)
         return step.wake_at
 
-    def _launch(self, batch: Batch[_Pending]) -> None:
+    def _launch(self, batch: Batch[Pending]) -> None:
         self.counters.batches_by_trigger[batch.trigger] += 1
         self._in_flight += 1
         members = [item.payload for item in batch.items]
-        task = asyncio.create_task(self._execute(members, batch.trigger, 0))
+        task = asyncio.create_task(self._executor.execute(members, batch.trigger, 0))
         self._tasks.add(task)
         task.add_done_callback(self._batch_done)
 
@@ -392,116 +373,6 @@ class Batcher:
         self._tasks.discard(task)
         self._in_flight -= 1
         self._wakeup.set()  # capacity freed
-
-    # -- running a batch ---------------------------------------------------
-    async def _execute(self, members: list[_Pending], trigger: BatchTrigger, attempt: int) -> None:
-        live = [m for m in members if not m.future.done()]  # callers gone or timed out
-        if not live:
-            return
-        try:
-            results = await self._call(live, trigger, attempt)
-        except asyncio.CancelledError:
-            for m in live:
-                _fail(m, Unavailable(f"model '{self._spec.name}' shut down during the batch"))
-            raise
-        except GatewayError as exc:
-            error = exc
-        except Exception as exc:  # a bug in run_batch must not leave callers waiting forever
-            log.exception("batch of model %s failed unexpectedly", self._spec.name)
-            error = BackendError(f"batch failed: {exc!r}", backend_id="")
-            error.__cause__ = exc
-        else:
-            for m, outputs in zip(live, results, strict=True):
-                if not m.future.done():
-                    m.future.set_result(outputs)
-            return
-        self.counters.failed_batches += 1
-        if len(live) > 1 and _may_be_one_members_fault(error) and self._time_left(live):
-            self.counters.isolation_splits += 1
-            half = len(live) // 2
-            await asyncio.gather(
-                self._execute(live[:half], "split", attempt + 1),
-                self._execute(live[half:], "split", attempt + 1),
-            )
-            return
-        for m in live:
-            _fail(m, error)
-
-    async def _call(
-        self, live: list[_Pending], trigger: BatchTrigger, attempt: int
-    ) -> list[Outputs]:
-        requests = [m.request for m in live]
-        rows = [m.rows for m in live]
-        deadlines = [r.deadline for r in requests if r.deadline is not None]
-        head = requests[0]
-        members = [m.span_context for m in live]
-        batch_span: Span | None = None
-        if tracing.recording(self._tracer):
-            batch_span = tracing.start_batch_span(
-                self._tracer,
-                members,
-                model=self._spec.name,
-                size=sum(rows),
-                trigger=trigger,
-                attempt=attempt,
-            )
-        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
-            m.end_queue_span(batch=batch_span)
-        info = BatchInfo(
-            model_name=self._spec.name,
-            model_version=head.model_version,
-            size=sum(rows),
-            request_ids=tuple(r.id for r in requests),
-            deadline=min(deadlines, default=None),
-            trigger=trigger,
-            outputs=self._union_of_outputs(requests),
-            priority=min(self._policy.level_of(r.priority) for r in requests),
-            parameters={k: v for k, v in head.parameters.items() if k not in SCHEDULING_PARAMETERS},
-            trace_contexts=tuple(members),
-            enqueued_at=tuple(m.enqueued_at for m in live),
-            attempt=attempt,
-            # Alone in its batch, a request may travel in the form it came in.
-            wire=head.wire if len(requests) == 1 else None,
-        )
-        self.counters.batch_sizes[info.size] += 1
-        start = self._clock.now()
-        merged = merge_inputs([r.inputs for r in requests])
-        try:
-            if batch_span is None:
-                outputs = await self._run_batch(self._spec, merged, info)
-            else:
-                with trace.use_span(batch_span, end_on_exit=True):
-                    outputs = await self._run_batch(self._spec, merged, info)
-        finally:
-            for r in requests:
-                r.served_by = info.served_by[-1] if info.served_by else r.served_by
-        self._queue.record_service(self._clock.now() - start)
-        self._queue.note_completion(self._clock.now())
-        if isinstance(outputs, bytes):  # the lone member's encoded response
-            return [outputs]
-        parts = split_outputs(outputs, rows)
-        return [self._select(r, part) for r, part in zip(requests, parts, strict=True)]
-
-    def _union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
-        if any(not r.requested_outputs for r in requests):
-            return ()
-        wanted = {name for r in requests for name in r.requested_outputs}
-        return tuple(o.name for o in self._spec.outputs if o.name in wanted)
-
-    def _select(self, request: InferRequest, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        if not request.requested_outputs:
-            return outputs
-        missing = [n for n in request.requested_outputs if n not in outputs]
-        if missing:
-            raise BackendError(
-                f"model '{self._spec.name}' returned no output {', '.join(map(repr, missing))}",
-                backend_id="",
-            )
-        return {name: outputs[name] for name in request.requested_outputs}
-
-    def _time_left(self, live: list[_Pending]) -> bool:
-        deadlines = [m.request.deadline for m in live if m.request.deadline is not None]
-        return not deadlines or self._clock.now() < min(deadlines)
 
     # -- closing -----------------------------------------------------------
     async def aclose(self) -> None:
@@ -512,16 +383,4 @@ class Batcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for item in self._queue.drain():
-            _fail(item.payload, Unavailable(f"model '{self._spec.name}' is shutting down"))
-
-
-def _may_be_one_members_fault(error: GatewayError) -> bool:
-    # A deadline, a cancellation or a backend that is down fails every member
-    # alike; splitting would only multiply the load. Anything else may be one
-    # request's data (or a batch too large for the device), so split.
-    return not isinstance(error, DeadlineExceeded | Cancelled | Unavailable)
-
-
-def _fail(pending: _Pending, error: GatewayError) -> None:
-    if not pending.future.done():
-        pending.future.set_exception(error)
+            fail(item.payload, Unavailable(f"model '{self._spec.name}' is shutting down"))

@@ -1,0 +1,213 @@
+"""Running one cut batch: merge the members' inputs, call the backend, split the outputs.
+
+The ``Batcher`` decides when a batch leaves; ``BatchExecutor`` runs it. Kept
+apart so the waiting (queue, loop, wake-ups) and the running (spans, merge,
+split, failure isolation) can each be read on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, Tracer
+
+from scheduler import tracing
+from scheduler.batching.info import (
+    SCHEDULING_PARAMETERS,
+    BatcherCounters,
+    BatchInfo,
+    BatchTrigger,
+    RunBatch,
+)
+from scheduler.batching.merge import merge_inputs, split_outputs
+from scheduler.batching.policy import BatchingPolicy
+from scheduler.batching.queue import BatchQueue
+from scheduler.clock import Clock
+from scheduler.errors import (
+    BackendError,
+    Cancelled,
+    DeadlineExceeded,
+    GatewayError,
+    Unavailable,
+)
+from scheduler.request import InferRequest, Outputs
+from scheduler.spec import ModelSpec, Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A caller waiting in the batcher: its request, rows and the future its outputs go to."""
+
+    request: InferRequest
+    rows: int
+    future: asyncio.Future[Outputs]
+    enqueued_at: float
+    #: The queue span, open from admission until the request's batch is cut;
+    #: its context stays behind for the batch spans of later split halves.
+    span: Span | None = None
+    span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
+
+    def end_queue_span(self, *, batch: Span | None = None, error: str | None = None) -> None:
+        if self.span is not None:
+            tracing.end_queue_span(self.span, batch=batch, error=error)
+            self.span = None
+
+
+class BatchExecutor:
+    """Runs the batches of one model's ``Batcher``, each in the task it is given.
+
+    ``execute`` drops members whose callers are gone, merges the rest's
+    inputs, calls ``run_batch`` under a batch span that links the members'
+    queue spans, checks one output row per input row, splits, and gives each
+    request what it asked for. Failure isolation: a batch of several requests
+    that fails with an error that may be one member's fault (not a deadline,
+    cancellation or unavailability) is split in halves, each retried while
+    its deadline allows, down to the single request that fails alone.
+    Service times go back to the queue, whose delay policy learns from them.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        policy: BatchingPolicy,
+        run_batch: RunBatch,
+        queue: BatchQueue[Pending],
+        *,
+        clock: Clock,
+        tracer: Tracer,
+        counters: BatcherCounters,
+    ) -> None:
+        self._spec = spec
+        self._policy = policy
+        self._run_batch = run_batch
+        self._queue = queue
+        self._clock = clock
+        self._tracer = tracer
+        self.counters = counters
+
+    async def execute(self, members: list[Pending], trigger: BatchTrigger, attempt: int) -> None:
+        live = [m for m in members if not m.future.done()]  # callers gone or timed out
+        if not live:
+            return
+        try:
+            results = await self._call(live, trigger, attempt)
+        except asyncio.CancelledError:
+            for m in live:
+                fail(m, Unavailable(f"model '{self._spec.name}' shut down during the batch"))
+            raise
+        except GatewayError as exc:
+            error = exc
+        except Exception as exc:  # a bug in run_batch must not leave callers waiting forever
+            log.exception("batch of model %s failed unexpectedly", self._spec.name)
+            error = BackendError(f"batch failed: {exc!r}", backend_id="")
+            error.__cause__ = exc
+        else:
+            for m, outputs in zip(live, results, strict=True):
+                if not m.future.done():
+                    m.future.set_result(outputs)
+            return
+        self.counters.failed_batches += 1
+        if len(live) > 1 and may_be_one_members_fault(error) and self._time_left(live):
+            self.counters.isolation_splits += 1
+            half = len(live) // 2
+            await asyncio.gather(
+                self.execute(live[:half], "split", attempt + 1),
+                self.execute(live[half:], "split", attempt + 1),
+            )
+            return
+        for m in live:
+            fail(m, error)
+
+    async def _call(
+        self, live: list[Pending], trigger: BatchTrigger, attempt: int
+    ) -> list[Outputs]:
+        requests = [m.request for m in live]
+        rows = [m.rows for m in live]
+        deadlines = [r.deadline for r in requests if r.deadline is not None]
+        head = requests[0]
+        members = [m.span_context for m in live]
+        batch_span: Span | None = None
+        if tracing.recording(self._tracer):
+            batch_span = tracing.start_batch_span(
+                self._tracer,
+                members,
+                model=self._spec.name,
+                size=sum(rows),
+                trigger=trigger,
+                attempt=attempt,
+            )
+        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
+            m.end_queue_span(batch=batch_span)
+        info = BatchInfo(
+            model_name=self._spec.name,
+            model_version=head.model_version,
+            size=sum(rows),
+            request_ids=tuple(r.id for r in requests),
+            deadline=min(deadlines, default=None),
+            trigger=trigger,
+            outputs=self.union_of_outputs(requests),
+            priority=min(self._policy.level_of(r.priority) for r in requests),
+            parameters={k: v for k, v in head.parameters.items() if k not in SCHEDULING_PARAMETERS},
+            trace_contexts=tuple(members),
+            enqueued_at=tuple(m.enqueued_at for m in live),
+            attempt=attempt,
+            # Alone in its batch, a request may travel in the form it came in.
+            wire=head.wire if len(requests) == 1 else None,
+        )
+        self.counters.batch_sizes[info.size] += 1
+        start = self._clock.now()
+        merged = merge_inputs([r.inputs for r in requests])
+        try:
+            if batch_span is None:
+                outputs = await self._run_batch(self._spec, merged, info)
+            else:
+                with trace.use_span(batch_span, end_on_exit=True):
+                    outputs = await self._run_batch(self._spec, merged, info)
+        finally:
+            for r in requests:
+                r.served_by = info.served_by[-1] if info.served_by else r.served_by
+        self._queue.record_service(self._clock.now() - start)
+        self._queue.note_completion(self._clock.now())
+        if isinstance(outputs, bytes):  # the lone member's encoded response
+            return [outputs]
+        parts = split_outputs(outputs, rows)
+        return [self.select(r, part) for r, part in zip(requests, parts, strict=True)]
+
+    def union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
+        if any(not r.requested_outputs for r in requests):
+            return ()
+        wanted = {name for r in requests for name in r.requested_outputs}
+        return tuple(o.name for o in self._spec.outputs if o.name in wanted)
+
+    def select(self, request: InferRequest, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not request.requested_outputs:
+            return outputs
+        missing = [n for n in request.requested_outputs if n not in outputs]
+        if missing:
+            raise BackendError(
+                f"model '{self._spec.name}' returned no output {', '.join(map(repr, missing))}",
+                backend_id="",
+            )
+        return {name: outputs[name] for name in request.requested_outputs}
+
+    def _time_left(self, live: list[Pending]) -> bool:
+        deadlines = [m.request.deadline for m in live if m.request.deadline is not None]
+        return not deadlines or self._clock.now() < min(deadlines)
+
+
+def may_be_one_members_fault(error: GatewayError) -> bool:
+    # A deadline, a cancellation or a backend that is down fails every member
+    # alike; splitting would only multiply the load. Anything else may be one
+    # request's data (or a batch too large for the device), so split.
+    return not isinstance(error, DeadlineExceeded | Cancelled | Unavailable)
+
+
+def fail(pending: Pending, error: GatewayError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

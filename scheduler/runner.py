@@ -1,0 +1,204 @@
+"""Running a batch on the fleet: place it, call the backend, learn, retry elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+from opentelemetry.trace import Tracer
+
+from scheduler import tracing
+from scheduler.backends.base import Backend
+from scheduler.batching import BatchInfo
+from scheduler.candidates import CandidateTables
+from scheduler.clock import Clock
+from scheduler.config import SchedulerConfig
+from scheduler.errors import DeadlineExceeded, GatewayError, ResourceExhausted, Unavailable
+from scheduler.estimator import ServiceTimeEstimator
+from scheduler.fleet import BackendState, Fleet
+from scheduler.load import concurrency, service_sample
+from scheduler.observer import NullObserver, SchedulerObserver
+from scheduler.placement import Decision, Verdict, place
+from scheduler.spec import ModelSpec, Tensor
+
+if TYPE_CHECKING:
+    from scheduler.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+class BatchRunner:
+    """Places each batch on the backend that finishes it soonest, and runs it there.
+
+    ``run`` gathers the candidates (breaker, drain, in-flight work, learned
+    service time, fresh telemetry) from ``candidates``, tables that hooks
+    keep current as that state changes, asks the pure ``place`` policy, and
+    calls the chosen backend, counting the call into the backend's in-flight
+    work and predicted busy time for the next decision. Outcomes feed the
+    estimator and the circuit breakers; a retryable failure is retried on the
+    next-best backend while the deadline leaves time. Every decision is kept,
+    with its reason, in ``decisions``.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SchedulerConfig,
+        fleet: Fleet,
+        candidates: CandidateTables,
+        estimator: ServiceTimeEstimator,
+        stats: Mapping[str, ModelStats],
+        clock: Clock,
+        tracer: Tracer,
+    ) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.candidates = candidates
+        self.estimator = estimator
+        self._stats = stats
+        self._clock = clock
+        self._tracer = tracer
+        self.observer: SchedulerObserver = NullObserver()
+        self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
+        #: Model instances per (backend, model), read per call: cleared when the fleet changes.
+        self.concurrency: dict[tuple[str, str], int] = {}
+
+    async def run(
+        self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
+    ) -> Mapping[str, Tensor] | bytes:
+        tried: set[str] = set()
+        last_error: GatewayError | None = None
+        start = self._clock.now()
+        traced = tracing.recording(self._tracer)
+        if info.attempt == 0 and info.trigger != "solo":
+            waits = [start - t for t in info.enqueued_at]
+            self.observer.batch_started(spec.name, info.size, info.trigger, waits)
+        while True:
+            now = self._clock.now()
+            candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
+            decision = place(
+                candidates,
+                now=now,
+                deadline=info.deadline,
+                unknown_service_s=self.config.unknown_service_s,
+            )
+            if traced:
+                with self._tracer.start_as_current_span("placement") as span:
+                    tracing.record_placement(
+                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
+                    )
+            self.decisions.append(decision)
+            self.observer.placed(spec.name, info.size, decision)
+            if decision.backend_id is None:
+                if last_error is not None:
+                    raise last_error  # the retry found nowhere else to go
+                if decision.verdict is Verdict.TOO_LATE:
+                    raise DeadlineExceeded(f"model '{spec.name}': {decision.reason}")
+                busy = candidates.available & candidates.memory_ok & ~candidates.load_ok
+                if busy.any():  # up, but full: shed with a hint, not "unavailable"
+                    wait_ms = float(np.min(candidates.queued_s[busy])) * 1e3
+                    raise ResourceExhausted(
+                        f"model '{spec.name}': {decision.reason}",
+                        retry_after_ms=max(1, round(wait_ms)),
+                    )
+                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+            state = self.fleet.get(decision.backend_id)
+            if state is None:  # removed since the tables were built: rebuild, decide again
+                self.candidates.invalidate()
+                continue
+            tried.add(state.id)
+            if not state.breaker.allows(now):
+                continue  # lost the half-open trial to another call
+            try:
+                return await self._call(state, spec, inputs, info, decision, len(tried) - 1, traced)
+            except GatewayError as exc:
+                if not exc.retryable:
+                    raise
+                log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
+                last_error = exc
+
+    async def _call(
+        self,
+        state: BackendState,
+        spec: ModelSpec,
+        inputs: dict[str, Tensor],
+        info: BatchInfo,
+        decision: Decision,
+        retries: int,
+        traced: bool,
+    ) -> Mapping[str, Tensor] | bytes:
+        predicted = decision.service_s
+        name = spec.name
+        in_flight, busy = state.in_flight_by_model, state.busy_s
+        # The work already in flight here, as predicted when this call joins it.
+        ahead = in_flight[name]
+        instances = self.concurrency.get((state.id, name))
+        if instances is None:
+            instances = self.concurrency[(state.id, name)] = concurrency(state, spec)
+        wait_s = busy[name] / instances
+        in_flight.add(name, 1)
+        busy.add(name, predicted)
+        info.served_by.append(state.id)
+        backend = state.backend
+        start = self._clock.now()
+        code = "OK"
+        try:
+            if traced:
+                device = backend.device
+                with tracing.backend_call(
+                    self._tracer,
+                    backend_id=state.id,
+                    endpoint=str(getattr(backend, "url", "")),
+                    device=f"{device.kind.value}:{device.host}",
+                    model=spec.name,
+                    size=info.size,
+                    retries=retries + info.attempt,
+                ) as headers:
+                    outputs = await self._invoke(backend, spec, inputs, info, headers)
+            else:
+                outputs = await self._invoke(backend, spec, inputs, info, info.propagation())
+        except GatewayError as exc:
+            code = exc.code
+            self.fleet.record_failure(state, exc)
+            raise
+        except BaseException:
+            code = "INTERNAL"
+            raise
+        finally:
+            in_flight.add(name, -1)
+            busy.add(name, -predicted, 0.0)
+            self.observer.backend_called(name, state.id, self._clock.now() - start, code)
+        elapsed = self._clock.now() - start
+        self.fleet.record_success(state)
+        self.estimator.observe(
+            state.id, spec.name, info.size, service_sample(elapsed, wait_s, ahead)
+        )
+        self._stats[spec.name].record_execution(
+            rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
+        )
+        return outputs
+
+    @staticmethod
+    async def _invoke(
+        backend: Backend,
+        spec: ModelSpec,
+        inputs: dict[str, Tensor],
+        info: BatchInfo,
+        headers: Mapping[str, str] | None,
+    ) -> Mapping[str, Tensor] | bytes:
+        if info.wire is not None and backend.forwards_wire:
+            return await backend.infer_wire(
+                spec, info.wire, deadline=info.deadline, trace_context=headers
+            )
+        return await backend.infer(
+            spec,
+            inputs,
+            version=info.model_version,
+            outputs=info.outputs,
+            parameters=info.parameters,
+            deadline=info.deadline,
+            trace_context=headers,
+        )
