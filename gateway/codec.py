@@ -32,7 +32,9 @@ from scheduler.request import InferResult, Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "ResponseHeaders",
+    "TensorLimits",
     "decode_bytes",
     "decode_inputs",
     "decode_parameters",
@@ -74,22 +76,57 @@ _DATATYPES: dict[str, DataType] = {t.value: t for t in DataType}
 _ITEM_SIZE: dict[DataType, int] = {t: t.item_size or 0 for t in DataType}
 
 
+def _name(tensor: str) -> str:
+    """A tensor name as a status message may echo it (a caller's long name must
+    not push the message past gRPC's metadata limit)."""
+    return tensor if len(tensor) <= 64 else tensor[:61] + "..."
+
+
 def parse_datatype(name: str, tensor: str) -> DataType:
     datatype = _DATATYPES.get(name)
     if datatype is None:
         valid = ", ".join(_DATATYPES)
         raise InvalidArgument(
-            f"tensor '{tensor}' has unknown datatype {name!r}; use one of {valid}"
+            f"tensor '{_name(tensor)}' has unknown datatype {_name(name)!r}; use one of {valid}"
         ) from None
     return datatype
 
 
-def tensor_shape(dims: Iterable[int], tensor: str) -> tuple[int, ...]:
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """What one input tensor may declare, checked on its shape alone (arithmetic,
+    before any data is read or allocated): at most ``max_dims`` dimensions and
+    ``max_elements`` elements (each dimension too, so a zero-sized tensor cannot
+    declare a dimension numpy would overflow on)."""
+
+    max_dims: int = 32
+    max_elements: int = 1 << 28
+
+
+DEFAULT_LIMITS = TensorLimits()
+
+
+def tensor_shape(
+    dims: Iterable[int], tensor: str, limits: TensorLimits = DEFAULT_LIMITS
+) -> tuple[int, ...]:
     shape = tuple(dims)
-    if shape and min(shape) < 0:
+    if len(shape) > limits.max_dims:
         raise InvalidArgument(
-            f"tensor '{tensor}' has shape {list(shape)}; a request's dimensions must be >= 0"
+            f"tensor '{_name(tensor)}' has {len(shape)} dimensions; "
+            f"at most {limits.max_dims} are allowed"
         )
+    if shape:
+        if min(shape) < 0:
+            raise InvalidArgument(
+                f"tensor '{_name(tensor)}' has shape {list(shape)}; "
+                "a request's dimensions must be >= 0"
+            )
+        # Python integers: the product is exact, whatever the caller declared.
+        if max(shape) > limits.max_elements or math.prod(shape) > limits.max_elements:
+            raise InvalidArgument(
+                f"tensor '{_name(tensor)}' has shape {list(shape)}, more than the "
+                f"{limits.max_elements} elements a tensor may have here"
+            )
     return shape
 
 
@@ -110,11 +147,15 @@ def decode_request(data: bytes) -> tuple[pb.ModelInferRequest, Sequence[Any]]:
         ) from None
 
 
-def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: Any | None) -> Tensor:
+def decode_tensor(
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    raw: Any | None,
+    limits: TensorLimits = DEFAULT_LIMITS,
+) -> Tensor:
     """One input tensor as a numpy array, from raw bytes or typed contents."""
     name = tensor.name
     datatype = parse_datatype(tensor.datatype, name)
-    shape = tensor_shape(tensor.shape, name)
+    shape = tensor_shape(tensor.shape, name, limits)
     count = math.prod(shape)
     if tensor.parameters and "shared_memory_region" in tensor.parameters:
         raise Unimplemented(
@@ -163,7 +204,9 @@ def decode_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: Any | None
 
 
 def decode_inputs(
-    request: pb.ModelInferRequest, raw: Sequence[Any] | None = None
+    request: pb.ModelInferRequest,
+    raw: Sequence[Any] | None = None,
+    limits: TensorLimits = DEFAULT_LIMITS,
 ) -> dict[str, Tensor]:
     """All inputs of a request, by name; ``raw`` are its raw contents as
     ``decode_request`` cut them out (default: the message's own field)."""
@@ -185,9 +228,9 @@ def decode_inputs(
                     f"input '{name}' has both typed contents and raw_input_contents; "
                     "send one or the other"
                 )
-            inputs[name] = decode_tensor(tensor, raw[index])
+            inputs[name] = decode_tensor(tensor, raw[index], limits)
         else:
-            inputs[name] = decode_tensor(tensor, None)
+            inputs[name] = decode_tensor(tensor, None, limits)
     return inputs
 
 

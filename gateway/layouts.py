@@ -87,9 +87,15 @@ class Layout:
 class Layouts:
     """The table of known layouts (see the module docstring)."""
 
-    def __init__(self, max_entries: int = 1024, max_key_bytes: int = 4096) -> None:
+    def __init__(
+        self,
+        max_entries: int = 1024,
+        max_key_bytes: int = 4096,
+        limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
+    ) -> None:
         self._max_entries = max_entries
         self._max_key_bytes = max_key_bytes
+        self.limits = limits
         self._table: dict[bytes, Layout] = {}
 
     def __len__(self) -> int:
@@ -112,7 +118,7 @@ class Layouts:
             raise InvalidArgument(
                 f"the request is not a valid inference.ModelInferRequest message: {exc}"
             ) from None
-        layout = _decode(request, generation, resolve)
+        layout = _decode(request, generation, resolve, self.limits)
         if len(key) <= self._max_key_bytes and not layout.typed:
             if len(self._table) >= self._max_entries:
                 self._table.clear()
@@ -121,7 +127,10 @@ class Layouts:
 
 
 def _decode(
-    request: pb.ModelInferRequest, generation: int, resolve: Callable[[str, str], ModelSpec]
+    request: pb.ModelInferRequest,
+    generation: int,
+    resolve: Callable[[str, str], ModelSpec],
+    limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
 ) -> Layout:
     """Everything about a request but its id and tensors, checked against its model."""
     if not request.model_name:
@@ -141,7 +150,7 @@ def _decode(
     inputs: list[InputLayout] = []
     for tensor in request.inputs:
         datatype = codec.parse_datatype(tensor.datatype, tensor.name)
-        shape = codec.tensor_shape(tensor.shape, tensor.name)
+        shape = codec.tensor_shape(tensor.shape, tensor.name, limits)
         if tensor.parameters and "shared_memory_region" in tensor.parameters:
             raise Unimplemented(
                 f"input '{tensor.name}' uses shared memory, which a network gateway cannot "
@@ -157,17 +166,48 @@ def _decode(
     # Validate the layout against the model with stand-in arrays of the
     # declared shapes and datatypes (no data is read or allocated).
     validate_inputs(spec, {i.name: _stand_in(i) for i in inputs})
-    priority = parameters.get("priority", 0)
+    priority = scheduling_parameters(parameters)
     return Layout(
         spec=spec,
         version=request.model_version,
         inputs=tuple(inputs),
         outputs=outputs,
         parameters=MappingProxyType(parameters),
-        priority=int(priority) if isinstance(priority, int | float) else 0,
+        priority=priority,
         generation=generation,
         typed=any(t.HasField("contents") for t in request.inputs),
     )
+
+
+#: Triton reads ``timeout`` as a signed 64-bit count of microseconds.
+_INT64_MAX = (1 << 63) - 1
+
+
+def scheduling_parameters(parameters: Parameters) -> int:
+    """Check the parameters the gateway itself acts on; return the priority.
+
+    ``priority`` must be a whole number >= 0 (0 is the model's default
+    level), ``timeout`` a whole number of microseconds that fits Triton's
+    int64: anything else (NaN, infinity, a fraction, a string, a uint64 past
+    int64) would otherwise fail deep in a batch, as an internal error.
+    """
+    priority = parameters.get("priority", 0)
+    if isinstance(priority, float) and math.isfinite(priority) and priority.is_integer():
+        priority = int(priority)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InvalidArgument(
+            f"parameter 'priority' is {str(priority)[:32]!r}; it must be a whole number >= 0 "
+            "(1 is the highest level; 0 means the model's default)"
+        )
+    timeout = parameters.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= _INT64_MAX
+    ):
+        raise InvalidArgument(
+            f"parameter 'timeout' is {str(timeout)[:32]!r}; it must be a whole number of "
+            f"microseconds in 0..{_INT64_MAX}"
+        )
+    return priority
 
 
 def _stand_in(item: InputLayout) -> Tensor:

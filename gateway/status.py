@@ -20,6 +20,18 @@ def status_code(error: GatewayError) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
 
+#: Status messages travel in a header: one that echoes a caller's 20,000-character
+#: model name would pass gRPC's metadata limit and turn into RESOURCE_EXHAUSTED.
+MAX_MESSAGE_CHARS = 1024
+
+
+def short(message: str) -> str:
+    """A status message cut to ``MAX_MESSAGE_CHARS``, saying that it was."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 18] + " ... (message cut)"
+
+
 def trailing_metadata(error: GatewayError) -> tuple[tuple[str, str], ...]:
     if isinstance(error, ResourceExhausted) and error.retry_after_ms is not None:
         # The standard hint gRPC clients with retry policies honour.
@@ -44,5 +56,5 @@ async def abort(
     metadata = trailing_metadata(error) + extra_metadata
     if metadata:
         context.set_trailing_metadata(metadata)
-    await context.abort(status_code(error), error.message)
+    await context.abort(status_code(error), short(error.message))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

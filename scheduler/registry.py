@@ -63,17 +63,24 @@ class ModelRegistry:
         """The spec and candidate backends for a model, or ModelNotFound."""
         spec = self._specs.get(name)
         if spec is None:
-            known = ", ".join(sorted(self._specs)) or "none"
-            raise ModelNotFound(f"unknown model '{name}'; models served: {known}")
+            known = ", ".join(sorted(self._specs)[:20]) or "none"
+            raise ModelNotFound(f"unknown model '{_echo(name)}'; models served: {known}")
         if not spec.has_version(version):
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions: {', '.join(spec.versions)}"
+                f"model '{name}' has no version '{_echo(version)}'; "
+                f"versions: {', '.join(spec.versions)}"
             )
         backends = self._by_version.get((name, version))
         if backends is None:
             backends = tuple(b for b in self._routes[name] if spec_has(b, name, version))
             self._by_version[(name, version)] = backends
         return spec, backends
+
+
+def _echo(text: str) -> str:
+    """A caller's name as an error may repeat it: cut, so a 20,000-character
+    name cannot push the status past gRPC's metadata limit."""
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def spec_has(backend: Backend, name: str, version: str) -> bool:
