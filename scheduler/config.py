@@ -40,5 +40,12 @@ class SchedulerConfig:
     batching_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Gateway batching delay for models whose config gives none (µs).
     default_max_queue_delay_us: int = 0
+    #: Outlier detection: a call running longer than ``outlier_min_s +
+    #: outlier_factor * (predicted service + predicted wait)`` is ended, retried
+    #: elsewhere and counted against its backend.
+    outlier_factor: float = 10.0
+    outlier_min_s: float = 0.5
+    #: How long a health probe waits for a backend's answer.
+    probe_timeout_s: float = 1.0
     #: How many batches a backend runs at once per model instance.
     pipeline_depth: int = 1

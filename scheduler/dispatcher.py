@@ -89,6 +89,7 @@ class Scheduler:
             breaker=self.config.breaker,
             dns_groups=dns_groups,
             factory=backend_factory,
+            probe_timeout_s=self.config.probe_timeout_s,
         )
         self.fleet.on_change.append(self._fleet_changed)
         self.estimator = ServiceTimeEstimator()

@@ -30,9 +30,11 @@ class ServiceTimeEstimator:
     comes from a different load or from before a restart). ``predict`` for a
     bucket never seen fits ``time = fixed + per_row * rows`` through the two
     nearest known buckets of that backend and model — the shape of cost a GPU
-    has — or, with one known bucket, scales it by rows (an upper bound for
-    that shape, so a guess errs towards "slower"). With nothing known it
-    returns None and the caller decides what an unknown costs.
+    has — or, with one known bucket, the same shape with a prior slope: each
+    row past the known size adds ``per_row_prior`` of that size's time per
+    row (a GPU's batch costs mostly its fixed part; a linear scale-up would
+    refuse bursts that fit). With nothing known it returns None and the
+    caller decides what an unknown costs.
 
     ``listeners`` are told (backend id, model, bucket) after every change, so
     the placement tables can keep predictions in arrays and recompute only
@@ -41,11 +43,15 @@ class ServiceTimeEstimator:
     interpolated and may move with every bucket of the pair.
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, per_row_prior: float = 0.125) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
+        if not 0 <= per_row_prior <= 1:
+            raise ValueError("per_row_prior must be in [0, 1]")
         self._alpha = alpha
+        self._per_row_prior = per_row_prior
         self._table: dict[tuple[str, str], dict[int, _Estimate]] = {}
+        self._observed: set[tuple[str, str]] = set()
         self.listeners: list[EstimateListener] = []
 
     def _changed(self, backend_id: str, model: str, bucket: int | None) -> None:
@@ -57,8 +63,13 @@ class ServiceTimeEstimator:
         buckets = self._table.get((backend_id, model))
         return buckets is not None and bucket in buckets
 
+    def knows(self, backend_id: str, model: str) -> bool:
+        """Whether a call of ``model`` on ``backend_id`` has been measured (not only seeded)."""
+        return (backend_id, model) in self._observed
+
     def observe(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
         buckets = self._table.setdefault((backend_id, model), {})
+        self._observed.add((backend_id, model))
         bucket = bucket_of(rows)
         current = buckets.get(bucket)
         if current is None or not current.observed:
@@ -77,6 +88,7 @@ class ServiceTimeEstimator:
     def forget(self, backend_id: str) -> None:
         for key in [k for k in self._table if k[0] == backend_id]:
             del self._table[key]
+            self._observed.discard(key)
             self._changed(*key, None)
 
     def predict(self, backend_id: str, model: str, rows: int) -> float | None:
@@ -90,7 +102,14 @@ class ServiceTimeEstimator:
         known = sorted(buckets, key=lambda b: abs(b - bucket))[:2]
         if len(known) == 1:
             (only,) = known
-            return buckets[only].seconds * max(1.0, bucket / only)
+            seconds = buckets[only].seconds
+            if bucket <= only:
+                return seconds
+            # One size seen: assume most of its time is fixed cost and each
+            # further row adds a share of it (``per_row_prior``) until a second
+            # size is measured. Scaling by rows would predict 51 s for 64 rows
+            # of an 800 ms model whose batches cost 800 ms whatever their size.
+            return seconds * (1.0 + self._per_row_prior * (bucket / only - 1.0))
         b1, b2 = sorted(known)
         t1, t2 = buckets[b1].seconds, buckets[b2].seconds
         per_row = max(0.0, (t2 - t1) / (b2 - b1))

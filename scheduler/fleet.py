@@ -19,6 +19,11 @@ from scheduler.placement import Tier
 
 log = logging.getLogger(__name__)
 
+#: Status codes that say something about the request or its caller, not the backend.
+_NOT_THE_BACKENDS_FAULT = frozenset(
+    {"INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "UNIMPLEMENTED", "DEADLINE_EXCEEDED"}
+)
+
 #: Builds a backend for a target (``host:port``) that DNS discovery found.
 BackendFactory = Callable[[str], Backend]
 
@@ -170,9 +175,10 @@ class Fleet:
 
     Health is passive and active. Call outcomes feed each backend's circuit
     breaker (``record_*``). ``probe`` runs on a timer: it asks each backend
-    whose breaker admits a trial (closed, or open with its backoff served)
-    whether it is ready, discovers its models if it never has, and records the
-    result, so an ejected backend is readmitted only after it answers. DNS
+    whose breaker admits a trial (closed, or open with its backoff served),
+    all concurrently and each within ``probe_timeout_s``, whether it is
+    ready, discovers its models if it never has, and records the result, so
+    an ejected backend is readmitted only after it answers. DNS
     groups are re-resolved by ``refresh_dns``; new addresses become backends
     (built by ``factory``), vanished ones are removed.
     """
@@ -186,8 +192,10 @@ class Fleet:
         breaker: BreakerConfig | None = None,
         dns_groups: list[DnsEndpointGroup] | None = None,
         factory: BackendFactory | None = None,
+        probe_timeout_s: float = 1.0,
     ) -> None:
         self._clock = clock
+        self._probe_timeout_s = probe_timeout_s
         self._tier_of = tier_of
         self._breaker_config = breaker or BreakerConfig()
         self._states: dict[str, BackendState] = {}
@@ -249,27 +257,39 @@ class Fleet:
         return True
 
     async def probe(self) -> None:
-        """Probe every backend whose breaker admits a trial; readmit or eject."""
-        changed = False
-        for state in self:
-            now = self._clock.now()
-            was = state.breaker.state
-            if not state.breaker.allows(now):
-                continue
-            ok = await state.backend.health()
-            if ok and (not state.discovered or was is not BreakerState.CLOSED):
-                ok = await self._start(state)  # models may have changed while away
-                changed = changed or ok
-            if ok:
-                state.breaker.record_success()
-                if was is not BreakerState.CLOSED:
-                    log.info("backend %s is healthy again", state.id)
-                    changed = True
-            else:
-                state.breaker.record_failure(now, "health probe failed", fatal=True)
-                changed = changed or was is BreakerState.CLOSED
-        if changed:
+        """Probe every backend whose breaker admits a trial, all at once, each
+        bounded by ``probe_timeout_s``: one hung backend neither delays the
+        verdict on the others nor keeps its own for more than that."""
+        outcomes = await asyncio.gather(*(self._probe_one(s) for s in self))
+        if any(outcomes):
             self._changed()
+
+    async def _probe_one(self, state: BackendState) -> bool:
+        """Probe one backend; whether its availability changed."""
+        now = self._clock.now()
+        was = state.breaker.state
+        if not state.breaker.allows(now):
+            return False
+        changed = False
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                ok = await state.backend.health()
+        except TimeoutError:
+            ok = False
+        if ok and (not state.discovered or was is not BreakerState.CLOSED):
+            ok = await self._start(state)  # models may have changed while away
+            changed = ok
+        if ok:
+            state.breaker.record_success()
+            if was is not BreakerState.CLOSED:
+                log.info("backend %s is healthy again", state.id)
+                changed = True
+        else:
+            state.breaker.record_failure(self._clock.now(), "health probe failed", fatal=True)
+            if was is BreakerState.CLOSED:
+                log.warning("backend %s ejected: its health probe failed", state.id)
+                changed = True
+        return changed
 
     async def rediscover(self) -> None:
         """Re-read the models of every healthy backend (models load and unload)."""
@@ -321,13 +341,24 @@ class Fleet:
             state.breaker.record_success()
 
     def record_failure(self, state: BackendState, error: GatewayError) -> None:
-        """Count a failure against the backend, unless it says nothing about it."""
-        if error.code in ("INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED", "UNIMPLEMENTED"):
+        """Count a failure against the backend, unless it says nothing about it.
+
+        A caller's own deadline running out is not the backend's fault (a
+        short deadline must not eject a healthy server): a backend that is too
+        slow is caught by ``record_outlier`` instead, against its own history.
+        """
+        if error.code in _NOT_THE_BACKENDS_FAULT:
             return
+        self._count(state, error, fatal=error.code == "UNAVAILABLE")
+
+    def record_outlier(self, state: BackendState, error: GatewayError) -> None:
+        """A call that ran far past its predicted time: a failure, but not a
+        fatal one (one slow call may be a pause; several in a row eject)."""
+        self._count(state, error, fatal=False)
+
+    def _count(self, state: BackendState, error: GatewayError, *, fatal: bool) -> None:
         was = state.breaker.state
-        state.breaker.record_failure(
-            self._clock.now(), error.message, fatal=error.code == "UNAVAILABLE"
-        )
+        state.breaker.record_failure(self._clock.now(), error.message, fatal=fatal)
         if was is BreakerState.CLOSED and state.breaker.state is BreakerState.OPEN:
             log.warning("backend %s ejected: %s", state.id, error.message)
             self._changed()

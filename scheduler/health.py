@@ -16,7 +16,7 @@ class BreakerState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    failure_threshold: int = 5  # consecutive failures (timeouts included) that eject
+    failure_threshold: int = 5  # consecutive failures (outlier timeouts included) that eject
     base_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
 

@@ -16,7 +16,13 @@ from scheduler.batching import BatchInfo
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
 from scheduler.config import SchedulerConfig
-from scheduler.errors import DeadlineExceeded, GatewayError, ResourceExhausted, Unavailable
+from scheduler.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    GatewayError,
+    ResourceExhausted,
+    Unavailable,
+)
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
@@ -145,6 +151,18 @@ class BatchRunner:
         backend = state.backend
         start = self._clock.now()
         code = "OK"
+        # Outlier detection: a call that runs far past what this backend has
+        # shown it needs (its prediction and the wait ahead of it) is ended
+        # there and retried elsewhere, and counts against the backend; a hung
+        # server then costs its callers a bounded delay, not their deadline.
+        # Only once the backend has a measured estimate: a first call may be slow.
+        deadline = info.deadline
+        bounded = False
+        if self.estimator.knows(state.id, name):
+            config = self.config
+            limit_at = start + config.outlier_min_s + config.outlier_factor * (predicted + wait_s)
+            if deadline is None or limit_at < deadline:
+                deadline, bounded = limit_at, True
         try:
             if traced:
                 device = backend.device
@@ -157,11 +175,23 @@ class BatchRunner:
                     size=info.size,
                     retries=retries + info.attempt,
                 ) as headers:
-                    outputs = await self._invoke(backend, spec, inputs, info, headers)
+                    outputs = await self._invoke(backend, spec, inputs, info, deadline, headers)
             else:
-                outputs = await self._invoke(backend, spec, inputs, info, info.propagation())
+                outputs = await self._invoke(
+                    backend, spec, inputs, info, deadline, info.propagation()
+                )
         except GatewayError as exc:
             code = exc.code
+            if bounded and code == "DEADLINE_EXCEEDED":
+                bound_s = deadline - start if deadline is not None else 0.0
+                exc = BackendUnavailable(
+                    f"model '{name}': a backend did not answer within {bound_s:.2f} s "
+                    f"(it usually needs {predicted + wait_s:.3f} s); retried elsewhere",
+                    backend_id=state.id,
+                )
+                code = exc.code
+                self.fleet.record_outlier(state, exc)
+                raise exc from None
             self.fleet.record_failure(state, exc)
             raise
         except BaseException:
@@ -187,11 +217,12 @@ class BatchRunner:
         spec: ModelSpec,
         inputs: dict[str, Tensor],
         info: BatchInfo,
+        deadline: float | None,
         headers: Mapping[str, str] | None,
     ) -> Mapping[str, Tensor] | bytes:
         if info.wire is not None and backend.forwards_wire:
             return await backend.infer_wire(
-                spec, info.wire, deadline=info.deadline, trace_context=headers
+                spec, info.wire, deadline=deadline, trace_context=headers
             )
         return await backend.infer(
             spec,
@@ -199,6 +230,6 @@ class BatchRunner:
             version=info.model_version,
             outputs=info.outputs,
             parameters=info.parameters,
-            deadline=info.deadline,
+            deadline=deadline,
             trace_context=headers,
         )

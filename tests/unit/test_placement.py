@@ -87,7 +87,8 @@ def test_estimator_learns_and_interpolates() -> None:
     assert est.predict("b", "m", 1) == pytest.approx(0.010)
     est.observe("b", "m", 1, 0.020)
     assert est.predict("b", "m", 1) == pytest.approx(0.015)
-    assert est.predict("b", "m", 4) == pytest.approx(0.060)  # one bucket known: scaled by rows
+    # One bucket known: mostly fixed cost, each further multiple adds an eighth.
+    assert est.predict("b", "m", 4) == pytest.approx(0.015 * (1 + 3 / 8))
     est.observe("b", "m", 8, 0.022)
     # two buckets: fixed + per-row through (1, 15 ms) and (8, 22 ms) -> 1 ms per row
     assert est.predict("b", "m", 4) == pytest.approx(0.018)
@@ -95,6 +96,17 @@ def test_estimator_learns_and_interpolates() -> None:
     assert [bucket_of(r) for r in (0, 1, 2, 3, 5, 64, 65)] == [1, 1, 2, 4, 8, 64, 128]
     est.forget("b")
     assert est.predict("b", "m", 1) is None
+
+
+def test_single_row_samples_do_not_scale_linearly_to_a_full_batch() -> None:
+    """Issue 9 item 3: 800 ms seen for one row must not predict 51 s for 64."""
+    est = ServiceTimeEstimator()
+    est.observe("b", "slow", 1, 0.8)
+    assert not est.knows("b", "other") and est.knows("b", "slow")
+    predicted = est.predict("b", "slow", 64)
+    assert predicted is not None and predicted < 0.8 * 10  # linear would be 51.2 s
+    assert predicted >= 0.8  # never below what one row took
+    assert est.predict("b", "slow", 1) == pytest.approx(0.8)
 
 
 def test_breaker_ejects_then_probes_then_readmits() -> None:
