@@ -199,6 +199,7 @@ class SchedulerCollector(Collector):
             c = batcher.counters
             for reason, value in (
                 ("queue_full", c.rejected_queue_full),
+                ("predicted_late", c.rejected_late),
                 ("expired", c.expired_in_queue),
                 ("cancelled", c.cancelled_in_queue),
             ):

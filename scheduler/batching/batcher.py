@@ -171,6 +171,13 @@ class Batcher:
             deadline=request.deadline,
         )
         try:
+            self._admit(request, rows, now)
+        except ResourceExhausted as exc:
+            pending.end_queue_span(error=exc.message)
+            raise ResourceExhausted(
+                f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
+            ) from None
+        try:
             self._queue.push(item, now)
         except ResourceExhausted as exc:
             self.counters.rejected_queue_full += 1
@@ -196,6 +203,23 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
+
+    def _admit(self, request: InferRequest, rows: int, now: float) -> None:
+        """Refuse at once a request that the work queued ahead of it would make
+        miss its deadline: held, it would only wait to fail with
+        DEADLINE_EXCEEDED, and its wait would push later requests past theirs
+        too. The hint is when the queue ahead will have drained."""
+        deadline = request.deadline
+        if deadline is None:
+            return
+        finish_s = self._queue.finish_estimate_s(request.priority, rows, self._capacity())
+        if finish_s is not None and now + finish_s > deadline:
+            self.counters.rejected_late += 1
+            raise ResourceExhausted(
+                f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "
+                f"{(deadline - now) * 1e3:.0f} ms; retry later or with a longer deadline",
+                retry_after_ms=max(1, math.ceil(finish_s * 1e3)),
+            )
 
     def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
         """Whether the loop should look at the queue now that ``item`` joined it.

@@ -104,8 +104,14 @@ class BatchExecutor:
         except GatewayError as exc:
             error = exc
         except Exception as exc:  # a bug in run_batch must not leave callers waiting forever
-            log.exception("batch of model %s failed unexpectedly", self._spec.name)
-            error = BackendError(f"batch failed: {exc!r}", backend_id="")
+            ref = f"{id(exc):x}"[-8:]
+            log.exception("batch of model %s failed (reference %s)", self._spec.name, ref)
+            # The exception's text stays in the log: it may name addresses or internals.
+            error = BackendError(
+                f"a batch of model '{self._spec.name}' failed inside the gateway "
+                f"(reference {ref} in its logs)",
+                backend_id="",
+            )
             error.__cause__ = exc
         else:
             for m, outputs in zip(live, results, strict=True):
@@ -202,9 +208,13 @@ class BatchExecutor:
 
 
 def may_be_one_members_fault(error: GatewayError) -> bool:
-    # A deadline, a cancellation or a backend that is down fails every member
-    # alike; splitting would only multiply the load. Anything else may be one
-    # request's data (or a batch too large for the device), so split.
+    # A deadline, a cancellation, a backend that is down or one that sheds load
+    # (RESOURCE_EXHAUSTED: its queue is full) fails every member alike; splitting
+    # would only multiply the load (8 shed requests would become 15 calls).
+    # Anything else may be one request's data (or a batch too large for the
+    # device), so split.
+    if error.code == "RESOURCE_EXHAUSTED":
+        return False
     return not isinstance(error, DeadlineExceeded | Cancelled | Unavailable)
 
 

@@ -86,6 +86,8 @@ class BatcherCounters:
 
     submitted: int = 0
     rejected_queue_full: int = 0
+    #: Refused at admission: the queue ahead would make them miss their deadline.
+    rejected_late: int = 0
     expired_in_queue: int = 0
     cancelled_in_queue: int = 0
     failed_batches: int = 0

@@ -1,0 +1,82 @@
+"""Issue 9, items 5 and 6: overload is not amplified, and is shed early.
+
+A batch a backend sheds (RESOURCE_EXHAUSTED) is not split and re-run; a
+request the queue ahead would make late is refused at once with a retry
+hint, instead of waiting to fail with DEADLINE_EXCEEDED."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from scheduler.batching import BatchInfo
+from scheduler.errors import BackendError, DeadlineExceeded, ResourceExhausted
+from scheduler.spec import ModelSpec, Tensor
+from tests.unit.test_batcher import FakeRun, batcher, request
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class SheddingRun(FakeRun):
+    """A backend whose queue is full: every call is refused."""
+
+    async def __call__(
+        self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
+    ) -> dict[str, Tensor]:
+        self.batches.append(info)
+        raise BackendError(
+            "queue full", backend_id="fake", code="RESOURCE_EXHAUSTED", retryable=True
+        )
+
+
+async def test_a_shed_batch_is_not_split_and_placed_again() -> None:
+    run = SheddingRun()
+    b = batcher(run, capacity=[0])
+    try:
+        tasks = [asyncio.create_task(b.submit(request(float(v)))) for v in range(8)]
+        await asyncio.sleep(0.01)  # all eight queued: the batch is full
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await b.aclose()
+    assert all(getattr(r, "code", "") == "RESOURCE_EXHAUSTED" for r in results), results
+    assert len(run.batches) == 1  # before: 8 -> 4 -> 2 -> 1, 15 calls
+    assert b.counters.isolation_splits == 0
+
+
+async def test_a_request_the_queue_would_make_late_is_refused_at_once() -> None:
+    run = FakeRun(delay_s=0.05)
+    b = batcher(run, capacity=[1], max_batch_size=1, max_queue_delay_us=0)
+    try:
+        # Teach the queue what a batch costs, then fill it: 1 running, 10 queued.
+        await b.submit(request(0.0))
+        backlog = [asyncio.create_task(b.submit(request(float(v)))) for v in range(1, 12)]
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted) as caught:
+            await b.submit(request(99.0, deadline=time.monotonic() + 0.2))
+        assert time.monotonic() - started < 0.05  # refused, not held until it expired
+        assert caught.value.retry_after_ms is not None and caught.value.retry_after_ms >= 200
+        assert "deadline" in caught.value.message
+        assert b.counters.rejected_late == 1
+        # A deadline the queue can meet is admitted and served.
+        result = await b.submit(request(7.0, deadline=time.monotonic() + 5))
+        assert result["Y"][0, 0] == 14.0
+        await asyncio.gather(*backlog)
+    finally:
+        await b.aclose()
+
+
+async def test_without_a_measured_batch_nothing_is_refused_early() -> None:
+    run = FakeRun(delay_s=0.02)
+    b = batcher(run, capacity=[0], max_batch_size=1)
+    try:
+        waiting = asyncio.create_task(b.submit(request(1.0)))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(b.submit(request(2.0, deadline=time.monotonic() + 0.01)))
+        with pytest.raises(DeadlineExceeded):
+            await late  # expired in the queue: with nothing measured, no prediction
+        waiting.cancel()
+    finally:
+        await b.aclose()
