@@ -112,3 +112,23 @@ def test_a_hung_backend_is_ejected_and_its_calls_go_elsewhere(
     for second in range(1, 4):
         assert any(second <= t < second + 1 for t in after), (second, len(after))
     assert "ejected" in log
+
+
+def test_a_burst_that_fits_its_deadline_is_served(
+    slow_triton: TritonProcess, tmp_path: Path
+) -> None:
+    """Item 3: with only one-row samples, a 40-request burst was predicted at
+    rows x the one-row time (64 x 800 ms = 51 s) and refused DEADLINE_EXCEEDED."""
+    with (
+        start_gateway(tmp_path, args=["--triton", slow_triton.grpc_url, "--no-cpu-models"]) as gw,
+        grpc.insecure_channel(gw.address) as channel,
+        ThreadPoolExecutor(40) as pool,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_request(0.0), timeout=10)  # one row: the only sample
+        deadline_s = 40 * SLOW_MS / 1000 / 2  # linear: 64 x 300 ms = 19 s > 6 s
+        replies = list(
+            pool.map(lambda v: stub.ModelInfer(_request(v), timeout=deadline_s), range(40))
+        )
+    for value, reply in enumerate(replies):
+        assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0 * value] * 4
