@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     port_file: Path | None = Field(None, description="write the bound port here once serving")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest message in/out")
     grace_period_s: float = Field(10.0, ge=0, description="in-flight work allowed at shutdown")
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="at shutdown, keep serving this long after health turns NOT_SERVING "
+        "(time for a load balancer to notice; e.g. 5 behind Kubernetes)",
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -91,6 +97,19 @@ class Settings(BaseSettings):
     default_max_queue_delay_us: int = Field(
         0, ge=0, description="gateway batching delay for models whose config sets none"
     )
+    max_tensor_dims: int = Field(
+        32, ge=1, le=32, description="dimensions an input tensor may declare"
+    )
+    max_tensor_elements: int = Field(
+        1 << 28, gt=0, description="elements an input tensor may declare (checked before decoding)"
+    )
+    outlier_factor: float = Field(
+        10.0, ge=1, description="a call running this many times its predicted time is an outlier"
+    )
+    outlier_min_s: float = Field(
+        0.5, gt=0, description="...plus this much: an outlier call is retried elsewhere"
+    )
+    probe_timeout_s: float = Field(1.0, gt=0, description="how long a health probe may take")
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
     max_concurrent_rpcs: int | None = Field(
         4096, gt=0, description="rpcs served at once; more are refused with RESOURCE_EXHAUSTED"

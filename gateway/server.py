@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from gateway import reflection
 from gateway.admin import AdminServer, AdminServicer
 from gateway.api.inference import grpc_service_pb2 as pb
+from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
 from gateway.servicer import InferenceServicer, add_to_server
@@ -41,6 +42,9 @@ from scheduler.telemetry.providers import TelemetryProvider
 from scheduler.telemetry.triton_metrics import TritonMetricsProvider
 
 log = logging.getLogger(__name__)
+
+#: At shutdown, how long refused callers get to back off before the listener closes.
+_QUIET_BEFORE_CLOSE_S = 0.2
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -118,6 +122,9 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         batching_layer_by_model=dict(settings.batching_layer_by_model),
         default_max_queue_delay_us=settings.default_max_queue_delay_us,
         batching_by_model=dict(settings.batching),
+        outlier_factor=settings.outlier_factor,
+        outlier_min_s=settings.outlier_min_s,
+        probe_timeout_s=settings.probe_timeout_s,
     )
 
 
@@ -179,9 +186,8 @@ class GatewayServer:
     """Owns the gRPC server and the scheduler, and orders their start and stop.
 
     Start: backends first (discovery), then the port opens, then health says
-    SERVING. Stop: health says NOT_SERVING (load balancers drain us), the
-    server stops accepting and gives in-flight rpcs ``grace_period_s`` to
-    finish, then the scheduler and its backends close.
+    SERVING. Stop: see ``stop`` (NOT_SERVING, a drain delay, UNAVAILABLE for
+    late arrivals, in-flight work finished, then the scheduler and listener close).
     """
 
     def __init__(
@@ -208,6 +214,7 @@ class GatewayServer:
             stream_max_in_flight=settings.stream_max_in_flight,
             metrics=self.metrics,
             tracing=self.tracing,
+            limits=TensorLimits(settings.max_tensor_dims, settings.max_tensor_elements),
         )
         self.admin: AdminServer | None = None
         admin = AdminServicer(self.scheduler, self.metrics, clock)
@@ -307,17 +314,35 @@ class GatewayServer:
             await self._sync_health()
 
     async def stop(self) -> None:
-        log.info("draining: up to %.1f s for in-flight requests", self.settings.grace_period_s)
+        """Drain without losing a request: health says NOT_SERVING at once, but
+        the gateway keeps serving for ``drain_delay_s`` (a load balancer needs
+        that long to notice); then new inference rpcs are answered UNAVAILABLE
+        (retryable, unlike the CANCELLED a closing server gives), in-flight ones
+        get up to ``grace_period_s`` to finish, and whatever is left is answered
+        UNAVAILABLE as the scheduler closes, before the listener goes."""
+        settings = self.settings
+        log.info(
+            "draining: NOT_SERVING, serving on for %.1f s, then up to %.1f s for in-flight work",
+            settings.drain_delay_s,
+            settings.grace_period_s,
+        )
         self.servicer.ready = False
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync_task
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period_s)
+        if settings.drain_delay_s > 0:
+            await asyncio.sleep(settings.drain_delay_s)
+        await self.servicer.close(settings.grace_period_s)
+        await self.scheduler.aclose()
+        # Callers told UNAVAILABLE back off before retrying; closing only once
+        # they have means no call is caught half-accepted by gRPC's own
+        # shutdown, which would answer it CANCELLED.
+        await asyncio.sleep(min(settings.grace_period_s, _QUIET_BEFORE_CLOSE_S))
+        await self.server.stop(min(settings.grace_period_s, 1.0))
         if self.admin is not None:
             await self.admin.stop(0)
-        await self.scheduler.aclose()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

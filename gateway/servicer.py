@@ -22,17 +22,19 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
-from gateway.status import abort, internal_error
+from gateway.status import abort, internal_error, short
 from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
-from scheduler.errors import GatewayError, InvalidArgument, Unimplemented
+from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimplemented
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
+
+_SHUTTING_DOWN = "the gateway is shutting down; retry, and another instance will serve"
 
 _NO_REPOSITORY_CONTROL = (
     "the gateway does not load or unload models: it serves what its backends serve; "
@@ -53,6 +55,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int = 64,
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
+        limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
     ) -> None:
         self._scheduler = scheduler
         self._clock = clock
@@ -62,8 +65,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._metrics = metrics
         self._tracing = tracing or Tracing()
         self._headers = codec.ResponseHeaders()
-        self._layouts = Layouts()
+        self._layouts = Layouts(limits=limits)
         self.ready = False
+        #: Set by ``close``: new inference requests are answered UNAVAILABLE.
+        self.closing = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+
+    async def close(self, grace_s: float) -> None:
+        """Refuse new inference requests (UNAVAILABLE) and wait up to
+        ``grace_s`` for those in flight to finish."""
+        self.closing = True
+        if self._in_flight:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
 
     # -- health and metadata ---------------------------------------------
     async def ServerLive(
@@ -161,6 +177,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return await self._infer(request, context)
         except GatewayError as exc:
             await abort(context, exc, trailer)
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise  # the caller went away
+            # Stopped by the shutdown, not by the caller: say so, retryably.
+            await abort(context, Unavailable(_SHUTTING_DOWN), trailer)
         except Exception as exc:
             await abort(context, internal_error(exc), trailer)
 
@@ -191,7 +212,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if error is None:
                 responses.append(codec.stream_response(task.result()))
             elif isinstance(error, GatewayError):
-                responses.append(codec.stream_error(_header_of(request), error.message))
+                responses.append(codec.stream_error(_header_of(request), short(error.message)))
             else:
                 message = internal_error(error).message
                 responses.append(codec.stream_error(_header_of(request), message))
@@ -228,10 +249,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await reader
 
     async def _infer(self, data: bytes, context: Context) -> bytes:
+        if self.closing:
+            raise Unavailable(_SHUTTING_DOWN)
         start = self._clock.now()
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
+        self._in_flight += 1
         try:
             infer_request, spec = self._decode(data, context)
             model = spec.name
@@ -247,6 +271,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = "INTERNAL"
             raise
         finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, self._clock.now() - start)
 
@@ -267,7 +294,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 "an input has both typed contents and raw_input_contents; send one or the other"
             )
         else:  # typed contents: part of the layout's bytes, so decoded per request
-            inputs = codec.decode_inputs(pb.ModelInferRequest.FromString(key))
+            inputs = codec.decode_inputs(
+                pb.ModelInferRequest.FromString(key), limits=self._layouts.limits
+            )
         now = self._clock.now()
         deadline = None
         remaining = context.time_remaining()

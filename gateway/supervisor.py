@@ -238,7 +238,9 @@ class Supervisor:
             if process.exitcode is None and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.grace_period_s + STOP_MARGIN_S
+        settings = self.settings
+        drain_s = settings.drain_delay_s + settings.grace_period_s
+        deadline = time.monotonic() + drain_s + STOP_MARGIN_S
         while any(p.exitcode is None for p in processes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for process in processes:
