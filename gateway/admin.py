@@ -13,10 +13,11 @@ while calls already running there finish.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -167,8 +168,10 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>``."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str | None, admin_key_digests: Sequence[bytes] = ()) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+        #: SHA-256 digests of the API keys of tenants with ``admin = true``.
+        self._admin_keys = frozenset(admin_key_digests)
 
         async def deny(request: Any, context: Context) -> Any:
             await context.abort(
@@ -186,7 +189,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get("authorization", "")
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
+        if self._expected is not None and hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(handler_call_details)
+        scheme, _, key = given_bytes.partition(b" ")
+        if scheme.lower() == b"bearer" and hashlib.sha256(key).digest() in self._admin_keys:
             return await continuation(handler_call_details)
         return self._deny
 
@@ -198,9 +204,17 @@ class AdminServer:
     """
 
     def __init__(
-        self, servicer: pb_grpc.AdminServiceServicer, *, address: str, token: str | None
+        self,
+        servicer: pb_grpc.AdminServiceServicer,
+        *,
+        address: str,
+        token: str | None,
+        admin_key_digests: Sequence[bytes] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
-        interceptors = [BearerTokenInterceptor(token)] if token else []
+        guarded = token or admin_key_digests
+        interceptors = [BearerTokenInterceptor(token, admin_key_digests)] if guarded else []
+        self._credentials = credentials
         self.server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_AdminServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         reflection.enable(self.server, [ADMIN_SERVICE])
@@ -209,7 +223,10 @@ class AdminServer:
 
     async def start(self) -> int:
         try:
-            self.port = self.server.add_insecure_port(self._address)
+            if self._credentials is not None and not self._address.startswith("unix:"):
+                self.port = self.server.add_secure_port(self._address, self._credentials)
+            else:
+                self.port = self.server.add_insecure_port(self._address)
         except RuntimeError as exc:
             raise ConfigError(f"admin: cannot listen on {self._address}: {exc}") from None
         await self.server.start()

@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +30,22 @@ from pydantic_settings import (
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message says which setting and why."""
+
+
+class TenantSettings(BaseModel):
+    """One tenant: how its callers prove who they are, what they may use, its quota."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[SecretStr] = Field(default_factory=list, description="its API keys")
+    client_cert_names: list[str] = Field(
+        default_factory=list, description="common names / SANs of its mTLS client certificates"
+    )
+    models: list[str] = Field(default_factory=lambda: ["*"], description="models it may use")
+    admin: bool = Field(False, description="may call the admin API")
+    rate_per_s: float | None = Field(None, gt=0, description="requests per second on average")
+    burst: int = Field(10, ge=1, description="requests it may send at once above its rate")
+    max_concurrent: int | None = Field(None, gt=0, description="requests in flight at once")
 
 
 class Settings(BaseSettings):
@@ -130,6 +154,23 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, min_length=1, description="if set, admin calls need 'authorization: Bearer TOKEN'"
     )
+    admin_allow_unauthenticated: bool = Field(
+        False, description="allow an admin API on a non-loopback address without credentials"
+    )
+    tenants: dict[str, TenantSettings] = Field(
+        default_factory=dict,
+        description="callers by name; when set, every inference call needs credentials",
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: TLS on gRPC and metrics")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA: clients must present a certificate it signed (mutual TLS)"
+    )
+    triton_tls_ca_file: Path | None = Field(
+        None, description="PEM CA that signed the Tritons' certificates: TLS towards Triton"
+    )
+    triton_tls_cert_file: Path | None = Field(None, description="client certificate for Triton")
+    triton_tls_key_file: Path | None = Field(None, description="its private key")
 
     @field_validator("triton_endpoints")
     @classmethod
@@ -143,6 +184,24 @@ class Settings(BaseSettings):
                     f"Triton endpoint {endpoint!r} must look like host:port or dns:///name:port"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if (self.triton_tls_cert_file is None) != (self.triton_tls_key_file is None):
+            raise ValueError("triton_tls_cert_file and triton_tls_key_file go together")
+        if self.triton_tls_cert_file is not None and self.triton_tls_ca_file is None:
+            raise ValueError("triton_tls_cert_file needs triton_tls_ca_file")
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.api_keys:
+                other = seen.setdefault(key.get_secret_value(), name)
+                if other != name:
+                    raise ValueError(f"tenants {other} and {name} share an API key")
+        return self
 
     @field_validator("log_level")
     @classmethod

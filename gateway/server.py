@@ -22,13 +22,14 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
+from gateway.security import Authenticator, check_admin_exposure, server_credentials
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from gateway.worker_views import WorkerRole
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import Execution, default_execution, load_cpu_model
-from scheduler.backends.triton import TritonBackend
+from scheduler.backends.triton import TritonBackend, TritonTls
 from scheduler.clock import MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup, parse_dns_endpoint
@@ -91,7 +92,14 @@ def cpu_backend(settings: Settings) -> CpuBackend:
 
 
 def triton_backend(settings: Settings, target: str) -> TritonBackend:
-    return TritonBackend(target, max_message_bytes=settings.max_message_bytes)
+    tls = None
+    if settings.triton_tls_ca_file is not None:
+        tls = TritonTls(
+            ca_file=settings.triton_tls_ca_file,
+            cert_file=settings.triton_tls_cert_file,
+            key_file=settings.triton_tls_key_file,
+        )
+    return TritonBackend(target, max_message_bytes=settings.max_message_bytes, tls=tls)
 
 
 def metrics_url(settings: Settings, endpoint: str) -> str | None:
@@ -199,7 +207,10 @@ class GatewayServer:
         self.settings = settings
         self.tracing = tracing or Tracing()
         self.worker = worker
+        check_admin_exposure(settings)
+        self.credentials = server_credentials(settings)
         clock = MonotonicClock()
+        self.auth = Authenticator(settings.tenants, clock) if settings.tenants else None
         self.scheduler = build_scheduler(settings, clock, worker)
         # Metrics are always counted (cheap); they are served only with metrics_port.
         self.registry, self.metrics = build_registry(
@@ -215,6 +226,7 @@ class GatewayServer:
             metrics=self.metrics,
             tracing=self.tracing,
             limits=TensorLimits(settings.max_tensor_dims, settings.max_tensor_elements),
+            auth=self.auth,
         )
         self.admin: AdminServer | None = None
         admin = AdminServicer(self.scheduler, self.metrics, clock)
@@ -225,6 +237,8 @@ class GatewayServer:
                 admin,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
+                admin_key_digests=self.auth.admin_key_digests() if self.auth else (),
+                credentials=self.credentials,
             )
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
@@ -257,7 +271,10 @@ class GatewayServer:
                     self.scheduler.set_drained(backend_id, True)
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if self.credentials is not None:
+                self.port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {address}: {exc}") from None
         await self.server.start()
@@ -289,7 +306,17 @@ class GatewayServer:
         host = "127.0.0.1" if self.worker is not None else self.settings.host
         port = 0 if self.worker is not None else self.settings.metrics_port
         try:
-            http, _ = start_http_server(port, addr=host, registry=self.registry)
+            # A worker's metrics go to its supervisor over loopback only, in plain HTTP.
+            tls = self.settings if self.worker is None else Settings.model_construct()
+            http, _ = start_http_server(
+                port,
+                addr=host,
+                registry=self.registry,
+                certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
+                keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
+                client_cafile=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
+                client_auth_required=tls.tls_client_ca_file is not None,
+            )
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc}") from None
         self._metrics_http = http

@@ -22,12 +22,14 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
+from gateway.security import Authenticator
 from gateway.status import abort, internal_error, short
 from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimplemented
+from scheduler.quota import TenantQuota
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
 
@@ -56,6 +58,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
         limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
+        auth: Authenticator | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._clock = clock
@@ -66,6 +69,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._tracing = tracing or Tracing()
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts(limits=limits)
+        #: With tenants configured: who may call, which models, and their quotas.
+        self.auth = auth
         self.ready = False
         #: Set by ``close``: new inference requests are answered UNAVAILABLE.
         self.closing = False
@@ -256,9 +261,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
         self._in_flight += 1
+        quota: TenantQuota | None = None
         try:
+            auth = self.auth
+            tenant = auth.identify_call(context) if auth is not None else None
             infer_request, spec = self._decode(data, context)
             model = spec.name
+            if auth is not None and tenant is not None:
+                auth.authorize(tenant, model)
+                tenant.quota.acquire(start)
+                quota = tenant.quota
+                infer_request.tenant = tenant.name
             try:
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
@@ -271,6 +284,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = "INTERNAL"
             raise
         finally:
+            if quota is not None:
+                quota.release()
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
@@ -365,6 +380,24 @@ def _header_of(data: bytes) -> pb.ModelInferRequest | None:
         return None
 
 
+def _authenticated(auth: Authenticator, behaviour: Any) -> Any:
+    """``behaviour`` for identified callers only; a model named in the request
+    (metadata, config, readiness) must be one the caller may use."""
+
+    @functools.wraps(behaviour)
+    async def guarded(request: Any, context: Context) -> Any:
+        try:
+            tenant = auth.identify_call(context)
+            name = getattr(request, "name", "")
+            if name:
+                auth.authorize(tenant, name)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return await behaviour(request, context)
+
+    return guarded
+
+
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register every rpc of ``GRPCInferenceService``; the two inference rpcs
     take and return bytes, the rest use the generated messages."""
@@ -372,6 +405,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
+        if servicer.auth is not None and method.name not in ("ModelInfer", "ModelStreamInfer"):
+            behaviour = _authenticated(servicer.auth, behaviour)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":

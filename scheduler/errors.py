@@ -11,6 +11,8 @@ boundary that calls the third party, and raised ``from`` the original.
     ├── InvalidArgument               INVALID_ARGUMENT  bad tensors, shapes, parameters
     ├── ModelNotFound                 NOT_FOUND         unknown model or version
     ├── Unimplemented                 UNIMPLEMENTED     a feature the gateway does not offer
+    ├── Unauthenticated               UNAUTHENTICATED   no valid credentials
+    ├── PermissionDenied              PERMISSION_DENIED the identity may not do this
     ├── DeadlineExceeded              DEADLINE_EXCEEDED the deadline passed, or cannot be met
     ├── ResourceExhausted             RESOURCE_EXHAUSTED overload, shed early with a retry hint
     ├── Cancelled                     CANCELLED         the caller went away
@@ -44,6 +46,14 @@ class ModelNotFound(GatewayError):
 
 class Unimplemented(GatewayError):
     code = "UNIMPLEMENTED"
+
+
+class Unauthenticated(GatewayError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    code = "PERMISSION_DENIED"
 
 
 class DeadlineExceeded(GatewayError):

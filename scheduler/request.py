@@ -50,6 +50,8 @@ class InferRequest:
     served_by: str = ""
     wire: bytes | None = None
     checked: ModelSpec | None = None
+    #: Who sent it (from the caller's credentials); "" when the gateway has no tenants.
+    tenant: str = ""
 
 
 #: What a backend call yields for a request: its outputs by name, or, when the

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,6 +45,28 @@ _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _RESERVED_PARAMS = {"priority", "timeout", "headers", "binary_data_output"}
 
 
+@dataclass(frozen=True, slots=True)
+class TritonTls:
+    """TLS towards a Triton server: the CA that signed its certificate, and
+    optionally a client certificate and key for mutual TLS (PEM files)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.ca_file.read_bytes(),
+                private_key=self.key_file.read_bytes() if self.key_file else None,
+                certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+            )
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot read a TLS file for Triton: {exc.strerror}", backend_id=""
+            ) from exc
+
+
 class TritonBackend:
     """A Triton server as a backend.
 
@@ -61,6 +85,7 @@ class TritonBackend:
         clock: Clock | None = None,
         control_timeout_s: float = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls: TritonTls | None = None,
     ) -> None:
         self._url = url
         self._id = backend_id or f"triton@{url}"
@@ -76,8 +101,19 @@ class TritonBackend:
             ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        self._client = tc_aio.InferenceServerClient(url, channel_args=options)
-        self._channel = grpc.aio.insecure_channel(url, options=options)
+        if tls is None:
+            self._client = tc_aio.InferenceServerClient(url, channel_args=options)
+            self._channel = grpc.aio.insecure_channel(url, options=options)
+        else:
+            self._client = tc_aio.InferenceServerClient(
+                url,
+                channel_args=options,
+                ssl=True,
+                root_certificates=str(tls.ca_file),
+                private_key=str(tls.key_file) if tls.key_file else None,
+                certificate_chain=str(tls.cert_file) if tls.cert_file else None,
+            )
+            self._channel = grpc.aio.secure_channel(url, tls.credentials(), options=options)
         # No serializers: requests and responses travel as bytes.
         self._infer_rpc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
             _INFER_METHOD

@@ -78,8 +78,13 @@ class GatewayProcess:
             self.terminate()
 
 
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _serving(address: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
@@ -94,8 +99,10 @@ def start_gateway(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 30,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> GatewayProcess:
-    """Start ``python -m gateway serve --port 0`` with ``args``; wait until serving."""
+    """Start ``python -m gateway serve --port 0`` with ``args``; wait until serving
+    (asked over TLS with ``credentials``, when the gateway serves TLS)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"gateway-{time.monotonic_ns()}.port"
     log_path = port_file.with_suffix(".log")
@@ -125,7 +132,7 @@ def start_gateway(
             )
         if port_file.exists() and port_file.read_text().strip():
             address = f"127.0.0.1:{int(port_file.read_text())}"
-            if _serving(address):
+            if _serving(address, credentials):
                 return GatewayProcess(process, address, log_path)
         time.sleep(0.05)
     process.kill()

@@ -1,0 +1,200 @@
+"""Issue 9, item 10: TLS and mutual TLS on the front door, admin and metrics
+and towards Triton; identities from API keys or client certificates, mapped
+to tenants with per-model rights and quotas; an exposed admin API refused."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gateway.api.gateway.admin.v1 import admin_pb2, admin_pb2_grpc
+from gateway.api.inference import grpc_service_pb2 as pb
+from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.support.certs import Certs, Pair, make_certs
+from tests.support.gateway import GatewayProcess, GatewayStartError, start_gateway
+from tests.support.triton import MODEL_REPOSITORY, start_triton
+
+KEY_B = "key-of-tenant-b-0123456789"
+ADMIN_KEY = "key-of-the-operators-0123456789"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"), clients=("tenant-a", "stranger"))
+
+
+def _credentials(certs: Certs, client: str | None) -> grpc.ChannelCredentials:
+    pair: Pair | None = certs.clients[client] if client else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=certs.ca.read_bytes(),
+        private_key=pair.key.read_bytes() if pair else None,
+        certificate_chain=pair.cert.read_bytes() if pair else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def secure_gateway(
+    certs: Certs, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    workdir = tmp_path_factory.mktemp("secure")
+    tenants = {
+        "a": {"client_cert_names": ["tenant-a"], "models": ["add_sub"]},
+        "b": {"api_keys": [KEY_B], "rate_per_s": 0.5, "burst": 3},
+        "ops": {"api_keys": [ADMIN_KEY], "admin": True, "models": []},
+    }
+    env = {
+        "GATEWAY_NVML": "false",
+        "GATEWAY_TENANTS": json.dumps(tenants),
+        "GATEWAY_TLS_CERT_FILE": str(certs.server.cert),
+        "GATEWAY_TLS_KEY_FILE": str(certs.server.key),
+        "GATEWAY_TLS_CLIENT_CA_FILE": str(certs.ca),
+        "GATEWAY_METRICS_PORT": "0",
+        "GATEWAY_METRICS_PORT_FILE": str(workdir / "metrics.port"),
+        "GATEWAY_ADMIN_PORT": "0",
+        "GATEWAY_ADMIN_PORT_FILE": str(workdir / "admin.port"),
+    }
+    with start_gateway(workdir, env=env, credentials=_credentials(certs, "tenant-a")) as gw:
+        gw.workdir = workdir  # type: ignore[attr-defined]
+        yield gw
+
+
+def _add_sub() -> pb.ModelInferRequest:
+    row = np.ones(16, np.float32).tobytes()
+    tensors = [
+        pb.ModelInferRequest.InferInputTensor(name=n, datatype="FP32", shape=[1, 16])
+        for n in ("INPUT0", "INPUT1")
+    ]
+    return pb.ModelInferRequest(model_name="add_sub", inputs=tensors, raw_input_contents=[row, row])
+
+
+def _text() -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="text_upper",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="TEXT", datatype="BYTES", shape=[1, 1])],
+        raw_input_contents=[struct.pack("<I", 2) + b"ok"],
+    )
+
+
+def _stub(
+    gw: GatewayProcess, credentials: grpc.ChannelCredentials
+) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.secure_channel(gw.address, credentials))
+
+
+def _code(call: object) -> grpc.StatusCode:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_plaintext_and_certificateless_callers_are_refused(
+    secure_gateway: GatewayProcess, certs: Certs
+) -> None:
+    plain = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(secure_gateway.address))
+    assert _code(lambda: plain.ModelInfer(_add_sub(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+    no_cert = _stub(secure_gateway, _credentials(certs, None))
+    assert _code(lambda: no_cert.ModelInfer(_add_sub(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_certificate_identity_and_per_model_rights(
+    secure_gateway: GatewayProcess, certs: Certs
+) -> None:
+    a = _stub(secure_gateway, _credentials(certs, "tenant-a"))
+    reply = a.ModelInfer(_add_sub(), timeout=10)
+    assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0] * 16
+    with pytest.raises(grpc.RpcError) as info:
+        a.ModelInfer(_text(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "text_upper" not in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        a.ModelMetadata(pb.ModelMetadataRequest(name="text_upper"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A valid certificate that maps to no tenant, and no key: unauthenticated.
+    stranger = _stub(secure_gateway, _credentials(certs, "stranger"))
+    with pytest.raises(grpc.RpcError) as info:
+        stranger.ModelInfer(_add_sub(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "add_sub" not in (info.value.details() or "")
+    wrong_key = (("authorization", "Bearer not-a-key"),)
+    assert (
+        _code(lambda: stranger.ModelInfer(_add_sub(), timeout=10, metadata=wrong_key))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+def test_api_key_identity_and_rate_quota(secure_gateway: GatewayProcess, certs: Certs) -> None:
+    b = _stub(secure_gateway, _credentials(certs, "stranger"))
+    key = (("authorization", f"Bearer {KEY_B}"),)
+    codes = [_code(lambda: b.ModelInfer(_text(), timeout=10, metadata=key)) for _ in range(6)]
+    assert codes[0] == grpc.StatusCode.OK
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes  # a burst of 3 at 0.5/s
+    # Another tenant is not held back by b's excess.
+    a = _stub(secure_gateway, _credentials(certs, "tenant-a"))
+    assert all(_code(lambda: a.ModelInfer(_add_sub(), timeout=10)) is grpc.StatusCode.OK
+               for _ in range(6))  # fmt: skip
+    assert KEY_B not in secure_gateway.log()
+
+
+def test_metrics_and_admin_need_credentials_too(
+    secure_gateway: GatewayProcess, certs: Certs
+) -> None:
+    workdir: Path = secure_gateway.workdir  # type: ignore[attr-defined]
+    port = int((workdir / "metrics.port").read_text())
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    pair = certs.clients["tenant-a"]
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context) as r:
+        assert r.status == 200
+    bare = ssl.create_default_context(cafile=str(certs.ca))
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=bare, timeout=5)
+    admin_port = int((workdir / "admin.port").read_text())
+    channel = grpc.secure_channel(f"127.0.0.1:{admin_port}", _credentials(certs, "tenant-a"))
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        admin.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    reply = admin.ListBackends(
+        admin_pb2.ListBackendsRequest(),
+        timeout=5,
+        metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
+    )
+    assert reply.backends
+
+
+def test_admin_on_an_open_address_without_credentials_does_not_start(tmp_path: Path) -> None:
+    env = {"GATEWAY_ADMIN_HOST": "0.0.0.0", "GATEWAY_ADMIN_PORT": "0", "GATEWAY_NVML": "false"}
+    with pytest.raises(GatewayStartError) as info:
+        start_gateway(tmp_path, env=env, ready_timeout_s=20)
+    assert "admin_host 0.0.0.0 is not a loopback address" in str(info.value)
+
+
+def test_tls_towards_triton(certs: Certs, tmp_path: Path) -> None:
+    tls_args = [
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={certs.server.cert}",
+        f"--grpc-server-key={certs.server.key}",
+        f"--grpc-root-cert={certs.ca}",
+    ]
+    with start_triton(MODEL_REPOSITORY, tmp_path / "triton", extra_args=tls_args) as triton:
+        env = {"GATEWAY_TRITON_TLS_CA_FILE": str(certs.ca), "GATEWAY_NVML": "false"}
+        args = ["--triton", triton.grpc_url, "--no-cpu-models"]
+        with start_gateway(tmp_path / "gw", args=args, env=env) as gw:
+            stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(gw.address))
+            reply = stub.ModelInfer(_add_sub(), timeout=20)
+            assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0] * 16
+        # Without the CA the gateway cannot talk to it: nothing is served in plaintext.
+        with start_gateway(tmp_path / "gw2", args=args, env={"GATEWAY_NVML": "false"}) as gw:
+            stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(gw.address))
+            assert _code(lambda: stub.ModelInfer(_add_sub(), timeout=10)) != grpc.StatusCode.OK
