@@ -27,6 +27,63 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from scheduler.batching.policy import policy_from_triton_config
+
+_DYNAMIC_BATCHING_KEYS = {
+    "max_batch_size",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+    "priority_levels",
+    "default_priority_level",
+    "default_queue_policy",
+    "priority_queue_policy",
+}
+_QUEUE_POLICY_KEYS = {
+    "timeout_action",
+    "default_timeout_microseconds",
+    "allow_timeout_override",
+    "max_queue_size",
+}
+
+
+def _snake(key: str) -> str:
+    """protobuf JSON's lowerCamelCase name of a field as its proto name."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+
+
+def check_batching_override(model: str, override: dict[str, Any]) -> None:
+    """Raise ValueError naming what is wrong with one model's ``batching`` entry."""
+    unknown = sorted(k for k in override if _snake(k) not in _DYNAMIC_BATCHING_KEYS)
+    if unknown:
+        raise ValueError(
+            f"batching.{model}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_DYNAMIC_BATCHING_KEYS))}"
+        )
+    policies = [override.get("default_queue_policy") or override.get("defaultQueuePolicy")]
+    levels = override.get("priority_queue_policy") or override.get("priorityQueuePolicy") or {}
+    if not isinstance(levels, dict):
+        raise ValueError(f"batching.{model}.priority_queue_policy must map levels to policies")
+    policies += list(levels.values())
+    for policy in policies:
+        if policy is None:
+            continue
+        if not isinstance(policy, dict):
+            raise ValueError(f"batching.{model}: a queue policy must be a table of fields")
+        bad = sorted(k for k in policy if _snake(k) not in _QUEUE_POLICY_KEYS)
+        if bad:
+            raise ValueError(
+                f"batching.{model}: unknown queue policy key(s) {', '.join(bad)}; "
+                f"known: {', '.join(sorted(_QUEUE_POLICY_KEYS))}"
+            )
+    rest = {k: v for k, v in override.items() if _snake(k) != "max_batch_size"}
+    try:
+        max_batch = int(override.get("max_batch_size", 64))
+        if max_batch < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        policy_from_triton_config({"dynamic_batching": rest}, max_batch)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"batching.{model}: {exc}") from None
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message says which setting and why."""
@@ -202,6 +259,15 @@ class Settings(BaseSettings):
                 if other != name:
                     raise ValueError(f"tenants {other} and {name} share an API key")
         return self
+
+    @field_validator("batching")
+    @classmethod
+    def _batching(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Checked here, once: a bad value would otherwise fail every request of
+        # the model, and a misspelt key would be ignored without a word.
+        for model, override in value.items():
+            check_batching_override(model, override)
+        return value
 
     @field_validator("log_level")
     @classmethod

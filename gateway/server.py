@@ -61,9 +61,11 @@ def build_backends(settings: Settings) -> list[Backend]:
     """The static backends the settings describe: one per ``host:port`` Triton
     endpoint, one CPU pool. ``dns:///`` endpoints become backends at run time."""
     backends: list[Backend] = []
-    for endpoint in settings.triton_endpoints:
-        if parse_dns_endpoint(endpoint) is None:
-            backends.append(triton_backend(settings, endpoint))
+    static = [e for e in settings.triton_endpoints if parse_dns_endpoint(e) is None]
+    if twice := sorted({e for e in static if static.count(e) > 1}):
+        raise ConfigError(f"triton_endpoints: {', '.join(twice)} listed more than once")
+    for endpoint in static:
+        backends.append(triton_backend(settings, endpoint))
     if settings.cpu_models:
         backends.append(cpu_backend(settings))
     if not settings.triton_endpoints and not backends:

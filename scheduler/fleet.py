@@ -305,7 +305,18 @@ class Fleet:
         for group in self._dns_groups:
             change = await group.refresh()
             for target in change.added:
-                state = self._add(self._factory(target), group=group.name)
+                backend = self._factory(target)
+                if backend.id in self._states:
+                    # Another endpoint (static, or another name) already reaches
+                    # this address: one backend, not two, and no failed start.
+                    log.warning(
+                        "dns:///%s resolves to %s, already a backend; not added twice",
+                        group.name,
+                        target,
+                    )
+                    await backend.aclose()
+                    continue
+                state = self._add(backend, group=group.name)
                 for callback in self.on_added:
                     callback(state.backend)
                 changed = True

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.support.gateway import start_gateway
+from tests.support.gateway import GatewayStartError, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
 
 SLOW_MS = 300
@@ -132,3 +132,22 @@ def test_a_burst_that_fits_its_deadline_is_served(
         )
     for value, reply in enumerate(replies):
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0 * value] * 4
+
+
+def test_two_endpoints_to_one_address(triton: TritonProcess, tmp_path: Path) -> None:
+    """Item 12: the same address twice is a configuration error, not a
+    traceback; a DNS name resolving to a listed address is served once."""
+    twice = ["--triton", triton.grpc_url, "--triton", triton.grpc_url, "--no-cpu-models"]
+    with pytest.raises(GatewayStartError) as info:
+        start_gateway(tmp_path / "twice", args=twice)
+    assert "listed more than once" in str(info.value)
+    assert "Traceback" not in str(info.value)
+    port = triton.grpc_url.rpartition(":")[2]
+    both = ["--triton", triton.grpc_url, "--triton", f"dns:///localhost:{port}", "--no-cpu-models"]
+    with (
+        start_gateway(tmp_path / "dns", args=both) as gw,
+        grpc.insecure_channel(gw.address) as channel,
+    ):
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request(1.0), timeout=10)
+        assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0] * 4
+        assert "Traceback" not in gw.log()
