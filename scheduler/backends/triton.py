@@ -287,12 +287,12 @@ class TritonBackend:
             header = service_pb2.ModelInferResponse.FromString(header_bytes)
         except Exception as exc:  # WireError, or protobuf's DecodeError
             raise BackendError(
-                f"Triton at {self._url} sent an unreadable response for '{model.name}': {exc}",
+                f"a Triton server sent an unreadable response for '{model.name}': {exc}",
                 backend_id=self._id,
             ) from exc
         if len(raw) != len(header.outputs):
             raise BackendError(
-                f"Triton at {self._url} returned {len(header.outputs)} outputs of "
+                f"a Triton server returned {len(header.outputs)} outputs of "
                 f"'{model.name}' with {len(raw)} raw contents",
                 backend_id=self._id,
             )
@@ -308,7 +308,7 @@ class TritonBackend:
                 produced[output.name] = array.reshape(shape)
             except (ValueError, GatewayError) as exc:
                 raise BackendError(
-                    f"Triton at {self._url} returned output '{output.name}' of "
+                    f"a Triton server returned output '{output.name}' of "
                     f"'{model.name}' that does not match its shape {list(shape)} and "
                     f"datatype {output.datatype}: {exc}",
                     backend_id=self._id,
@@ -326,7 +326,10 @@ class TritonBackend:
 
     def _translate_status(self, status: str, detail: str, doing: str) -> GatewayError:
         """A gRPC status from Triton (by its code's name) as an error of ours."""
-        message = f"Triton at {self._url} failed {doing}: {detail}"
+        # Callers see that a Triton failed and why, not where it runs: the
+        # address goes to the log only.
+        log.debug("Triton at %s failed %s: %s", self._url, doing, detail)
+        message = f"a Triton server failed {doing}: {detail}"
         if status == grpc.StatusCode.UNAVAILABLE.name:
             return BackendUnavailable(message, backend_id=self._id)
         if status == grpc.StatusCode.DEADLINE_EXCEEDED.name:
