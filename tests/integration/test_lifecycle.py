@@ -92,7 +92,8 @@ def test_dead_triton_gives_unavailable_promptly(slow_triton: TritonProcess, tmp_
                 client.infer("int64_offset", [tensor], client_timeout=30)
             assert time.monotonic() - started < 5
             assert info.value.status() == "StatusCode.UNAVAILABLE", info.value.message()
-            assert slow_triton.grpc_url in info.value.message()
+            # Where the backends run is no caller's business (issue 9): not in the message.
+            assert slow_triton.grpc_url not in info.value.message()
         time.sleep(0.6)  # health probes run: the model stays known, and unavailable
         with pytest.raises(InferenceServerException) as info:
             client.infer("int64_offset", [tensor], client_timeout=30)
