@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     default_max_queue_delay_us: int = Field(
         0, ge=0, description="gateway batching delay for models whose config sets none"
     )
+    max_bytes_in_flight: int = Field(
+        1 << 30, gt=0, description="bytes of requests held at once; more are RESOURCE_EXHAUSTED"
+    )
     max_tensor_dims: int = Field(
         32, ge=1, le=32, description="dimensions an input tensor may declare"
     )
@@ -191,6 +194,12 @@ class Settings(BaseSettings):
         0.5, gt=0, description="...plus this much: an outlier call is retried elsewhere"
     )
     probe_timeout_s: float = Field(1.0, gt=0, description="how long a health probe may take")
+    admit_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="queue a request only if the work ahead ends within this share of its deadline",
+    )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
     max_concurrent_rpcs: int | None = Field(
         4096, gt=0, description="rpcs served at once; more are refused with RESOURCE_EXHAUSTED"

@@ -135,6 +135,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         outlier_factor=settings.outlier_factor,
         outlier_min_s=settings.outlier_min_s,
         probe_timeout_s=settings.probe_timeout_s,
+        admit_fraction=settings.admit_fraction,
     )
 
 
@@ -229,6 +230,7 @@ class GatewayServer:
             tracing=self.tracing,
             limits=TensorLimits(settings.max_tensor_dims, settings.max_tensor_elements),
             auth=self.auth,
+            max_bytes_in_flight=settings.max_bytes_in_flight,
         )
         self.admin: AdminServer | None = None
         admin = AdminServicer(self.scheduler, self.metrics, clock)

@@ -28,7 +28,13 @@ from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
-from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimplemented
+from scheduler.errors import (
+    GatewayError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
 from scheduler.quota import TenantQuota
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
@@ -59,6 +65,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracing: Tracing | None = None,
         limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
         auth: Authenticator | None = None,
+        max_bytes_in_flight: int = 1 << 30,
     ) -> None:
         self._scheduler = scheduler
         self._clock = clock
@@ -76,6 +83,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.closing = False
         self._in_flight = 0
         self._idle = asyncio.Event()
+        #: Bytes of the requests held now (queued or running), and their bound:
+        #: the queues are bounded in bytes as well as in requests.
+        self._bytes_in_flight = 0
+        self._max_bytes_in_flight = max_bytes_in_flight
 
     async def close(self, grace_s: float) -> None:
         """Refuse new inference requests (UNAVAILABLE) and wait up to
@@ -260,6 +271,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
+        size = len(data)
+        if self._bytes_in_flight + size > self._max_bytes_in_flight and self._in_flight:
+            raise ResourceExhausted(
+                f"the gateway holds {self._bytes_in_flight >> 20} MiB of requests, its limit; "
+                "retry later",
+                retry_after_ms=50,
+            )
+        self._bytes_in_flight += size
         self._in_flight += 1
         quota: TenantQuota | None = None
         try:
@@ -286,6 +305,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             if quota is not None:
                 quota.release()
+            self._bytes_in_flight -= size
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()

@@ -45,6 +45,9 @@ class SchedulerConfig:
     #: elsewhere and counted against its backend.
     outlier_factor: float = 10.0
     outlier_min_s: float = 0.5
+    #: Admission: a request is queued only if the work ahead of it is predicted
+    #: to finish within this fraction of the time to its deadline.
+    admit_fraction: float = 0.5
     #: How long a health probe waits for a backend's answer.
     probe_timeout_s: float = 1.0
     #: How many batches a backend runs at once per model instance.

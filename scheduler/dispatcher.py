@@ -367,6 +367,7 @@ class Scheduler:
             clock=self._clock,
             capacity=lambda: self._capacity(spec),
             tracer=self._tracer,
+            admit_fraction=self.config.admit_fraction,
         )
         self._batchers[spec.name] = batcher
         return batcher

@@ -72,6 +72,7 @@ class Batcher:
         capacity: Callable[[], int] | None = None,
         queue_ahead: int = 1,
         tracer: Tracer | None = None,
+        admit_fraction: float = 1.0,
     ) -> None:
         if not policy.enabled:
             raise ValueError(f"batching is off for model '{spec.name}'; do not make a Batcher")
@@ -86,6 +87,9 @@ class Batcher:
         self._clock = clock or MonotonicClock()
         self._capacity = capacity or (lambda: 1)
         self._queue_ahead = queue_ahead
+        #: Admit a request only if the queue ahead leaves it done within this
+        #: fraction of the time to its deadline (slack for estimation error).
+        self._admit_fraction = admit_fraction
         self._queue: BatchQueue[Pending] = BatchQueue(policy)
         #: Inputs whose non-batch dimensions the model leaves open.
         self._open_dims = tuple(t.name for t in spec.inputs if -1 in t.shape[1:])
@@ -213,7 +217,7 @@ class Batcher:
         if deadline is None:
             return
         finish_s = self._queue.finish_estimate_s(request.priority, rows, self._capacity())
-        if finish_s is not None and now + finish_s > deadline:
+        if finish_s is not None and finish_s > (deadline - now) * self._admit_fraction:
             self.counters.rejected_late += 1
             raise ResourceExhausted(
                 f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "

@@ -151,3 +151,33 @@ def test_two_endpoints_to_one_address(triton: TritonProcess, tmp_path: Path) -> 
         reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request(1.0), timeout=10)
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2.0] * 4
         assert "Traceback" not in gw.log()
+
+
+def test_requests_held_are_bounded_in_bytes(slow_triton: TritonProcess, tmp_path: Path) -> None:
+    """The gateway holds at most ``max_bytes_in_flight`` of requests; past it,
+    RESOURCE_EXHAUSTED with a retry hint, not memory that grows."""
+    big = pb.ModelInferRequest(
+        model_name="gpu_sim",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="INPUT", datatype="FP32", shape=[1, 10000])
+        ],
+        raw_input_contents=[np.ones((1, 10000), np.float32).tobytes()],
+    )
+    args = ["--triton", slow_triton.grpc_url, "--no-cpu-models"]
+    env = {"GATEWAY_MAX_BYTES_IN_FLIGHT": "100000", "GATEWAY_BATCHING_LAYER": "none"}
+    with (
+        start_gateway(tmp_path, args=args, env=env) as gw,
+        grpc.insecure_channel(gw.address) as channel,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def call(_: int) -> str:
+            try:
+                stub.ModelInfer(big, timeout=20)
+            except grpc.RpcError as exc:
+                return exc.code().name
+            return "OK"
+
+        codes = list(pool.map(call, range(4)))
+    assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes, codes
