@@ -71,9 +71,6 @@ class Authenticator:
             for cert_name in spec.client_cert_names:
                 self._by_cert_name[cert_name.encode()] = tenant
 
-    def admin_key_digests(self) -> list[bytes]:
-        return [d for d, t in self._by_key.items() if t.admin]
-
     def identify(self, metadata: Iterable[Any] | None, auth_context: Mapping[str, Any]) -> Tenant:
         """The tenant of a call; Unauthenticated when it has no valid credentials."""
         key = bearer(metadata)
@@ -162,3 +159,26 @@ def check_admin_exposure(settings: Settings) -> None:
             "would take calls from anyone: set admin_token (or a tenant with admin = true "
             "and api_keys), or admin_allow_unauthenticated = true to accept that"
         )
+
+
+def metrics_tls(settings: Settings) -> dict[str, Any]:
+    """``start_http_server`` arguments that put /metrics behind the same TLS."""
+    if settings.tls_cert_file is None:
+        return {}
+    ca = settings.tls_client_ca_file
+    return {
+        "certfile": str(settings.tls_cert_file),
+        "keyfile": str(settings.tls_key_file),
+        "client_cafile": str(ca) if ca else None,
+        "client_auth_required": ca is not None,
+    }
+
+
+def admin_key_digests(settings: Settings) -> list[bytes]:
+    """Digests of the API keys of tenants with ``admin = true``."""
+    return [
+        _digest(key.get_secret_value())
+        for tenant in settings.tenants.values()
+        if tenant.admin
+        for key in tenant.api_keys
+    ]

@@ -22,7 +22,13 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
-from gateway.security import Authenticator, check_admin_exposure, server_credentials
+from gateway.security import (
+    Authenticator,
+    admin_key_digests,
+    check_admin_exposure,
+    metrics_tls,
+    server_credentials,
+)
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from gateway.worker_views import WorkerRole
@@ -241,7 +247,7 @@ class GatewayServer:
                 admin,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
-                admin_key_digests=self.auth.admin_key_digests() if self.auth else (),
+                admin_key_digests=admin_key_digests(settings),
                 credentials=self.credentials,
             )
         self.metrics_port: int | None = None
@@ -311,16 +317,8 @@ class GatewayServer:
         port = 0 if self.worker is not None else self.settings.metrics_port
         try:
             # A worker's metrics go to its supervisor over loopback only, in plain HTTP.
-            tls = self.settings if self.worker is None else Settings.model_construct()
-            http, _ = start_http_server(
-                port,
-                addr=host,
-                registry=self.registry,
-                certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
-                keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
-                client_cafile=str(tls.tls_client_ca_file) if tls.tls_client_ca_file else None,
-                client_auth_required=tls.tls_client_ca_file is not None,
-            )
+            tls = metrics_tls(self.settings) if self.worker is None else {}
+            http, _ = start_http_server(port, addr=host, registry=self.registry, **tls)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc}") from None
         self._metrics_http = http

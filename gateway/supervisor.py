@@ -47,6 +47,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.admin import AdminServer
 from gateway.config import ConfigError, Settings
+from gateway.security import (
+    admin_key_digests,
+    check_admin_exposure,
+    metrics_tls,
+    server_credentials,
+)
 from gateway.worker_views import FanOutAdminServicer, WorkerEndpoints, WorkerRole, WorkersCollector
 
 log = logging.getLogger(__name__)
@@ -183,12 +189,16 @@ class Supervisor:
 
     def _start_views(self) -> None:
         settings = self.settings
+        check_admin_exposure(settings)
         if settings.metrics_port is not None:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(WorkersCollector(self.endpoints))
             try:
                 self._metrics_http, _ = start_http_server(
-                    settings.metrics_port, addr=settings.host, registry=registry
+                    settings.metrics_port,
+                    addr=settings.host,
+                    registry=registry,
+                    **metrics_tls(settings),
                 )
             except OSError as exc:
                 address = f"{settings.host}:{settings.metrics_port}"
@@ -202,6 +212,8 @@ class Supervisor:
                 self._admin_servicer,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
+                admin_key_digests=admin_key_digests(settings),
+                credentials=server_credentials(settings),
             )
 
     async def watch(self, stop: asyncio.Event) -> None:
