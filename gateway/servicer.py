@@ -83,6 +83,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.closing = False
         self._in_flight = 0
         self._idle = asyncio.Event()
+        #: The wake-up event of each open stream, so ``close`` can end them.
+        self._streams: set[asyncio.Event] = set()
         #: Bytes of the requests held now (queued or running), and their bound:
         #: the queues are bounded in bytes as well as in requests.
         self._bytes_in_flight = 0
@@ -92,6 +94,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Refuse new inference requests (UNAVAILABLE) and wait up to
         ``grace_s`` for those in flight to finish."""
         self.closing = True
+        for wake in self._streams:  # open streams end UNAVAILABLE once idle
+            wake.set()
         if self._in_flight:
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
@@ -248,17 +252,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 wake.set()
 
         reader = loop.create_task(read_all())
+        self._streams.add(wake)
         try:
             while True:
                 while responses:
                     yield responses.popleft()
                 if reader.done() and not tasks:
                     break
+                if self.closing and not tasks:
+                    # Shutting down: end the stream retryably, not CANCELLED
+                    # by the server's stop.
+                    await abort(context, Unavailable(_SHUTTING_DOWN))
                 wake.clear()
                 if not responses:
                     await wake.wait()
             await reader  # raises what ended the reading, if it failed
         finally:
+            self._streams.discard(wake)
             for task in [reader, *tasks]:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -4,13 +4,16 @@ every request is answered OK or UNAVAILABLE (retryable), never CANCELLED."""
 
 from __future__ import annotations
 
+import queue
 import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.api.inference import grpc_service_pb2 as pb
@@ -77,3 +80,28 @@ def test_sigterm_under_load_loses_nothing(tmp_path: Path) -> None:
     assert codes["OK"] > 0
     assert ok_after_term > 0, "served on during the drain delay"
     assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+
+
+def test_an_open_stream_ends_unavailable_at_shutdown(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, env={"GATEWAY_NVML": "false"})
+    outbox: queue.Queue[bytes | None] = queue.Queue()
+
+    def messages() -> Iterator[bytes]:
+        while (item := outbox.get(timeout=20)) is not None:
+            yield item
+
+    try:
+        with grpc.insecure_channel(gw.address) as channel:
+            stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            replies = stream(messages(), timeout=20)
+            outbox.put(_request().SerializeToString())
+            first = pb.ModelStreamInferResponse.FromString(next(replies))
+            assert not first.error_message
+            gw.process.terminate()  # SIGTERM while the stream is open and idle
+            with pytest.raises(grpc.RpcError) as info:
+                next(replies)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            outbox.put(None)
+        assert gw.process.wait(20) == 0
+    finally:
+        gw.kill()
