@@ -15,6 +15,7 @@ With no tenants configured, nothing here runs on the request path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -25,8 +26,9 @@ from typing import Any
 import grpc
 
 from gateway.config import ConfigError, Settings, TenantSettings
+from gateway.status import abort
 from scheduler.clock import Clock
-from scheduler.errors import PermissionDenied, Unauthenticated
+from scheduler.errors import GatewayError, PermissionDenied, Unauthenticated
 from scheduler.quota import QuotaLimits, TenantQuota
 
 NO_CREDENTIALS = (
@@ -182,3 +184,21 @@ def admin_key_digests(settings: Settings) -> list[bytes]:
         if tenant.admin
         for key in tenant.api_keys
     ]
+
+
+def authenticated(auth: Authenticator, behaviour: Any) -> Any:
+    """An rpc ``behaviour`` for identified callers only; a model named in the
+    request (metadata, config, readiness) must be one the caller may use."""
+
+    @functools.wraps(behaviour)
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            tenant = auth.identify_call(context)
+            name = getattr(request, "name", "")
+            if name:
+                auth.authorize(tenant, name)
+        except GatewayError as exc:
+            await abort(context, exc)
+        return await behaviour(request, context)
+
+    return guarded

@@ -363,7 +363,7 @@ class GatewayServer:
         await self.health.enter_graceful_shutdown()
         if settings.drain_delay_s > 0:
             await asyncio.sleep(settings.drain_delay_s)
-        await self.servicer.close(settings.grace_period_s)
+        await self.servicer.door.close(settings.grace_period_s)
         await self.scheduler.aclose()
         # Callers told UNAVAILABLE back off before retrying; closing only once
         # they have means no call is caught half-accepted by gRPC's own

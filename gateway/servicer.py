@@ -20,29 +20,22 @@ import grpc
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
+from gateway.front_door import SHUTTING_DOWN, FrontDoor
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
-from gateway.security import Authenticator
+from gateway.security import Authenticator, authenticated
 from gateway.status import abort, internal_error, short
 from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
-from scheduler.errors import (
-    GatewayError,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-    Unimplemented,
-)
+from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimplemented
 from scheduler.quota import TenantQuota
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_SHUTTING_DOWN = "the gateway is shutting down; retry, and another instance will serve"
 
 _NO_REPOSITORY_CONTROL = (
     "the gateway does not load or unload models: it serves what its backends serve; "
@@ -79,27 +72,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         #: With tenants configured: who may call, which models, and their quotas.
         self.auth = auth
         self.ready = False
-        #: Set by ``close``: new inference requests are answered UNAVAILABLE.
-        self.closing = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        #: The wake-up event of each open stream, so ``close`` can end them.
-        self._streams: set[asyncio.Event] = set()
-        #: Bytes of the requests held now (queued or running), and their bound:
-        #: the queues are bounded in bytes as well as in requests.
-        self._bytes_in_flight = 0
-        self._max_bytes_in_flight = max_bytes_in_flight
-
-    async def close(self, grace_s: float) -> None:
-        """Refuse new inference requests (UNAVAILABLE) and wait up to
-        ``grace_s`` for those in flight to finish."""
-        self.closing = True
-        for wake in self._streams:  # open streams end UNAVAILABLE once idle
-            wake.set()
-        if self._in_flight:
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace_s)
+        #: In-flight requests and bytes; ``door.close`` refuses new ones at shutdown.
+        self.door = FrontDoor(max_bytes_in_flight)
 
     # -- health and metadata ---------------------------------------------
     async def ServerLive(
@@ -198,10 +172,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except GatewayError as exc:
             await abort(context, exc, trailer)
         except asyncio.CancelledError:
-            if not self.closing:
+            if not self.door.closing:
                 raise  # the caller went away
             # Stopped by the shutdown, not by the caller: say so, retryably.
-            await abort(context, Unavailable(_SHUTTING_DOWN), trailer)
+            await abort(context, Unavailable(SHUTTING_DOWN), trailer)
         except Exception as exc:
             await abort(context, internal_error(exc), trailer)
 
@@ -252,44 +226,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 wake.set()
 
         reader = loop.create_task(read_all())
-        self._streams.add(wake)
+        self.door.streams.add(wake)
         try:
             while True:
                 while responses:
                     yield responses.popleft()
                 if reader.done() and not tasks:
                     break
-                if self.closing and not tasks:
+                if self.door.closing and not tasks:
                     # Shutting down: end the stream retryably, not CANCELLED
                     # by the server's stop.
-                    await abort(context, Unavailable(_SHUTTING_DOWN))
+                    await abort(context, Unavailable(SHUTTING_DOWN))
                 wake.clear()
                 if not responses:
                     await wake.wait()
             await reader  # raises what ended the reading, if it failed
         finally:
-            self._streams.discard(wake)
+            self.door.streams.discard(wake)
             for task in [reader, *tasks]:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
     async def _infer(self, data: bytes, context: Context) -> bytes:
-        if self.closing:
-            raise Unavailable(_SHUTTING_DOWN)
+        size = len(data)
+        door = self.door
+        door.enter(size)
         start = self._clock.now()
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
-        size = len(data)
-        if self._bytes_in_flight + size > self._max_bytes_in_flight and self._in_flight:
-            raise ResourceExhausted(
-                f"the gateway holds {self._bytes_in_flight >> 20} MiB of requests, its limit; "
-                "retry later",
-                retry_after_ms=50,
-            )
-        self._bytes_in_flight += size
-        self._in_flight += 1
         quota: TenantQuota | None = None
         try:
             auth = self.auth
@@ -315,10 +281,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             if quota is not None:
                 quota.release()
-            self._bytes_in_flight -= size
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
+            door.leave(size)
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, self._clock.now() - start)
 
@@ -410,24 +373,6 @@ def _header_of(data: bytes) -> pb.ModelInferRequest | None:
         return None
 
 
-def _authenticated(auth: Authenticator, behaviour: Any) -> Any:
-    """``behaviour`` for identified callers only; a model named in the request
-    (metadata, config, readiness) must be one the caller may use."""
-
-    @functools.wraps(behaviour)
-    async def guarded(request: Any, context: Context) -> Any:
-        try:
-            tenant = auth.identify_call(context)
-            name = getattr(request, "name", "")
-            if name:
-                auth.authorize(tenant, name)
-        except GatewayError as exc:
-            await abort(context, exc)
-        return await behaviour(request, context)
-
-    return guarded
-
-
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register every rpc of ``GRPCInferenceService``; the two inference rpcs
     take and return bytes, the rest use the generated messages."""
@@ -436,7 +381,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if servicer.auth is not None and method.name not in ("ModelInfer", "ModelStreamInfer"):
-            behaviour = _authenticated(servicer.auth, behaviour)
+            behaviour = authenticated(servicer.auth, behaviour)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":

@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
+from scheduler.batching.admission import admit_by_deadline
 from scheduler.batching.execution import BatchExecutor, Pending, fail
 from scheduler.batching.info import SCHEDULING_PARAMETERS, BatcherCounters, BatchInfo, RunBatch
 from scheduler.batching.merge import params_key, rows_of, split_outputs
@@ -87,8 +88,7 @@ class Batcher:
         self._clock = clock or MonotonicClock()
         self._capacity = capacity or (lambda: 1)
         self._queue_ahead = queue_ahead
-        #: Admit a request only if the queue ahead leaves it done within this
-        #: fraction of the time to its deadline (slack for estimation error).
+        #: Share of the time to its deadline the queue ahead may take (``admission``).
         self._admit_fraction = admit_fraction
         self._queue: BatchQueue[Pending] = BatchQueue(policy)
         #: Inputs whose non-batch dimensions the model leaves open.
@@ -174,17 +174,20 @@ class Batcher:
             priority=request.priority,
             deadline=request.deadline,
         )
+        late = False
         try:
-            self._admit(request, rows, now)
-        except ResourceExhausted as exc:
-            pending.end_queue_span(error=exc.message)
-            raise ResourceExhausted(
-                f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
-            ) from None
-        try:
+            if request.deadline is not None:
+                late = True  # until admitted
+                admit_by_deadline(
+                    self._queue, request, rows, now, self._capacity(), self._admit_fraction
+                )
+                late = False
             self._queue.push(item, now)
         except ResourceExhausted as exc:
-            self.counters.rejected_queue_full += 1
+            if late:
+                self.counters.rejected_late += 1
+            else:
+                self.counters.rejected_queue_full += 1
             pending.end_queue_span(error=exc.message)
             raise ResourceExhausted(
                 f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
@@ -207,23 +210,6 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
-
-    def _admit(self, request: InferRequest, rows: int, now: float) -> None:
-        """Refuse at once a request that the work queued ahead of it would make
-        miss its deadline: held, it would only wait to fail with
-        DEADLINE_EXCEEDED, and its wait would push later requests past theirs
-        too. The hint is when the queue ahead will have drained."""
-        deadline = request.deadline
-        if deadline is None:
-            return
-        finish_s = self._queue.finish_estimate_s(request.priority, rows, self._capacity())
-        if finish_s is not None and finish_s > (deadline - now) * self._admit_fraction:
-            self.counters.rejected_late += 1
-            raise ResourceExhausted(
-                f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "
-                f"{(deadline - now) * 1e3:.0f} ms; retry later or with a longer deadline",
-                retry_after_ms=max(1, math.ceil(finish_s * 1e3)),
-            )
 
     def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
         """Whether the loop should look at the queue now that ``item`` joined it.

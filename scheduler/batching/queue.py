@@ -101,6 +101,10 @@ class BatchQueue(Generic[T]):
         return dict(self._count)
 
     @property
+    def policy(self) -> BatchingPolicy:
+        return self._policy
+
+    @property
     def service_estimate_s(self) -> float | None:
         return self._service_s
 
@@ -216,21 +220,10 @@ class BatchQueue(Generic[T]):
         per_batch_s = self._service_s or max(self._policy.max_queue_delay_s, 0.001)
         return max(1, math.ceil(batches * per_batch_s * 1000))
 
-    def finish_estimate_s(self, priority: int, rows: int, parallel: int) -> float | None:
-        """How long a request of ``rows`` at ``priority`` would take to be
-        served if queued now: the batches ahead of it at its level and above,
-        its own included, run ``parallel`` at a time, each taking the measured
-        batch service time. None until a batch was timed (nothing to go on)."""
-        per_batch_s = self._service_s
-        if per_batch_s is None:
-            return None
+    def rows_ahead(self, priority: int) -> int:
+        """Rows queued at ``priority``'s level and above: what a new request waits behind."""
         level = self._policy.level_of(priority)
-        rows_ahead = rows
-        for lvl, queued in self._rows.items():
-            if lvl <= level:
-                rows_ahead += queued
-        batches = -(-rows_ahead // self._policy.max_batch_size)
-        return -(-batches // max(parallel, 1)) * per_batch_s
+        return sum(rows for lvl, rows in self._rows.items() if lvl <= level)
 
     def remove(self, item: QueueItem[T]) -> bool:
         """Take ``item`` out (its caller went away); False if it already left."""

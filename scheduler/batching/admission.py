@@ -1,0 +1,49 @@
+"""Admission by predicted wait: refuse at the door what the queue would make late.
+
+Pure: the queue's state and ``now`` are passed in, no clock or I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from scheduler.batching.queue import BatchQueue
+from scheduler.errors import ResourceExhausted
+from scheduler.request import InferRequest
+
+
+def admit_by_deadline(
+    queue: BatchQueue[Any],
+    request: InferRequest,
+    rows: int,
+    now: float,
+    parallel: int,
+    fraction: float,
+) -> None:
+    """Raise ResourceExhausted for a request that the work queued ahead of it
+    would make miss its deadline; return for one that may be queued.
+
+    A refused request would only have waited to fail with DEADLINE_EXCEEDED,
+    and its wait would have pushed later requests past theirs too. The
+    prediction: the batches ahead at its priority level and above, its own
+    included, run ``parallel`` at a time, each taking the queue's measured
+    batch service time (no prediction, no refusal, before one was measured).
+    It must end within ``fraction`` of the time left: the rest is slack for
+    estimation error, which keeps the admitted tail well inside the deadline.
+    The retry hint is when the queue ahead will have drained.
+    """
+    deadline = request.deadline
+    per_batch_s = queue.service_estimate_s
+    if deadline is None or per_batch_s is None:
+        return
+    max_batch = queue.policy.max_batch_size
+    batches = -(-(queue.rows_ahead(request.priority) + rows) // max_batch)
+    finish_s = -(-batches // max(parallel, 1)) * per_batch_s
+    left_s = deadline - now
+    if finish_s > left_s * fraction:
+        raise ResourceExhausted(
+            f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "
+            f"{left_s * 1e3:.0f} ms; retry later or with a longer deadline",
+            retry_after_ms=max(1, math.ceil(finish_s * 1e3)),
+        )
