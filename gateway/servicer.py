@@ -258,14 +258,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model, code, backend = "unknown", "OK", ""
         quota: TenantQuota | None = None
         try:
-            auth = self.auth
-            tenant = auth.identify_call(context) if auth is not None else None
-            infer_request, spec = self._decode(data, context)
-            model = spec.name
-            if auth is not None and tenant is not None:
-                auth.authorize(tenant, model)
+            tenant = self.auth.identify_call(context) if self.auth is not None else None
+            if tenant is not None:  # before decoding: a refusal must cost little
                 tenant.quota.acquire(start)
                 quota = tenant.quota
+            infer_request, spec = self._decode(data, context)
+            model = spec.name
+            if tenant is not None:
+                Authenticator.authorize(tenant, model)
                 infer_request.tenant = tenant.name
             try:
                 result = await self._scheduler.infer(infer_request, spec)
