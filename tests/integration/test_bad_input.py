@@ -115,7 +115,7 @@ GOOD_ROW = np.ones(16, np.float32).tobytes()
         pytest.param(
             _request("no_such_model", _fp32("INPUT0", [1, 16], GOOD_ROW)),
             grpc.StatusCode.NOT_FOUND,
-            ["unknown model 'no_such_model'", "add_sub"],
+            ["Request for unknown model: 'no_such_model' is not found", "add_sub"],
             id="unknown-model",
         ),
         pytest.param(

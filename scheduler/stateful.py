@@ -1,0 +1,93 @@
+"""The two request paths that are not placed by load alone: a sequence's
+requests, pinned to the backend that holds its state, and a decoupled
+model's request, streamed from a backend chosen by its open streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from scheduler.batching import BatchInfo
+from scheduler.candidates import CandidateTables
+from scheduler.clock import Clock
+from scheduler.errors import Unavailable
+from scheduler.health import BreakerState
+from scheduler.request import InferRequest, Outputs
+from scheduler.runner import BatchRunner
+from scheduler.sequences import SequenceId, SequenceTable
+from scheduler.spec import ModelSpec, Tensor
+from scheduler.streams import OpenStreams
+
+
+class StatefulRunner:
+    """Runs sequence and decoupled requests through the shared ``BatchRunner``.
+
+    ``run_sequence`` asks the ``SequenceTable`` for the sequence's backend
+    (over the model's backends: those that take new work for a start, those
+    still alive, drained or not, for the rest) and runs the request there
+    only; when that backend fails with UNAVAILABLE the sequence is marked
+    lost, and this and every later request of it end with ``SequenceLost``.
+    ``stream`` relays a decoupled request's responses, counting the stream
+    as open on its backend while it lasts.
+    """
+
+    def __init__(self, runner: BatchRunner, candidates: CandidateTables, clock: Clock) -> None:
+        self._runner = runner
+        self._candidates = candidates
+        self._clock = clock
+        self.sequences = SequenceTable()
+        self.streams = OpenStreams()
+
+    async def run_sequence(
+        self,
+        sequence_id: SequenceId,
+        start: bool,
+        end: bool,
+        spec: ModelSpec,
+        inputs: dict[str, Tensor],
+        info: BatchInfo,
+    ) -> Outputs | Mapping[str, Tensor]:
+        """One request of a sequence, on the backend that holds the sequence."""
+        now = self._clock.now()
+        states = self._candidates.table(spec.name).states
+        backend_id = self.sequences.route(
+            spec.name,
+            sequence_id,
+            start,
+            serving=[s.id for s in states],
+            takes_new={s.id for s in states if s.usable(now)},
+            # Drained or not: a drained backend finishes the sequences it holds.
+            alive={s.id for s in states if s.discovered and s.breaker.state is BreakerState.CLOSED},
+            idle_s=spec.max_sequence_idle_s,
+            now=now,
+        )
+        try:
+            return await self._runner.run_pinned(backend_id, spec, inputs, info)
+        except Unavailable as exc:
+            raise self.sequences.lose(
+                spec.name, sequence_id, f"its backend {backend_id} failed ({exc.message})"
+            ) from exc
+        finally:
+            if end:
+                self.sequences.finished(spec.name, sequence_id)
+
+    async def stream(self, request: InferRequest, spec: ModelSpec) -> AsyncIterator[bytes]:
+        """A decoupled request's responses, as the backend sends them."""
+        info = BatchInfo(
+            model_name=spec.name,
+            model_version=request.model_version,
+            size=1,
+            request_ids=(request.id,),
+            deadline=request.deadline,
+            trigger="solo",
+            outputs=request.requested_outputs,
+            priority=request.priority,
+            parameters=request.parameters,
+            trace_contexts=(),
+            wire=request.wire,
+            caller_context=request.trace_context,
+        )
+        try:
+            async for message in self._runner.open_stream(spec, info, self.streams):
+                yield message
+        finally:
+            request.served_by = info.served_by[-1] if info.served_by else ""
