@@ -10,6 +10,7 @@ Pure: the clock's ``now`` is passed in, and nothing here does I/O.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from scheduler.request import Parameters
 
 #: A sequence id as the caller sent it: Triton takes integers and strings, and
 #: 5 and "5" are two different sequences there.
+log = logging.getLogger(__name__)
+
 SequenceId = int | str
 SequenceKey = tuple[str, SequenceId]
 
@@ -113,10 +116,14 @@ class SequenceTable:
             record = None
         if record is not None and not start:
             if not record.lost and record.backend_id not in alive:
-                record.lost = (
-                    f"its backend {record.backend_id} is no longer available, and the "
-                    "sequence's state was kept there"
+                # The backend's id goes to the log, not into the caller's status.
+                log.warning(
+                    "sequence %r of model %s lost: backend %s is gone",
+                    sequence_id,
+                    model,
+                    record.backend_id,
                 )
+                record.lost = "the backend that held its state is no longer available"
             if record.lost:
                 raise SequenceLost(_lost_message(model, sequence_id, record.lost))
             record.last_seen = now
@@ -127,7 +134,7 @@ class SequenceTable:
         if choice is None:
             raise Unavailable(
                 f"model '{model}': no backend can take sequence {sequence_id!r} now "
-                f"(serving: {', '.join(serving) or 'none'})"
+                f"({len(serving)} serve the model, none takes new sequences)"
             )
         self._live[key] = Placement(choice, now, idle_s)
         self._live.move_to_end(key)

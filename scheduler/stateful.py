@@ -4,6 +4,7 @@ model's request, streamed from a backend chosen by its open streams."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 from scheduler.batching import BatchInfo
@@ -16,6 +17,8 @@ from scheduler.runner import BatchRunner
 from scheduler.sequences import SequenceId, SequenceTable
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.streams import OpenStreams
+
+log = logging.getLogger(__name__)
 
 
 class StatefulRunner:
@@ -63,8 +66,15 @@ class StatefulRunner:
         try:
             return await self._runner.run_pinned(backend_id, spec, inputs, info)
         except Unavailable as exc:
+            log.warning(
+                "sequence %r of model %s lost: backend %s failed: %s",
+                sequence_id,
+                spec.name,
+                backend_id,
+                exc.message,
+            )
             raise self.sequences.lose(
-                spec.name, sequence_id, f"its backend {backend_id} failed ({exc.message})"
+                spec.name, sequence_id, "the backend that held its state failed"
             ) from exc
         finally:
             if end:

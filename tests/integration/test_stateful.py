@@ -245,9 +245,10 @@ def test_decoupled_responses_stream_through_as_from_triton(stack: Stack) -> None
     assert _metric(
         stack.metrics_url, "gateway_stream_first_response_seconds_count", {"model": "repeat"}
     ) >= len(requests)
-    assert _metric(
-        stack.metrics_url, "gateway_stream_response_gap_seconds_count", {"model": "repeat"}
-    ) >= 4 + 10
+    assert (
+        _metric(stack.metrics_url, "gateway_stream_response_gap_seconds_count", {"model": "repeat"})
+        >= 4 + 10
+    )
 
 
 def test_unary_call_to_a_decoupled_model_fails_as_on_triton(stack: Stack) -> None:
@@ -284,7 +285,9 @@ def test_open_streams_spread_and_cancelling_the_caller_cancels_triton(stack: Sta
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         for rid in ("long-1", "long-2"):
-            client.async_stream_infer("repeat", _repeat_inputs(list(range(500)), 20), request_id=rid)
+            client.async_stream_infer(
+                "repeat", _repeat_inputs(list(range(500)), 20), request_id=rid
+            )
             results.get(timeout=WAIT_S)  # the first response: the stream is open
         for triton in stack.tritons:
             url = f"triton@{triton.grpc_url}"
@@ -293,7 +296,9 @@ def test_open_streams_spread_and_cancelling_the_caller_cancels_triton(stack: Sta
         client.stop_stream(cancel_requests=True)
         client.close()
     assert _eventually(
-        lambda: {p.name for p in stack.cancel_dir.iterdir()} >= {"cancelled-long-1", "cancelled-long-2"}
+        lambda: (
+            {p.name for p in stack.cancel_dir.iterdir()} >= {"cancelled-long-1", "cancelled-long-2"}
+        )
     ), "Triton saw no cancellation"
     assert _eventually(lambda: _metric(stack.metrics_url, "gateway_backend_open_streams") == 0)
 
