@@ -333,7 +333,7 @@ async def test_stream_relays_responses_in_order_with_metrics_and_span_events() -
                 await requests.infer(_repeat_request(context), spec, StreamSink(pushed.append))
                 == b""
             )
-            with pytest.raises(Unimplemented, match="^ModelInfer RPC doesn't support models"):
+            with pytest.raises(Unimplemented, match=r"^ModelInfer RPC doesn't support models"):
                 await requests.infer(_repeat_request(), spec, None)
         assert pushed == [b"b1:0", b"b1:1", b"b1:2"]
         assert scheduler.stateful.streams.count("b1") == 0
