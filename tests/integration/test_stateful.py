@@ -42,8 +42,9 @@ WAIT_S = 30
 class Stack:
     tritons: list[TritonProcess]
     gateway: GatewayProcess  # in front of both Tritons
-    replica: GatewayProcess  # a second gateway, same Tritons, no shared state
+    replica: GatewayProcess  # a second gateway (two workers), same Tritons, no shared state
     metrics_url: str
+    replica_metrics_url: str
     cancel_dir: Path
 
 
@@ -58,15 +59,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         start_triton(REPOSITORY, workdir / "b", env=env) as second,
     ):
         tritons = ["--triton", first.grpc_url, "--triton", second.grpc_url, "--no-cpu-models"]
-        metrics = ["--metrics-port", "0", "--metrics-port-file", str(workdir / "metrics.port")]
+
+        def metrics(name: str) -> list[str]:
+            return ["--metrics-port", "0", "--metrics-port-file", str(workdir / f"{name}.port")]
+
         with (
-            start_gateway(workdir / "gw", args=[*tritons, *metrics]) as gateway,
-            start_gateway(workdir / "replica", args=tritons) as replica,
+            start_gateway(workdir / "gw", args=[*tritons, *metrics("gw")]) as gateway,
+            start_gateway(
+                workdir / "replica",
+                args=[*tritons, *metrics("replica"), "--workers", "2"],
+                ready_timeout_s=90,
+            ) as replica,
         ):
-            port = int((workdir / "metrics.port").read_text())
             yield Stack(
-                [first, second], gateway, replica, f"http://127.0.0.1:{port}/metrics", cancel_dir
+                [first, second],
+                gateway,
+                replica,
+                _metrics_url(workdir / "gw.port"),
+                _metrics_url(workdir / "replica.port"),
+                cancel_dir,
             )
+
+
+def _metrics_url(port_file: Path) -> str:
+    return f"http://127.0.0.1:{int(port_file.read_text())}/metrics"
 
 
 def _sequence_input(value: int) -> list[grpcclient.InferInput]:
@@ -154,37 +170,40 @@ def test_concurrent_sequences_on_one_stream_are_all_correct(stack: Stack) -> Non
     assert all(a > b for a, b in zip(after, before, strict=True)), "both Tritons take sequences"
 
 
-def test_sequences_hold_across_gateway_replicas(stack: Stack) -> None:
+def test_sequences_hold_across_gateway_replicas_and_workers(stack: Stack) -> None:
     """8 concurrent sequences x 20 unary steps, each step through the other
-    gateway replica than the one before: affinity without shared state."""
+    gateway than the one before; the second gateway has two workers, and each
+    of its steps comes on a new connection, which either worker may take:
+    affinity without shared state."""
     rng = np.random.default_rng(17)
     values = {1 + i: rng.integers(-100, 100, STEPS).tolist() for i in range(SEQUENCES)}
     outcomes: dict[int, list[int]] = {}
     failures: list[BaseException] = []
 
     def run(sid: int) -> None:
-        clients = [
-            grpcclient.InferenceServerClient(stack.gateway.address),
-            grpcclient.InferenceServerClient(stack.replica.address),
-        ]
         try:
             sums = []
             for step in range(STEPS):
-                result = clients[step % 2].infer(
-                    "sequence_sum",
-                    _sequence_input(values[sid][step]),
-                    sequence_id=sid,
-                    sequence_start=step == 0,
-                    sequence_end=step == STEPS - 1,
-                    client_timeout=WAIT_S,
+                address = stack.replica.address if step % 2 else stack.gateway.address
+                # A channel of its own (not the process-wide pool): a new connection.
+                client = grpcclient.InferenceServerClient(
+                    address, channel_args=[("grpc.use_local_subchannel_pool", 1)]
                 )
+                try:
+                    result = client.infer(
+                        "sequence_sum",
+                        _sequence_input(values[sid][step]),
+                        sequence_id=sid,
+                        sequence_start=step == 0,
+                        sequence_end=step == STEPS - 1,
+                        client_timeout=WAIT_S,
+                    )
+                finally:
+                    client.close()
                 sums.append(int(result.as_numpy("OUTPUT")[0][0]))
             outcomes[sid] = sums
         except BaseException as exc:  # reported below, with the others
             failures.append(exc)
-        finally:
-            for client in clients:
-                client.close()
 
     threads = [threading.Thread(target=run, args=(sid,)) for sid in values]
     for thread in threads:
@@ -193,6 +212,14 @@ def test_sequences_hold_across_gateway_replicas(stack: Stack) -> None:
         thread.join(WAIT_S * 2)
     assert not failures, failures
     assert outcomes == {sid: np.cumsum(v).tolist() for sid, v in values.items()}
+    workers = set()
+    with urllib.request.urlopen(stack.replica_metrics_url, timeout=5) as response:
+        for family in text_string_to_metric_families(response.read().decode()):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "gateway_requests_total" and labels["model"] == "sequence_sum":
+                    workers.add(labels["worker"])
+    assert workers == {"0", "1"}, "both workers of the replica took steps"
 
 
 def test_sequence_model_is_not_batched_by_the_gateway(stack: Stack) -> None:
