@@ -174,6 +174,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Triton. A failed request answers with ``error_message``; the stream
         goes on. Each request runs as a task whose done-callback queues its
         response, so a message costs one task and no queue or semaphore hops.
+        A decoupled model's request pushes each of its responses itself, and
+        a sequence's steps run one after another (``gateway.stateful``).
         """
         if self._tracing.enabled and (trailer := trace_id_metadata()):
             context.set_trailing_metadata(trailer)
