@@ -47,7 +47,8 @@ class StatefulRequests:
     A stream runs its requests concurrently, but a sequence's steps must reach
     its backend in the order the caller sent them (each step updates the
     state the next one reads): on one stream, each request of a sequence waits
-    for the one before it (a chain of futures, one per sequence id).
+    for the one before it (a chain of futures, one per sequence id), for all
+    its responses when the model is also decoupled.
     """
 
     def __init__(
@@ -65,16 +66,13 @@ class StatefulRequests:
     async def infer(
         self, request: InferRequest, spec: ModelSpec, stream: StreamSink | None
     ) -> bytes:
-        if spec.decoupled:
-            if stream is None:
-                raise Unimplemented(
-                    f"{DECOUPLED_UNARY}; model '{spec.name}' answers on ModelStreamInfer only"
-                )
-            await self._relay(request, spec, stream)
-            return b""
-        sequence = sequence_of(request.parameters) if stream is not None else None
+        if spec.decoupled and stream is None:
+            raise Unimplemented(
+                f"{DECOUPLED_UNARY}; model '{spec.name}' answers on ModelStreamInfer only"
+            )
+        sequence = sequence_of(request.parameters) if spec.sequence else None
         if stream is None or sequence is None:
-            return await self._run(request, spec)
+            return await self._run(request, spec, stream)
         sequence_id = sequence[0]
         previous = stream.turns.get(sequence_id)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -84,14 +82,19 @@ class StatefulRequests:
                 # Shielded: this request being cancelled must not cancel the turn
                 # of the one before it.
                 await asyncio.shield(previous)
-            return await self._run(request, spec)
+            return await self._run(request, spec, stream)
         finally:
             if not turn.done():
                 turn.set_result(None)
             if stream.turns.get(sequence_id) is turn:
                 del stream.turns[sequence_id]
 
-    async def _run(self, request: InferRequest, spec: ModelSpec) -> bytes:
+    async def _run(
+        self, request: InferRequest, spec: ModelSpec, stream: StreamSink | None
+    ) -> bytes:
+        if stream is not None and spec.decoupled:
+            await self._relay(request, spec, stream)
+            return b""
         result = await self._scheduler.infer(request, spec)
         return codec.encode_response(result, spec, self._headers)
 

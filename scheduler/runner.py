@@ -133,6 +133,13 @@ class BatchRunner:
     ) -> Mapping[str, Tensor] | bytes:
         """Run a request on the one backend that must take it (a sequence's),
         without placement's choice and without retrying elsewhere."""
+        state, decision = self._pinned(backend_id, spec, info)
+        traced = tracing.recording(self._tracer)
+        return await self._call(state, spec, inputs, info, decision, 0, traced)
+
+    def _pinned(
+        self, backend_id: str, spec: ModelSpec, info: BatchInfo
+    ) -> tuple[BackendState, Decision]:
         state = self.fleet.get(backend_id)
         if state is None:
             raise BackendUnavailable(f"backend {backend_id} was removed", backend_id=backend_id)
@@ -152,29 +159,38 @@ class BatchRunner:
         )
         self.decisions.append(decision)
         self.observer.placed(spec.name, info.size, decision)
-        traced = tracing.recording(self._tracer)
-        return await self._call(state, spec, inputs, info, decision, 0, traced)
+        return state, decision
 
     async def open_stream(
-        self, spec: ModelSpec, info: BatchInfo, streams: OpenStreams
+        self,
+        spec: ModelSpec,
+        info: BatchInfo,
+        streams: OpenStreams,
+        backend_id: str | None = None,
     ) -> AsyncIterator[bytes]:
-        r"""Place a request of a decoupled model, weighing the streams already
-        open on each backend (``scheduler.streams``), and relay the backend's
-        responses (encoded ``ModelStreamInferResponse`` messages) as they arrive."""
+        """Place a request of a decoupled model, weighing the streams already
+        open on each backend (``scheduler.streams``), or put it on
+        ``backend_id`` (a sequence's), and relay the backend's responses
+        (encoded ``ModelStreamInferResponse`` messages) as they arrive."""
         if info.wire is None:
             raise Unavailable(f"model '{spec.name}' streams only requests in their wire form")
         now = self._clock.now()
-        table = self.candidates.table(spec.name)
-        candidates = streams.weigh(
-            self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
-        )
-        decision = place(
-            candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
-        )
-        self.decisions.append(decision)
-        self.observer.placed(spec.name, 1, decision)
-        if decision.backend_id is None or (state := self.fleet.get(decision.backend_id)) is None:
-            raise Unavailable(f"model '{spec.name}': {decision.reason}")
+        if backend_id is not None:
+            state = self._pinned(backend_id, spec, info)[0]
+        else:
+            table = self.candidates.table(spec.name)
+            candidates = streams.weigh(
+                self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
+            )
+            decision = place(
+                candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
+            )
+            self.decisions.append(decision)
+            self.observer.placed(spec.name, 1, decision)
+            found = None if decision.backend_id is None else self.fleet.get(decision.backend_id)
+            if found is None:
+                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+            state = found
         info.served_by.append(state.id)
         token = streams.open(state.id, now)
         span = None

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Mapping
 from scheduler.batching import BatchInfo
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
-from scheduler.errors import Unavailable
+from scheduler.errors import SequenceLost, Unavailable
 from scheduler.health import BreakerState
 from scheduler.request import InferRequest, Outputs
 from scheduler.runner import BatchRunner
-from scheduler.sequences import SequenceId, SequenceTable
+from scheduler.sequences import SequenceId, SequenceTable, sequence_of
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.streams import OpenStreams
 
@@ -30,7 +30,8 @@ class StatefulRunner:
     only; when that backend fails with UNAVAILABLE the sequence is marked
     lost, and this and every later request of it end with ``SequenceLost``.
     ``stream`` relays a decoupled request's responses, counting the stream
-    as open on its backend while it lasts.
+    as open on its backend while it lasts; a model that is both decoupled
+    and sequence-batched has its streams pinned the same way.
     """
 
     def __init__(self, runner: BatchRunner, candidates: CandidateTables, clock: Clock) -> None:
@@ -39,6 +40,33 @@ class StatefulRunner:
         self._clock = clock
         self.sequences = SequenceTable()
         self.streams = OpenStreams()
+
+    def _route(self, spec: ModelSpec, sequence_id: SequenceId, start: bool) -> str:
+        now = self._clock.now()
+        states = self._candidates.table(spec.name).states
+        return self.sequences.route(
+            spec.name,
+            sequence_id,
+            start,
+            serving=[s.id for s in states],
+            takes_new={s.id for s in states if s.usable(now)},
+            # Drained or not: a drained backend finishes the sequences it holds.
+            alive={s.id for s in states if s.discovered and s.breaker.state is BreakerState.CLOSED},
+            idle_s=spec.max_sequence_idle_s,
+            now=now,
+        )
+
+    def _lost(
+        self, spec: ModelSpec, sequence_id: SequenceId, backend_id: str, error: Unavailable
+    ) -> SequenceLost:
+        log.warning(
+            "sequence %r of model %s lost: backend %s failed: %s",
+            sequence_id,
+            spec.name,
+            backend_id,
+            error.message,
+        )
+        return self.sequences.lose(spec.name, sequence_id, "the backend that held its state failed")
 
     async def run_sequence(
         self,
@@ -50,38 +78,19 @@ class StatefulRunner:
         info: BatchInfo,
     ) -> Outputs | Mapping[str, Tensor]:
         """One request of a sequence, on the backend that holds the sequence."""
-        now = self._clock.now()
-        states = self._candidates.table(spec.name).states
-        backend_id = self.sequences.route(
-            spec.name,
-            sequence_id,
-            start,
-            serving=[s.id for s in states],
-            takes_new={s.id for s in states if s.usable(now)},
-            # Drained or not: a drained backend finishes the sequences it holds.
-            alive={s.id for s in states if s.discovered and s.breaker.state is BreakerState.CLOSED},
-            idle_s=spec.max_sequence_idle_s,
-            now=now,
-        )
+        backend_id = self._route(spec, sequence_id, start)
         try:
             return await self._runner.run_pinned(backend_id, spec, inputs, info)
         except Unavailable as exc:
-            log.warning(
-                "sequence %r of model %s lost: backend %s failed: %s",
-                sequence_id,
-                spec.name,
-                backend_id,
-                exc.message,
-            )
-            raise self.sequences.lose(
-                spec.name, sequence_id, "the backend that held its state failed"
-            ) from exc
+            raise self._lost(spec, sequence_id, backend_id, exc) from exc
         finally:
             if end:
                 self.sequences.finished(spec.name, sequence_id)
 
     async def stream(self, request: InferRequest, spec: ModelSpec) -> AsyncIterator[bytes]:
-        """A decoupled request's responses, as the backend sends them."""
+        """A decoupled request's responses, as the backend sends them; on the
+        sequence's backend when the model is also a sequence model (streaming
+        speech recognition is both)."""
         info = BatchInfo(
             model_name=spec.name,
             model_version=request.model_version,
@@ -96,8 +105,16 @@ class StatefulRunner:
             wire=request.wire,
             caller_context=request.trace_context,
         )
+        sequence = sequence_of(request.parameters) if spec.sequence else None
+        backend_id = None if sequence is None else self._route(spec, sequence[0], sequence[1])
         try:
-            async for message in self._runner.open_stream(spec, info, self.streams):
+            async for message in self._runner.open_stream(spec, info, self.streams, backend_id):
                 yield message
+        except Unavailable as exc:
+            if sequence is None or backend_id is None:
+                raise
+            raise self._lost(spec, sequence[0], backend_id, exc) from exc
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""
+            if sequence is not None and sequence[2]:
+                self.sequences.finished(spec.name, sequence[0])

@@ -45,6 +45,12 @@ REPEAT = ModelSpec(
     (TensorSpec("OUT", DataType.INT32, (1,)),),
     config={"model_transaction_policy": {"decoupled": True}},
 )
+#: Both at once, as streaming speech recognition is.
+ASR = dataclasses.replace(
+    REPEAT,
+    name="asr",
+    config={"model_transaction_policy": {"decoupled": True}, "sequence_batching": {}},
+)
 
 
 class StatefulBackend(DecodedTensorsOnly):
@@ -70,7 +76,7 @@ class StatefulBackend(DecodedTensorsOnly):
         return Device(DeviceKind.GPU, host=self._id)
 
     def models(self) -> Mapping[str, ModelSpec]:
-        return {"sum": SUM, "repeat": REPEAT}
+        return {"sum": SUM, "repeat": REPEAT, "asr": ASR}
 
     async def start(self) -> None:
         return None
@@ -104,6 +110,8 @@ class StatefulBackend(DecodedTensorsOnly):
         deadline: float | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> AsyncIterator[bytes]:
+        if self.down:
+            raise BackendUnavailable(f"{self._id}: connection refused", backend_id=self._id)
         try:
             for index in range(self.count):
                 if self.gate is not None:
@@ -369,3 +377,32 @@ async def test_closing_the_callers_stream_closes_the_backends() -> None:
             await task
         assert backend.streams_closed == 1
         assert scheduler.stateful.streams.count("b1") == 0
+
+
+async def test_a_decoupled_sequence_model_streams_from_the_sequences_backend() -> None:
+    clock = ManualClock()
+    backends = {b.id: b for b in (StatefulBackend("b1"), StatefulBackend("b2"))}
+    async with running(*backends.values(), clock=clock) as scheduler:
+        spec = scheduler.model("asr")
+        assert scheduler.batcher("asr") is None
+
+        async def chunk(sid: int, start: bool = False, end: bool = False) -> set[bytes]:
+            parameters: dict[str, bool | int | float | str] = {"sequence_id": sid}
+            parameters.update({"sequence_start": start, "sequence_end": end})
+            request = InferRequest(
+                model_name="asr", inputs={}, parameters=parameters, wire=b"chunk"
+            )
+            return {m.split(b":")[0] async for m in scheduler.stream(request, spec)}
+
+        homes = {}
+        for sid in range(1, 11):
+            [homes[sid]] = await chunk(sid, start=True)
+            assert await chunk(sid) == {homes[sid]}
+        assert set(homes.values()) == {b"b1", b"b2"}
+        backends["b1"].down = True
+        lost = next(sid for sid, home in homes.items() if home == b"b1")
+        with pytest.raises(SequenceLost, match=f"state of sequence {lost} "):
+            await chunk(lost)
+        kept = next(sid for sid, home in homes.items() if home == b"b2")
+        assert await chunk(kept, end=True) == {b"b2"}
+        assert scheduler.live_sequences("b2") == list(homes.values()).count(b"b2") - 1
