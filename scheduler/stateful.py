@@ -5,7 +5,7 @@ model's request, streamed from a backend chosen by its open streams."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Set
 
 from scheduler.batching import BatchInfo
 from scheduler.candidates import CandidateTables
@@ -41,15 +41,21 @@ class StatefulRunner:
         self.sequences = SequenceTable()
         self.streams = OpenStreams()
 
-    def _route(self, spec: ModelSpec, sequence_id: SequenceId, start: bool) -> str:
+    def _route(
+        self, spec: ModelSpec, sequence_id: SequenceId, start: bool, failed: Set[str] = frozenset()
+    ) -> str:
         now = self._clock.now()
-        states = self._candidates.table(spec.name).states
+        states = [s for s in self._candidates.table(spec.name).states if s.id not in failed]
+        usable = [s for s in states if s.usable(now)]
+        # A new sequence goes to a backend known to be well (breaker closed),
+        # not to one on probation, while there is one.
+        closed = {s.id for s in usable if s.breaker.state is BreakerState.CLOSED}
         return self.sequences.route(
             spec.name,
             sequence_id,
             start,
             serving=[s.id for s in states],
-            takes_new={s.id for s in states if s.usable(now)},
+            takes_new=closed or {s.id for s in usable},
             # Drained or not: a drained backend finishes the sequences it holds.
             alive={s.id for s in states if s.discovered and s.breaker.state is BreakerState.CLOSED},
             idle_s=spec.max_sequence_idle_s,
@@ -77,12 +83,21 @@ class StatefulRunner:
         inputs: dict[str, Tensor],
         info: BatchInfo,
     ) -> Outputs | Mapping[str, Tensor]:
-        """One request of a sequence, on the backend that holds the sequence."""
-        backend_id = self._route(spec, sequence_id, start)
+        """One request of a sequence, on the backend that holds the sequence.
+        A start holds no state yet: if its backend is down, it is tried on
+        the next backend in rendezvous order (``_route`` raises Unavailable
+        when none is left)."""
+        failed: set[str] = set()
         try:
-            return await self._runner.run_pinned(backend_id, spec, inputs, info)
-        except Unavailable as exc:
-            raise self._lost(spec, sequence_id, backend_id, exc) from exc
+            while True:
+                backend_id = self._route(spec, sequence_id, start, failed)
+                try:
+                    return await self._runner.run_pinned(backend_id, spec, inputs, info)
+                except Unavailable as exc:
+                    if not start:
+                        raise self._lost(spec, sequence_id, backend_id, exc) from exc
+                    log.info("sequence %r start: %s; trying another backend", sequence_id, exc)
+                    failed.add(backend_id)
         finally:
             if end:
                 self.sequences.finished(spec.name, sequence_id)
@@ -111,8 +126,8 @@ class StatefulRunner:
             async for message in self._runner.open_stream(spec, info, self.streams, backend_id):
                 yield message
         except Unavailable as exc:
-            if sequence is None or backend_id is None:
-                raise
+            if sequence is None or backend_id is None or sequence[1]:
+                raise  # a start held no state yet: nothing is lost
             raise self._lost(spec, sequence[0], backend_id, exc) from exc
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""

@@ -29,6 +29,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from scheduler.sequences import rendezvous
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.triton import TritonProcess, start_triton
 
@@ -334,7 +335,15 @@ def test_open_streams_spread_and_cancelling_the_caller_cancels_triton(stack: Sta
 
 
 def test_killed_triton_loses_its_sequences_clearly(stack: Stack) -> None:
-    ids = list(range(5000, 5012))
+    # Four sequences on each Triton, found with the gateway's own hashing (a
+    # Triton holds 8 idle sequences at most: max_batch_size slots per instance).
+    backends = [f"triton@{t.grpc_url}" for t in stack.tritons]
+    on: dict[str, list[int]] = {backend: [] for backend in backends}
+    for sid in range(5000, 6000):
+        home = on[str(rendezvous("sequence_sum", sid, backends))]
+        if len(home) < 4:
+            home.append(sid)
+    ids = sorted(sid for sids in on.values() for sid in sids)
     client = grpcclient.InferenceServerClient(stack.gateway.address)
     try:
         for sid in ids:
@@ -351,7 +360,7 @@ def test_killed_triton_loses_its_sequences_clearly(stack: Stack) -> None:
             else:
                 assert int(result.as_numpy("OUTPUT")[0][0]) == sid + 1  # never restarted elsewhere
                 survived.append(sid)
-        assert survived and lost, "the 12 sequences spread over both Tritons"
+        assert (survived, lost) == (on[backends[0]], on[backends[1]])
         for sid in lost:  # still lost on the next step: never a silent restart
             with pytest.raises(InferenceServerException, match="is lost"):
                 client.infer("sequence_sum", _sequence_input(1), sequence_id=sid)

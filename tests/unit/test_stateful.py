@@ -406,3 +406,15 @@ async def test_a_decoupled_sequence_model_streams_from_the_sequences_backend() -
         kept = next(sid for sid, home in homes.items() if home == b"b2")
         assert await chunk(kept, end=True) == {b"b2"}
         assert scheduler.live_sequences("b2") == list(homes.values()).count(b"b2") - 1
+
+
+async def test_a_start_on_a_dead_backend_goes_to_the_next_one() -> None:
+    clock = ManualClock()
+    backends = {b.id: b for b in (StatefulBackend("b1"), StatefulBackend("b2"))}
+    async with running(*backends.values(), clock=clock) as scheduler:
+        # Not yet known to be down (its breaker is closed) when the starts come.
+        backends["b1"].down = True
+        for sid in range(1, 9):
+            total, backend = await _sum(scheduler, _step(sid, sid, start=True))
+            assert (total, backend) == (sid, "b2")
+            assert await _sum(scheduler, _step(sid, 1)) == (sid + 1, "b2")
