@@ -70,7 +70,8 @@ class ModelRegistry:
             )
         if not spec.has_version(version):
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions: {', '.join(spec.versions)}"
+                f"Request for unknown model: '{name}' version {version} is not found; "
+                f"versions: {', '.join(spec.versions)}"
             )
         backends = self._by_version.get((name, version))
         if backends is None:

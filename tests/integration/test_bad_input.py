@@ -121,7 +121,7 @@ GOOD_ROW = np.ones(16, np.float32).tobytes()
         pytest.param(
             pb.ModelInferRequest(model_name="add_sub", model_version="7"),
             grpc.StatusCode.NOT_FOUND,
-            ["no version '7'"],
+            ["Request for unknown model: 'add_sub' version 7 is not found", "versions: 1"],
             id="unknown-version",
         ),
         pytest.param(

@@ -160,7 +160,9 @@ def test_registry_not_found_messages() -> None:
         registry.resolve("dobule")
     with pytest.raises(ModelNotFound) as info:
         registry.resolve("double", "3")
-    assert info.value.message == "model 'double' has no version '3'; versions: 1"
+    assert info.value.message == (
+        "Request for unknown model: 'double' version 3 is not found; versions: 1"
+    )
     assert info.value.code == "NOT_FOUND"
 
 
