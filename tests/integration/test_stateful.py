@@ -69,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             start_gateway(
                 workdir / "replica",
                 args=[*tritons, *metrics("replica"), "--workers", "2"],
+                env={"GATEWAY_SERVER_NAME": "triton"},
                 ready_timeout_s=90,
             ) as replica,
         ):
@@ -303,6 +304,17 @@ def test_unknown_model_message_starts_with_tritons(stack: Stack) -> None:
         client.close()
     assert "Request for unknown model" in raised.value.message()
     assert "sequence_sum" in raised.value.message()  # our detail follows
+
+
+def test_server_name_is_a_setting(stack: Stack) -> None:
+    names = []
+    for address in (stack.gateway.address, stack.replica.address):
+        client = grpcclient.InferenceServerClient(address)
+        try:
+            names.append(client.get_server_metadata().name)
+        finally:
+            client.close()
+    assert names == ["inference-gateway", "triton"]
 
 
 def test_open_streams_spread_and_cancelling_the_caller_cancels_triton(stack: Stack) -> None:
