@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from scheduler.sequences import rendezvous
+from tests.collector import Collector, start_collector
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.triton import TritonProcess, start_triton
 
@@ -47,6 +50,7 @@ class Stack:
     metrics_url: str
     replica_metrics_url: str
     cancel_dir: Path
+    collector: Collector  # the first gateway and both Tritons export their spans here
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +59,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     cancel_dir = workdir / "cancelled"
     cancel_dir.mkdir()
     env = {"REPEAT_CANCEL_DIR": str(cancel_dir)}
+    with start_collector(workdir / "collector") as collector:
+        yield from _stack(workdir, cancel_dir, env, collector)
+
+
+def _stack(
+    workdir: Path, cancel_dir: Path, env: dict[str, str], collector: Collector
+) -> Iterator[Stack]:
+    traced = [
+        "--trace-config=mode=opentelemetry",
+        f"--trace-config=opentelemetry,url={collector.http_endpoint}/v1/traces",
+        "--trace-config=rate=1",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=opentelemetry,bsp_schedule_delay=200",
+    ]
+    otel = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_SERVICE_NAME": "stateful-gateway",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
     with (
-        start_triton(REPOSITORY, workdir / "a", env=env) as first,
-        start_triton(REPOSITORY, workdir / "b", env=env) as second,
+        start_triton(REPOSITORY, workdir / "a", env=env, extra_args=traced) as first,
+        start_triton(REPOSITORY, workdir / "b", env=env, extra_args=traced) as second,
     ):
         tritons = ["--triton", first.grpc_url, "--triton", second.grpc_url, "--no-cpu-models"]
 
@@ -65,7 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return ["--metrics-port", "0", "--metrics-port-file", str(workdir / f"{name}.port")]
 
         with (
-            start_gateway(workdir / "gw", args=[*tritons, *metrics("gw")]) as gateway,
+            start_gateway(workdir / "gw", args=[*tritons, *metrics("gw")], env=otel) as gateway,
             start_gateway(
                 workdir / "replica",
                 args=[*tritons, *metrics("replica"), "--workers", "2"],
@@ -80,6 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 _metrics_url(workdir / "gw.port"),
                 _metrics_url(workdir / "replica.port"),
                 cancel_dir,
+                collector,
             )
 
 
@@ -278,6 +304,45 @@ def test_decoupled_responses_stream_through_as_from_triton(stack: Stack) -> None
         _metric(stack.metrics_url, "gateway_stream_response_gap_seconds_count", {"model": "repeat"})
         >= 4 + 10
     )
+
+
+def test_one_trace_covers_the_whole_stream(stack: Stack) -> None:
+    """The caller's trace holds the gateway's stream span, Triton's spans under
+    it, and an event per response on the request's (SERVER) span."""
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    channel = grpc.insecure_channel(stack.gateway.address)
+    rpc = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+    request = service_pb2.ModelInferRequest(model_name="repeat", id="traced")
+    request.inputs.add(name="IN", datatype="INT32", shape=[5])
+    request.inputs.add(name="DELAY_MS", datatype="INT32", shape=[1])
+    request.raw_input_contents.extend(
+        [np.arange(5, dtype=np.int32).tobytes(), np.array([20], np.int32).tobytes()]
+    )
+    try:
+        responses = list(
+            rpc(iter([request]), metadata=(("traceparent", f"00-{trace_id}-{parent_id}-01"),))
+        )
+    finally:
+        channel.close()
+    assert [r.infer_response.id for r in responses] == ["traced"] * 5
+
+    def complete(spans: list[Any]) -> bool:
+        mine = [s for s in spans if s.trace_id == trace_id]
+        stream = [s for s in mine if s.name == "backend.stream"]
+        return bool(stream) and any(s.parent_id == stream[0].span_id for s in mine)
+
+    spans = [s for s in stack.collector.wait_for(complete) if s.trace_id == trace_id]
+    [server] = [s for s in spans if s.parent_id == parent_id]
+    assert server.name.endswith("ModelStreamInfer") and server.service == "stateful-gateway"
+    [stream] = [s for s in spans if s.name == "backend.stream"]
+    assert stream.parent_id == server.span_id
+    assert any(s.parent_id == stream.span_id and s.service != server.service for s in spans)
+    log = stack.collector.output.read_text(errors="replace")
+    assert "first response" in log and "stream end" in log
 
 
 def test_unary_call_to_a_decoupled_model_fails_as_on_triton(stack: Stack) -> None:
