@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -213,6 +214,9 @@ class BatchRunner:
         except GatewayError as exc:
             code = exc.code
             self.fleet.record_failure(state, exc)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away
+            code = "CANCELLED"
             raise
         finally:
             streams.close(state.id, token)
