@@ -104,7 +104,7 @@ class StatefulRequests:
         metrics = self._metrics
         start = last = self._clock.now()
         count = 0
-        async for message in self._scheduler.stream(request, spec):
+        async for message in self._scheduler.stateful.stream(request, spec):
             now = self._clock.now()
             if metrics is not None:
                 if count == 0:

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -70,8 +70,8 @@ class Scheduler:
     Two kinds of model leave that path (``ModelSpec.stateful``): a request of
     a sequence model that carries a ``sequence_id`` runs on the backend that
     holds its sequence (``scheduler.sequences``), and a request of a
-    decoupled model is streamed (``stream``), placed by the streams already
-    open on each backend (``scheduler.streams``). Neither is ever batched here.
+    decoupled model is streamed (``stateful.stream``), placed by the streams
+    already open on each backend (``scheduler.streams``). Neither is batched.
     """
 
     def __init__(
@@ -354,12 +354,6 @@ class Scheduler:
             return outputs if isinstance(outputs, bytes) else dict(outputs)
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""
-
-    async def stream(self, request: InferRequest, spec: ModelSpec) -> AsyncIterator[bytes]:
-        """Run a request of a decoupled model: its responses (encoded
-        ``ModelStreamInferResponse`` messages) as the backend sends them."""
-        async for message in self.stateful.stream(request, spec):
-            yield message
 
     def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher, made on first use; None (also remembered, so the

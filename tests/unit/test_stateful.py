@@ -392,7 +392,7 @@ async def test_a_decoupled_sequence_model_streams_from_the_sequences_backend() -
             request = InferRequest(
                 model_name="asr", inputs={}, parameters=parameters, wire=b"chunk"
             )
-            return {m.split(b":")[0] async for m in scheduler.stream(request, spec)}
+            return {m.split(b":")[0] async for m in scheduler.stateful.stream(request, spec)}
 
         homes = {}
         for sid in range(1, 11):
