@@ -12,6 +12,7 @@ import collections
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.status import abort, internal_error
-from gateway.telemetry import Tracing, trace_id_metadata
+from gateway.telemetry import Tracing
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -64,6 +65,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts()
         self.ready = False
+
+    @property
+    def tracing(self) -> Tracing:
+        return self._tracing
 
     # -- health and metadata ---------------------------------------------
     async def ServerLive(
@@ -152,9 +157,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # reaches a Triton backend as the very bytes the caller sent.
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         # The trace id goes back in trailing metadata, errors included, so a
-        # client's log line leads to the trace.
-        # (Only our own spans have an id to report: with tracing off there is none.)
-        trailer = trace_id_metadata() if self._tracing.enabled else ()
+        # client's log line leads to the trace (with tracing off: the caller's own).
+        trailer = self._tracing.answer_metadata(context.invocation_metadata())
         if trailer:
             context.set_trailing_metadata(trailer)
         try:
@@ -173,7 +177,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         goes on. Each request runs as a task whose done-callback queues its
         response, so a message costs one task and no queue or semaphore hops.
         """
-        if self._tracing.enabled and (trailer := trace_id_metadata()):
+        if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)
         loop = asyncio.get_running_loop()
         responses: collections.deque[bytes] = collections.deque()
@@ -229,11 +233,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, data: bytes, context: Context) -> bytes:
         start = self._clock.now()
+        # Traced: the request's first span starts here, so decoding is inside it.
+        received_ns = time.time_ns() if self._tracing.enabled else 0
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
         try:
-            infer_request, spec = self._decode(data, context)
+            infer_request, spec = self._decode(data, context, received_ns)
             model = spec.name
             try:
                 result = await self._scheduler.infer(infer_request, spec)
@@ -250,7 +256,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, self._clock.now() - start)
 
-    def _decode(self, data: bytes, context: Context) -> tuple[InferRequest, ModelSpec]:
+    def _decode(
+        self, data: bytes, context: Context, received_ns: int = 0
+    ) -> tuple[InferRequest, ModelSpec]:
         try:
             key, identifier, raw = wire.split_request(data)
             request_id = identifier.decode()
@@ -290,6 +298,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             trace_context=self._tracing.request_context(context.invocation_metadata()),
             wire=data,
             checked=spec,
+            received_ns=received_ns,
         )
         return infer_request, spec
 
@@ -328,6 +337,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await abort(context, Unimplemented("log settings are set in the gateway's configuration"))
 
 
+def _with_trace_id(behaviour: Any, tracing: Tracing) -> Any:
+    """``behaviour`` answering with ``x-trace-id``, errors included (the
+    inference rpcs set it themselves, on their hot path)."""
+
+    @functools.wraps(behaviour)
+    async def answer(request: Any, context: Context) -> Any:
+        if trailer := tracing.answer_metadata(context.invocation_metadata()):
+            context.set_trailing_metadata(trailer)
+        return await behaviour(request, context)
+
+    return answer
+
+
 def _header_of(data: bytes) -> pb.ModelInferRequest | None:
     """The small fields of a failed stream request, to label its error response."""
     try:
@@ -343,6 +365,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
+        if method.name not in ("ModelInfer", "ModelStreamInfer"):
+            behaviour = _with_trace_id(behaviour, servicer.tracing)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -77,6 +78,8 @@ class BatchRunner:
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
+            # The placement span covers gathering the candidates and deciding.
+            start_ns = time.time_ns() if traced else 0
             now = self._clock.now()
             candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
             decision = place(
@@ -86,10 +89,9 @@ class BatchRunner:
                 unknown_service_s=self.config.unknown_service_s,
             )
             if traced:
-                with self._tracer.start_as_current_span("placement") as span:
-                    tracing.record_placement(
-                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
-                    )
+                tracing.placement_span(
+                    self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
+                )
             self.decisions.append(decision)
             self.observer.placed(spec.name, info.size, decision)
             if decision.backend_id is None:
@@ -147,15 +149,12 @@ class BatchRunner:
         code = "OK"
         try:
             if traced:
-                device = backend.device
                 with tracing.backend_call(
                     self._tracer,
                     backend_id=state.id,
                     endpoint=str(getattr(backend, "url", "")),
-                    device=f"{device.kind.value}:{device.host}",
-                    model=spec.name,
-                    size=info.size,
                     retries=retries + info.attempt,
+                    phases=info.phases,
                 ) as headers:
                     outputs = await self._invoke(backend, spec, inputs, info, headers)
             else:

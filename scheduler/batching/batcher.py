@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
@@ -151,12 +152,10 @@ class Batcher:
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         pending = Pending(request, rows, future, now)
         if traced:
+            # The caller's server span (current here) parents all its spans.
+            pending.parent = request.trace_context or otel_context.get_current()
             pending.span = tracing.start_queue_span(
-                self._tracer,
-                request.trace_context,
-                model=name,
-                priority=request.priority,
-                rows=rows,
+                self._tracer, pending.parent, model=name, start_ns=request.received_ns
             )
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
@@ -196,6 +195,7 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
+            pending.end_batch_span()  # its outputs (or its error) are in hand
 
     def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
         """Whether the loop should look at the queue now that ``item`` joined it.
@@ -307,6 +307,7 @@ class Batcher:
             self._in_flight -= 1
             self._wakeup.set()  # capacity freed, as when a launched batch ends
             pending.end_queue_span(error="left without a batch")
+            pending.end_batch_span()
         return pending.future.result()
 
     def _key(self, request: InferRequest) -> Hashable:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -14,6 +14,9 @@ from opentelemetry.trace import SpanContext
 from scheduler.batching.queue import Trigger
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
+
+if TYPE_CHECKING:
+    from scheduler.tracing import Phase
 
 #: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch, or
 #: ``solo`` for a request of a model the gateway does not batch.
@@ -38,7 +41,9 @@ class BatchInfo:
     order (the dispatcher appends; the last one ran it or failed it).
     ``wire`` is the single member's request in its encoded form, for a
     backend that forwards it (None for a merged batch). ``caller_context`` is
-    the OpenTelemetry context of a solo request's caller.
+    the OpenTelemetry context of a solo request's caller. ``phases`` collects
+    the placement and backend-call spans of a traced batch of several
+    members, for copies in the other members' traces (None: not collected).
     """
 
     model_name: str
@@ -57,6 +62,7 @@ class BatchInfo:
     served_by: list[str] = field(default_factory=list)
     wire: bytes | None = None
     caller_context: Context | None = None
+    phases: list[Phase] | None = None
 
     def propagation(self) -> dict[str, str] | None:
         """W3C headers with the caller's trace context (of the first member
