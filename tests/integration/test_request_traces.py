@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
+from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.collector import Collector, Span, start_collector
 from tests.integration.test_observability import (
@@ -168,3 +169,55 @@ def test_a_batched_requests_own_trace_covers_its_server_time(traced: Traced) -> 
     )
     assert statistics.median(fractions) >= 0.95, summary
     assert sum(f >= 0.95 for f in fractions) >= 0.9 * len(fractions), summary
+
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = [("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01")]
+
+
+def _answers(address: str) -> dict[str, dict[str, str]]:
+    """The trailing metadata of one answer (or error) per kind of rpc."""
+    found: dict[str, dict[str, str]] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        _, rpc = stub.ModelMetadata.with_call(
+            pb.ModelMetadataRequest(name="int64_offset"), metadata=CALLER, timeout=10
+        )
+        found["ModelMetadata"] = _trailer(rpc)
+        calls = {
+            "ModelConfig": lambda: stub.ModelConfig(
+                pb.ModelConfigRequest(name="no_such_model"), metadata=CALLER, timeout=10
+            ),
+            "SystemSharedMemoryStatus": lambda: stub.SystemSharedMemoryStatus(
+                pb.SystemSharedMemoryStatusRequest(), metadata=CALLER, timeout=10
+            ),
+            "ModelInfer": lambda: stub.ModelInfer(
+                _request(np.zeros((1, 2), np.int64), model="no_such_model"),
+                metadata=CALLER,
+                timeout=10,
+            ),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            found[name] = _trailer(caught.value)
+    return found
+
+
+def test_every_answer_names_its_trace(traced: Traced) -> None:
+    for rpc, trailer in _answers(traced.gateway.address).items():
+        assert trailer.get("x-trace-id") == CALLER_TRACE, rpc  # the caller's trace, joined
+
+
+def test_with_tracing_off_answers_echo_the_callers_trace(
+    traced: Traced, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workdir = tmp_path_factory.mktemp("untraced")
+    args = ["--triton", traced.triton.grpc_url, "--no-cpu-models"]
+    with start_gateway(workdir, args=args, env={"OTEL_TRACES_EXPORTER": "none"}) as gateway:
+        for rpc, trailer in _answers(gateway.address).items():
+            assert trailer.get("x-trace-id") == CALLER_TRACE, rpc
+        with grpc.insecure_channel(gateway.address) as channel:  # no traceparent: no id
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            _, rpc = stub.ModelInfer.with_call(_request(np.zeros((1, 2), np.int64)), timeout=10)
+            assert "x-trace-id" not in _trailer(rpc)
