@@ -133,10 +133,12 @@ class GatewayMetrics(Collector):
         return families(self._series)
 
     # -- the servicer ------------------------------------------------------
-    def request_done(self, model: str, code: str, backend: str, seconds: float) -> None:
+    def request_done(
+        self, model: str, code: str, backend: str, seconds: float, trace_id: str = ""
+    ) -> None:
         labels = (model, code, backend or "none")
         self.requests.inc(labels)
-        self.request_duration.observe(labels, seconds)
+        self.request_duration.observe(labels, seconds, trace_id)
 
     # -- SchedulerObserver -------------------------------------------------
     def batch_started(
@@ -160,7 +162,11 @@ class GatewayMetrics(Collector):
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
         self.backend_calls.inc((backend_id, model, code))
-        self.backend_call_duration.observe((backend_id, model), seconds)
+        trace_id = ""
+        if self._trace_ids:  # the batch's (its first member's) trace
+            span_context = trace.get_current_span().get_span_context()
+            trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        self.backend_call_duration.observe((backend_id, model), seconds, trace_id)
 
 
 class SchedulerCollector(Collector):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
@@ -25,6 +26,7 @@ from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.status import abort, internal_error
 from gateway.telemetry import Tracing
+from scheduler.tracing import trace_id_of
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -238,9 +240,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
         model, code, backend = "unknown", "OK", ""
+        deadline: float | None = None
         try:
             infer_request, spec = self._decode(data, context, received_ns)
-            model = spec.name
+            model, deadline = spec.name, infer_request.deadline
             try:
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
@@ -248,13 +251,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return codec.encode_response(result, spec, self._headers)
         except GatewayError as exc:
             code = exc.code
+            if model == "unknown":
+                model = self._known_model(data)
             raise
         except Exception:
             code = "INTERNAL"
             raise
         finally:
+            now = self._clock.now()
+            if code == "OK" and deadline is not None and now > deadline:
+                # The caller has given up: gRPC answers DEADLINE_EXCEEDED, so do we.
+                code = "DEADLINE_EXCEEDED"
             if self._metrics is not None:
-                self._metrics.request_done(model, code, backend, self._clock.now() - start)
+                trace_id = ""
+                if self._tracing.enabled:
+                    trace_id = trace_id_of(trace.get_current_span().get_span_context())
+                self._metrics.request_done(model, code, backend, now - start, trace_id)
+
+    def _known_model(self, data: bytes) -> str:
+        """The name of a failed request's model, if the gateway serves it (a
+        metric label); else "unknown". On the error path only."""
+        header = _header_of(data)
+        if header is None or not header.model_name:
+            return "unknown"
+        try:
+            return self._scheduler.model(header.model_name, header.model_version).name
+        except GatewayError:
+            return "unknown"
 
     def _decode(
         self, data: bytes, context: Context, received_ns: int = 0

@@ -14,6 +14,7 @@ from opentelemetry.trace import Tracer
 from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.batching import BatchInfo
+from scheduler.batching.info import UNBATCHED
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
 from scheduler.config import SchedulerConfig
@@ -74,7 +75,7 @@ class BatchRunner:
         last_error: GatewayError | None = None
         start = self._clock.now()
         traced = tracing.recording(self._tracer)
-        if info.attempt == 0 and info.trigger != "solo":
+        if info.attempt == 0 and info.trigger not in UNBATCHED:
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:

@@ -231,7 +231,7 @@ class Batcher:
         item, no future, nothing to merge or split (see ``_may_skip_queue``)."""
         counters = self.counters
         counters.submitted += 1
-        counters.batches_by_trigger["idle"] += 1
+        counters.ran_alone += 1
         counters.batch_sizes[rows] += 1
         parameters = request.parameters
         if parameters and not SCHEDULING_PARAMETERS.isdisjoint(parameters):
@@ -242,7 +242,7 @@ class Batcher:
             rows,  # size
             (request.id,),  # request_ids
             request.deadline,  # deadline
-            "idle",  # trigger
+            "alone",  # trigger
             self._executor.union_of_outputs((request,)),  # outputs
             self._policy.level_of(request.priority),  # priority
             parameters,  # parameters
@@ -289,13 +289,13 @@ class Batcher:
         """Run a batch of one in the caller's own task (see ``_may_skip_queue``);
         the backend call is bounded by the request's deadline."""
         self.counters.submitted += 1
-        self.counters.batches_by_trigger["idle"] += 1
+        self.counters.ran_alone += 1
         self._in_flight += 1
         task = asyncio.current_task()
         if task is not None:
             self._inline.add(task)  # so aclose() can stop it like a launched batch
         try:
-            await self._executor.execute([pending], "idle", 0)
+            await self._executor.execute([pending], "alone", 0)
         except asyncio.CancelledError:
             if not self._closed or task is None:
                 raise  # the caller went away

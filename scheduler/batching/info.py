@@ -18,9 +18,13 @@ from scheduler.spec import ModelSpec, Tensor
 if TYPE_CHECKING:
     from scheduler.tracing import Phase
 
-#: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch, or
-#: ``solo`` for a request of a model the gateway does not batch.
-BatchTrigger = Trigger | Literal["split", "solo"]
+#: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch,
+#: ``alone`` for a request that skipped the queue (nothing to merge with, a
+#: backend free), or ``solo`` for a request of a model the gateway does not
+#: batch. The last two are single requests, not batches, for the metrics.
+BatchTrigger = Trigger | Literal["split", "solo", "alone"]
+#: Triggers of single requests that were never batched.
+UNBATCHED = frozenset({"solo", "alone"})
 
 #: Parameters that describe scheduling, not the inference: they do not keep
 #: requests apart, and are not forwarded as the batch's parameters.
@@ -97,5 +101,7 @@ class BatcherCounters:
     failed_batches: int = 0
     isolation_splits: int = 0
     batches_by_trigger: Counter[str] = field(default_factory=Counter)
+    #: Requests that skipped the queue and ran on their own (not batches).
+    ran_alone: int = 0
     #: rows -> number of batches of that size (splits included)
     batch_sizes: Counter[int] = field(default_factory=Counter)

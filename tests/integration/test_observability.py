@@ -265,6 +265,9 @@ def test_metrics_count_a_short_load(stack: Stack) -> None:
     for _ in range(bad_requests):
         with pytest.raises(grpc.RpcError):
             send_bad(stack)
+    with grpc.insecure_channel(stack.gateway.address) as channel, pytest.raises(grpc.RpcError):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_request(np.zeros((9, 1), np.int64)), timeout=10)  # batch of 9 > 8
     after = _samples(_scrape(stack.metrics_url))
     assert "gateway_requests_total" in during
 
@@ -276,19 +279,44 @@ def test_metrics_count_a_short_load(stack: Stack) -> None:
     assert delta("gateway_request_duration_seconds_count", **ok) == ok_requests
     not_found = {"model": "unknown", "code": "NOT_FOUND", "backend": "none"}
     assert delta("gateway_requests_total", **not_found) == bad_requests
+    invalid = {"model": MODEL, "code": "INVALID_ARGUMENT", "backend": "none"}
+    assert delta("gateway_requests_total", **invalid) == 1  # the model is known
+    # Batches are batches: a request that ran on its own (nothing queued to
+    # merge with) is a backend call, not a batch of one.
     batches = delta("gateway_batch_size_count", model=MODEL)
-    assert 1 <= batches <= ok_requests
-    assert delta("gateway_batch_size_sum", model=MODEL) == ok_requests  # one row each
-    assert delta("gateway_queue_wait_seconds_count", model=MODEL) == ok_requests
+    batched_rows = delta("gateway_batch_size_sum", model=MODEL)  # one row each
+    alone = ok_requests - batched_rows
+    assert batches <= batched_rows <= ok_requests
+    assert delta("gateway_queue_wait_seconds_count", model=MODEL) == batched_rows
     calls = {"backend": stack.backend_id, "model": MODEL, "code": "OK"}
-    assert delta("gateway_backend_calls_total", **calls) == batches
+    assert delta("gateway_backend_calls_total", **calls) == batches + alone
     placed = {"model": MODEL, "verdict": "placed", "backend": stack.backend_id}
-    assert delta("gateway_placement_decisions_total", **placed) == batches
+    assert delta("gateway_placement_decisions_total", **placed) == batches + alone
     assert after("gateway_backend_up", {"backend": stack.backend_id, "tier": "accelerator"}) == 1
     assert after("gateway_backend_in_flight", {"backend": stack.backend_id}) == 0
     cpu = {"device": "cpu:local", "kind": "cpu", "source": "cpu", "host": "local"}
     assert after("gateway_device_telemetry_age_seconds", cpu) >= 0
     assert "gateway_device_telemetry_age_seconds{" in during
+
+
+def test_latency_histograms_carry_trace_ids_as_exemplars(stack: Stack) -> None:
+    traceparent = "00-6e0c63257de34c92bf9efcd03927272e-00f067aa0ba902b7-01"
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(
+            _request(np.arange(2, dtype=np.int64)[None]),
+            metadata=[("traceparent", traceparent)],
+            timeout=10,
+        )
+    plain = _scrape(stack.metrics_url)
+    assert "trace_id" not in plain  # the classic text format has no exemplars
+    request = urllib.request.Request(
+        stack.metrics_url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    lines = [line for line in text.splitlines() if "6e0c63257de34c92bf9efcd03927272e" in line]
+    assert any(line.startswith("gateway_request_duration_seconds_bucket{") for line in lines)
 
 
 def send_bad(stack: Stack) -> None:
