@@ -26,13 +26,13 @@ from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.status import abort, internal_error
 from gateway.telemetry import Tracing
-from scheduler.tracing import trace_id_of
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import GatewayError, InvalidArgument, Unimplemented
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
+from scheduler.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
@@ -70,14 +71,7 @@ TRACER_NAME = "inference-gateway.scheduler"
 RPC_SERVICE = "inference.GRPCInferenceService"
 RPC_METHOD = "ModelInfer"
 #: gRPC status code numbers, for ``rpc.grpc.status_code`` (the conventions want the number).
-_GRPC_CODES = {
-    name: number
-    for number, name in enumerate(
-        "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
-        "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
-        "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
-    )
-}
+_GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
 
 
 @dataclass(slots=True)
