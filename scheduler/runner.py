@@ -23,7 +23,7 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Decision, Verdict, place
+from scheduler.placement import Candidates, Decision, Verdict, place
 from scheduler.spec import ModelSpec, Tensor
 
 if TYPE_CHECKING:
@@ -89,6 +89,10 @@ class BatchRunner:
                 deadline=info.deadline,
                 unknown_service_s=self.config.unknown_service_s,
             )
+            if decision.backend_id is not None and (len(candidates.backend_ids) > 1 or tried):
+                # Say why the others lost: only where there were others.
+                if skipped := self._skipped(candidates, tried):
+                    decision = decision._replace(reason=f"{decision.reason}; {skipped}")
             if traced:
                 tracing.placement_span(
                     self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
@@ -122,6 +126,30 @@ class BatchRunner:
                     raise
                 log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
                 last_error = exc
+
+    def _skipped(self, candidates: Candidates, tried: set[str]) -> str:
+        """The candidates placement could not use, each with why ("" for none)."""
+        usable = candidates.available & candidates.memory_ok & candidates.load_ok
+        why = [f"{backend_id} already tried" for backend_id in sorted(tried)]
+        if not usable.all():
+            for row in np.flatnonzero(~usable):
+                backend_id = candidates.backend_ids[row]
+                state = self.fleet.get(backend_id)
+                if not candidates.available[row]:
+                    if state is not None and state.drained:
+                        because = "drained"
+                    elif state is not None and not state.discovered:
+                        because = "not discovered"
+                    elif state is not None:
+                        because = f"breaker {state.breaker.state.value}"
+                    else:
+                        because = "gone"
+                elif not candidates.memory_ok[row]:
+                    because = "short of memory"
+                else:
+                    because = "over load limits (utilization or calls in flight)"
+                why.append(f"{backend_id} skipped: {because}")
+        return "; ".join(why)
 
     async def _call(
         self,

@@ -369,6 +369,8 @@ def test_admin_cli_views(stack: Stack) -> None:
     backends = _admin(stack, "backends")
     assert backends.returncode == 0, backends.stderr
     assert stack.backend_id in backends.stdout and "closed" in backends.stdout
+    row = next(line for line in backends.stdout.splitlines() if line.startswith(stack.backend_id))
+    assert "static" in row and MODEL in row  # origin and models
     devices = _admin(stack, "devices")
     assert devices.returncode == 0 and "cpu:local" in devices.stdout
     queues = _admin(stack, "queues")
