@@ -89,10 +89,14 @@ class BatchRunner:
                 deadline=info.deadline,
                 unknown_service_s=self.config.unknown_service_s,
             )
-            if decision.backend_id is not None and (len(candidates.backend_ids) > 1 or tried):
-                # Say why the others lost: only where there were others.
-                if skipped := self._skipped(candidates, tried):
-                    decision = decision._replace(reason=f"{decision.reason}; {skipped}")
+            # Say why the others lost, where there were others.
+            others = len(candidates.backend_ids) > 1 or tried
+            if (
+                decision.backend_id is not None
+                and others
+                and (skipped := self._skipped(candidates, tried))
+            ):
+                decision = decision._replace(reason=f"{decision.reason}; {skipped}")
             if traced:
                 tracing.placement_span(
                     self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
