@@ -24,8 +24,9 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
+from gateway.request_log import RequestLog
 from gateway.status import abort, internal_error
-from gateway.telemetry import Tracing
+from gateway.telemetry import Tracing, caller_trace_id
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -56,6 +57,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int = 64,
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._clock = clock
@@ -64,6 +66,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._metrics = metrics
         self._tracing = tracing or Tracing()
+        self._request_log = request_log or RequestLog(clock)
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts()
         self.ready = False
@@ -239,7 +242,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         received_ns = time.time_ns() if self._tracing.enabled else 0
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
-        model, code, backend = "unknown", "OK", ""
+        model, code, backend, message = "unknown", "OK", "", ""
         deadline: float | None = None
         try:
             infer_request, spec = self._decode(data, context, received_ns)
@@ -250,23 +253,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 backend = infer_request.served_by
             return codec.encode_response(result, spec, self._headers)
         except GatewayError as exc:
-            code = exc.code
+            code, message = exc.code, exc.message
             if model == "unknown":
                 model = self._known_model(data)
             raise
-        except Exception:
-            code = "INTERNAL"
+        except Exception as exc:
+            code, message = (
+                "INTERNAL",
+                f"unexpected {type(exc).__name__} (logged with its traceback)",
+            )
             raise
         finally:
             now = self._clock.now()
             if code == "OK" and deadline is not None and now > deadline:
                 # The caller has given up: gRPC answers DEADLINE_EXCEEDED, so do we.
                 code = "DEADLINE_EXCEEDED"
+            trace_id = ""
+            if self._tracing.enabled:
+                trace_id = trace_id_of(trace.get_current_span().get_span_context())
             if self._metrics is not None:
-                trace_id = ""
-                if self._tracing.enabled:
-                    trace_id = trace_id_of(trace.get_current_span().get_span_context())
                 self._metrics.request_done(model, code, backend, now - start, trace_id)
+            if code != "OK" or self._request_log.ok_sample:
+                if not trace_id:  # tracing off: the caller's, if it sent one
+                    for _, value in caller_trace_id(context.invocation_metadata()):
+                        trace_id = value
+                self._request_log.request_done(model, code, backend, now - start, trace_id, message)
 
     def _known_model(self, data: bytes) -> str:
         """The name of a failed request's model, if the gateway serves it (a

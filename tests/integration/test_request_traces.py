@@ -221,3 +221,6 @@ def test_with_tracing_off_answers_echo_the_callers_trace(
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             _, rpc = stub.ModelInfer.with_call(_request(np.zeros((1, 2), np.int64)), timeout=10)
             assert "x-trace-id" not in _trailer(rpc)
+        log = gateway.log()
+    # The failed inference left a line that leads to the caller's trace.
+    assert "code=NOT_FOUND backend=none" in log and f"trace_id={CALLER_TRACE}" in log
