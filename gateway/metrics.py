@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,6 +42,40 @@ _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+class Refusals(grpc.aio.ServerInterceptor):
+    """Counts the ``ModelInfer`` rpcs gRPC accepted and those the servicer got.
+
+    gRPC runs server interceptors before it checks ``maximum_concurrent_rpcs``
+    and before it reads the message, so ``arrived`` (counted here) minus
+    ``handled`` (counted by the servicer as it starts) is what gRPC refused on
+    its own with RESOURCE_EXHAUSTED (over the concurrency limit, or a message
+    over ``max_message_bytes``), give or take the few rpcs between the two
+    points at the moment of a scrape. One comparison and an addition per rpc.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.handled = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler_call_details.method == _MODEL_INFER:
+            self.arrived += 1
+        return await continuation(handler_call_details)
+
+    @property
+    def refused(self) -> int:
+        return max(self.arrived - self.handled, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +163,19 @@ class GatewayMetrics(Collector):
             self.backend_calls,
             self.backend_call_duration,
         )
+        self.refusals = Refusals()
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        return families(self._series)
+        yield from families(self._series)
+        refused = CounterMetricFamily(
+            "gateway_requests_refused",
+            "ModelInfer rpcs gRPC refused with RESOURCE_EXHAUSTED before the gateway's "
+            "handler ran (over max_concurrent_rpcs, or a message over max_message_bytes); "
+            "not in gateway_requests_total.",
+        )
+        refused.add_metric([], self.refusals.refused)
+        yield refused
 
     # -- the servicer ------------------------------------------------------
     def request_done(

@@ -238,7 +238,8 @@ class GatewayServer:
         ]
         self.server = grpc.aio.server(
             options=options,
-            interceptors=self.tracing.server_interceptors(),
+            # Refusals first: it counts what gRPC accepts, before anything else runs.
+            interceptors=[self.metrics.refusals, *self.tracing.server_interceptors()],
             # Past this many rpcs at once gRPC itself answers RESOURCE_EXHAUSTED:
             # the last guard against overload growing memory without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

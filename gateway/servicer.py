@@ -163,6 +163,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         # The trace id goes back in trailing metadata, errors included, so a
         # client's log line leads to the trace (with tracing off: the caller's own).
+        if self._metrics is not None:
+            self._metrics.refusals.handled += 1
         trailer = self._tracing.answer_metadata(context.invocation_metadata())
         if trailer:
             context.set_trailing_metadata(trailer)

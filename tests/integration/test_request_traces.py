@@ -11,6 +11,7 @@ holes), so it is asserted; no duration is.
 from __future__ import annotations
 
 import statistics
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,6 +172,7 @@ def test_a_batched_requests_own_trace_covers_its_server_time(traced: Traced) -> 
     assert sum(f >= 0.95 for f in fractions) >= 0.9 * len(fractions), summary
 
 
+LIMIT = 256 * 1024  # max_message_bytes of the untraced gateway
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = [("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01")]
 
@@ -213,14 +215,26 @@ def test_with_tracing_off_answers_echo_the_callers_trace(
     traced: Traced, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     workdir = tmp_path_factory.mktemp("untraced")
-    args = ["--triton", traced.triton.grpc_url, "--no-cpu-models"]
-    with start_gateway(workdir, args=args, env={"OTEL_TRACES_EXPORTER": "none"}) as gateway:
+    args = [
+        *("--triton", traced.triton.grpc_url, "--no-cpu-models"),
+        *("--metrics-port", "0", "--metrics-port-file", str(workdir / "metrics.port")),
+    ]
+    env = {"OTEL_TRACES_EXPORTER": "none", "GATEWAY_MAX_MESSAGE_BYTES": str(LIMIT)}
+    with start_gateway(workdir, args=args, env=env) as gateway:
         for rpc, trailer in _answers(gateway.address).items():
             assert trailer.get("x-trace-id") == CALLER_TRACE, rpc
         with grpc.insecure_channel(gateway.address) as channel:  # no traceparent: no id
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             _, rpc = stub.ModelInfer.with_call(_request(np.zeros((1, 2), np.int64)), timeout=10)
             assert "x-trace-id" not in _trailer(rpc)
+            # gRPC itself refuses a message over the limit; it is still counted.
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(_request(np.zeros((1, LIMIT // 8 + 1), np.int64)), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        url = f"http://127.0.0.1:{int((workdir / 'metrics.port').read_text())}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            scraped = response.read().decode()
         log = gateway.log()
+    assert "gateway_requests_refused_total 1.0" in scraped
     # The failed inference left a line that leads to the caller's trace.
     assert "code=NOT_FOUND backend=none" in log and f"trace_id={CALLER_TRACE}" in log
