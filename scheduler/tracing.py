@@ -74,6 +74,9 @@ RPC_METHOD = "ModelInfer"
 _GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
 
 
+_UNSET = Status(StatusCode.UNSET)
+
+
 @dataclass(slots=True)
 class Phase:
     """A step of a batch's run (a placement or a backend call) as its real span
@@ -84,7 +87,7 @@ class Phase:
     start_ns: int
     end_ns: int
     attributes: Mapping[str, AttributeValue]
-    context: SpanContext
+    span: Span
     error: str | None = None
 
 
@@ -141,8 +144,7 @@ def start_batch_span(
     links: Sequence[Link] = (),
 ) -> Span:
     """A member's ``batch`` span, a child of ``parent`` (the member's server
-    span); ``links`` lead to the leader's batch span, or from the leader's to
-    the members' queue spans."""
+    span); ``links`` lead to the leader's batch span (none for the leader's)."""
     span = tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
     if span.is_recording():
         attributes: dict[str, AttributeValue] = {
@@ -208,7 +210,7 @@ def placement_span(
                 start_ns,
                 end_ns,
                 values,
-                span.get_span_context(),
+                span,
                 error,
             )
         )
@@ -276,7 +278,7 @@ def backend_call(
                     start_ns,
                     end_ns,
                     attributes,
-                    span.get_span_context(),
+                    span,
                     message,
                 )
             )
@@ -285,20 +287,64 @@ def backend_call(
 def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span]) -> None:
     """Copy each of the leader's ``phases`` under each of the other members'
     ``batch_spans``: same name, kind, timings and attributes, a link to the
-    real span (under which the backend's own spans are)."""
+    real span (under which the backend's own spans are).
+
+    The copies are finished spans from birth, so with the OpenTelemetry SDK
+    they are built as such and handed to its span processor: no sampling
+    (the member's batch span was sampled), no lock, no attribute checks (the
+    real span checked the same attributes). That costs a fraction of a live
+    span, and a batch of N makes 2(N-1) copies. Any other tracer gets live
+    spans, started and ended at the recorded times.
+    """
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+
+    fast = isinstance(tracer, SdkTracer)
     for batch in batch_spans:
-        parent = trace.set_span_in_context(batch)
+        parent = batch.get_span_context()
+        if not parent.trace_flags.sampled:
+            continue
         for phase in phases:
+            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
+            links = (Link(phase.span.get_span_context()),)
+            real = phase.span
+            if fast and isinstance(real, ReadableSpan):
+                assert isinstance(tracer, SdkTracer)
+                context = SpanContext(
+                    parent.trace_id,
+                    tracer.id_generator.generate_span_id(),
+                    False,
+                    parent.trace_flags,
+                    parent.trace_state,
+                )
+                tracer.span_processor.on_end(
+                    ReadableSpan(
+                        phase.name,
+                        context,
+                        parent,
+                        real.resource,
+                        phase.attributes,
+                        (),
+                        links,
+                        phase.kind,
+                        None,
+                        status,
+                        phase.start_ns,
+                        phase.end_ns,
+                        real.instrumentation_scope,
+                    )
+                )
+                continue
             span = tracer.start_span(
                 phase.name,
-                context=parent,
+                context=trace.set_span_in_context(batch),
                 kind=phase.kind,
                 attributes=phase.attributes,
-                links=(Link(phase.context),),
+                links=links,
                 start_time=phase.start_ns,
             )
             if phase.error is not None:
-                span.set_status(Status(StatusCode.ERROR, phase.error))
+                span.set_status(status)
             span.end(end_time=phase.end_ns)
 
 

@@ -199,14 +199,14 @@ class BatchExecutor:
         now_ns = time.time_ns()
         leader, *others = live
         model, members = self._spec.name, len(live)
-        links = [Link(m.span_context) for m in others if m.span_context.is_valid]
+        # Links go from each other member to the leader only: that is the way
+        # to Triton's spans, and N links back would be paid on every batch.
         span = tracing.start_batch_span(
             self._tracer,
             leader.parent,
             trigger=trigger,
             attempt=attempt,
             start_ns=now_ns,
-            links=links,
             model=model,
             size=size,
             members=members,
