@@ -48,6 +48,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from scheduler.deferred_span import start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 
@@ -118,7 +119,9 @@ def start_queue_span(
 ) -> Span:
     """Opened at admission (or at ``start_ns``, when the front end received the
     request), ended by ``end_queue_span`` when the batch is cut."""
-    span = tracer.start_span("queue", context=parent, start_time=start_ns or None)
+    span = start_deferred(tracer, "queue", parent, start_ns=start_ns or None) or tracer.start_span(
+        "queue", context=parent, start_time=start_ns or None
+    )
     if span.is_recording():
         span.set_attribute("gateway.model", model)
     return span
@@ -145,7 +148,9 @@ def start_batch_span(
 ) -> Span:
     """A member's ``batch`` span, a child of ``parent`` (the member's server
     span); ``links`` lead to the leader's batch span (none for the leader's)."""
-    span = tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
+    span = start_deferred(
+        tracer, "batch", parent, start_ns=start_ns, links=links
+    ) or tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
     if span.is_recording():
         attributes: dict[str, AttributeValue] = {
             "gateway.model": model,
