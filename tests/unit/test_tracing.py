@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -209,3 +210,35 @@ def test_log_records_carry_trace_and_span_ids_in_json() -> None:
     TraceContextFilter().filter(outside)
     assert "trace_id" not in json.loads(JsonFormatter().format(outside))
     assert trace_id_metadata() == ()
+
+
+class CountingNoOpTracer(trace.NoOpTracer):
+    """The API's no-op tracer (what the scheduler gets with tracing off), counting spans asked for."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        self.asked += 1
+        return super().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        return super().start_as_current_span(*args, **kwargs)
+
+
+async def test_with_tracing_off_no_span_is_made() -> None:
+    tracer = CountingNoOpTracer()
+    backend = RecordingBackend()
+    scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
+    await scheduler.start()
+    try:
+        await scheduler.infer(_request("alone"))  # the lean path
+        backend.gate = asyncio.Event()
+        calls = [asyncio.create_task(scheduler.infer(_request(str(i)))) for i in range(6)]
+        await asyncio.sleep(0.01)  # the first holds the backend, the rest batch up
+        backend.gate.set()
+        await asyncio.gather(*calls)
+    finally:
+        await scheduler.aclose()
+    assert len(backend.headers) >= 2 and tracer.asked == 0
