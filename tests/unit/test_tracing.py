@@ -213,7 +213,7 @@ def test_log_records_carry_trace_and_span_ids_in_json() -> None:
 
 
 class CountingNoOpTracer(trace.NoOpTracer):
-    """The API's no-op tracer (what the scheduler gets with tracing off), counting spans asked for."""
+    """The no-op tracer the scheduler gets with tracing off, counting spans asked for."""
 
     def __init__(self) -> None:
         self.asked = 0
