@@ -242,8 +242,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         start = self._clock.now()
         # Traced: the request's first span starts here, so decoding is inside it.
         received_ns = time.time_ns() if self._tracing.enabled else 0
-        # "unknown" until the model resolves: a client's typo must not become
-        # a metric label of its own.
+        # "unknown" until the model resolves: a typo must not become a label of its own.
         model, code, backend, message = "unknown", "OK", "", ""
         deadline: float | None = None
         try:
@@ -260,10 +259,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model = self._known_model(data)
             raise
         except Exception as exc:
-            code, message = (
-                "INTERNAL",
-                f"unexpected {type(exc).__name__} (logged with its traceback)",
-            )
+            code, message = "INTERNAL", f"{type(exc).__name__} (logged with its traceback)"
             raise
         finally:
             now = self._clock.now()
@@ -282,15 +278,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self._request_log.request_done(model, code, backend, now - start, trace_id, message)
 
     def _known_model(self, data: bytes) -> str:
-        """The name of a failed request's model, if the gateway serves it (a
-        metric label); else "unknown". On the error path only."""
-        header = _header_of(data)
-        if header is None or not header.model_name:
-            return "unknown"
-        try:
-            return self._scheduler.model(header.model_name, header.model_version).name
-        except GatewayError:
-            return "unknown"
+        """A failed request's model if the gateway serves it, else "unknown" (error path only)."""
+        if (header := _header_of(data)) is not None:
+            with contextlib.suppress(GatewayError):
+                return self._scheduler.model(header.model_name, header.model_version).name
+        return "unknown"
 
     def _decode(
         self, data: bytes, context: Context, received_ns: int = 0
@@ -373,19 +365,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await abort(context, Unimplemented("log settings are set in the gateway's configuration"))
 
 
-def _with_trace_id(behaviour: Any, tracing: Tracing) -> Any:
-    """``behaviour`` answering with ``x-trace-id``, errors included (the
-    inference rpcs set it themselves, on their hot path)."""
-
-    @functools.wraps(behaviour)
-    async def answer(request: Any, context: Context) -> Any:
-        if trailer := tracing.answer_metadata(context.invocation_metadata()):
-            context.set_trailing_metadata(trailer)
-        return await behaviour(request, context)
-
-    return answer
-
-
 def _header_of(data: bytes) -> pb.ModelInferRequest | None:
     """The small fields of a failed stream request, to label its error response."""
     try:
@@ -402,7 +381,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
         if method.name not in ("ModelInfer", "ModelStreamInfer"):
-            behaviour = _with_trace_id(behaviour, servicer.tracing)
+            behaviour = servicer.tracing.answering_with_trace_id(behaviour)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":

@@ -22,6 +22,7 @@ the caller's trace).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -91,6 +92,18 @@ class Tracing:
         if self.provider is not None:
             return trace_id_metadata()
         return caller_trace_id(metadata) if metadata else ()
+
+    def answering_with_trace_id(self, behaviour: Any) -> Any:
+        """An rpc's ``behaviour`` whose answers, errors included, carry
+        ``answer_metadata`` (the inference rpcs set it on their hot path)."""
+
+        @functools.wraps(behaviour)
+        async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if trailer := self.answer_metadata(context.invocation_metadata()):
+                context.set_trailing_metadata(trailer)
+            return await behaviour(request, context)
+
+        return answer
 
     def shutdown(self) -> None:
         """Flush what is buffered (bounded by the exporter's timeout) and stop."""
