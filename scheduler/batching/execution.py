@@ -51,7 +51,7 @@ class Pending:
     future: asyncio.Future[Outputs]
     enqueued_at: float
     #: The queue span, open from admission until the request's batch is cut;
-    #: its context stays behind for the links of the leader's batch span.
+    #: its context (untraced: the caller's) stays behind in ``BatchInfo.trace_contexts``.
     span: Span | None = None
     span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
     #: Traced: the context of the caller's server span, the member's spans' parent.
@@ -80,9 +80,11 @@ class BatchExecutor:
     """Runs the batches of one model's ``Batcher``, each in the task it is given.
 
     ``execute`` drops members whose callers are gone, merges the rest's
-    inputs, calls ``run_batch`` under a batch span that links the members'
-    queue spans, checks one output row per input row, splits, and gives each
-    request what it asked for. Failure isolation: a batch of several requests
+    inputs, calls ``run_batch``, checks one output row per input row, splits,
+    and gives each request what it asked for. Traced, every member gets a
+    batch span in its own trace; the batch runs under the first member's, and
+    its placement and backend-call spans are copied into the others' when it
+    ends (``scheduler.tracing``). Failure isolation: a batch of several requests
     that fails with an error that may be one member's fault (not a deadline,
     cancellation or unavailability) is split in halves, each retried while
     its deadline allows, down to the single request that fails alone.

@@ -40,7 +40,7 @@ class BatchInfo:
     the members' requested outputs, ``()`` meaning all. ``priority`` is the
     most urgent member's level. ``parameters`` are the members' shared
     parameters, without ``priority`` and ``timeout``. ``trace_contexts`` are
-    the members' span contexts (their queue spans), which the batch span links.
+    the members' span contexts (their queue spans; untraced, their callers').
     ``served_by`` collects the ids of the backends the batch was sent to, in
     order (the dispatcher appends; the last one ran it or failed it).
     ``wire`` is the single member's request in its encoded form, for a
