@@ -120,8 +120,9 @@ def test_a_batched_requests_own_trace_covers_its_server_time(traced: Traced) -> 
 
     traces = by_trace(traced.collector.wait_for(complete, timeout_s=30))
     everything = {s.span_id: s for s in traced.collector.spans()}
-    # Triton (2.51) now and then starts a trace of its own for a call that
-    # carried a traceparent: Triton's spans are checked where it joined.
+    # Triton (2.51) starts traces of its own for its first traced calls after
+    # start-up, traceparent or not (seen with tritonclient alone too): Triton's
+    # spans are checked where it joined.
     joined = {s.parent_id for s in everything.values() if s.name == "InferRequest"}
     real_calls = [s for s in everything.values() if s.name == BACKEND_SPAN and not s.links]
     joined_calls = len(joined & {s.span_id for s in real_calls})
