@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="per CPU model: run inline on the event loop, on a thread, or in a process",
     )
+    request_log_rate_per_s: float = Field(
+        10.0, gt=0, description="most per-request log lines a second (errors, sampled OK)"
+    )
+    request_log_ok_sample: float = Field(
+        0.0, ge=0, le=1, description="fraction of OK requests that get a log line too"
+    )
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
     dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
     triton_metrics_port: int | None = Field(

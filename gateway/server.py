@@ -21,6 +21,7 @@ from gateway.admin import AdminServer, AdminServicer
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
+from gateway.request_log import RequestLog
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from gateway.worker_views import WorkerRole
@@ -208,6 +209,12 @@ class GatewayServer:
             stream_max_in_flight=settings.stream_max_in_flight,
             metrics=self.metrics,
             tracing=self.tracing,
+            request_log=RequestLog(
+                clock,
+                rate_per_s=settings.request_log_rate_per_s,
+                burst=max(1, round(settings.request_log_rate_per_s * 2)),
+                ok_sample=settings.request_log_ok_sample,
+            ),
         )
         self.admin: AdminServer | None = None
         admin = AdminServicer(self.scheduler, self.metrics, clock)
@@ -231,7 +238,8 @@ class GatewayServer:
         ]
         self.server = grpc.aio.server(
             options=options,
-            interceptors=self.tracing.server_interceptors(),
+            # Refusals first: it counts what gRPC accepts, before anything else runs.
+            interceptors=[self.metrics.refusals, *self.tracing.server_interceptors()],
             # Past this many rpcs at once gRPC itself answers RESOURCE_EXHAUSTED:
             # the last guard against overload growing memory without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from opentelemetry.trace import Tracer
 from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.batching import BatchInfo
+from scheduler.batching.info import UNBATCHED
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
 from scheduler.config import SchedulerConfig
@@ -29,7 +31,7 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Decision, Verdict, place
+from scheduler.placement import Candidates, Decision, Verdict, place
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.streams import OpenStreams
 
@@ -82,10 +84,12 @@ class BatchRunner:
         last_error: GatewayError | None = None
         start = self._clock.now()
         traced = tracing.recording(self._tracer)
-        if info.attempt == 0 and info.trigger != "solo":
+        if info.attempt == 0 and info.trigger not in UNBATCHED:
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
+            # The placement span covers gathering the candidates and deciding.
+            start_ns = time.time_ns() if traced else 0
             now = self._clock.now()
             candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
             decision = place(
@@ -94,11 +98,18 @@ class BatchRunner:
                 deadline=info.deadline,
                 unknown_service_s=self.config.unknown_service_s,
             )
+            # Say why the others lost, where there were others.
+            others = len(candidates.backend_ids) > 1 or tried
+            if (
+                decision.backend_id is not None
+                and others
+                and (skipped := self._skipped(candidates, tried))
+            ):
+                decision = decision._replace(reason=f"{decision.reason}; {skipped}")
             if traced:
-                with self._tracer.start_as_current_span("placement") as span:
-                    tracing.record_placement(
-                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
-                    )
+                tracing.placement_span(
+                    self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
+                )
             self.decisions.append(decision)
             self.observer.placed(spec.name, info.size, decision)
             if decision.backend_id is None:
@@ -224,6 +235,30 @@ class BatchRunner:
             if span is not None:
                 tracing.end_backend_stream(span, code)
 
+    def _skipped(self, candidates: Candidates, tried: set[str]) -> str:
+        """The candidates placement could not use, each with why ("" for none)."""
+        usable = candidates.available & candidates.memory_ok & candidates.load_ok
+        why = [f"{backend_id} already tried" for backend_id in sorted(tried)]
+        if not usable.all():
+            for row in np.flatnonzero(~usable):
+                backend_id = candidates.backend_ids[row]
+                state = self.fleet.get(backend_id)
+                if not candidates.available[row]:
+                    if state is not None and state.drained:
+                        because = "drained"
+                    elif state is not None and not state.discovered:
+                        because = "not discovered"
+                    elif state is not None:
+                        because = f"breaker {state.breaker.state.value}"
+                    else:
+                        because = "gone"
+                elif not candidates.memory_ok[row]:
+                    because = "short of memory"
+                else:
+                    because = "over load limits (utilization or calls in flight)"
+                why.append(f"{backend_id} skipped: {because}")
+        return "; ".join(why)
+
     async def _call(
         self,
         state: BackendState,
@@ -251,15 +286,12 @@ class BatchRunner:
         code = "OK"
         try:
             if traced:
-                device = backend.device
                 with tracing.backend_call(
                     self._tracer,
                     backend_id=state.id,
                     endpoint=str(getattr(backend, "url", "")),
-                    device=f"{device.kind.value}:{device.host}",
-                    model=spec.name,
-                    size=info.size,
                     retries=retries + info.attempt,
+                    phases=info.phases,
                 ) as headers:
                     outputs = await self._invoke(backend, spec, inputs, info, headers)
             else:

@@ -136,9 +136,11 @@ class TritonBackend:
             hints = await self._statistics_hints(timeout)
         except InferenceServerException as exc:
             raise self._translate(exc, "discovering models") from exc
+        # Said when it changes, not on every periodic re-discovery.
+        if found.keys() != self._models.keys():
+            log.info("backend %s serves %d model(s): %s", self._id, len(found), ", ".join(found))
         self._models = found
         self._hints = hints
-        log.info("backend %s serves %d model(s): %s", self._id, len(found), ", ".join(found))
         return found
 
     async def _statistics_hints(self, timeout: float) -> list[tuple[str, int, float]]:

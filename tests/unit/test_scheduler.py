@@ -187,6 +187,20 @@ async def test_in_flight_work_steers_the_next_call_elsewhere() -> None:
         assert "runner-up" in scheduler.decisions[-1].reason
 
 
+async def test_a_decision_says_why_the_others_were_skipped() -> None:
+    b1, b2, b3 = FakeBackend("b1", DOUBLE), FakeBackend("b2", DOUBLE), FakeBackend("b3", DOUBLE)
+    b2.errors = [_down(b2)]
+    async with running(b1, b2, b3) as scheduler:
+        scheduler.set_drained("b1", True)
+        await scheduler.infer(_request())  # b2 first (b1 drained), fails, b3 takes it
+        retried = scheduler.decisions[-1]
+        assert retried.backend_id == "b3"
+        assert "b1 skipped: drained" in retried.reason and "b2 already tried" in retried.reason
+        await scheduler.infer(_request())
+        later = scheduler.decisions[-1].reason
+        assert "b1 skipped: drained" in later and "b2 skipped: breaker open" in later
+
+
 async def test_learned_service_time_prefers_the_faster_backend() -> None:
     clock = ManualClock()
     slow, fast = FakeBackend("slow", DOUBLE, clock=clock), FakeBackend("fast", DOUBLE, clock=clock)
