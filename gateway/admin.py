@@ -154,6 +154,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             breaker_state=state.breaker.state.value,
             last_error=state.breaker.last_error,
             in_flight=state.in_flight,
+            origin=f"dns:{state.group}" if state.group else "static",
         )
         for model, buckets in self._scheduler.estimator.snapshot().get(state.id, {}).items():
             for bucket, seconds in sorted(buckets.items()):

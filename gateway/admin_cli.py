@@ -90,14 +90,28 @@ def _backend_rows(backends: Sequence[pb.Backend]) -> str:
             [
                 b.id,
                 b.tier,
+                b.endpoint or "-",
+                b.origin or "static",
                 "drained" if b.drained else ("up" if b.usable else "down"),
                 b.breaker_state,
                 str(b.in_flight),
+                ",".join(b.models) or "-",
                 ewma or "-",
                 b.last_error or "",
             ]
         )
-    headers = ["BACKEND", "TIER", "STATE", "BREAKER", "IN FLIGHT", "EWMA", "LAST ERROR"]
+    headers = [
+        "BACKEND",
+        "TIER",
+        "ENDPOINT",
+        "ORIGIN",
+        "STATE",
+        "BREAKER",
+        "IN FLIGHT",
+        "MODELS",
+        "EWMA",
+        "LAST ERROR",
+    ]
     return _with_workers(headers, rows, [b.worker for b in backends])
 
 

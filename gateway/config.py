@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="per CPU model: run inline on the event loop, on a thread, or in a process",
     )
+    request_log_rate_per_s: float = Field(
+        10.0, gt=0, description="most per-request log lines a second (errors, sampled OK)"
+    )
+    request_log_ok_sample: float = Field(
+        0.0, ge=0, le=1, description="fraction of OK requests that get a log line too"
+    )
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
     dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
     triton_metrics_port: int | None = Field(
@@ -201,6 +207,11 @@ class Settings(BaseSettings):
         description="queue a request only if the work ahead ends within this share of its deadline",
     )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
+    server_name: str = Field(
+        "inference-gateway",
+        min_length=1,
+        description="the name ServerMetadata answers (clients that expect 'triton' may check it)",
+    )
     max_concurrent_rpcs: int | None = Field(
         4096, gt=0, description="rpcs served at once; more are refused with RESOURCE_EXHAUSTED"
     )

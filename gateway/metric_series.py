@@ -10,14 +10,23 @@ exposition: ``families()`` turns the series into its metric families on each
 scrape (from the HTTP server's thread; copying a list or a dict's items is
 atomic under the GIL, so a scrape sees every series whole, give or take the
 updates of the moment).
+
+Exemplars: an observation made with a trace id keeps it, with its value and
+time, as the latest exemplar of its bucket (one tuple per bucket, replaced,
+so memory stays bounded). ``prometheus_client`` writes them only in the
+OpenMetrics exposition, which its HTTP server serves to a scraper that asks
+for it (``Accept: application/openmetrics-text``); the classic text format
+leaves them out. Without a trace id (tracing off) nothing is kept.
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 Labels = tuple[str, ...]
@@ -56,23 +65,40 @@ class HistogramSeries:
         self.bounds = tuple(float(b) for b in bounds)
         #: per series: one count per bucket (non-cumulative), +Inf, then the sum
         self.values: dict[Labels, list[float]] = {}
+        #: per series and bucket index: the latest (trace id, value, Unix time)
+        self.exemplars: dict[Labels, dict[int, tuple[str, float, float]]] = {}
 
-    def observe(self, labels: Labels, value: float) -> None:
+    def observe(self, labels: Labels, value: float, trace_id: str = "") -> None:
         counts = self.values.get(labels)
         if counts is None:
             counts = self.values[labels] = [0.0] * (len(self.bounds) + 2)
-        counts[bisect_left(self.bounds, value)] += 1
+        bucket = bisect_left(self.bounds, value)
+        counts[bucket] += 1
         counts[-1] += value
+        if trace_id:
+            kept = self.exemplars.get(labels)
+            if kept is None:
+                kept = self.exemplars[labels] = {}
+            kept[bucket] = (trace_id, value, time.time())
 
     def family(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, counts in list(self.values.items()):
             counts = list(counts)
+            kept = dict(self.exemplars.get(labels, {}))
             running = 0.0
-            buckets = []
-            for bound, count in zip((*self.bounds, float("inf")), counts[:-1], strict=True):
+            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+            for index, (bound, count) in enumerate(
+                zip((*self.bounds, float("inf")), counts[:-1], strict=True)
+            ):
                 running += count
-                buckets.append((_le(bound), running))
+                if index in kept:
+                    trace_id, value, at = kept[index]
+                    buckets.append(
+                        (_le(bound), running, Exemplar({"trace_id": trace_id}, value, at))
+                    )
+                else:
+                    buckets.append((_le(bound), running))
             family.add_metric(labels, buckets, counts[-1])
         return family
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,6 +42,40 @@ _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+class Refusals(grpc.aio.ServerInterceptor):
+    """Counts the ``ModelInfer`` rpcs gRPC accepted and those the servicer got.
+
+    gRPC runs server interceptors before it checks ``maximum_concurrent_rpcs``
+    and before it reads the message, so ``arrived`` (counted here) minus
+    ``handled`` (counted by the servicer as it starts) is what gRPC refused on
+    its own with RESOURCE_EXHAUSTED (over the concurrency limit, or a message
+    over ``max_message_bytes``), give or take the few rpcs between the two
+    points at the moment of a scrape. One comparison and an addition per rpc.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.handled = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler_call_details.method == _MODEL_INFER:
+            self.arrived += 1
+        return await continuation(handler_call_details)
+
+    @property
+    def refused(self) -> int:
+        return max(self.arrived - self.handled, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +152,18 @@ class GatewayMetrics(Collector):
             ["backend", "model"],
             _LATENCY_BUCKETS_S,
         )
+        self.first_response = HistogramSeries(
+            "gateway_stream_first_response_seconds",
+            "Time from a streamed request (decoupled model) to its first response, by model.",
+            ["model"],
+            _LATENCY_BUCKETS_S,
+        )
+        self.response_gap = HistogramSeries(
+            "gateway_stream_response_gap_seconds",
+            "Time between consecutive responses of a streamed request, by model.",
+            ["model"],
+            _LATENCY_BUCKETS_S,
+        )
         self._series = (
             self.requests,
             self.request_duration,
@@ -126,17 +174,36 @@ class GatewayMetrics(Collector):
             self.spillovers,
             self.backend_calls,
             self.backend_call_duration,
+            self.first_response,
+            self.response_gap,
         )
+        self.refusals = Refusals()
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        return families(self._series)
+        yield from families(self._series)
+        refused = CounterMetricFamily(
+            "gateway_requests_refused",
+            "ModelInfer rpcs gRPC refused with RESOURCE_EXHAUSTED before the gateway's "
+            "handler ran (over max_concurrent_rpcs, or a message over max_message_bytes); "
+            "not in gateway_requests_total.",
+        )
+        refused.add_metric([], self.refusals.refused)
+        yield refused
 
     # -- the servicer ------------------------------------------------------
-    def request_done(self, model: str, code: str, backend: str, seconds: float) -> None:
+    def request_done(
+        self, model: str, code: str, backend: str, seconds: float, trace_id: str = ""
+    ) -> None:
         labels = (model, code, backend or "none")
         self.requests.inc(labels)
-        self.request_duration.observe(labels, seconds)
+        self.request_duration.observe(labels, seconds, trace_id)
+
+    def stream_first_response(self, model: str, seconds: float) -> None:
+        self.first_response.observe((model,), seconds)
+
+    def stream_response_gap(self, model: str, seconds: float) -> None:
+        self.response_gap.observe((model,), seconds)
 
     # -- SchedulerObserver -------------------------------------------------
     def batch_started(
@@ -160,7 +227,11 @@ class GatewayMetrics(Collector):
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
         self.backend_calls.inc((backend_id, model, code))
-        self.backend_call_duration.observe((backend_id, model), seconds)
+        trace_id = ""
+        if self._trace_ids:  # the batch's (its first member's) trace
+            span_context = trace.get_current_span().get_span_context()
+            trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        self.backend_call_duration.observe((backend_id, model), seconds, trace_id)
 
 
 class SchedulerCollector(Collector):
@@ -224,6 +295,17 @@ class SchedulerCollector(Collector):
         in_flight = GaugeMetricFamily(
             "gateway_backend_in_flight", "Backend calls in flight.", labels=["backend"]
         )
+        streams = GaugeMetricFamily(
+            "gateway_backend_open_streams",
+            "Response streams (decoupled models) open on the backend.",
+            labels=["backend"],
+        )
+        sequences = GaugeMetricFamily(
+            "gateway_backend_live_sequences",
+            "Live sequences (sequence models) held by the backend: a drained backend "
+            "is empty when this and its in-flight calls are 0.",
+            labels=["backend"],
+        )
         service = GaugeMetricFamily(
             "gateway_backend_service_time_seconds",
             "Learned (EWMA) service time per model and batch-size bucket.",
@@ -235,11 +317,13 @@ class SchedulerCollector(Collector):
             for value in BreakerState:
                 breaker.add_metric([state.id, value.value], float(state.breaker.state is value))
             in_flight.add_metric([state.id], state.in_flight)
+            streams.add_metric([state.id], self._scheduler.stateful.streams.count(state.id))
+            sequences.add_metric([state.id], self._scheduler.live_sequences(state.id))
         for backend_id, models in self._scheduler.estimator.snapshot().items():
             for model, buckets in models.items():
                 for bucket, seconds in sorted(buckets.items()):
                     service.add_metric([backend_id, model, str(bucket)], seconds)
-        yield from (up, drained, breaker, in_flight, service)
+        yield from (up, drained, breaker, in_flight, streams, sequences, service)
 
     def _devices(self) -> Iterator[Metric]:
         monitor = self._scheduler.monitor

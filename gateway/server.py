@@ -22,6 +22,7 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
+from gateway.request_log import RequestLog
 from gateway.security import (
     Authenticator,
     admin_key_digests,
@@ -229,11 +230,17 @@ class GatewayServer:
         self.servicer = InferenceServicer(
             self.scheduler,
             clock=clock,
-            server_name="inference-gateway",
+            server_name=settings.server_name,
             server_version=_version(),
             stream_max_in_flight=settings.stream_max_in_flight,
             metrics=self.metrics,
             tracing=self.tracing,
+            request_log=RequestLog(
+                clock,
+                rate_per_s=settings.request_log_rate_per_s,
+                burst=max(1, round(settings.request_log_rate_per_s * 2)),
+                ok_sample=settings.request_log_ok_sample,
+            ),
             limits=TensorLimits(settings.max_tensor_dims, settings.max_tensor_elements),
             auth=self.auth,
             max_bytes_in_flight=settings.max_bytes_in_flight,
@@ -262,7 +269,8 @@ class GatewayServer:
         ]
         self.server = grpc.aio.server(
             options=options,
-            interceptors=self.tracing.server_interceptors(),
+            # Refusals first: it counts what gRPC accepts, before anything else runs.
+            interceptors=[self.metrics.refusals, *self.tracing.server_interceptors()],
             # Past this many rpcs at once gRPC itself answers RESOURCE_EXHAUSTED:
             # the last guard against overload growing memory without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

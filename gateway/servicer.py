@@ -12,10 +12,12 @@ import collections
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
@@ -23,9 +25,11 @@ from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.front_door import SHUTTING_DOWN, FrontDoor
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
+from gateway.request_log import RequestLog
 from gateway.security import Authenticator, authenticated
+from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error, short
-from gateway.telemetry import Tracing, trace_id_metadata
+from gateway.telemetry import Tracing, caller_trace_id
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -33,6 +37,7 @@ from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimple
 from scheduler.quota import TenantQuota
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
+from scheduler.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,6 +61,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_max_in_flight: int = 64,
         metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
+        request_log: RequestLog | None = None,
         limits: codec.TensorLimits = codec.DEFAULT_LIMITS,
         auth: Authenticator | None = None,
         max_bytes_in_flight: int = 1 << 30,
@@ -67,13 +73,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._metrics = metrics
         self._tracing = tracing or Tracing()
+        self._request_log = request_log or RequestLog(clock)
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts(limits=limits)
+        self._stateful = StatefulRequests(scheduler, clock, self._headers, metrics)
         #: With tenants configured: who may call, which models, and their quotas.
         self.auth = auth
         self.ready = False
         #: In-flight requests and bytes; ``door.close`` refuses new ones at shutdown.
         self.door = FrontDoor(max_bytes_in_flight)
+
+    @property
+    def tracing(self) -> Tracing:
+        return self._tracing
 
     # -- health and metadata ---------------------------------------------
     async def ServerLive(
@@ -162,9 +174,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # reaches a Triton backend as the very bytes the caller sent.
     async def ModelInfer(self, request: bytes, context: Context) -> bytes:
         # The trace id goes back in trailing metadata, errors included, so a
-        # client's log line leads to the trace.
-        # (Only our own spans have an id to report: with tracing off there is none.)
-        trailer = trace_id_metadata() if self._tracing.enabled else ()
+        # client's log line leads to the trace (with tracing off: the caller's own).
+        if self._metrics is not None:
+            self._metrics.refusals.handled += 1
+        trailer = self._tracing.answer_metadata(context.invocation_metadata())
         if trailer:
             context.set_trailing_metadata(trailer)
         try:
@@ -187,8 +200,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Triton. A failed request answers with ``error_message``; the stream
         goes on. Each request runs as a task whose done-callback queues its
         response, so a message costs one task and no queue or semaphore hops.
+        A decoupled model's request pushes each of its responses itself, and
+        a sequence's steps run one after another (``gateway.stateful``).
         """
-        if self._tracing.enabled and (trailer := trace_id_metadata()):
+        if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)
         loop = asyncio.get_running_loop()
         responses: collections.deque[bytes] = collections.deque()
@@ -198,13 +213,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task[bytes]] = set()
         limit = self._stream_max_in_flight
 
+        def push(message: bytes) -> None:
+            responses.append(message)
+            wake.set()
+
+        stream = StreamSink(push)
+
         def finished(request: bytes, task: asyncio.Task[bytes]) -> None:
             tasks.discard(task)
             if task.cancelled():
                 return
             error = task.exception()
             if error is None:
-                responses.append(codec.stream_response(task.result()))
+                if result := task.result():  # empty: a decoupled request pushed its own
+                    responses.append(codec.stream_response(result))
             elif isinstance(error, GatewayError):
                 responses.append(codec.stream_error(_header_of(request), short(error.message)))
             else:
@@ -219,7 +241,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     while len(tasks) >= limit:
                         room.clear()
                         await room.wait()
-                    task = loop.create_task(self._infer(request, context))
+                    task = loop.create_task(self._infer(request, context, stream))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(finished, request))
             finally:
@@ -248,44 +270,75 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    async def _infer(self, data: bytes, context: Context) -> bytes:
+    async def _infer(
+        self, data: bytes, context: Context, stream: StreamSink | None = None
+    ) -> bytes:
+        """One request's encoded response; on a stream (``stream``), empty
+        when the request pushed its responses itself (a decoupled model's)."""
         size = len(data)
         door = self.door
-        door.enter(size)
+        door.enter(size)  # UNAVAILABLE when closing; bounded in bytes
         start = self._clock.now()
-        # "unknown" until the model resolves: a client's typo must not become
-        # a metric label of its own.
-        model, code, backend = "unknown", "OK", ""
+        # Traced: the request's first span starts here, so decoding is inside it.
+        received_ns = time.time_ns() if self._tracing.enabled else 0
+        # "unknown" until the model resolves: a typo must not become a label of its own.
+        model, code, backend, message = "unknown", "OK", "", ""
+        deadline: float | None = None
         quota: TenantQuota | None = None
         try:
             tenant = self.auth.identify_call(context) if self.auth is not None else None
             if tenant is not None:  # before decoding: a refusal must cost little
                 tenant.quota.acquire(start)
                 quota = tenant.quota
-            infer_request, spec = self._decode(data, context)
-            model = spec.name
+            infer_request, spec = self._decode(data, context, received_ns)
+            model, deadline = spec.name, infer_request.deadline
             if tenant is not None:
                 Authenticator.authorize(tenant, model)
                 infer_request.tenant = tenant.name
             try:
+                if spec.stateful:  # the one test the common path pays
+                    return await self._stateful.infer(infer_request, spec, stream)
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
                 backend = infer_request.served_by
             return codec.encode_response(result, spec, self._headers)
         except GatewayError as exc:
-            code = exc.code
+            code, message = exc.code, exc.message
+            if model == "unknown":
+                model = self._known_model(data)
             raise
-        except Exception:
-            code = "INTERNAL"
+        except Exception as exc:
+            code, message = "INTERNAL", f"{type(exc).__name__} (logged with its traceback)"
             raise
         finally:
             if quota is not None:
                 quota.release()
             door.leave(size)
+            now = self._clock.now()
+            if code == "OK" and deadline is not None and now > deadline:
+                # The caller has given up: gRPC answers DEADLINE_EXCEEDED, so do we.
+                code = "DEADLINE_EXCEEDED"
+            trace_id = ""
+            if self._tracing.enabled:
+                trace_id = trace_id_of(trace.get_current_span().get_span_context())
             if self._metrics is not None:
-                self._metrics.request_done(model, code, backend, self._clock.now() - start)
+                self._metrics.request_done(model, code, backend, now - start, trace_id)
+            if code != "OK" or self._request_log.ok_sample:
+                if not trace_id:  # tracing off: the caller's, if it sent one
+                    for _, value in caller_trace_id(context.invocation_metadata()):
+                        trace_id = value
+                self._request_log.request_done(model, code, backend, now - start, trace_id, message)
 
-    def _decode(self, data: bytes, context: Context) -> tuple[InferRequest, ModelSpec]:
+    def _known_model(self, data: bytes) -> str:
+        """A failed request's model if the gateway serves it, else "unknown" (error path only)."""
+        if (header := _header_of(data)) is not None:
+            with contextlib.suppress(GatewayError):
+                return self._scheduler.model(header.model_name, header.model_version).name
+        return "unknown"
+
+    def _decode(
+        self, data: bytes, context: Context, received_ns: int = 0
+    ) -> tuple[InferRequest, ModelSpec]:
         try:
             key, identifier, raw = wire.split_request(data)
             request_id = identifier.decode()
@@ -327,6 +380,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             trace_context=self._tracing.request_context(context.invocation_metadata()),
             wire=data,
             checked=spec,
+            received_ns=received_ns,
         )
         return infer_request, spec
 
@@ -380,8 +434,10 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name)
-        if servicer.auth is not None and method.name not in ("ModelInfer", "ModelStreamInfer"):
-            behaviour = authenticated(servicer.auth, behaviour)
+        if method.name not in ("ModelInfer", "ModelStreamInfer"):
+            if servicer.auth is not None:
+                behaviour = authenticated(servicer.auth, behaviour)
+            behaviour = servicer.tracing.answering_with_trace_id(behaviour)
         if method.name == "ModelInfer":
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":

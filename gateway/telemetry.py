@@ -22,6 +22,7 @@ the caller's trace).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,27 @@ class Tracing:
         carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
         return propagate.extract(carrier) if carrier else None
 
+    def answer_metadata(
+        self, metadata: Iterable[tuple[str, Any]] | None
+    ) -> tuple[tuple[str, str], ...]:
+        """The ``x-trace-id`` trailer of an answer: the server span's trace id
+        when tracing is on, else the caller's, when it sent a ``traceparent``."""
+        if self.provider is not None:
+            return trace_id_metadata()
+        return caller_trace_id(metadata) if metadata else ()
+
+    def answering_with_trace_id(self, behaviour: Any) -> Any:
+        """An rpc's ``behaviour`` whose answers, errors included, carry
+        ``answer_metadata`` (the inference rpcs set it on their hot path)."""
+
+        @functools.wraps(behaviour)
+        async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if trailer := self.answer_metadata(context.invocation_metadata()):
+                context.set_trailing_metadata(trailer)
+            return await behaviour(request, context)
+
+        return answer
+
     def shutdown(self) -> None:
         """Flush what is buffered (bounded by the exporter's timeout) and stop."""
         if self.provider is not None:
@@ -97,6 +119,23 @@ def _not_health_check(details: Any) -> bool:
     does the same through a runtime Protocol isinstance check that cost ~4 % of
     the gateway's CPU per request under load; a prefix test is enough here.)"""
     return not str(getattr(details, "method", "")).startswith(_HEALTH_PREFIX)
+
+
+def caller_trace_id(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, str], ...]:
+    """``(("x-trace-id", <32 hex>),)`` from the caller's W3C ``traceparent``
+    (``version-traceid-parentid-flags``), or ``()`` when it sent none or an
+    invalid one: with tracing off, the id a caller can still find its trace by."""
+    for key, value in metadata or ():
+        if key == "traceparent":
+            parts = str(value).split("-")
+            if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+                try:
+                    int(parts[1], 16)
+                except ValueError:
+                    return ()
+                return ((TRACE_ID_KEY, parts[1].lower()),)
+            return ()
+    return ()
 
 
 def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:

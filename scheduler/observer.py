@@ -20,8 +20,9 @@ class SchedulerObserver(Protocol):
     def batch_started(
         self, model: str, rows: int, trigger: str, queue_waits_s: Sequence[float]
     ) -> None:
-        """A batch (or a single unbatched request) goes to placement. ``queue_waits_s``
-        holds each member's wait in the queue, empty for a re-run half of a split."""
+        """A batch cut from the queue goes to placement (a request that ran on
+        its own is no batch, and not reported). ``queue_waits_s`` holds each
+        member's wait in the queue, empty for a re-run half of a split."""
         ...
 
     def placed(self, model: str, rows: int, decision: Decision) -> None:

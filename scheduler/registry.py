@@ -64,10 +64,13 @@ class ModelRegistry:
         spec = self._specs.get(name)
         if spec is None:
             known = ", ".join(sorted(self._specs)[:20]) or "none"
-            raise ModelNotFound(f"unknown model '{_echo(name)}'; models served: {known}")
+            # Triton's wording first: clients match on it.
+            raise ModelNotFound(
+                f"Request for unknown model: '{_echo(name)}' is not found; models served: {known}"
+            )
         if not spec.has_version(version):
             raise ModelNotFound(
-                f"model '{name}' has no version '{_echo(version)}'; "
+                f"Request for unknown model: '{name}' version {_echo(version)} is not found; "
                 f"versions: {', '.join(spec.versions)}"
             )
         backends = self._by_version.get((name, version))

@@ -33,6 +33,9 @@ class InferRequest:
     the protocol forwards it unchanged when the request runs alone, instead of
     encoding ``inputs`` again; ``inputs`` are views into the same bytes.
 
+    ``received_ns`` is when (Unix ns) a tracing front end got the request, 0
+    otherwise: the queue span starts there, so decoding is inside a span.
+
     ``checked`` is the spec the front end already validated the inputs and
     requested outputs against (the scheduler does not check them again when it
     is the model's current spec, the very object).
@@ -50,6 +53,7 @@ class InferRequest:
     served_by: str = ""
     wire: bytes | None = None
     checked: ModelSpec | None = None
+    received_ns: int = 0
     #: Who sent it (from the caller's credentials); "" when the gateway has no tenants.
     tenant: str = ""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +16,7 @@ from opentelemetry.trace import Tracer
 from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.batching import BatchInfo
+from scheduler.batching.info import UNBATCHED
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
 from scheduler.config import SchedulerConfig
@@ -27,8 +31,9 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Decision, Verdict, place
+from scheduler.placement import Candidates, Decision, Verdict, place
 from scheduler.spec import ModelSpec, Tensor
+from scheduler.streams import OpenStreams
 
 if TYPE_CHECKING:
     from scheduler.stats import ModelStats
@@ -79,10 +84,12 @@ class BatchRunner:
         last_error: GatewayError | None = None
         start = self._clock.now()
         traced = tracing.recording(self._tracer)
-        if info.attempt == 0 and info.trigger != "solo":
+        if info.attempt == 0 and info.trigger not in UNBATCHED:
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         while True:
+            # The placement span covers gathering the candidates and deciding.
+            start_ns = time.time_ns() if traced else 0
             now = self._clock.now()
             candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
             decision = place(
@@ -91,11 +98,18 @@ class BatchRunner:
                 deadline=info.deadline,
                 unknown_service_s=self.config.unknown_service_s,
             )
+            # Say why the others lost, where there were others.
+            others = len(candidates.backend_ids) > 1 or tried
+            if (
+                decision.backend_id is not None
+                and others
+                and (skipped := self._skipped(candidates, tried))
+            ):
+                decision = decision._replace(reason=f"{decision.reason}; {skipped}")
             if traced:
-                with self._tracer.start_as_current_span("placement") as span:
-                    tracing.record_placement(
-                        span, decision, candidates=len(candidates.backend_ids), tries=len(tried)
-                    )
+                tracing.placement_span(
+                    self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
+                )
             self.decisions.append(decision)
             self.observer.placed(spec.name, info.size, decision)
             if decision.backend_id is None:
@@ -125,6 +139,125 @@ class BatchRunner:
                     raise
                 log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
                 last_error = exc
+
+    async def run_pinned(
+        self, backend_id: str, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
+    ) -> Mapping[str, Tensor] | bytes:
+        """Run a request on the one backend that must take it (a sequence's),
+        without placement's choice and without retrying elsewhere."""
+        state, decision = self._pinned(backend_id, spec, info)
+        traced = tracing.recording(self._tracer)
+        return await self._call(state, spec, inputs, info, decision, 0, traced)
+
+    def _pinned(
+        self, backend_id: str, spec: ModelSpec, info: BatchInfo
+    ) -> tuple[BackendState, Decision]:
+        state = self.fleet.get(backend_id)
+        if state is None:
+            raise BackendUnavailable(f"backend {backend_id} was removed", backend_id=backend_id)
+        now = self._clock.now()
+        service = self.estimator.predict(state.id, spec.name, 1)
+        service_s = self.config.unknown_service_s if service is None else service
+        decision = Decision(
+            Verdict.PLACED,
+            state.id,
+            service_s,
+            service_s,
+            None,
+            math.nan,
+            f"{state.id}: the backend that holds the sequence",
+            now,
+            math.nan,
+        )
+        self.decisions.append(decision)
+        self.observer.placed(spec.name, info.size, decision)
+        return state, decision
+
+    async def open_stream(
+        self,
+        spec: ModelSpec,
+        info: BatchInfo,
+        streams: OpenStreams,
+        backend_id: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Place a request of a decoupled model, weighing the streams already
+        open on each backend (``scheduler.streams``), or put it on
+        ``backend_id`` (a sequence's), and relay the backend's responses
+        (encoded ``ModelStreamInferResponse`` messages) as they arrive."""
+        if info.wire is None:
+            raise Unavailable(f"model '{spec.name}' streams only requests in their wire form")
+        now = self._clock.now()
+        if backend_id is not None:
+            state = self._pinned(backend_id, spec, info)[0]
+        else:
+            table = self.candidates.table(spec.name)
+            candidates = streams.weigh(
+                self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
+            )
+            decision = place(
+                candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
+            )
+            self.decisions.append(decision)
+            self.observer.placed(spec.name, 1, decision)
+            found = None if decision.backend_id is None else self.fleet.get(decision.backend_id)
+            if found is None:
+                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+            state = found
+        info.served_by.append(state.id)
+        token = streams.open(state.id, now)
+        span = None
+        headers: Mapping[str, str] | None
+        if tracing.recording(self._tracer):
+            # Not the current span: the stream's messages are yielded to the
+            # caller's code, which must not run inside it. It lasts as long
+            # as the stream, so the request's trace covers the whole stream.
+            span, headers = tracing.backend_stream(
+                self._tracer, info.caller_context, backend_id=state.id, model=spec.name
+            )
+        else:
+            headers = info.propagation()
+        code = "OK"
+        try:
+            async for message in state.backend.stream_wire(
+                spec, info.wire, deadline=info.deadline, trace_context=headers
+            ):
+                yield message
+        except GatewayError as exc:
+            code = exc.code
+            self.fleet.record_failure(state, exc)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away
+            code = "CANCELLED"
+            raise
+        finally:
+            streams.close(state.id, token)
+            self.observer.backend_called(spec.name, state.id, self._clock.now() - now, code)
+            if span is not None:
+                tracing.end_backend_stream(span, code)
+
+    def _skipped(self, candidates: Candidates, tried: set[str]) -> str:
+        """The candidates placement could not use, each with why ("" for none)."""
+        usable = candidates.available & candidates.memory_ok & candidates.load_ok
+        why = [f"{backend_id} already tried" for backend_id in sorted(tried)]
+        if not usable.all():
+            for row in np.flatnonzero(~usable):
+                backend_id = candidates.backend_ids[row]
+                state = self.fleet.get(backend_id)
+                if not candidates.available[row]:
+                    if state is not None and state.drained:
+                        because = "drained"
+                    elif state is not None and not state.discovered:
+                        because = "not discovered"
+                    elif state is not None:
+                        because = f"breaker {state.breaker.state.value}"
+                    else:
+                        because = "gone"
+                elif not candidates.memory_ok[row]:
+                    because = "short of memory"
+                else:
+                    because = "over load limits (utilization or calls in flight)"
+                why.append(f"{backend_id} skipped: {because}")
+        return "; ".join(why)
 
     async def _call(
         self,
@@ -165,15 +298,12 @@ class BatchRunner:
                 deadline, bounded = limit_at, True
         try:
             if traced:
-                device = backend.device
                 with tracing.backend_call(
                     self._tracer,
                     backend_id=state.id,
                     endpoint=str(getattr(backend, "url", "")),
-                    device=f"{device.kind.value}:{device.host}",
-                    model=spec.name,
-                    size=info.size,
                     retries=retries + info.attempt,
+                    phases=info.phases,
                 ) as headers:
                     outputs = await self._invoke(backend, spec, inputs, info, deadline, headers)
             else:

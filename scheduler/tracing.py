@@ -1,45 +1,65 @@
 """The scheduler's own spans: queue wait, batch, placement, backend call, CPU execution.
 
-One request's trace, as the scheduler extends it::
+Every request's own trace holds everything that happened to it, batched or not::
 
     gateway server span (contrib gRPC interceptor, in the gateway)
-    └── queue                     admission until its batch is cut
-        └── batch                 one per batch; parent = first member's queue span,
-            │                     a link to every member's queue span
-            ├── placement         chosen backend, score, runner-up, telemetry age
-            └── backend.infer     endpoint, device, retries; its context is injected
-                ├── (Triton's spans, via the W3C headers sent with the call)
-                └── cpu.execute   for the local CPU pool
+    ├── queue                     admission until its batch is cut
+    └── batch                     cut until the request has its outputs back
+        │                         (size, trigger, members, attempt)
+        ├── placement             chosen backend, reason, score, runner-up
+        └── inference.GRPCInferenceService/ModelInfer   (CLIENT, RPC semantic
+            │                     conventions; ``backend.infer`` for a backend
+            │                     that is not a gRPC server)
+            ├── (Triton's spans, via the W3C headers sent with the call)
+            └── cpu.execute       for the local CPU pool
 
-Each member's queue span also gets a link back to its batch span, so from any
-member's trace the batch (which lives in the first member's trace) is one click.
+A batch is run once, under its first member's ``batch`` span (the *leader*):
+its placement and backend-call spans are real, and only they carry the
+context sent to the backend, so Triton's spans sit in the leader's trace.
+Every other member gets its own ``batch`` span, linked to the leader's, and
+when the batch ends a copy of each placement and backend call with the same
+timings and attributes, linked to the real one (``mirror``): from any
+member's trace Triton's spans are one click away, and the member's own server
+span is covered by named spans end to end. The copies cost a few spans per
+member; the alternative, one shared batch span in a trace of its own, left
+the members' traces with a hole where the backend call was.
+
+A member's ``batch`` span ends in the member's own task, when its outputs
+reach it, so the hand-off from the batch to each waiting caller is inside it.
 
 Only the OpenTelemetry *API* is used here. With no SDK configured the
 scheduler's tracer is a no-op and the scheduler makes no spans at all
 (``recording``); a caller's incoming ``traceparent`` still reaches Triton with
 our own tracing off (``BatchInfo.propagation``). Attributes are only computed
-when a span records.
+when a span records, and kept few: span export is most of tracing's cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
+from scheduler.deferred_span import start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 
 __all__ = [
+    "Phase",
     "backend_call",
     "cpu_execution",
     "default_tracer",
     "end_queue_span",
-    "record_placement",
+    "mirror",
+    "placement_span",
     "recording",
     "solo_batch",
     "start_batch_span",
@@ -48,6 +68,28 @@ __all__ = [
 ]
 
 TRACER_NAME = "inference-gateway.scheduler"
+#: The rpc a gRPC backend is called with (OpenTelemetry RPC conventions: ``service/method``).
+RPC_SERVICE = "inference.GRPCInferenceService"
+RPC_METHOD = "ModelInfer"
+#: gRPC status code numbers, for ``rpc.grpc.status_code`` (the conventions want the number).
+_GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
+@dataclass(slots=True)
+class Phase:
+    """A step of a batch's run (a placement or a backend call) as its real span
+    recorded it, so that ``mirror`` can copy it into the other members' traces."""
+
+    name: str
+    kind: SpanKind
+    start_ns: int
+    end_ns: int
+    attributes: Mapping[str, AttributeValue]
+    span: Span
+    error: str | None = None
 
 
 def recording(tracer: Tracer) -> bool:
@@ -73,78 +115,81 @@ def trace_id_of(span_context: SpanContext) -> str:
 
 
 def start_queue_span(
-    tracer: Tracer, parent: Context | None, *, model: str, priority: int, rows: int
+    tracer: Tracer, parent: Context | None, *, model: str, start_ns: int = 0
 ) -> Span:
-    """Opened at admission, ended by ``end_queue_span`` when the batch is cut."""
-    span = tracer.start_span("queue", context=parent)
+    """Opened at admission (or at ``start_ns``, when the front end received the
+    request), ended by ``end_queue_span`` when the batch is cut."""
+    span = start_deferred(tracer, "queue", parent, start_ns=start_ns or None) or tracer.start_span(
+        "queue", context=parent, start_time=start_ns or None
+    )
     if span.is_recording():
-        span.set_attributes(
-            {"gateway.model": model, "gateway.priority": priority, "gateway.rows": rows}
-        )
+        span.set_attribute("gateway.model", model)
     return span
 
 
-def end_queue_span(span: Span, *, batch: Span | None = None, error: str | None = None) -> None:
-    """Close a queue span: linked to the batch it joined, or failed with ``error``."""
-    if span.is_recording():
-        if batch is not None and batch.get_span_context().is_valid:
-            span.add_link(batch.get_span_context(), {"gateway.link": "batch"})
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, error))
-    span.end()
+def end_queue_span(span: Span, *, end_ns: int | None = None, error: str | None = None) -> None:
+    """Close a queue span, at ``end_ns`` (the batch's start) or now, failed with ``error``."""
+    if error is not None and span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=end_ns)
 
 
 def start_batch_span(
     tracer: Tracer,
-    members: Sequence[SpanContext],
+    parent: Context | None,
     *,
     model: str,
     size: int,
+    members: int,
     trigger: str,
     attempt: int,
-    parent: Context | None = None,
+    start_ns: int | None = None,
+    links: Sequence[Link] = (),
 ) -> Span:
-    """One span per batch, a child of the first member (so it sits in that
-    request's trace), with a link to every member's span."""
-    valid = [m for m in members if m.is_valid]
-    if parent is None and valid:
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(valid[0]))
-    links = [Link(m, {"gateway.link": "member"}) for m in valid]
-    span = tracer.start_span("batch", context=parent, links=links)
+    """A member's ``batch`` span, a child of ``parent`` (the member's server
+    span); ``links`` lead to the leader's batch span (none for the leader's)."""
+    span = start_deferred(
+        tracer, "batch", parent, start_ns=start_ns, links=links
+    ) or tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
     if span.is_recording():
-        span.set_attributes(
-            {
-                "gateway.model": model,
-                "gateway.batch.size": size,
-                "gateway.batch.members": len(members),
-                "gateway.batch.trigger": trigger,
-                "gateway.batch.attempt": attempt,
-            }
-        )
+        attributes: dict[str, AttributeValue] = {
+            "gateway.model": model,
+            "gateway.batch.size": size,
+            "gateway.batch.members": members,
+            "gateway.batch.trigger": trigger,
+        }
+        if attempt:
+            attributes["gateway.batch.attempt"] = attempt
+        span.set_attributes(attributes)
     return span
 
 
 @contextmanager
 def solo_batch(tracer: Tracer, parent: Context | None, model: str, rows: int) -> Iterator[Span]:
     """The batch span of a request the gateway does not batch: a batch of one."""
-    member = trace.get_current_span(parent).get_span_context()
     span = start_batch_span(
-        tracer, [member], model=model, size=rows, trigger="idle", attempt=0, parent=parent
+        tracer, parent, model=model, size=rows, members=1, trigger="solo", attempt=0
     )
     with trace.use_span(span, end_on_exit=True):
         yield span
 
 
-def record_placement(span: Span, decision: Decision, *, candidates: int, tries: int) -> None:
-    """The decision's numbers as attributes of the placement span."""
-    if not span.is_recording():
-        return
-    values: dict[str, str | int | float] = {
+def placement_span(
+    tracer: Tracer,
+    decision: Decision,
+    *,
+    start_ns: int,
+    tries: int,
+    phases: list[Phase] | None,
+) -> None:
+    """A span from ``start_ns`` (the decision began) to now, with the decision's
+    numbers; kept in ``phases`` (when given) for ``mirror``."""
+    values: dict[str, AttributeValue] = {
         "gateway.placement.verdict": decision.verdict.value,
         "gateway.placement.reason": decision.reason,
-        "gateway.placement.candidates": candidates,
-        "gateway.placement.try": tries,
     }
+    if tries:
+        values["gateway.placement.try"] = tries
     if decision.backend_id is not None:
         values["gateway.placement.backend"] = decision.backend_id
     if decision.runner_up is not None:
@@ -152,15 +197,28 @@ def record_placement(span: Span, decision: Decision, *, candidates: int, tries: 
     # NaN means "not known": leave the attribute out rather than export a NaN.
     for key, number in (
         ("gateway.placement.score_s", decision.predicted_s),
-        ("gateway.placement.service_s", decision.service_s),
-        ("gateway.placement.runner_up_score_s", decision.runner_up_s),
         ("gateway.placement.telemetry_age_s", decision.telemetry_age_s),
     ):
         if math.isfinite(number):
             values[key] = number
-    span.set_attributes(values)
-    if decision.backend_id is None:
-        span.set_status(Status(StatusCode.ERROR, decision.reason))
+    span = tracer.start_span("placement", start_time=start_ns, attributes=values)
+    error = decision.reason if decision.backend_id is None else None
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    end_ns = time.time_ns()
+    span.end(end_time=end_ns)
+    if phases is not None:
+        phases.append(
+            Phase(
+                "placement",
+                SpanKind.INTERNAL,
+                start_ns,
+                end_ns,
+                values,
+                span,
+                error,
+            )
+        )
 
 
 @contextmanager
@@ -169,40 +227,130 @@ def backend_call(
     *,
     backend_id: str,
     endpoint: str,
-    device: str,
-    model: str,
-    size: int,
     retries: int,
+    phases: list[Phase] | None,
 ) -> Iterator[dict[str, str]]:
     """A CLIENT span around one backend call; yields the W3C headers that carry
-    its context (``traceparent``/``tracestate``) for the backend to join."""
-    with tracer.start_as_current_span(
-        "backend.infer", kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
-    ) as span:
-        if span.is_recording():
-            attributes: dict[str, str | int] = {
-                "gateway.backend.id": backend_id,
-                "gateway.backend.device": device,
-                "gateway.model": model,
-                "gateway.batch.size": size,
-                "gateway.retries": retries,
-            }
-            if endpoint:
-                host, _, port = endpoint.rpartition(":")
-                attributes["gateway.backend.endpoint"] = endpoint
-                attributes["server.address"] = host
-                if port.isdigit():
-                    attributes["server.port"] = int(port)
-            span.set_attributes(attributes)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        try:
+    its context (``traceparent``/``tracestate``) for the backend to join.
+
+    A backend with an endpoint is a gRPC server: the span follows the
+    OpenTelemetry RPC conventions (name ``service/method``, ``rpc.*``,
+    ``server.address``/``port``, ``rpc.grpc.status_code``). Kept in ``phases``
+    (when given) for ``mirror``.
+    """
+    attributes: dict[str, AttributeValue] = {"gateway.backend.id": backend_id}
+    name = "backend.infer"
+    if endpoint:
+        name = f"{RPC_SERVICE}/{RPC_METHOD}"
+        host, _, port = endpoint.rpartition(":")
+        attributes["rpc.system"] = "grpc"
+        attributes["rpc.service"] = RPC_SERVICE
+        attributes["rpc.method"] = RPC_METHOD
+        attributes["server.address"] = host
+        if port.isdigit():
+            attributes["server.port"] = int(port)
+    if retries:
+        attributes["gateway.retries"] = retries
+    start_ns = time.time_ns()
+    span = tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
+    error: GatewayError | None = None
+    try:
+        with trace.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
             yield carrier
-        except GatewayError as exc:
-            if span.is_recording():
-                span.set_attribute("gateway.error.code", exc.code)
-                span.set_status(Status(StatusCode.ERROR, exc.message))
-            raise
+    except GatewayError as exc:
+        error = exc
+        raise
+    finally:
+        if endpoint:
+            code = "OK" if error is None else error.code
+            attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
+        if error is not None:
+            attributes["gateway.error.code"] = error.code
+            span.set_status(Status(StatusCode.ERROR, error.message))
+        span.set_attributes(attributes)
+        end_ns = time.time_ns()
+        span.end(end_time=end_ns)
+        if phases is not None:
+            message = None if error is None else error.message
+            phases.append(
+                Phase(
+                    name,
+                    SpanKind.CLIENT,
+                    start_ns,
+                    end_ns,
+                    attributes,
+                    span,
+                    message,
+                )
+            )
+
+
+def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span]) -> None:
+    """Copy each of the leader's ``phases`` under each of the other members'
+    ``batch_spans``: same name, kind, timings and attributes, a link to the
+    real span (under which the backend's own spans are).
+
+    The copies are finished spans from birth, so with the OpenTelemetry SDK
+    they are built as such and handed to its span processor: no sampling
+    (the member's batch span was sampled), no lock, no attribute checks (the
+    real span checked the same attributes). That costs a fraction of a live
+    span, and a batch of N makes 2(N-1) copies. Any other tracer gets live
+    spans, started and ended at the recorded times.
+    """
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+
+    fast = isinstance(tracer, SdkTracer)
+    for batch in batch_spans:
+        parent = batch.get_span_context()
+        if not parent.trace_flags.sampled:
+            continue
+        for phase in phases:
+            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
+            links = (Link(phase.span.get_span_context()),)
+            real = phase.span
+            if fast and isinstance(real, ReadableSpan):
+                assert isinstance(tracer, SdkTracer)
+                context = SpanContext(
+                    parent.trace_id,
+                    tracer.id_generator.generate_span_id(),
+                    False,
+                    parent.trace_flags,
+                    parent.trace_state,
+                )
+                tracer.span_processor.on_end(
+                    ReadableSpan(
+                        phase.name,
+                        context,
+                        parent,
+                        real.resource,
+                        phase.attributes,
+                        (),
+                        links,
+                        phase.kind,
+                        None,
+                        status,
+                        phase.start_ns,
+                        phase.end_ns,
+                        real.instrumentation_scope,
+                    )
+                )
+                continue
+            span = tracer.start_span(
+                phase.name,
+                context=trace.set_span_in_context(batch),
+                kind=phase.kind,
+                attributes=phase.attributes,
+                links=links,
+                start_time=phase.start_ns,
+            )
+            if phase.error is not None:
+                span.set_status(status)
+            span.end(end_time=phase.end_ns)
 
 
 @contextmanager
@@ -214,3 +362,26 @@ def cpu_execution(tracer: Tracer, *, model: str, backend_id: str, rows: int) -> 
                 {"gateway.model": model, "gateway.backend.id": backend_id, "gateway.rows": rows}
             )
         yield span
+
+
+def backend_stream(
+    tracer: Tracer, parent: Context | None, *, backend_id: str, model: str
+) -> tuple[Span, dict[str, str]]:
+    """A CLIENT span for a response stream from a backend, started but not made
+    current (it outlives the caller's turns), and the W3C headers of its context."""
+    span = tracer.start_span(
+        "backend.stream",
+        context=parent,
+        kind=SpanKind.CLIENT,
+        attributes={"gateway.backend.id": backend_id, "gateway.model": model},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span, parent))
+    return span, carrier
+
+
+def end_backend_stream(span: Span, code: str) -> None:
+    if code != "OK":
+        span.set_attribute("gateway.error.code", code)
+        span.set_status(Status(StatusCode.ERROR, code))
+    span.end()

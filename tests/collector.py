@@ -50,6 +50,8 @@ class Span:
     attributes: dict[str, str] = field(default_factory=dict)
     links: list[tuple[str, str]] = field(default_factory=list)  # (trace id, span id)
     status: str = ""
+    start_ns: int = 0  # Unix epoch nanoseconds
+    end_ns: int = 0
 
 
 # `     -> key: Str(value)` / `Int(5)` / `Double(0.5)` / `Bool(true)`
@@ -90,7 +92,12 @@ def parse_debug_log(text: str) -> list[Span]:
             continue
         key, _, value = (part.strip() for part in stripped.partition(":"))
         if section == "span" or key in ("Trace ID", "Parent ID", "ID", "Name", "Kind"):
-            if key == "Trace ID":
+            if key in ("Start time", "End time") and value.isdigit():
+                if key == "Start time":
+                    current.start_ns = int(value)
+                else:
+                    current.end_ns = int(value)
+            elif key == "Trace ID":
                 current.trace_id = value
             elif key == "Parent ID":
                 current.parent_id = value

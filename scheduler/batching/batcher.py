@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
@@ -155,12 +156,10 @@ class Batcher:
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         pending = Pending(request, rows, future, now)
         if traced:
+            # The caller's server span (current here) parents all its spans.
+            pending.parent = request.trace_context or otel_context.get_current()
             pending.span = tracing.start_queue_span(
-                self._tracer,
-                request.trace_context,
-                model=name,
-                priority=request.priority,
-                rows=rows,
+                self._tracer, pending.parent, model=name, start_ns=request.received_ns
             )
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
@@ -210,6 +209,7 @@ class Batcher:
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
             pending.end_queue_span(error="left the queue without a batch")
+            pending.end_batch_span()  # its outputs (or its error) are in hand
 
     def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
         """Whether the loop should look at the queue now that ``item`` joined it.
@@ -245,7 +245,7 @@ class Batcher:
         item, no future, nothing to merge or split (see ``_may_skip_queue``)."""
         counters = self.counters
         counters.submitted += 1
-        counters.batches_by_trigger["idle"] += 1
+        counters.ran_alone += 1
         counters.batch_sizes[rows] += 1
         parameters = request.parameters
         if parameters and not SCHEDULING_PARAMETERS.isdisjoint(parameters):
@@ -256,7 +256,7 @@ class Batcher:
             rows,  # size
             (request.id,),  # request_ids
             request.deadline,  # deadline
-            "idle",  # trigger
+            "alone",  # trigger
             self._executor.union_of_outputs((request,)),  # outputs
             self._policy.level_of(request.priority),  # priority
             parameters,  # parameters
@@ -303,13 +303,13 @@ class Batcher:
         """Run a batch of one in the caller's own task (see ``_may_skip_queue``);
         the backend call is bounded by the request's deadline."""
         self.counters.submitted += 1
-        self.counters.batches_by_trigger["idle"] += 1
+        self.counters.ran_alone += 1
         self._in_flight += 1
         task = asyncio.current_task()
         if task is not None:
             self._inline.add(task)  # so aclose() can stop it like a launched batch
         try:
-            await self._executor.execute([pending], "idle", 0)
+            await self._executor.execute([pending], "alone", 0)
         except asyncio.CancelledError:
             if not self._closed or task is None:
                 raise  # the caller went away
@@ -321,6 +321,7 @@ class Batcher:
             self._in_flight -= 1
             self._wakeup.set()  # capacity freed, as when a launched batch ends
             pending.end_queue_span(error="left without a batch")
+            pending.end_batch_span()
         return pending.future.result()
 
     def _key(self, request: InferRequest) -> Hashable:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, Tracer
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer
 
 from scheduler import tracing
 from scheduler.batching.info import (
@@ -49,23 +51,40 @@ class Pending:
     future: asyncio.Future[Outputs]
     enqueued_at: float
     #: The queue span, open from admission until the request's batch is cut;
-    #: its context stays behind for the batch spans of later split halves.
+    #: its context (untraced: the caller's) stays behind in ``BatchInfo.trace_contexts``.
     span: Span | None = None
     span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
+    #: Traced: the context of the caller's server span, the member's spans' parent.
+    parent: Context | None = None
+    #: Traced: the member's batch span, open until its task has its outputs.
+    batch_span: Span | None = None
 
-    def end_queue_span(self, *, batch: Span | None = None, error: str | None = None) -> None:
+    def end_queue_span(self, *, end_ns: int | None = None, error: str | None = None) -> None:
         if self.span is not None:
-            tracing.end_queue_span(self.span, batch=batch, error=error)
+            tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
             self.span = None
+
+    def hold_batch_span(self, span: Span, now_ns: int) -> None:
+        """The member joins a batch (again, for a split half): its last batch span ends."""
+        if self.batch_span is not None:
+            self.batch_span.end(end_time=now_ns)
+        self.batch_span = span
+
+    def end_batch_span(self) -> None:
+        if self.batch_span is not None:
+            self.batch_span.end()
+            self.batch_span = None
 
 
 class BatchExecutor:
     """Runs the batches of one model's ``Batcher``, each in the task it is given.
 
     ``execute`` drops members whose callers are gone, merges the rest's
-    inputs, calls ``run_batch`` under a batch span that links the members'
-    queue spans, checks one output row per input row, splits, and gives each
-    request what it asked for. Failure isolation: a batch of several requests
+    inputs, calls ``run_batch``, checks one output row per input row, splits,
+    and gives each request what it asked for. Traced, every member gets a
+    batch span in its own trace; the batch runs under the first member's, and
+    its placement and backend-call spans are copied into the others' when it
+    ends (``scheduler.tracing``). Failure isolation: a batch of several requests
     that fails with an error that may be one member's fault (not a deadline,
     cancellation or unavailability) is split in halves, each retried while
     its deadline allows, down to the single request that fails alone.
@@ -140,16 +159,7 @@ class BatchExecutor:
         members = [m.span_context for m in live]
         batch_span: Span | None = None
         if tracing.recording(self._tracer):
-            batch_span = tracing.start_batch_span(
-                self._tracer,
-                members,
-                model=self._spec.name,
-                size=sum(rows),
-                trigger=trigger,
-                attempt=attempt,
-            )
-        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
-            m.end_queue_span(batch=batch_span)
+            batch_span = self._start_batch_spans(live, trigger, attempt, sum(rows))
         info = BatchInfo(
             model_name=self._spec.name,
             model_version=head.model_version,
@@ -173,17 +183,62 @@ class BatchExecutor:
             if batch_span is None:
                 outputs = await self._run_batch(self._spec, merged, info)
             else:
-                with trace.use_span(batch_span, end_on_exit=True):
+                info.phases = []
+                with trace.use_span(batch_span, end_on_exit=False):
                     outputs = await self._run_batch(self._spec, merged, info)
         finally:
             for r in requests:
                 r.served_by = info.served_by[-1] if info.served_by else r.served_by
+            if info.phases and len(live) > 1:
+                others = [m.batch_span for m in live[1:] if m.batch_span is not None]
+                tracing.mirror(self._tracer, info.phases, others)
         self._queue.record_service(self._clock.now() - start)
         self._queue.note_completion(self._clock.now())
         if isinstance(outputs, bytes):  # the lone member's encoded response
             return [outputs]
         parts = split_outputs(outputs, rows)
         return [self.select(r, part) for r, part in zip(requests, parts, strict=True)]
+
+    def _start_batch_spans(
+        self, live: list[Pending], trigger: BatchTrigger, attempt: int, size: int
+    ) -> Span:
+        """A batch span per member, the leader's (the first member's) returned;
+        the members' queue spans end where their batch spans begin."""
+        now_ns = time.time_ns()
+        leader, *others = live
+        model, members = self._spec.name, len(live)
+        # Links go from each other member to the leader only: that is the way
+        # to Triton's spans, and N links back would be paid on every batch.
+        span = tracing.start_batch_span(
+            self._tracer,
+            leader.parent,
+            trigger=trigger,
+            attempt=attempt,
+            start_ns=now_ns,
+            model=model,
+            size=size,
+            members=members,
+        )
+        leader.hold_batch_span(span, now_ns)
+        to_leader = (Link(span.get_span_context(), {"gateway.link": "batch"}),)
+        for m in others:
+            m.hold_batch_span(
+                tracing.start_batch_span(
+                    self._tracer,
+                    m.parent,
+                    trigger=trigger,
+                    attempt=attempt,
+                    start_ns=now_ns,
+                    links=to_leader,
+                    model=model,
+                    size=size,
+                    members=members,
+                ),
+                now_ns,
+            )
+        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
+            m.end_queue_span(end_ns=now_ns)
+        return span
 
     def union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
         if any(not r.requested_outputs for r in requests):
@@ -219,5 +274,7 @@ def may_be_one_members_fault(error: GatewayError) -> bool:
 
 
 def fail(pending: Pending, error: GatewayError) -> None:
+    if pending.batch_span is not None and pending.batch_span.is_recording():
+        pending.batch_span.set_status(Status(StatusCode.ERROR, error.message))
     if not pending.future.done():
         pending.future.set_exception(error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -15,9 +15,16 @@ from scheduler.batching.queue import Trigger
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
 
-#: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch, or
-#: ``solo`` for a request of a model the gateway does not batch.
-BatchTrigger = Trigger | Literal["split", "solo"]
+if TYPE_CHECKING:
+    from scheduler.tracing import Phase
+
+#: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch,
+#: ``alone`` for a request that skipped the queue (nothing to merge with, a
+#: backend free), or ``solo`` for a request of a model the gateway does not
+#: batch. The last two are single requests, not batches, for the metrics.
+BatchTrigger = Trigger | Literal["split", "solo", "alone"]
+#: Triggers of single requests that were never batched.
+UNBATCHED = frozenset({"solo", "alone"})
 
 #: Parameters that describe scheduling, not the inference: they do not keep
 #: requests apart, and are not forwarded as the batch's parameters.
@@ -33,12 +40,14 @@ class BatchInfo:
     the members' requested outputs, ``()`` meaning all. ``priority`` is the
     most urgent member's level. ``parameters`` are the members' shared
     parameters, without ``priority`` and ``timeout``. ``trace_contexts`` are
-    the members' span contexts (their queue spans), which the batch span links.
+    the members' span contexts (their queue spans; untraced, their callers').
     ``served_by`` collects the ids of the backends the batch was sent to, in
     order (the dispatcher appends; the last one ran it or failed it).
     ``wire`` is the single member's request in its encoded form, for a
     backend that forwards it (None for a merged batch). ``caller_context`` is
-    the OpenTelemetry context of a solo request's caller.
+    the OpenTelemetry context of a solo request's caller. ``phases`` collects
+    the placement and backend-call spans of a traced batch of several
+    members, for copies in the other members' traces (None: not collected).
     """
 
     model_name: str
@@ -57,6 +66,7 @@ class BatchInfo:
     served_by: list[str] = field(default_factory=list)
     wire: bytes | None = None
     caller_context: Context | None = None
+    phases: list[Phase] | None = None
 
     def propagation(self) -> dict[str, str] | None:
         """W3C headers with the caller's trace context (of the first member
@@ -93,5 +103,7 @@ class BatcherCounters:
     failed_batches: int = 0
     isolation_splits: int = 0
     batches_by_trigger: Counter[str] = field(default_factory=Counter)
+    #: Requests that skipped the queue and ran on their own (not batches).
+    ran_alone: int = 0
     #: rows -> number of batches of that size (splits included)
     batch_sizes: Counter[int] = field(default_factory=Counter)

@@ -122,7 +122,7 @@ def _still_serves(channel: grpc.Channel) -> None:
         pytest.param(
             pb.ModelInferRequest(model_name="m" * 20000),
             grpc.StatusCode.NOT_FOUND,
-            ["unknown model 'mmm", "..."],
+            ["unknown model: 'mmm", "..."],
             id="20000-character-model-name",
         ),
         pytest.param(

@@ -37,6 +37,8 @@ from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
 
 MODEL = "int64_offset"
+#: The backend call's span, named as the OpenTelemetry RPC conventions say.
+BACKEND_SPAN = "inference.GRPCInferenceService/ModelInfer"
 TOKEN = "s3cret-admin-token"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,7 +138,7 @@ def test_one_trace_from_client_to_triton_compute(stack: Stack) -> None:
 
     def complete(spans: list[Span]) -> bool:
         names = {s.name for s in spans if s.trace_id == trace_id}
-        return {"client-call", "batch", "backend.infer", "InferRequest", "compute"} <= names
+        return {"client-call", "batch", BACKEND_SPAN, "InferRequest", "compute"} <= names
 
     spans = [s for s in stack.collector.wait_for(complete) if s.trace_id == trace_id]
 
@@ -148,7 +150,7 @@ def test_one_trace_from_client_to_triton_compute(stack: Stack) -> None:
     client_span = one("client-call", "test-client")
     server = one(f"/{pb.DESCRIPTOR.services_by_name['GRPCInferenceService'].full_name}/ModelInfer")
     queue, batch = one("queue"), one("batch")
-    placement, backend_call = one("placement"), one("backend.infer")
+    placement, backend_call = one("placement"), one(BACKEND_SPAN)
     triton_request = one("InferRequest", "triton-inference-server")
     triton_model = one(MODEL, "triton-inference-server")
     compute = one("compute", "triton-inference-server")
@@ -161,9 +163,8 @@ def test_one_trace_from_client_to_triton_compute(stack: Stack) -> None:
     )
     assert queue.parent_id == server.span_id
     assert queue.attributes["gateway.model"] == MODEL
-    assert batch.parent_id == queue.span_id
-    assert (trace_id, queue.span_id) in batch.links  # batch -> member
-    assert (trace_id, batch.span_id) in queue.links  # member -> batch
+    assert batch.parent_id == server.span_id
+    assert queue.end_ns == batch.start_ns
     assert batch.attributes["gateway.batch.size"] == "1"
     assert batch.attributes["gateway.model"] == MODEL
     assert batch.attributes["gateway.batch.trigger"]
@@ -173,8 +174,9 @@ def test_one_trace_from_client_to_triton_compute(stack: Stack) -> None:
     assert "gateway.placement.score_s" in placement.attributes
     assert backend_call.parent_id == batch.span_id
     assert backend_call.kind == "SPAN_KIND_CLIENT"
-    assert backend_call.attributes["gateway.backend.endpoint"] == stack.triton.grpc_url
-    assert backend_call.attributes["gateway.retries"] == "0"
+    assert backend_call.attributes["server.port"] == str(stack.triton.grpc_port)
+    assert backend_call.attributes["rpc.grpc.status_code"] == "0"
+    assert "gateway.retries" not in backend_call.attributes
     assert triton_request.parent_id == backend_call.span_id  # Triton joined via traceparent
     assert triton_model.parent_id == triton_request.span_id
     assert compute.parent_id == triton_model.span_id
@@ -263,6 +265,9 @@ def test_metrics_count_a_short_load(stack: Stack) -> None:
     for _ in range(bad_requests):
         with pytest.raises(grpc.RpcError):
             send_bad(stack)
+    with grpc.insecure_channel(stack.gateway.address) as channel, pytest.raises(grpc.RpcError):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_request(np.zeros((9, 1), np.int64)), timeout=10)  # batch of 9 > 8
     after = _samples(_scrape(stack.metrics_url))
     assert "gateway_requests_total" in during
 
@@ -274,19 +279,44 @@ def test_metrics_count_a_short_load(stack: Stack) -> None:
     assert delta("gateway_request_duration_seconds_count", **ok) == ok_requests
     not_found = {"model": "unknown", "code": "NOT_FOUND", "backend": "none"}
     assert delta("gateway_requests_total", **not_found) == bad_requests
+    invalid = {"model": MODEL, "code": "INVALID_ARGUMENT", "backend": "none"}
+    assert delta("gateway_requests_total", **invalid) == 1  # the model is known
+    # Batches are batches: a request that ran on its own (nothing queued to
+    # merge with) is a backend call, not a batch of one.
     batches = delta("gateway_batch_size_count", model=MODEL)
-    assert 1 <= batches <= ok_requests
-    assert delta("gateway_batch_size_sum", model=MODEL) == ok_requests  # one row each
-    assert delta("gateway_queue_wait_seconds_count", model=MODEL) == ok_requests
+    batched_rows = delta("gateway_batch_size_sum", model=MODEL)  # one row each
+    alone = ok_requests - batched_rows
+    assert batches <= batched_rows <= ok_requests
+    assert delta("gateway_queue_wait_seconds_count", model=MODEL) == batched_rows
     calls = {"backend": stack.backend_id, "model": MODEL, "code": "OK"}
-    assert delta("gateway_backend_calls_total", **calls) == batches
+    assert delta("gateway_backend_calls_total", **calls) == batches + alone
     placed = {"model": MODEL, "verdict": "placed", "backend": stack.backend_id}
-    assert delta("gateway_placement_decisions_total", **placed) == batches
+    assert delta("gateway_placement_decisions_total", **placed) == batches + alone
     assert after("gateway_backend_up", {"backend": stack.backend_id, "tier": "accelerator"}) == 1
     assert after("gateway_backend_in_flight", {"backend": stack.backend_id}) == 0
     cpu = {"device": "cpu:local", "kind": "cpu", "source": "cpu", "host": "local"}
     assert after("gateway_device_telemetry_age_seconds", cpu) >= 0
     assert "gateway_device_telemetry_age_seconds{" in during
+
+
+def test_latency_histograms_carry_trace_ids_as_exemplars(stack: Stack) -> None:
+    traceparent = "00-6e0c63257de34c92bf9efcd03927272e-00f067aa0ba902b7-01"
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(
+            _request(np.arange(2, dtype=np.int64)[None]),
+            metadata=[("traceparent", traceparent)],
+            timeout=10,
+        )
+    plain = _scrape(stack.metrics_url)
+    assert "trace_id" not in plain  # the classic text format has no exemplars
+    request = urllib.request.Request(
+        stack.metrics_url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    lines = [line for line in text.splitlines() if "6e0c63257de34c92bf9efcd03927272e" in line]
+    assert any(line.startswith("gateway_request_duration_seconds_bucket{") for line in lines)
 
 
 def send_bad(stack: Stack) -> None:
@@ -339,6 +369,8 @@ def test_admin_cli_views(stack: Stack) -> None:
     backends = _admin(stack, "backends")
     assert backends.returncode == 0, backends.stderr
     assert stack.backend_id in backends.stdout and "closed" in backends.stdout
+    row = next(line for line in backends.stdout.splitlines() if line.startswith(stack.backend_id))
+    assert "static" in row and MODEL in row  # origin and models
     devices = _admin(stack, "devices")
     assert devices.returncode == 0 and "cpu:local" in devices.stdout
     queues = _admin(stack, "queues")

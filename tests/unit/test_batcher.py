@@ -308,7 +308,8 @@ async def test_a_lone_request_with_a_free_backend_runs_in_the_callers_task() -> 
     try:
         result = await b.submit(request(3.0))
         np.testing.assert_array_equal(result["Y"][0], [6.0, 0.0, 6.0])
-        assert b.counters.batches_by_trigger["idle"] == 1 and b.in_flight == 0
+        assert b.counters.ran_alone == 1 and b.in_flight == 0
+        assert not b.counters.batches_by_trigger  # a request alone is not a batch
         # A caller that goes away mid-call leaves nothing behind.
         caller = asyncio.create_task(b.submit(request(4.0)))
         await asyncio.sleep(0.002)

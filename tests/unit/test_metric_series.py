@@ -39,3 +39,22 @@ def test_counters_and_histograms_expose_as_prometheus_client_does() -> None:
         return sorted(line for line in text.splitlines() if "_created" not in line)
 
     assert lines(ours) == lines(theirs)
+
+
+def test_exemplars_carry_trace_ids_in_the_openmetrics_exposition_only() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    series = HistogramSeries("took_seconds", "Took.", ["model"], BOUNDS)
+    series.observe(("a",), 0.005, "0af7651916cd43dd8448eb211c80319c")
+    series.observe(("a",), 0.006)  # no trace id: the exemplar stays
+    series.observe(("a",), 3.0, "4bf92f3577b34da6a3ce929d0e0e4736")
+    registry = CollectorRegistry()
+    registry.register(_Ours(series))
+    assert "trace_id" not in generate_latest(registry).decode()
+    (family,) = text_string_to_metric_families(openmetrics(registry).decode())
+    exemplars = {s.labels["le"]: s.exemplar for s in family.samples if s.exemplar}
+    assert set(exemplars) == {"0.01", "+Inf"}
+    assert exemplars["0.01"].labels == {"trace_id": "0af7651916cd43dd8448eb211c80319c"}
+    assert exemplars["0.01"].value == 0.005
+    assert exemplars["+Inf"].labels == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}

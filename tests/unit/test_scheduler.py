@@ -148,16 +148,21 @@ def test_registry_refuses_a_different_signature() -> None:
 
 def test_registry_not_found_messages() -> None:
     registry = ModelRegistry()
-    with pytest.raises(ModelNotFound, match="unknown model 'double'; models served: none"):
+    with pytest.raises(
+        ModelNotFound, match="Request for unknown model: 'double' is not found; models served: none"
+    ):
         registry.resolve("double")
     registry.rebuild([FakeBackend("b1", DOUBLE, TRIPLE)])
     with pytest.raises(
-        ModelNotFound, match="unknown model 'dobule'; models served: double, triple"
+        ModelNotFound,
+        match="Request for unknown model: 'dobule' is not found; models served: double, triple",
     ):
         registry.resolve("dobule")
     with pytest.raises(ModelNotFound) as info:
         registry.resolve("double", "3")
-    assert info.value.message == "model 'double' has no version '3'; versions: 1"
+    assert info.value.message == (
+        "Request for unknown model: 'double' version 3 is not found; versions: 1"
+    )
     assert info.value.code == "NOT_FOUND"
 
 
@@ -180,6 +185,20 @@ async def test_in_flight_work_steers_the_next_call_elsewhere() -> None:
         np.testing.assert_array_equal(result.outputs["Y"], [[0.0, 2.0]])
         assert _chosen(scheduler) == ["b1", "b2"]
         assert "runner-up" in scheduler.decisions[-1].reason
+
+
+async def test_a_decision_says_why_the_others_were_skipped() -> None:
+    b1, b2, b3 = FakeBackend("b1", DOUBLE), FakeBackend("b2", DOUBLE), FakeBackend("b3", DOUBLE)
+    b2.errors = [_down(b2)]
+    async with running(b1, b2, b3) as scheduler:
+        scheduler.set_drained("b1", True)
+        await scheduler.infer(_request())  # b2 first (b1 drained), fails, b3 takes it
+        retried = scheduler.decisions[-1]
+        assert retried.backend_id == "b3"
+        assert "b1 skipped: drained" in retried.reason and "b2 already tried" in retried.reason
+        await scheduler.infer(_request())
+        later = scheduler.decisions[-1].reason
+        assert "b1 skipped: drained" in later and "b2 skipped: breaker open" in later
 
 
 async def test_learned_service_time_prefers_the_faster_backend() -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,29 +108,40 @@ async def test_one_batch_span_linked_to_every_member_and_parent_of_the_call() ->
         await scheduler.aclose()
     assert {r.backend_id for r in results} == {"b1"}
     spans = exporter.get_finished_spans()
-    queues = _by_name(spans, "queue")
-    batches = _by_name(spans, "batch")
     calls = _by_name(spans, "backend.infer")
-    assert len(queues) == 4 and len(batches) == 2 and len(calls) == 2
-    merged = next(b for b in batches if b.attributes and b.attributes["gateway.batch.size"] == 3)
-    assert merged.attributes is not None and merged.attributes["gateway.batch.members"] == 3
-    linked = {link.context.span_id for link in merged.links}
-    members = [
-        q for q in queues if q.parent and q.parent.span_id != roots[0].get_span_context().span_id
-    ]
-    assert linked == {q.context.span_id for q in members}
-    assert merged.parent is not None and merged.parent.span_id in linked
-    for q in members:  # and each member links back to its batch
-        assert [link.context.span_id for link in q.links] == [merged.context.span_id]
-    call = next(c for c in calls if c.parent and c.parent.span_id == merged.context.span_id)
-    assert call.kind is trace.SpanKind.CLIENT
-    assert call.attributes is not None and call.attributes["gateway.backend.id"] == "b1"
-    placements = _by_name(spans, "placement")
-    assert any(p.parent and p.parent.span_id == merged.context.span_id for p in placements)
-    # The headers sent with the merged call carry the backend call span's context.
+    # Two batches (the first alone, then the three others), so two real calls,
+    # and their context is what the backend was sent.
     sent = [propagate.extract(h) for h in backend.headers]
     sent_ids = {trace.get_current_span(c).get_span_context().span_id for c in sent}
-    assert sent_ids == {c.context.span_id for c in calls}
+    real = [c for c in calls if not c.links]
+    assert len(real) == 2 and sent_ids == {c.context.span_id for c in real}
+    for root in roots:  # every request's own trace holds its whole story
+        trace_id = root.get_span_context().trace_id
+        own = [s for s in spans if s.context.trace_id == trace_id]
+        (queue,) = _by_name(tuple(own), "queue")
+        (batch,) = _by_name(tuple(own), "batch")
+        (placement,) = _by_name(tuple(own), "placement")
+        (call,) = _by_name(tuple(own), "backend.infer")
+        root_id = root.get_span_context().span_id
+        assert queue.parent is not None and queue.parent.span_id == root_id
+        assert batch.parent is not None and batch.parent.span_id == root_id
+        assert queue.end_time == batch.start_time  # no gap between wait and batch
+        assert placement.parent is not None and placement.parent.span_id == batch.context.span_id
+        assert call.parent is not None and call.parent.span_id == batch.context.span_id
+        assert call.kind is trace.SpanKind.CLIENT
+        assert call.attributes is not None and call.attributes["gateway.backend.id"] == "b1"
+        assert batch.end_time is not None and call.end_time is not None
+        assert batch.end_time >= call.end_time
+    merged = [b for b in _by_name(spans, "batch") if b.attributes["gateway.batch.size"] == 3]
+    assert len(merged) == 3 and all(b.attributes["gateway.batch.members"] == 3 for b in merged)
+    (leader,) = [b for b in merged if not any(link.attributes for link in b.links)]
+    others = [b for b in merged if b is not leader]
+    for member in others:  # each other member: a link to the leader's batch span
+        assert [link.context.span_id for link in member.links] == [leader.context.span_id]
+        (copy,) = [c for c in calls if c.parent and c.parent.span_id == member.context.span_id]
+        (original,) = [c for c in real if c.context.span_id == copy.links[0].context.span_id]
+        assert (copy.start_time, copy.end_time) == (original.start_time, original.end_time)
+        assert original.parent is not None and original.parent.span_id == leader.context.span_id
 
 
 async def test_with_tracing_off_the_callers_context_still_reaches_the_backend() -> None:
@@ -198,3 +210,35 @@ def test_log_records_carry_trace_and_span_ids_in_json() -> None:
     TraceContextFilter().filter(outside)
     assert "trace_id" not in json.loads(JsonFormatter().format(outside))
     assert trace_id_metadata() == ()
+
+
+class CountingNoOpTracer(trace.NoOpTracer):
+    """The no-op tracer the scheduler gets with tracing off, counting spans asked for."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        self.asked += 1
+        return super().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        self.asked += 1
+        return super().start_as_current_span(*args, **kwargs)
+
+
+async def test_with_tracing_off_no_span_is_made() -> None:
+    tracer = CountingNoOpTracer()
+    backend = RecordingBackend()
+    scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
+    await scheduler.start()
+    try:
+        await scheduler.infer(_request("alone"))  # the lean path
+        backend.gate = asyncio.Event()
+        calls = [asyncio.create_task(scheduler.infer(_request(str(i)))) for i in range(6)]
+        await asyncio.sleep(0.01)  # the first holds the backend, the rest batch up
+        backend.gate.set()
+        await asyncio.gather(*calls)
+    finally:
+        await scheduler.aclose()
+    assert len(backend.headers) >= 2 and tracer.asked == 0

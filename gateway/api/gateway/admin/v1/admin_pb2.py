@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _private_pool.POOL.AddSerializedFile(b'\n\x1cgateway/admin/v1/admin.proto\x12\x10gateway.admin.v1\"\xbb\x02\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1f\n\x12memory_total_bytes\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x1e\n\x11memory_used_bytes\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11memory_free_bytes\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0butilization\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x15telemetry_age_seconds\x18\n \x01(\x01\x42\x15\n\x13_memory_total_bytesB\x14\n\x12_memory_used_bytesB\x14\n\x12_memory_free_bytesB\x0e\n\x0c_utilization\"\x14\n\x12ListDevicesRequest\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.gateway.admin.v1.Device\"C\n\x0bServiceTime\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61tch_bucket\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xea\x01\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x0e\n\x06usable\x18\x05 \x01(\x08\x12\x0f\n\x07\x64rained\x18\x06 \x01(\x08\x12\x15\n\rbreaker_state\x18\x07 \x01(\t\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x11\n\tin_flight\x18\t \x01(\x05\x12\x34\n\rservice_times\x18\n \x03(\x0b\x32\x1d.gateway.admin.v1.ServiceTime\x12\x0e\n\x06worker\x18\x0b \x01(\x05\"\x15\n\x13ListBackendsRequest\"C\n\x14ListBackendsResponse\x12+\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x19.gateway.admin.v1.Backend\"b\n\x05Queue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\x12\x19\n\x11\x62\x61tches_in_flight\x18\x04 \x01(\x05\x12\x0e\n\x06worker\x18\x05 \x01(\x05\"\x13\n\x11ListQueuesRequest\"=\n\x12ListQueuesResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.gateway.admin.v1.Queue\"\x81\x02\n\x08\x44\x65\x63ision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x0f\n\x07verdict\x18\x03 \x01(\t\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x19\n\x11predicted_seconds\x18\x05 \x01(\x01\x12\x11\n\trunner_up\x18\x06 \x01(\t\x12\x19\n\x11runner_up_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x1d\n\x15telemetry_age_seconds\x18\t \x01(\x01\x12\x13\n\x0b\x61ge_seconds\x18\n \x01(\x01\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x0e\n\x06worker\x18\x0c \x01(\x05\"%\n\x14ListDecisionsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"F\n\x15ListDecisionsResponse\x12-\n\tdecisions\x18\x01 \x03(\x0b\x32\x1a.gateway.admin.v1.Decision\")\n\x13\x44rainBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"B\n\x14\x44rainBackendResponse\x12*\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x19.gateway.admin.v1.Backend\"+\n\x15UndrainBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"D\n\x16UndrainBackendResponse\x12*\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x19.gateway.admin.v1.Backend2\xc8\x04\n\x0c\x41\x64minService\x12Z\n\x0bListDevices\x12$.gateway.admin.v1.ListDevicesRequest\x1a%.gateway.admin.v1.ListDevicesResponse\x12]\n\x0cListBackends\x12%.gateway.admin.v1.ListBackendsRequest\x1a&.gateway.admin.v1.ListBackendsResponse\x12W\n\nListQueues\x12#.gateway.admin.v1.ListQueuesRequest\x1a$.gateway.admin.v1.ListQueuesResponse\x12`\n\rListDecisions\x12&.gateway.admin.v1.ListDecisionsRequest\x1a\'.gateway.admin.v1.ListDecisionsResponse\x12]\n\x0c\x44rainBackend\x12%.gateway.admin.v1.DrainBackendRequest\x1a&.gateway.admin.v1.DrainBackendResponse\x12\x63\n\x0eUndrainBackend\x12\'.gateway.admin.v1.UndrainBackendRequest\x1a(.gateway.admin.v1.UndrainBackendResponseb\x06proto3')
+DESCRIPTOR = _private_pool.POOL.AddSerializedFile(b'\n\x1cgateway/admin/v1/admin.proto\x12\x10gateway.admin.v1\"\xbb\x02\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1f\n\x12memory_total_bytes\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x1e\n\x11memory_used_bytes\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11memory_free_bytes\x18\x08 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0butilization\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x1d\n\x15telemetry_age_seconds\x18\n \x01(\x01\x42\x15\n\x13_memory_total_bytesB\x14\n\x12_memory_used_bytesB\x14\n\x12_memory_free_bytesB\x0e\n\x0c_utilization\"\x14\n\x12ListDevicesRequest\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.gateway.admin.v1.Device\"C\n\x0bServiceTime\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61tch_bucket\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\"\xfa\x01\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x0e\n\x06usable\x18\x05 \x01(\x08\x12\x0f\n\x07\x64rained\x18\x06 \x01(\x08\x12\x15\n\rbreaker_state\x18\x07 \x01(\t\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x11\n\tin_flight\x18\t \x01(\x05\x12\x34\n\rservice_times\x18\n \x03(\x0b\x32\x1d.gateway.admin.v1.ServiceTime\x12\x0e\n\x06worker\x18\x0b \x01(\x05\x12\x0e\n\x06origin\x18\x0c \x01(\t\"\x15\n\x13ListBackendsRequest\"C\n\x14ListBackendsResponse\x12+\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x19.gateway.admin.v1.Backend\"b\n\x05Queue\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\x12\x19\n\x11\x62\x61tches_in_flight\x18\x04 \x01(\x05\x12\x0e\n\x06worker\x18\x05 \x01(\x05\"\x13\n\x11ListQueuesRequest\"=\n\x12ListQueuesResponse\x12\'\n\x06queues\x18\x01 \x03(\x0b\x32\x17.gateway.admin.v1.Queue\"\x81\x02\n\x08\x44\x65\x63ision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x0f\n\x07verdict\x18\x03 \x01(\t\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x19\n\x11predicted_seconds\x18\x05 \x01(\x01\x12\x11\n\trunner_up\x18\x06 \x01(\t\x12\x19\n\x11runner_up_seconds\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x1d\n\x15telemetry_age_seconds\x18\t \x01(\x01\x12\x13\n\x0b\x61ge_seconds\x18\n \x01(\x01\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x0e\n\x06worker\x18\x0c \x01(\x05\"%\n\x14ListDecisionsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"F\n\x15ListDecisionsResponse\x12-\n\tdecisions\x18\x01 \x03(\x0b\x32\x1a.gateway.admin.v1.Decision\")\n\x13\x44rainBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"B\n\x14\x44rainBackendResponse\x12*\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x19.gateway.admin.v1.Backend\"+\n\x15UndrainBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"D\n\x16UndrainBackendResponse\x12*\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x19.gateway.admin.v1.Backend2\xc8\x04\n\x0c\x41\x64minService\x12Z\n\x0bListDevices\x12$.gateway.admin.v1.ListDevicesRequest\x1a%.gateway.admin.v1.ListDevicesResponse\x12]\n\x0cListBackends\x12%.gateway.admin.v1.ListBackendsRequest\x1a&.gateway.admin.v1.ListBackendsResponse\x12W\n\nListQueues\x12#.gateway.admin.v1.ListQueuesRequest\x1a$.gateway.admin.v1.ListQueuesResponse\x12`\n\rListDecisions\x12&.gateway.admin.v1.ListDecisionsRequest\x1a\'.gateway.admin.v1.ListDecisionsResponse\x12]\n\x0c\x44rainBackend\x12%.gateway.admin.v1.DrainBackendRequest\x1a&.gateway.admin.v1.DrainBackendResponse\x12\x63\n\x0eUndrainBackend\x12\'.gateway.admin.v1.UndrainBackendRequest\x1a(.gateway.admin.v1.UndrainBackendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,31 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICETIME']._serialized_start=456
   _globals['_SERVICETIME']._serialized_end=523
   _globals['_BACKEND']._serialized_start=526
-  _globals['_BACKEND']._serialized_end=760
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=762
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=783
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=785
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=852
-  _globals['_QUEUE']._serialized_start=854
-  _globals['_QUEUE']._serialized_end=952
-  _globals['_LISTQUEUESREQUEST']._serialized_start=954
-  _globals['_LISTQUEUESREQUEST']._serialized_end=973
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=975
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=1036
-  _globals['_DECISION']._serialized_start=1039
-  _globals['_DECISION']._serialized_end=1296
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1298
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1335
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1337
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1407
-  _globals['_DRAINBACKENDREQUEST']._serialized_start=1409
-  _globals['_DRAINBACKENDREQUEST']._serialized_end=1450
-  _globals['_DRAINBACKENDRESPONSE']._serialized_start=1452
-  _globals['_DRAINBACKENDRESPONSE']._serialized_end=1518
-  _globals['_UNDRAINBACKENDREQUEST']._serialized_start=1520
-  _globals['_UNDRAINBACKENDREQUEST']._serialized_end=1563
-  _globals['_UNDRAINBACKENDRESPONSE']._serialized_start=1565
-  _globals['_UNDRAINBACKENDRESPONSE']._serialized_end=1633
-  _globals['_ADMINSERVICE']._serialized_start=1636
-  _globals['_ADMINSERVICE']._serialized_end=2220
+  _globals['_BACKEND']._serialized_end=776
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=778
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=799
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=801
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=868
+  _globals['_QUEUE']._serialized_start=870
+  _globals['_QUEUE']._serialized_end=968
+  _globals['_LISTQUEUESREQUEST']._serialized_start=970
+  _globals['_LISTQUEUESREQUEST']._serialized_end=989
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=991
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=1052
+  _globals['_DECISION']._serialized_start=1055
+  _globals['_DECISION']._serialized_end=1312
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1314
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1351
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1353
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1423
+  _globals['_DRAINBACKENDREQUEST']._serialized_start=1425
+  _globals['_DRAINBACKENDREQUEST']._serialized_end=1466
+  _globals['_DRAINBACKENDRESPONSE']._serialized_start=1468
+  _globals['_DRAINBACKENDRESPONSE']._serialized_end=1534
+  _globals['_UNDRAINBACKENDREQUEST']._serialized_start=1536
+  _globals['_UNDRAINBACKENDREQUEST']._serialized_end=1579
+  _globals['_UNDRAINBACKENDRESPONSE']._serialized_start=1581
+  _globals['_UNDRAINBACKENDRESPONSE']._serialized_end=1649
+  _globals['_ADMINSERVICE']._serialized_start=1652
+  _globals['_ADMINSERVICE']._serialized_end=2236
 # @@protoc_insertion_point(module_scope)

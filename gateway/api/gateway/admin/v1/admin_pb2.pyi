@@ -51,7 +51,7 @@ class ServiceTime(_message.Message):
     def __init__(self, model: _Optional[str] = ..., batch_bucket: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class Backend(_message.Message):
-    __slots__ = ("id", "tier", "endpoint", "models", "usable", "drained", "breaker_state", "last_error", "in_flight", "service_times", "worker")
+    __slots__ = ("id", "tier", "endpoint", "models", "usable", "drained", "breaker_state", "last_error", "in_flight", "service_times", "worker", "origin")
     ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Backend(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_TIMES_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     id: str
     tier: str
     endpoint: str
@@ -74,7 +75,8 @@ class Backend(_message.Message):
     in_flight: int
     service_times: _containers.RepeatedCompositeFieldContainer[ServiceTime]
     worker: int
-    def __init__(self, id: _Optional[str] = ..., tier: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., usable: _Optional[bool] = ..., drained: _Optional[bool] = ..., breaker_state: _Optional[str] = ..., last_error: _Optional[str] = ..., in_flight: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., worker: _Optional[int] = ...) -> None: ...
+    origin: str
+    def __init__(self, id: _Optional[str] = ..., tier: _Optional[str] = ..., endpoint: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., usable: _Optional[bool] = ..., drained: _Optional[bool] = ..., breaker_state: _Optional[str] = ..., last_error: _Optional[str] = ..., in_flight: _Optional[int] = ..., service_times: _Optional[_Iterable[_Union[ServiceTime, _Mapping]]] = ..., worker: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class ListBackendsRequest(_message.Message):
     __slots__ = ()
