@@ -27,6 +27,7 @@ import grpc
 
 from gateway.config import ConfigError, Settings, TenantSettings
 from gateway.status import abort
+from scheduler.backends.triton import TritonTls
 from scheduler.clock import Clock
 from scheduler.errors import GatewayError, PermissionDenied, Unauthenticated
 from scheduler.quota import QuotaLimits, TenantQuota
@@ -134,6 +135,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ca = _read(settings.tls_client_ca_file)
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def triton_tls(settings: Settings) -> TritonTls | None:
+    """TLS towards every Triton, when ``triton_tls_ca_file`` is set."""
+    if settings.triton_tls_ca_file is None:
+        return None
+    return TritonTls(
+        settings.triton_tls_ca_file, settings.triton_tls_cert_file, settings.triton_tls_key_file
     )
 
 

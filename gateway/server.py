@@ -29,6 +29,7 @@ from gateway.security import (
     check_admin_exposure,
     metrics_tls,
     server_credentials,
+    triton_tls,
 )
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
@@ -36,7 +37,7 @@ from gateway.worker_views import WorkerRole
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import Execution, default_execution, load_cpu_model
-from scheduler.backends.triton import TritonBackend, TritonTls
+from scheduler.backends.triton import TritonBackend
 from scheduler.clock import MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup, parse_dns_endpoint
@@ -101,13 +102,7 @@ def cpu_backend(settings: Settings) -> CpuBackend:
 
 
 def triton_backend(settings: Settings, target: str) -> TritonBackend:
-    tls = None
-    if settings.triton_tls_ca_file is not None:
-        tls = TritonTls(
-            ca_file=settings.triton_tls_ca_file,
-            cert_file=settings.triton_tls_cert_file,
-            key_file=settings.triton_tls_key_file,
-        )
+    tls = triton_tls(settings)
     return TritonBackend(target, max_message_bytes=settings.max_message_bytes, tls=tls)
 
 
@@ -358,19 +353,15 @@ class GatewayServer:
         get up to ``grace_period_s`` to finish, and whatever is left is answered
         UNAVAILABLE as the scheduler closes, before the listener goes."""
         settings = self.settings
-        log.info(
-            "draining: NOT_SERVING, serving on for %.1f s, then up to %.1f s for in-flight work",
-            settings.drain_delay_s,
-            settings.grace_period_s,
-        )
+        drain = (settings.drain_delay_s, settings.grace_period_s)
+        log.info("draining: NOT_SERVING, serving %.1f s more, then %.1f s of grace", *drain)
         self.servicer.ready = False
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync_task
         await self.health.enter_graceful_shutdown()
-        if settings.drain_delay_s > 0:
-            await asyncio.sleep(settings.drain_delay_s)
+        await asyncio.sleep(settings.drain_delay_s)
         await self.servicer.door.close(settings.grace_period_s)
         await self.scheduler.aclose()
         # Callers told UNAVAILABLE back off before retrying; closing only once
