@@ -206,6 +206,9 @@ class Settings(BaseSettings):
         le=1,
         description="queue a request only if the work ahead ends within this share of its deadline",
     )
+    default_slo_s: float | None = Field(
+        None, gt=0, description="deadline admission assumes for requests that carry none"
+    )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
     server_name: str = Field(
         "inference-gateway",

@@ -48,6 +48,8 @@ class SchedulerConfig:
     #: Admission: a request is queued only if the work ahead of it is predicted
     #: to finish within this fraction of the time to its deadline.
     admit_fraction: float = 0.5
+    #: The deadline admission assumes for a request without one (None: none).
+    default_slo_s: float | None = None
     #: How long a health probe waits for a backend's answer.
     probe_timeout_s: float = 1.0
     #: How many batches a backend runs at once per model instance.

@@ -20,7 +20,7 @@ from opentelemetry.trace import Tracer
 from scheduler import tracing
 from scheduler.backends.base import Backend
 from scheduler.backends.cpu import CpuBackend
-from scheduler.batching import Batcher, BatchInfo, policy_from_triton_config
+from scheduler.batching import AdmissionPolicy, Batcher, BatchInfo, policy_from_triton_config
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.config import SchedulerConfig
@@ -388,7 +388,7 @@ class Scheduler:
             clock=self._clock,
             capacity=lambda: self._capacity(spec),
             tracer=self._tracer,
-            admit_fraction=self.config.admit_fraction,
+            admission=AdmissionPolicy(self.config.admit_fraction, self.config.default_slo_s),
         )
         self._batchers[spec.name] = batcher
         return batcher

@@ -8,8 +8,10 @@ sorted_run.py  SortedRun: the sorted chunks each group keeps its items in
 merge.py    merge_inputs / split_outputs / shape_key: tensors in and out of a batch
 batcher.py  Batcher: the asyncio driver (submit, background loop, failure isolation)
 info.py     BatchInfo (what run_batch is told), RunBatch, BatcherCounters
+admission.py  AdmissionPolicy, admit_by_deadline: refuse what the queue would make late
 """
 
+from scheduler.batching.admission import AdmissionPolicy
 from scheduler.batching.batcher import Batcher
 from scheduler.batching.info import BatcherCounters, BatchInfo, BatchTrigger, RunBatch
 from scheduler.batching.merge import merge_inputs, shape_key, split_outputs
@@ -22,6 +24,7 @@ from scheduler.batching.policy import (
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem, Trigger
 
 __all__ = [
+    "AdmissionPolicy",
     "Batch",
     "BatchInfo",
     "BatchLayer",

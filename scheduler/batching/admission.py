@@ -6,11 +6,22 @@ Pure: the queue's state and ``now`` are passed in, no clock or I/O.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from scheduler.batching.queue import BatchQueue
 from scheduler.errors import ResourceExhausted
 from scheduler.request import InferRequest
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    """``fraction``: the share of the time to its deadline the work ahead of a
+    request may take; ``default_slo_s``: the deadline assumed, for admission
+    only, for a request that has none (None: such requests are always queued)."""
+
+    fraction: float = 1.0
+    default_slo_s: float | None = None
 
 
 def admit_by_deadline(
@@ -19,7 +30,7 @@ def admit_by_deadline(
     rows: int,
     now: float,
     parallel: int,
-    fraction: float,
+    policy: AdmissionPolicy,
 ) -> None:
     """Raise ResourceExhausted for a request that the work queued ahead of it
     would make miss its deadline; return for one that may be queued.
@@ -29,11 +40,13 @@ def admit_by_deadline(
     prediction: the batches ahead at its priority level and above, its own
     included, run ``parallel`` at a time, each taking the queue's measured
     batch service time (no prediction, no refusal, before one was measured).
-    It must end within ``fraction`` of the time left: the rest is slack for
+    It must end within ``policy.fraction`` of the time left: the rest is slack for
     estimation error, which keeps the admitted tail well inside the deadline.
     The retry hint is when the queue ahead will have drained.
     """
     deadline = request.deadline
+    if deadline is None and policy.default_slo_s is not None:
+        deadline = now + policy.default_slo_s
     per_batch_s = queue.service_estimate_s
     if deadline is None or per_batch_s is None:
         return
@@ -41,7 +54,7 @@ def admit_by_deadline(
     batches = -(-(queue.rows_ahead(request.priority) + rows) // max_batch)
     finish_s = -(-batches // max(parallel, 1)) * per_batch_s
     left_s = deadline - now
-    if finish_s > left_s * fraction:
+    if finish_s > left_s * policy.fraction:
         raise ResourceExhausted(
             f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "
             f"{left_s * 1e3:.0f} ms; retry later or with a longer deadline",

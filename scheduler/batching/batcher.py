@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from scheduler import tracing
-from scheduler.batching.admission import admit_by_deadline
+from scheduler.batching.admission import AdmissionPolicy, admit_by_deadline
 from scheduler.batching.execution import BatchExecutor, Pending, fail
 from scheduler.batching.info import SCHEDULING_PARAMETERS, BatcherCounters, BatchInfo, RunBatch
 from scheduler.batching.merge import params_key, rows_of, split_outputs
@@ -74,7 +74,7 @@ class Batcher:
         capacity: Callable[[], int] | None = None,
         queue_ahead: int = 1,
         tracer: Tracer | None = None,
-        admit_fraction: float = 1.0,
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         if not policy.enabled:
             raise ValueError(f"batching is off for model '{spec.name}'; do not make a Batcher")
@@ -90,7 +90,7 @@ class Batcher:
         self._capacity = capacity or (lambda: 1)
         self._queue_ahead = queue_ahead
         #: Share of the time to its deadline the queue ahead may take (``admission``).
-        self._admit_fraction = admit_fraction
+        self._admission = admission or AdmissionPolicy()
         self._queue: BatchQueue[Pending] = BatchQueue(policy)
         #: Inputs whose non-batch dimensions the model leaves open.
         self._open_dims = tuple(t.name for t in spec.inputs if -1 in t.shape[1:])
@@ -173,14 +173,10 @@ class Batcher:
             priority=request.priority,
             deadline=request.deadline,
         )
-        late = False
+        late = True  # until admitted
         try:
-            if request.deadline is not None:
-                late = True  # until admitted
-                admit_by_deadline(
-                    self._queue, request, rows, now, self._capacity(), self._admit_fraction
-                )
-                late = False
+            admit_by_deadline(self._queue, request, rows, now, self._capacity(), self._admission)
+            late = False
             self._queue.push(item, now)
         except ResourceExhausted as exc:
             if late:

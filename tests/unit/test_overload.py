@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from scheduler.batching import BatchInfo
+from scheduler.batching import AdmissionPolicy, Batcher, BatchInfo, BatchingPolicy
 from scheduler.errors import BackendError, ResourceExhausted
 from scheduler.spec import ModelSpec, Tensor
-from tests.unit.test_batcher import FakeRun, batcher, request
+from tests.unit.test_batcher import SPEC, FakeRun, batcher, request
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -81,5 +81,28 @@ async def test_without_a_measured_batch_nothing_is_refused_early() -> None:
         assert not isinstance(outcome, ResourceExhausted), outcome
         assert b.counters.rejected_late == 0
         waiting.cancel()
+    finally:
+        await b.aclose()
+
+
+async def test_a_default_slo_sheds_requests_without_a_deadline() -> None:
+    run = FakeRun(delay_s=0.05)
+    b = Batcher(
+        SPEC,
+        BatchingPolicy(max_batch_size=1, max_queue_delay_us=0),
+        run,
+        capacity=lambda: 1,
+        admission=AdmissionPolicy(fraction=1.0, default_slo_s=0.2),
+    )
+    try:
+        await b.submit(request(0.0))  # one measured batch
+        later = time.monotonic() + 10
+        backlog = [
+            asyncio.create_task(b.submit(request(float(v), deadline=later))) for v in range(1, 12)
+        ]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhausted):
+            await b.submit(request(99.0))  # no deadline, but 0.5 s of work ahead > 0.2 s
+        await asyncio.gather(*backlog, return_exceptions=True)
     finally:
         await b.aclose()
