@@ -21,7 +21,8 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Decision, Verdict, place
+from scheduler.placement import Decision, Verdict
+from scheduler.routing import RouterTable
 from scheduler.spec import ModelSpec, Tensor
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ class BatchRunner:
 
     ``run`` gathers the candidates (breaker, drain, in-flight work, learned
     service time, fresh telemetry) from ``candidates``, tables that hooks
-    keep current as that state changes, asks the pure ``place`` policy, and
+    keep current as that state changes, asks the model's pure ``Router``
+    (``scheduler.routing``; predicted finish time unless configured), and
     calls the chosen backend, counting the call into the backend's in-flight
     work and predicted busy time for the next decision. Outcomes feed the
     estimator and the circuit breakers; a retryable failure is retried on the
@@ -65,6 +67,8 @@ class BatchRunner:
         self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
         #: Model instances per (backend, model), read per call: cleared when the fleet changes.
         self.concurrency: dict[tuple[str, str], int] = {}
+        #: The routing policy of each model (``config.routing``, ``routing_by_model``).
+        self.routers = RouterTable(config.routing, config.routing_by_model)
 
     async def run(
         self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
@@ -76,10 +80,13 @@ class BatchRunner:
         if info.attempt == 0 and info.trigger != "solo":
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
+        router = self.routers.of(spec.name)
         while True:
             now = self._clock.now()
-            candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
-            decision = place(
+            candidates = self.candidates.gather(
+                spec.name, info.size, now, tried, router.wants_outstanding
+            )
+            decision = router(
                 candidates,
                 now=now,
                 deadline=info.deadline,
@@ -151,7 +158,7 @@ class BatchRunner:
                 with tracing.backend_call(
                     self._tracer,
                     backend_id=state.id,
-                    endpoint=str(getattr(backend, "url", "")),
+                    endpoint=backend.endpoint,
                     device=f"{device.kind.value}:{device.host}",
                     model=spec.name,
                     size=info.size,
