@@ -34,7 +34,9 @@ def run_one(scenario_name: str, router: str, **options: object) -> Result:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scheduler.sim", description=__doc__)
     parser.add_argument("--scenario", default="default", choices=sorted(SCENARIOS))
-    parser.add_argument("--policy", action="append", choices=ROUTERS, help="repeatable; default all")
+    parser.add_argument(
+        "--policy", action="append", choices=ROUTERS, help="repeatable; default all"
+    )
     parser.add_argument("--gpus", type=int, help="GPUs in the fleet (default per scenario)")
     parser.add_argument("--duration", type=float, help="seconds of traffic")
     parser.add_argument("--scale", type=float, default=1.0, help="offered load, x the base")

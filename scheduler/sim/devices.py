@@ -19,7 +19,7 @@ import collections
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -156,14 +156,35 @@ class Call:
 
 @dataclass(slots=True)
 class SimDevice:
-    """A device's live state: calls running, calls waiting, busy time so far."""
+    """A device's live state: calls running and waiting per model, busy time so far.
+
+    As in Triton, each model has its own ``instances`` and its own queue on a
+    device: models do not wait for each other (how they share the GPU's
+    compute is not modelled).
+    """
 
     spec: DeviceSpec
-    running: int = 0
-    waiting: collections.deque[Call] = field(default_factory=collections.deque)
-    busy_s: float = 0.0
+    running: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, collections.deque[tuple[Call, Any]]] = field(default_factory=dict)
+    busy_s: float = 0.0  # service time summed over calls (instances overlap)
     served_rows: int = 0
-    pending_by_model: dict[str, int] = field(default_factory=dict)
+    active: int = 0  # calls running, all models
+    active_since: float = 0.0
+    occupied_s: float = 0.0  # time with at least one call running: its utilization
+
+    def started(self, now: float) -> None:
+        if self.active == 0:
+            self.active_since = now
+        self.active += 1
+
+    def finished(self, now: float) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.occupied_s += now - self.active_since
+
+    def pending_by_model(self) -> dict[str, int]:
+        """Calls waiting per model (Triton's ``nv_inference_pending_request_count``)."""
+        return {model: len(queue) for model, queue in self.waiting.items() if queue}
 
     def failure_at(self, now: float) -> Failure | None:
         for failure in self.spec.failures:

@@ -13,9 +13,9 @@ to each replica's own in-flight counts.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +91,6 @@ class Simulation:
         self.snapshot: TelemetrySnapshot | None = None
         self._device_readings: dict[str, DeviceSnapshot] = {}
         self._loads: dict[str, BackendLoad] = {}
-        self._busy_at_sample = dict.fromkeys(self.devices, 0.0)
         footprints = {m.name: m.memory_bytes for m in scenario.models}
         config = scenario.config
         if any(footprints.values()):
@@ -160,42 +159,41 @@ class Simulation:
             error2: GatewayError = DeadlineExceeded(f"{device_id} did not answer in time")
             self.at(max(deadline, now), replica.call_done, call, error2)
             return
-        if device.running < device.spec.instances:
+        model = call.model
+        if device.running.get(model, 0) < device.spec.instances:
             self._start(device, call, replica)
         else:
-            device.waiting.append((call, replica))  # type: ignore[arg-type]
-            device.pending_by_model[call.model] = device.pending_by_model.get(call.model, 0) + 1
+            device.waiting.setdefault(model, collections.deque()).append((call, replica))
 
     def _start(self, device: SimDevice, call: Call, replica: Replica) -> None:
         now = self.clock.now()
-        device.running += 1
+        device.running[call.model] = device.running.get(call.model, 0) + 1
         seconds = device.service_s(call.rows, now, next(self._noise))
         device.busy_s += seconds
+        device.started(now)
         call.started_at = now
         self.at(now + seconds, self._finish, device, call, replica)
 
     def _finish(self, device: SimDevice, call: Call, replica: Replica) -> None:
-        device.running -= 1
+        device.running[call.model] -= 1
+        device.finished(self.clock.now())
         device.served_rows += call.rows
         replica.call_done(call, None)
-        if device.waiting:
-            waiting, owner = device.waiting.popleft()  # type: ignore[misc]
-            device.pending_by_model[waiting.model] -= 1
-            self._start(device, waiting, owner)
+        waiting = device.waiting.get(call.model)
+        if waiting:
+            following, owner = waiting.popleft()
+            self._start(device, following, owner)
 
     # -- telemetry -----------------------------------------------------------
     def _sample(self) -> None:
         """Read every reachable GPU's metrics now; publish them after the lag."""
         now = self.clock.now()
-        interval = self.scenario.telemetry_interval_s
         for device_id, device in self.devices.items():
             if device.spec.type.tier is not Tier.ACCELERATOR:
                 continue
             failure = device.failure_at(now)
             if failure is not None and failure.kind in ("dead", "hung"):
                 continue  # its metrics endpoint is down too: the reading ages out
-            busy = device.busy_s - self._busy_at_sample[device_id]
-            self._busy_at_sample[device_id] = device.busy_s
             total = device.spec.type.memory_bytes
             self._device_readings[device_id] = DeviceSnapshot(
                 device_id=f"{device_id}:GPU-0",
@@ -205,10 +203,12 @@ class Simulation:
                 memory_total_bytes=total,
                 memory_used_bytes=device.spec.used_bytes,
                 memory_free_bytes=max(0, total - device.spec.used_bytes),
-                utilization=None if not interval else None if busy < 0 else None,
+                # No utilization: Triton's metrics on these hosts have none, and a
+                # saturated GPU would read ~1.0 and be excluded (max_gpu_utilization).
+                utilization=None,
             )
             self._loads[device_id] = BackendLoad(
-                device_id, now, pending_requests=dict(device.pending_by_model)
+                device_id, now, pending_requests=device.pending_by_model()
             )
         snapshot = TelemetrySnapshot(
             {r.device_id: r for r in self._device_readings.values()}, dict(self._loads), now
@@ -224,11 +224,9 @@ class Simulation:
 
 
 def busy_fraction(sim: Simulation, end_s: float) -> dict[str, float]:
-    """Each device's busy time over its capacity (instances x time)."""
+    """Each device's share of time with at least one call running."""
     span = max(end_s, 1e-9)
-    return {
-        i: min(1.0, d.busy_s / (d.spec.instances * span)) for i, d in sim.devices.items()
-    }
+    return {i: min(1.0, d.occupied_s / span) for i, d in sim.devices.items()}
 
 
-__all__ = ["Scenario", "SimModel", "Simulation", "busy_fraction", "math"]
+__all__ = ["Scenario", "SimModel", "Simulation", "busy_fraction"]

@@ -95,7 +95,9 @@ class Replica:
         self._send = send
         self._at = at
         self._finished = finished
-        self.fleet = Fleet(list(backends), clock=clock, tier_of=lambda b: b.tier, breaker=config.breaker)
+        self.fleet = Fleet(
+            list(backends), clock=clock, tier_of=lambda b: b.tier, breaker=config.breaker
+        )
         for state in self.fleet:
             state.discovered = True
         self.registry = ModelRegistry()

@@ -37,7 +37,11 @@ def base_loads(gpus: int) -> tuple[ModelLoad, ...]:
         ModelLoad("vision", rate_per_s=per_gpu * gpus * 0.45, slo_s=0.100),
         ModelLoad("text", rate_per_s=per_gpu * gpus * 0.35, slo_s=0.060, shape="bursty"),
         ModelLoad(
-            "rank", rate_per_s=per_gpu * gpus * 0.05, slo_s=0.250, rows=4, shape="diurnal",
+            "rank",
+            rate_per_s=per_gpu * gpus * 0.05,
+            slo_s=0.250,
+            rows=4,
+            shape="diurnal",
             period_s=10.0,
         ),
     )

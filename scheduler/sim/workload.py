@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
+Floats = npt.NDArray[np.float64]
 Shape = Literal["poisson", "bursty", "diurnal"]
 
 
@@ -45,7 +47,7 @@ class ModelLoad:
     amplitude: float = 0.8
     period_s: float = 20.0
 
-    def rate_at(self, t: npt_float) -> npt_float:
+    def rate_at(self, t: Floats) -> Floats:
         """The instantaneous rate at times ``t`` (an array), requests per second."""
         if self.shape == "poisson":
             return np.full_like(t, self.rate_per_s)
@@ -53,7 +55,8 @@ class ModelLoad:
             period = self.on_s + self.off_s
             peak = self.rate_per_s * period / self.on_s
             return np.where((t % period) < self.on_s, peak, 0.0)
-        return self.rate_per_s * (1.0 + self.amplitude * np.sin(2 * math.pi * t / self.period_s))
+        ramp: Floats = 1.0 + self.amplitude * np.sin(2 * math.pi * t / self.period_s)
+        return self.rate_per_s * ramp
 
     @property
     def peak_rate(self) -> float:
@@ -62,9 +65,6 @@ class ModelLoad:
         if self.shape == "diurnal":
             return self.rate_per_s * (1.0 + self.amplitude)
         return self.rate_per_s
-
-
-npt_float = np.ndarray
 
 
 class Arrival(NamedTuple):
@@ -82,8 +82,8 @@ def generate(
     """Arrivals of every model over ``duration_s``, in time order; ``scale``
     multiplies every rate (to sweep offered load)."""
     rng = np.random.default_rng(seed)
-    times: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
+    times: list[Floats] = []
+    owners: list[npt.NDArray[np.int64]] = []
     for index, load in enumerate(loads):
         peak = load.peak_rate * scale
         if peak <= 0:
@@ -121,7 +121,9 @@ def read_trace(path: Path, default_slo_s: dict[str, float] | None = None) -> lis
                 slo_s = (default_slo_s or {})[model]
             else:
                 slo_s = float(str(deadline)) / 1e3
-            out.append(Arrival(float(str(row["at_s"])), model, int(str(row.get("rows") or 1)), slo_s))
+            out.append(
+                Arrival(float(str(row["at_s"])), model, int(str(row.get("rows") or 1)), slo_s)
+            )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{path}:{number}: bad trace record {row!r}: {exc}") from None
     out.sort(key=lambda a: a.at_s)
