@@ -44,12 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, help="gateway replicas")
     parser.add_argument("--trace", type=Path, help="replay this CSV/JSONL trace")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cold", action="store_true", help="servers start with the run: no warm estimates"
+    )
+    parser.add_argument("--name", help="output file stem (default sim_SCENARIO)")
     parser.add_argument("--out", type=Path, help="write NAME.md, NAME.json, NAME.png here")
     args = parser.parse_args(argv)
     options: dict[str, object] = {"seed": args.seed}
     for key in ("gpus", "replicas", "trace"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.cold:
+        options["cold"] = True
     if args.duration is not None:
         options["duration_s"] = args.duration
     scales = args.sweep or [args.scale]
@@ -67,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"sim_{args.scenario}"
+        stem = args.name or f"sim_{args.scenario}"
         (args.out / f"{stem}.md").write_text(text + "\n")
         raw = [dataclasses.asdict(r) for r in results]
         (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")

@@ -66,6 +66,9 @@ class DeviceSpec:
     used_bytes: int = 0
     failures: tuple[Failure, ...] = ()
     models: tuple[str, ...] | None = None  # None: every model of the scenario
+    #: Whether its server reports service-time statistics from before the run
+    #: (``service_time_hints``), as a Triton server that has been serving does.
+    warm: bool = True
 
 
 class SimBackend(DecodedTensorsOnly):
@@ -103,7 +106,16 @@ class SimBackend(DecodedTensorsOnly):
         return self._spec.instances
 
     def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
-        return ()
+        """What Triton's statistics would say after warm-up: the mean time of a
+        batch of one and of a full batch, per model (a CPU pool has none)."""
+        if self.tier is not Tier.ACCELERATOR or not self._spec.warm:
+            return ()
+        kind, speed = self._spec.type, self._spec.speed
+        return [
+            (name, rows, (kind.fixed_s + kind.per_row_s * rows) / speed)
+            for name, spec in self._models.items()
+            for rows in sorted({1, max(1, spec.max_batch_size)})
+        ]
 
     def models(self) -> Mapping[str, ModelSpec]:
         return self._models

@@ -103,6 +103,9 @@ class Replica:
         self.registry = ModelRegistry()
         self.registry.rebuild(self.fleet.backends())
         self.estimator = ServiceTimeEstimator()
+        for state in self.fleet:  # as the live scheduler seeds it on a fleet change
+            for name, rows, seconds in state.backend.service_time_hints():
+                self.estimator.seed(state.id, name, rows, seconds)
         self.candidates = CandidateTables(
             config, self.fleet, self.registry, self.estimator, telemetry
         )

@@ -31,8 +31,8 @@ MODELS = (
 
 
 def base_loads(gpus: int) -> tuple[ModelLoad, ...]:
-    """Traffic that keeps ``gpus`` GPUs of the base mix about two-thirds busy at scale 1."""
-    per_gpu = 95.0
+    """Traffic at which, at scale 1, the baselines keep ``gpus`` GPUs of the base mix ~90% busy."""
+    per_gpu = 285.0
     return (
         ModelLoad("vision", rate_per_s=per_gpu * gpus * 0.45, slo_s=0.100),
         ModelLoad("text", rate_per_s=per_gpu * gpus * 0.35, slo_s=0.060, shape="bursty"),
@@ -80,6 +80,7 @@ def build(
     telemetry_lag_s: float = 0.0,
     seed: int = 0,
     trace: Path | None = None,
+    cold: bool = False,
 ) -> Scenario:
     """A scenario of the base mix; ``trace`` replays a recorded workload instead."""
     loads = base_loads(gpus)
@@ -88,9 +89,12 @@ def build(
         duration_s = max((a.at_s for a in arrivals), default=0.0) + 0.001
     else:
         arrivals = generate(loads, duration_s, seed=seed, scale=scale)
+    devices = fleet(gpus, failures=failures)
+    if cold:  # servers that start with the run: no statistics to seed estimates from
+        devices = [replace(d, warm=False) for d in devices]
     return Scenario(
-        name=name,
-        devices=fleet(gpus, failures=failures),
+        name=name + ("_cold" if cold else ""),
+        devices=devices,
         models=MODELS,
         arrivals=arrivals,
         duration_s=duration_s,
