@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import tritonclient.grpc as grpcclient
 
 from loadtests.loadgen import fp32_inputs, run_load
@@ -51,7 +52,7 @@ def _rows(url: str) -> int:
     return int(stats.model_stats[0].inference_count)
 
 
-def real_run(rate: float, duration_s: float, overhead_ms: float) -> dict[str, object]:
+def real_run(rate: float, duration_s: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with (
@@ -102,13 +103,19 @@ def real_run(rate: float, duration_s: float, overhead_ms: float) -> dict[str, ob
         "p50_ms": result.percentile_ms(50),
         "p99_ms": result.percentile_ms(99),
         "share": {k: v / total for k, v in served.items()},
+        "latencies_ms": [x * 1e3 for x in result.latencies_s],
     }
 
 
-def simulated_run(rate: float, duration_s: float, overhead_ms: float) -> dict[str, object]:
-    """The same fleet in the simulator; ``overhead_ms`` (gRPC, the gateway, the
-    Python backend's IPC) is added to each device's fixed cost."""
-    extra = overhead_ms / 1e3
+def simulated_run(
+    rate: float, duration_s: float, device_ms: float, path_ms: list[float]
+) -> dict[str, object]:
+    """The same fleet in the simulator. ``device_ms`` (the Python backend's
+    IPC, the thread hand-off) is added to each device's fixed cost, where it
+    occupies the device; each request's latency also gets a draw from
+    ``path_ms``, what the path (client, gRPC, the gateway, a shared machine's
+    scheduling noise) added to requests that queued nowhere."""
+    extra = device_ms / 1e3
     workers = max(1, min(4, os.cpu_count() or 1))  # the CPU backend's default pool
     devices = [
         DeviceSpec("fast", DeviceType("fast", FAST_MS / 1e3 + extra, FAST_ROW_MS / 1e3)),
@@ -130,12 +137,18 @@ def simulated_run(rate: float, duration_s: float, overhead_ms: float) -> dict[st
         noise_sigma=0.05,
     )
     sim = Simulation(scenario, "predicted_finish_time")
-    result = measure(sim, sim.run(), 0.0)
+    requests = sim.run()
+    result = measure(sim, requests, 0.0)
+    rng = np.random.default_rng(0)
+    latency_ms = np.array(
+        [(r.finished_at - r.arrived_at) * 1e3 for r in requests if r.outcome == "ok"]
+    )
+    latency_ms += rng.choice(np.array(path_ms), size=latency_ms.size)
     return {
         "requests": result.requests,
-        "ok": round(result.requests * (1 - result.lost)),
-        "p50_ms": result.p50_ms + 0.0,
-        "p99_ms": result.p99_ms,
+        "ok": int(latency_ms.size),
+        "p50_ms": float(np.percentile(latency_ms, 50)),
+        "p99_ms": float(np.percentile(latency_ms, 99)),
         "share": {k: result.share.get(k, 0.0) for k in ("fast", "slow", "cpu")},
     }
 
@@ -150,11 +163,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
-    parser.add_argument("--overhead-ms", type=float, default=1.5, help="per-call overhead")
+    parser.add_argument("--device-ms", type=float, default=1.0, help="per-call device overhead")
+    parser.add_argument(
+        "--calibrate-rate", type=float, default=20.0, help="req/s of the run that measures the path"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
-    real = real_run(args.rate, args.duration, args.overhead_ms)
-    sim = simulated_run(args.rate, args.duration, args.overhead_ms)
+    # The path's own cost (client, gRPC, gateway, Python backend) at a load
+    # that queues nothing: the idle p50 less the fast device's service time.
+    idle = real_run(args.calibrate_rate, 5.0)
+    service_ms = FAST_MS + FAST_ROW_MS + args.device_ms
+    path_ms = [max(0.0, x - service_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
+    real = real_run(args.rate, args.duration)
+    sim = simulated_run(args.rate, args.duration, args.device_ms, path_ms)
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
         ("p99 ms", real["p99_ms"], sim["p99_ms"], False),
@@ -165,7 +186,10 @@ def main() -> int:
         f"# Simulator vs real run: gpu_sim at {args.rate:.0f} req/s for {args.duration:.0f} s",
         "",
         "Fleet: tritonserver fast (4 ms + 0.05 ms/row), tritonserver slow (16 ms + 0.2 ms/row),",
-        f"gateway CPU pool (40 ms + 2 ms/row); simulated overhead {args.overhead_ms} ms per call.",
+        f"gateway CPU pool (40 ms + 2 ms/row). Calibrated at {args.calibrate_rate:.0f} req/s: "
+        f"idle p50 {float(idle['p50_ms']):.1f} ms (p99 {float(idle['p99_ms']):.1f} ms), so the "
+        f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
+        f"idle run) and each device call {args.device_ms:.1f} ms.",
         "",
         "| measure | real | simulated | within 15% |",
         "|---|---:|---:|---|",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -49,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", help="output file stem (default sim_SCENARIO)")
     parser.add_argument("--out", type=Path, help="write NAME.md, NAME.json, NAME.png here")
+    parser.add_argument("--verbose", action="store_true", help="log ejections and readmissions")
     args = parser.parse_args(argv)
+    # The fleet logs every ejection; with failures at scale that drowns the table.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     options: dict[str, object] = {"seed": args.seed}
     for key in ("gpus", "replicas", "trace"):
         if getattr(args, key) is not None:
