@@ -208,6 +208,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
+    real.pop("latencies_ms", None)
     (RESULTS / "sim_vs_real.md").write_text(text)
     (RESULTS / "sim_vs_real.json").write_text(
         json.dumps({"real": real, "sim": sim}, indent=1) + "\n"
