@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", type=float, nargs="*", help="offered-load points to run")
     parser.add_argument("--replicas", type=int, help="gateway replicas")
     parser.add_argument("--trace", type=Path, help="replay this CSV/JSONL trace")
+    parser.add_argument("--telemetry-interval", type=float, help="seconds between samples")
+    parser.add_argument("--lag", type=float, help="seconds before a sample is seen")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cold", action="store_true", help="servers start with the run: no warm estimates"
@@ -58,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("gpus", "replicas", "trace"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.telemetry_interval is not None:
+        options["telemetry_interval_s"] = args.telemetry_interval
+    if args.lag is not None:
+        options["telemetry_lag_s"] = args.lag
     if args.cold:
         options["cold"] = True
     if args.duration is not None:

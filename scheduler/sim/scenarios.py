@@ -78,6 +78,7 @@ def build(
     replicas: int = 1,
     failures: bool = False,
     telemetry_lag_s: float = 0.0,
+    telemetry_interval_s: float = 0.5,
     seed: int = 0,
     trace: Path | None = None,
     cold: bool = False,
@@ -100,6 +101,7 @@ def build(
         duration_s=duration_s,
         replicas=replicas,
         telemetry_lag_s=telemetry_lag_s,
+        telemetry_interval_s=telemetry_interval_s,
         seed=seed,
         config=SchedulerConfig(),
     )
@@ -109,6 +111,6 @@ def build(
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "default": lambda **kw: build("default", **kw),
     "failures": lambda **kw: build("failures", failures=True, **kw),
-    "replicas": lambda **kw: build("replicas", replicas=4, telemetry_lag_s=0.25, **kw),
+    "replicas": lambda **kw: build("replicas", **{"replicas": 4, "telemetry_lag_s": 0.25, **kw}),
     "large": lambda **kw: build("large", **{"gpus": 1000, "duration_s": 2.0, **kw}),
 }
