@@ -26,7 +26,7 @@ from scheduler.errors import GatewayError, ResourceExhausted
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
-from scheduler.placement import Decision, Tier, Verdict
+from scheduler.placement import Decision
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
 from scheduler.sim.devices import Call, SimBackend
@@ -232,10 +232,3 @@ class Replica:
         request.finished_at = now
         request.outcome = outcome
         self._finished(request)
-
-
-def accelerator_ids(replica: Replica) -> list[str]:
-    return [s.id for s in replica.fleet if s.tier is Tier.ACCELERATOR]
-
-
-__all__ = ["InFlight", "Replica", "SimRequest", "Verdict"]
