@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         0, ge=0, description="gateway batching delay for models whose config sets none"
     )
     stream_max_in_flight: int = Field(64, gt=0, description="concurrent requests per stream")
+    server_name: str = Field(
+        "inference-gateway",
+        min_length=1,
+        description="the name ServerMetadata answers (clients that expect 'triton' may check it)",
+    )
     max_concurrent_rpcs: int | None = Field(
         4096, gt=0, description="rpcs served at once; more are refused with RESOURCE_EXHAUSTED"
     )

@@ -113,7 +113,9 @@ class Layouts:
                 f"the request is not a valid inference.ModelInferRequest message: {exc}"
             ) from None
         layout = _decode(request, generation, resolve)
-        if len(key) <= self._max_key_bytes and not layout.typed:
+        # A sequence's steps differ in their parameters (id, start, end): kept,
+        # they would crowd the other layouts out of the table.
+        if len(key) <= self._max_key_bytes and not layout.typed and not layout.spec.sequence:
             if len(self._table) >= self._max_entries:
                 self._table.clear()
             self._table[key] = layout

@@ -116,6 +116,18 @@ class GatewayMetrics(Collector):
             ["backend", "model"],
             _LATENCY_BUCKETS_S,
         )
+        self.first_response = HistogramSeries(
+            "gateway_stream_first_response_seconds",
+            "Time from a streamed request (decoupled model) to its first response, by model.",
+            ["model"],
+            _LATENCY_BUCKETS_S,
+        )
+        self.response_gap = HistogramSeries(
+            "gateway_stream_response_gap_seconds",
+            "Time between consecutive responses of a streamed request, by model.",
+            ["model"],
+            _LATENCY_BUCKETS_S,
+        )
         self._series = (
             self.requests,
             self.request_duration,
@@ -126,6 +138,8 @@ class GatewayMetrics(Collector):
             self.spillovers,
             self.backend_calls,
             self.backend_call_duration,
+            self.first_response,
+            self.response_gap,
         )
         registry.register(self)
 
@@ -137,6 +151,12 @@ class GatewayMetrics(Collector):
         labels = (model, code, backend or "none")
         self.requests.inc(labels)
         self.request_duration.observe(labels, seconds)
+
+    def stream_first_response(self, model: str, seconds: float) -> None:
+        self.first_response.observe((model,), seconds)
+
+    def stream_response_gap(self, model: str, seconds: float) -> None:
+        self.response_gap.observe((model,), seconds)
 
     # -- SchedulerObserver -------------------------------------------------
     def batch_started(
@@ -223,6 +243,17 @@ class SchedulerCollector(Collector):
         in_flight = GaugeMetricFamily(
             "gateway_backend_in_flight", "Backend calls in flight.", labels=["backend"]
         )
+        streams = GaugeMetricFamily(
+            "gateway_backend_open_streams",
+            "Response streams (decoupled models) open on the backend.",
+            labels=["backend"],
+        )
+        sequences = GaugeMetricFamily(
+            "gateway_backend_live_sequences",
+            "Live sequences (sequence models) held by the backend: a drained backend "
+            "is empty when this and its in-flight calls are 0.",
+            labels=["backend"],
+        )
         service = GaugeMetricFamily(
             "gateway_backend_service_time_seconds",
             "Learned (EWMA) service time per model and batch-size bucket.",
@@ -234,11 +265,13 @@ class SchedulerCollector(Collector):
             for value in BreakerState:
                 breaker.add_metric([state.id, value.value], float(state.breaker.state is value))
             in_flight.add_metric([state.id], state.in_flight)
+            streams.add_metric([state.id], self._scheduler.stateful.streams.count(state.id))
+            sequences.add_metric([state.id], self._scheduler.live_sequences(state.id))
         for backend_id, models in self._scheduler.estimator.snapshot().items():
             for model, buckets in models.items():
                 for bucket, seconds in sorted(buckets.items()):
                     service.add_metric([backend_id, model, str(bucket)], seconds)
-        yield from (up, drained, breaker, in_flight, service)
+        yield from (up, drained, breaker, in_flight, streams, sequences, service)
 
     def _devices(self) -> Iterator[Metric]:
         monitor = self._scheduler.monitor

@@ -215,7 +215,7 @@ class GatewayServer:
         self.servicer = InferenceServicer(
             self.scheduler,
             clock=clock,
-            server_name="inference-gateway",
+            server_name=settings.server_name,
             server_version=_version(),
             stream_max_in_flight=settings.stream_max_in_flight,
             metrics=self.metrics,

@@ -22,6 +22,7 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
+from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
 from gateway.telemetry import Tracing, trace_id_metadata
 from scheduler import kserve_wire as wire
@@ -63,6 +64,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._tracing = tracing or Tracing()
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts()
+        self._stateful = StatefulRequests(scheduler, clock, self._headers, metrics)
         self.ready = False
 
     # -- health and metadata ---------------------------------------------
@@ -172,6 +174,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Triton. A failed request answers with ``error_message``; the stream
         goes on. Each request runs as a task whose done-callback queues its
         response, so a message costs one task and no queue or semaphore hops.
+        A decoupled model's request pushes each of its responses itself, and
+        a sequence's steps run one after another (``gateway.stateful``).
         """
         if self._tracing.enabled and (trailer := trace_id_metadata()):
             context.set_trailing_metadata(trailer)
@@ -183,13 +187,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task[bytes]] = set()
         limit = self._stream_max_in_flight
 
+        def push(message: bytes) -> None:
+            responses.append(message)
+            wake.set()
+
+        stream = StreamSink(push)
+
         def finished(request: bytes, task: asyncio.Task[bytes]) -> None:
             tasks.discard(task)
             if task.cancelled():
                 return
             error = task.exception()
             if error is None:
-                responses.append(codec.stream_response(task.result()))
+                if result := task.result():  # empty: a decoupled request pushed its own
+                    responses.append(codec.stream_response(result))
             elif isinstance(error, GatewayError):
                 responses.append(codec.stream_error(_header_of(request), error.message))
             else:
@@ -204,7 +215,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     while len(tasks) >= limit:
                         room.clear()
                         await room.wait()
-                    task = loop.create_task(self._infer(request, context))
+                    task = loop.create_task(self._infer(request, context, stream))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(finished, request))
             finally:
@@ -227,7 +238,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader
 
-    async def _infer(self, data: bytes, context: Context) -> bytes:
+    async def _infer(
+        self, data: bytes, context: Context, stream: StreamSink | None = None
+    ) -> bytes:
+        """One request's encoded response; on a stream (``stream``), empty
+        when the request pushed its responses itself (a decoupled model's)."""
         start = self._clock.now()
         # "unknown" until the model resolves: a client's typo must not become
         # a metric label of its own.
@@ -236,6 +251,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             infer_request, spec = self._decode(data, context)
             model = spec.name
             try:
+                if spec.stateful:  # the one test the common path pays
+                    return await self._stateful.infer(infer_request, spec, stream)
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
                 backend = infer_request.served_by

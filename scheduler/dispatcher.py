@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,8 +36,10 @@ from scheduler.placement import Decision, Tier
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, InferResult, Outputs
 from scheduler.runner import BatchRunner
+from scheduler.sequences import sequence_of
 from scheduler.shared_view import SharedView
 from scheduler.spec import ModelSpec
+from scheduler.stateful import StatefulRunner
 from scheduler.stats import ModelStats
 from scheduler.telemetry.monitor import DeviceMonitor
 from scheduler.telemetry.snapshot import TelemetrySnapshot
@@ -62,6 +65,12 @@ class Scheduler:
     candidate tables that hooks keep current, calls the chosen backend and
     retries a retryable failure on the next-best one while the deadline
     leaves time (see ``scheduler.runner``).
+
+    Two kinds of model leave that path (``ModelSpec.stateful``): a request of
+    a sequence model that carries a ``sequence_id`` runs on the backend that
+    holds its sequence (``scheduler.sequences``), and a request of a
+    decoupled model is streamed (``stateful.stream``), placed by the streams
+    already open on each backend (``scheduler.streams``). Neither is batched.
     """
 
     def __init__(
@@ -120,6 +129,8 @@ class Scheduler:
             self.runner.observer = observer
         #: With several gateway workers: the view the leader shares with the others.
         self.shared = shared
+        #: Sequences on their backends, and streams of decoupled models.
+        self.stateful = StatefulRunner(self.runner, self.candidates, self._clock)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -257,6 +268,11 @@ class Scheduler:
                 batcher.notify_capacity()  # capacity changed either way
         return state
 
+    def live_sequences(self, backend_id: str) -> int:
+        """Sequences still running on a backend: a drained one is empty when
+        this is 0 (they end, or idle out) and it has no calls in flight."""
+        return self.stateful.sequences.live_on(backend_id, self._clock.now())
+
     def _resolve(self, name: str, version: str) -> tuple[ModelSpec, Sequence[Backend]]:
         """The registry's answer, except that an unknown model is UNAVAILABLE,
         not NOT_FOUND, while some backend has never told us what it serves."""
@@ -325,12 +341,15 @@ class Scheduler:
             wire=request.wire,
             caller_context=request.trace_context,
         )
+        run = self.runner.run
+        if spec.sequence and (sequence := sequence_of(request.parameters)) is not None:
+            run = functools.partial(self.stateful.run_sequence, *sequence)
         try:
             if tracing.recording(self._tracer):
                 with tracing.solo_batch(self._tracer, request.trace_context, spec.name, rows):
-                    outputs = await self.runner.run(spec, request.inputs, info)
+                    outputs = await run(spec, request.inputs, info)
             else:
-                outputs = await self.runner.run(spec, request.inputs, info)
+                outputs = await run(spec, request.inputs, info)
             return outputs if isinstance(outputs, bytes) else dict(outputs)
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""
@@ -340,7 +359,9 @@ class Scheduler:
         policy is not parsed again per request) when the gateway does not batch it."""
         if spec.name in self._batchers:
             return self._batchers[spec.name]
-        if spec.max_batch_size <= 0:
+        # Triton's sequence batcher merges a sequence model's requests, by
+        # sequence; a decoupled model's responses are streamed one request at a time.
+        if spec.max_batch_size <= 0 or spec.stateful:
             self._batchers[spec.name] = None
             return None
         layer = self.config.batching_layer_by_model.get(spec.name, self.config.batching_layer)

@@ -14,6 +14,7 @@ boundary that calls the third party, and raised ``from`` the original.
     ├── DeadlineExceeded              DEADLINE_EXCEEDED the deadline passed, or cannot be met
     ├── ResourceExhausted             RESOURCE_EXHAUSTED overload, shed early with a retry hint
     ├── Cancelled                     CANCELLED         the caller went away
+    ├── SequenceLost                  ABORTED           a sequence's backend (and its state) is gone
     ├── Unavailable                   UNAVAILABLE       no healthy backend / backend down
     │   └── BackendUnavailable        UNAVAILABLE       one backend is down (retryable elsewhere)
     └── BackendError                  INTERNAL or the backend's own code
@@ -62,6 +63,14 @@ class ResourceExhausted(GatewayError):
 
 class Cancelled(GatewayError):
     code = "CANCELLED"
+
+
+class SequenceLost(GatewayError):
+    """The backend that holds a live sequence's state died or left: the state
+    is gone, and running the next step elsewhere would give wrong results, so
+    the caller must start the sequence again (ABORTED: retry at a higher level)."""
+
+    code = "ABORTED"
 
 
 class Unavailable(GatewayError):

@@ -64,10 +64,14 @@ class ModelRegistry:
         spec = self._specs.get(name)
         if spec is None:
             known = ", ".join(sorted(self._specs)) or "none"
-            raise ModelNotFound(f"unknown model '{name}'; models served: {known}")
+            # Triton's wording first: clients match on it.
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' is not found; models served: {known}"
+            )
         if not spec.has_version(version):
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions: {', '.join(spec.versions)}"
+                f"Request for unknown model: '{name}' version {version} is not found; "
+                f"versions: {', '.join(spec.versions)}"
             )
         backends = self._by_version.get((name, version))
         if backends is None:

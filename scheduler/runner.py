@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +18,13 @@ from scheduler.batching import BatchInfo
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock
 from scheduler.config import SchedulerConfig
-from scheduler.errors import DeadlineExceeded, GatewayError, ResourceExhausted, Unavailable
+from scheduler.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    GatewayError,
+    ResourceExhausted,
+    Unavailable,
+)
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
@@ -24,6 +32,7 @@ from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Decision, Verdict
 from scheduler.routing import RouterTable
 from scheduler.spec import ModelSpec, Tensor
+from scheduler.streams import OpenStreams
 
 if TYPE_CHECKING:
     from scheduler.stats import ModelStats
@@ -126,6 +135,101 @@ class BatchRunner:
                     raise
                 log.info("model %s: retrying elsewhere after %s", spec.name, exc.message)
                 last_error = exc
+
+    async def run_pinned(
+        self, backend_id: str, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
+    ) -> Mapping[str, Tensor] | bytes:
+        """Run a request on the one backend that must take it (a sequence's),
+        without placement's choice and without retrying elsewhere."""
+        state, decision = self._pinned(backend_id, spec, info)
+        traced = tracing.recording(self._tracer)
+        return await self._call(state, spec, inputs, info, decision, 0, traced)
+
+    def _pinned(
+        self, backend_id: str, spec: ModelSpec, info: BatchInfo
+    ) -> tuple[BackendState, Decision]:
+        state = self.fleet.get(backend_id)
+        if state is None:
+            raise BackendUnavailable(f"backend {backend_id} was removed", backend_id=backend_id)
+        now = self._clock.now()
+        service = self.estimator.predict(state.id, spec.name, 1)
+        service_s = self.config.unknown_service_s if service is None else service
+        decision = Decision(
+            Verdict.PLACED,
+            state.id,
+            service_s,
+            service_s,
+            None,
+            math.nan,
+            f"{state.id}: the backend that holds the sequence",
+            now,
+            math.nan,
+        )
+        self.decisions.append(decision)
+        self.observer.placed(spec.name, info.size, decision)
+        return state, decision
+
+    async def open_stream(
+        self,
+        spec: ModelSpec,
+        info: BatchInfo,
+        streams: OpenStreams,
+        backend_id: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Place a request of a decoupled model, weighing the streams already
+        open on each backend (``scheduler.streams``), or put it on
+        ``backend_id`` (a sequence's), and relay the backend's responses
+        (encoded ``ModelStreamInferResponse`` messages) as they arrive."""
+        if info.wire is None:
+            raise Unavailable(f"model '{spec.name}' streams only requests in their wire form")
+        now = self._clock.now()
+        if backend_id is not None:
+            state = self._pinned(backend_id, spec, info)[0]
+        else:
+            table = self.candidates.table(spec.name)
+            candidates = streams.weigh(
+                self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
+            )
+            decision = place(
+                candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
+            )
+            self.decisions.append(decision)
+            self.observer.placed(spec.name, 1, decision)
+            found = None if decision.backend_id is None else self.fleet.get(decision.backend_id)
+            if found is None:
+                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+            state = found
+        info.served_by.append(state.id)
+        token = streams.open(state.id, now)
+        span = None
+        headers: Mapping[str, str] | None
+        if tracing.recording(self._tracer):
+            # Not the current span: the stream's messages are yielded to the
+            # caller's code, which must not run inside it. It lasts as long
+            # as the stream, so the request's trace covers the whole stream.
+            span, headers = tracing.backend_stream(
+                self._tracer, info.caller_context, backend_id=state.id, model=spec.name
+            )
+        else:
+            headers = info.propagation()
+        code = "OK"
+        try:
+            async for message in state.backend.stream_wire(
+                spec, info.wire, deadline=info.deadline, trace_context=headers
+            ):
+                yield message
+        except GatewayError as exc:
+            code = exc.code
+            self.fleet.record_failure(state, exc)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away
+            code = "CANCELLED"
+            raise
+        finally:
+            streams.close(state.id, token)
+            self.observer.backend_called(spec.name, state.id, self._clock.now() - now, code)
+            if span is not None:
+                tracing.end_backend_stream(span, code)
 
     async def _call(
         self,

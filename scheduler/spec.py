@@ -125,6 +125,14 @@ class ModelSpec:
     every tensor is the batch, at most that large. ``config`` holds the
     backend's native model configuration (Triton's config as JSON) when it
     has one, so the gateway can answer ModelConfig faithfully.
+
+    Two properties of that config change how requests travel, and are read
+    from it once, here: ``sequence`` (Triton's ``sequence_batching``: the
+    model keeps state per sequence id inside one server, so a sequence's
+    requests stay on one backend and are never merged by the gateway) and
+    ``decoupled`` (``model_transaction_policy { decoupled: true }``: a request
+    may have any number of responses, so it is served by streaming only).
+    ``stateful`` is either one: the request path's single test for both.
     """
 
     name: str
@@ -134,6 +142,25 @@ class ModelSpec:
     platform: str = ""
     max_batch_size: int = 0
     config: Mapping[str, Any] = field(default_factory=dict)
+    sequence: bool = field(init=False, repr=False, compare=False)
+    decoupled: bool = field(init=False, repr=False, compare=False)
+    stateful: bool = field(init=False, repr=False, compare=False)
+    #: How long a sequence may sit idle before the backend forgets it (Triton's
+    #: ``max_sequence_idle_microseconds``, 1 s when the config leaves it out).
+    max_sequence_idle_s: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        config = self.config or {}
+        batching = config.get("sequence_batching")
+        policy = config.get("model_transaction_policy") or {}
+        decoupled = bool(policy.get("decoupled", False)) if isinstance(policy, Mapping) else False
+        idle_us = 1_000_000
+        if isinstance(batching, Mapping) and batching.get("max_sequence_idle_microseconds"):
+            idle_us = int(batching["max_sequence_idle_microseconds"])  # JSON: uint64 as text
+        object.__setattr__(self, "sequence", batching is not None)
+        object.__setattr__(self, "decoupled", decoupled)
+        object.__setattr__(self, "stateful", batching is not None or decoupled)
+        object.__setattr__(self, "max_sequence_idle_s", idle_us / 1e6)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)

@@ -214,3 +214,26 @@ def cpu_execution(tracer: Tracer, *, model: str, backend_id: str, rows: int) -> 
                 {"gateway.model": model, "gateway.backend.id": backend_id, "gateway.rows": rows}
             )
         yield span
+
+
+def backend_stream(
+    tracer: Tracer, parent: Context | None, *, backend_id: str, model: str
+) -> tuple[Span, dict[str, str]]:
+    """A CLIENT span for a response stream from a backend, started but not made
+    current (it outlives the caller's turns), and the W3C headers of its context."""
+    span = tracer.start_span(
+        "backend.stream",
+        context=parent,
+        kind=SpanKind.CLIENT,
+        attributes={"gateway.backend.id": backend_id, "gateway.model": model},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span, parent))
+    return span, carrier
+
+
+def end_backend_stream(span: Span, code: str) -> None:
+    if code != "OK":
+        span.set_attribute("gateway.error.code", code)
+        span.set_status(Status(StatusCode.ERROR, code))
+    span.end()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -41,7 +41,8 @@ class Backend(Protocol):
     A backend that speaks KServe v2 itself (``forwards_wire``) also runs a
     single request in its wire form with ``infer_wire``: the caller's encoded
     ``ModelInferRequest`` in, the server's encoded ``ModelInferResponse`` out,
-    with no tensor decoded or encoded on the way.
+    with no tensor decoded or encoded on the way. Such a backend also streams
+    (``stream_wire``) the responses of a decoupled model's request.
 
     Everything the scheduler reads about a backend is declared here, so a new
     runtime (``OnnxBackend``) fits in without the scheduler naming it: its
@@ -113,6 +114,20 @@ class Backend(Protocol):
         """Run one encoded ``ModelInferRequest``; the encoded ``ModelInferResponse``."""
         ...
 
+    def stream_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Run one encoded ``ModelInferRequest`` of a decoupled model; its
+        responses, encoded ``ModelStreamInferResponse`` messages, as they come. The
+        iterator ends after the request's last response; closing it early
+        cancels the request on the backend."""
+        ...
+
     async def health(self) -> bool:
         """Whether the backend is live and ready now."""
         ...
@@ -134,3 +149,14 @@ class DecodedTensorsOnly:
         trace_context: Mapping[str, str] | None = None,
     ) -> bytes:
         raise Unimplemented(f"this backend does not take encoded requests (model '{model.name}')")
+
+    async def stream_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        raise Unimplemented(f"this backend does not stream responses (model '{model.name}')")
+        yield b""  # pragma: no cover (makes this an async generator)

@@ -12,7 +12,7 @@ is copied more than once on its way to the server or back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -39,6 +39,7 @@ from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 log = logging.getLogger(__name__)
 
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+_STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: Parameters that are not forwarded with a batch: ``priority`` and ``timeout``
 #: are set from the batch's own; the rest are reserved by Triton or HTTP-only.
 _RESERVED_PARAMS = {"priority", "timeout", "headers", "binary_data_output"}
@@ -82,6 +83,9 @@ class TritonBackend:
         # No serializers: requests and responses travel as bytes.
         self._infer_rpc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
             _INFER_METHOD
+        )
+        self._stream_rpc: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = (
+            self._channel.stream_stream(_STREAM_METHOD)
         )
         self._models: dict[str, ModelSpec] = {}
         self._hints: list[tuple[str, int, float]] = []
@@ -215,6 +219,40 @@ class TritonBackend:
         if timeout_s is not None:
             request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
         return await self._call(model, request, timeout_s, trace_context)
+
+    async def stream_wire(
+        self,
+        model: ModelSpec,
+        request: bytes,
+        *,
+        deadline: float | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """One request of a decoupled model on a ModelStreamInfer stream of its
+        own: written, half-closed, then every response relayed as it comes.
+        Triton ends the stream once the request's final response is sent, so
+        the end of the stream is the end of the request, whether or not the
+        caller asked for an empty final response. Leaving early (the caller
+        went away) cancels the stream, and Triton cancels the request."""
+        timeout_s = self._budget(model, deadline)
+        if timeout_s is not None:
+            request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
+        metadata = tuple(trace_context.items()) if trace_context else None
+        call = self._stream_rpc(timeout=timeout_s, metadata=metadata)
+        try:
+            await call.write(request)
+            await call.done_writing()
+            while True:
+                message = await call.read()
+                if not isinstance(message, bytes):  # grpc.aio.EOF
+                    return
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate_status(
+                exc.code().name, exc.details() or "", f"streaming model '{model.name}'"
+            ) from exc
+        finally:
+            call.cancel()  # a no-op once the stream has ended
 
     async def infer(
         self,

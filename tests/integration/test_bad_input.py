@@ -115,13 +115,13 @@ GOOD_ROW = np.ones(16, np.float32).tobytes()
         pytest.param(
             _request("no_such_model", _fp32("INPUT0", [1, 16], GOOD_ROW)),
             grpc.StatusCode.NOT_FOUND,
-            ["unknown model 'no_such_model'", "add_sub"],
+            ["Request for unknown model: 'no_such_model' is not found", "add_sub"],
             id="unknown-model",
         ),
         pytest.param(
             pb.ModelInferRequest(model_name="add_sub", model_version="7"),
             grpc.StatusCode.NOT_FOUND,
-            ["no version '7'"],
+            ["Request for unknown model: 'add_sub' version 7 is not found", "versions: 1"],
             id="unknown-version",
         ),
         pytest.param(

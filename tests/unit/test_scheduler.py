@@ -164,16 +164,21 @@ def test_registry_refuses_a_different_signature() -> None:
 
 def test_registry_not_found_messages() -> None:
     registry = ModelRegistry()
-    with pytest.raises(ModelNotFound, match="unknown model 'double'; models served: none"):
+    with pytest.raises(
+        ModelNotFound, match="Request for unknown model: 'double' is not found; models served: none"
+    ):
         registry.resolve("double")
     registry.rebuild([FakeBackend("b1", DOUBLE, TRIPLE)])
     with pytest.raises(
-        ModelNotFound, match="unknown model 'dobule'; models served: double, triple"
+        ModelNotFound,
+        match="Request for unknown model: 'dobule' is not found; models served: double, triple",
     ):
         registry.resolve("dobule")
     with pytest.raises(ModelNotFound) as info:
         registry.resolve("double", "3")
-    assert info.value.message == "model 'double' has no version '3'; versions: 1"
+    assert info.value.message == (
+        "Request for unknown model: 'double' version 3 is not found; versions: 1"
+    )
     assert info.value.code == "NOT_FOUND"
 
 
