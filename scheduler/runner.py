@@ -187,10 +187,10 @@ class BatchRunner:
             state = self._pinned(backend_id, spec, info)[0]
         else:
             table = self.candidates.table(spec.name)
-            candidates = streams.weigh(
-                self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
-            )
-            decision = place(
+            router = self.routers.of(spec.name)
+            gathered = self.candidates.gather(spec.name, 1, now, (), router.wants_outstanding)
+            candidates = streams.weigh(gathered, now, table.concurrency.tolist())
+            decision = router(
                 candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
             )
             self.decisions.append(decision)
