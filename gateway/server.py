@@ -62,8 +62,18 @@ def build_backends(settings: Settings) -> list[Backend]:
             backends.append(triton_backend(settings, endpoint))
     if settings.cpu_models:
         backends.append(cpu_backend(settings))
+    if settings.onnx_repository is not None:
+        # Imported here: ONNX Runtime takes a while to import, and most gateways do not use it.
+        from scheduler.backends.onnx import OnnxBackend, OnnxModelError
+
+        try:
+            backends.append(OnnxBackend(settings.onnx_repository, workers=settings.onnx_workers))
+        except OnnxModelError as exc:
+            raise ConfigError(f"onnx_repository: {exc}") from None
     if not settings.triton_endpoints and not backends:
-        raise ConfigError("nothing to serve: set triton_endpoints and/or cpu_models")
+        raise ConfigError(
+            "nothing to serve: set triton_endpoints, cpu_models and/or onnx_repository"
+        )
     return backends
 
 
@@ -119,6 +129,8 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         batching_layer_by_model=dict(settings.batching_layer_by_model),
         default_max_queue_delay_us=settings.default_max_queue_delay_us,
         batching_by_model=dict(settings.batching),
+        routing=settings.routing,
+        routing_by_model=dict(settings.routing_by_model),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from scheduler.batching.policy import BatchLayer
 from scheduler.health import BreakerConfig
+from scheduler.routing import DEFAULT_ROUTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,5 +41,8 @@ class SchedulerConfig:
     batching_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Gateway batching delay for models whose config gives none (µs).
     default_max_queue_delay_us: int = 0
+    #: The routing policy (``scheduler.routing.ROUTERS``), and per model.
+    routing: str = DEFAULT_ROUTER
+    routing_by_model: Mapping[str, str] = field(default_factory=dict)
     #: How many batches a backend runs at once per model instance.
     pipeline_depth: int = 1
