@@ -147,7 +147,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         item = pb.Backend(
             id=state.id,
             tier=state.tier.name.lower(),
-            endpoint=str(getattr(state.backend, "url", "")),
+            endpoint=state.backend.endpoint,
             models=sorted(state.backend.models()),
             usable=state.usable(now),
             drained=state.drained,

@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a CPU model, builtin:NAME or module:factory (repeatable; replaces the defaults)",
     )
     serve.add_argument("--no-cpu-models", action="store_true", help="serve Triton models only")
+    serve.add_argument(
+        "--onnx-repository",
+        type=Path,
+        help="run this Triton-layout repository's ONNX models on the gateway's CPUs",
+    )
+    serve.add_argument("--routing", help="routing policy (default predicted_finish_time)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--metrics-port", type=int, help="Prometheus HTTP port; 0 = any free")
@@ -67,6 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "triton_endpoints": args.triton_endpoints,
         "cpu_models": [] if args.no_cpu_models else args.cpu_models,
+        "onnx_repository": args.onnx_repository,
+        "routing": args.routing,
         "log_level": args.log_level,
         "log_format": args.log_format,
         "metrics_port": args.metrics_port,

@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from scheduler.batching.policy import policy_from_triton_config
+from scheduler.routing import DEFAULT_ROUTER, ROUTERS
 
 _DYNAMIC_BATCHING_KEYS = {
     "max_batch_size",
@@ -151,6 +152,11 @@ class Settings(BaseSettings):
     request_log_ok_sample: float = Field(
         0.0, ge=0, le=1, description="fraction of OK requests that get a log line too"
     )
+    onnx_repository: Path | None = Field(
+        None,
+        description="Triton-layout repository whose ONNX models the gateway runs on its CPUs",
+    )
+    onnx_workers: int | None = Field(None, gt=0, description="ONNX Runtime worker threads")
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
     dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
     triton_metrics_port: int | None = Field(
@@ -180,6 +186,10 @@ class Settings(BaseSettings):
     batching: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per model, Triton dynamic_batching fields overriding its config",
+    )
+    routing: str = Field(DEFAULT_ROUTER, description=f"routing policy: one of {', '.join(ROUTERS)}")
+    routing_by_model: dict[str, str] = Field(
+        default_factory=dict, description="routing policy per model"
     )
     default_max_queue_delay_us: int = Field(
         0, ge=0, description="gateway batching delay for models whose config sets none"
@@ -262,6 +272,24 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
                 raise ValueError(
                     f"Triton endpoint {endpoint!r} must look like host:port or dns:///name:port"
+                )
+        return value
+
+    @field_validator("routing")
+    @classmethod
+    def _routing(cls, value: str) -> str:
+        if value not in ROUTERS:
+            raise ValueError(f"routing policy {value!r} must be one of {', '.join(ROUTERS)}")
+        return value
+
+    @field_validator("routing_by_model")
+    @classmethod
+    def _routing_by_model(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, name in value.items():
+            if name not in ROUTERS:
+                known = ", ".join(ROUTERS)
+                raise ValueError(
+                    f"routing policy {name!r} of model {model!r} must be one of {known}"
                 )
         return value
 

@@ -16,21 +16,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from gateway import reflection
+from gateway import reflection, security
 from gateway.admin import AdminServer, AdminServicer
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
 from gateway.request_log import RequestLog
-from gateway.security import (
-    Authenticator,
-    admin_key_digests,
-    check_admin_exposure,
-    metrics_tls,
-    server_credentials,
-    triton_tls,
-)
 from gateway.servicer import InferenceServicer, add_to_server
 from gateway.telemetry import Tracing, configure_tracing
 from gateway.worker_views import WorkerRole
@@ -52,8 +44,7 @@ from scheduler.telemetry.triton_metrics import TritonMetricsProvider
 
 log = logging.getLogger(__name__)
 
-#: At shutdown, how long refused callers get to back off before the listener closes.
-_QUIET_BEFORE_CLOSE_S = 0.2
+_QUIET_BEFORE_CLOSE_S = 0.2  # at shutdown: refused callers back off before the listener goes
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -76,8 +67,18 @@ def build_backends(settings: Settings) -> list[Backend]:
         backends.append(triton_backend(settings, endpoint))
     if settings.cpu_models:
         backends.append(cpu_backend(settings))
+    if settings.onnx_repository is not None:
+        # Imported here: ONNX Runtime takes a while to import, and most gateways do not use it.
+        from scheduler.backends.onnx import OnnxBackend, OnnxModelError
+
+        try:
+            backends.append(OnnxBackend(settings.onnx_repository, workers=settings.onnx_workers))
+        except OnnxModelError as exc:
+            raise ConfigError(f"onnx_repository: {exc}") from None
     if not settings.triton_endpoints and not backends:
-        raise ConfigError("nothing to serve: set triton_endpoints and/or cpu_models")
+        raise ConfigError(
+            "nothing to serve: set triton_endpoints, cpu_models and/or onnx_repository"
+        )
     return backends
 
 
@@ -102,7 +103,7 @@ def cpu_backend(settings: Settings) -> CpuBackend:
 
 
 def triton_backend(settings: Settings, target: str) -> TritonBackend:
-    tls = triton_tls(settings)
+    tls = security.triton_tls(settings)
     return TritonBackend(target, max_message_bytes=settings.max_message_bytes, tls=tls)
 
 
@@ -139,6 +140,8 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         probe_timeout_s=settings.probe_timeout_s,
         admit_fraction=settings.admit_fraction,
         default_slo_s=settings.default_slo_s,
+        routing=settings.routing,
+        routing_by_model=dict(settings.routing_by_model),
     )
 
 
@@ -213,10 +216,10 @@ class GatewayServer:
         self.settings = settings
         self.tracing = tracing or Tracing()
         self.worker = worker
-        check_admin_exposure(settings)
-        self.credentials = server_credentials(settings)
+        security.check_admin_exposure(settings)
+        self.credentials = security.server_credentials(settings)
         clock = MonotonicClock()
-        self.auth = Authenticator(settings.tenants, clock) if settings.tenants else None
+        self.auth = security.Authenticator(settings.tenants, clock) if settings.tenants else None
         self.scheduler = build_scheduler(settings, clock, worker)
         # Metrics are always counted (cheap); they are served only with metrics_port.
         self.registry, self.metrics = build_registry(
@@ -250,7 +253,7 @@ class GatewayServer:
                 admin,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
-                admin_key_digests=admin_key_digests(settings),
+                admin_key_digests=security.admin_key_digests(settings),
                 credentials=self.credentials,
             )
         self.metrics_port: int | None = None
@@ -285,10 +288,13 @@ class GatewayServer:
                     self.scheduler.set_drained(backend_id, True)
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            if self.credentials is not None:
-                self.port = self.server.add_secure_port(address, self.credentials)
-            else:
-                self.port = self.server.add_insecure_port(address)
+            creds = self.credentials
+            server = self.server
+            self.port = (
+                server.add_secure_port(address, creds)
+                if creds
+                else server.add_insecure_port(address)
+            )
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {address}: {exc}") from None
         await self.server.start()
@@ -321,7 +327,7 @@ class GatewayServer:
         port = 0 if self.worker is not None else self.settings.metrics_port
         try:
             # A worker's metrics go to its supervisor over loopback only, in plain HTTP.
-            tls = metrics_tls(self.settings) if self.worker is None else {}
+            tls = security.metrics_tls(self.settings) if self.worker is None else {}
             http, _ = start_http_server(port, addr=host, registry=self.registry, **tls)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {host}:{port}: {exc}") from None
@@ -347,12 +353,9 @@ class GatewayServer:
             await self._sync_health()
 
     async def stop(self) -> None:
-        """Drain without losing a request: health says NOT_SERVING at once, but
-        the gateway keeps serving for ``drain_delay_s`` (a load balancer needs
-        that long to notice); then new inference rpcs are answered UNAVAILABLE
-        (retryable, unlike the CANCELLED a closing server gives), in-flight ones
-        get up to ``grace_period_s`` to finish, and whatever is left is answered
-        UNAVAILABLE as the scheduler closes, before the listener goes."""
+        """Drain without losing a request: NOT_SERVING at once, serve on for
+        ``drain_delay_s``, then new rpcs UNAVAILABLE (retryable, not CANCELLED),
+        in-flight ones ``grace_period_s``, the rest UNAVAILABLE; listener last."""
         settings = self.settings
         drain = (settings.drain_delay_s, settings.grace_period_s)
         log.info("draining: NOT_SERVING, serving %.1f s more, then %.1f s of grace", *drain)

@@ -52,7 +52,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,21 @@ class BenchBackend:
     @property
     def device(self) -> Device:
         return Device(DeviceKind.GPU, host=self.url)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def endpoint(self) -> str:
+        return self.url
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return {SPEC.name: SPEC}

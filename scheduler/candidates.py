@@ -244,10 +244,17 @@ class CandidateTables:
         return table if table is not None else self._build(model)
 
     def gather(
-        self, model: str, rows: int, now: float, exclude: Collection[str] = ()
+        self,
+        model: str,
+        rows: int,
+        now: float,
+        exclude: Collection[str] = (),
+        outstanding: bool = False,
     ) -> Candidates:
         """The candidates for a batch of ``rows`` of ``model`` at ``now``,
-        leaving out the backends in ``exclude`` (already tried)."""
+        leaving out the backends in ``exclude`` (already tried); with
+        ``outstanding``, the calls in flight per backend too (for routers
+        that count calls; the default one does not, and pays nothing)."""
         table = self._tables.get(model) or self._build(model)
         epoch = self._index.sync(self._snapshot(), now)
         if table.epoch != epoch:
@@ -255,6 +262,9 @@ class CandidateTables:
             need = footprint + self._config.memory_headroom_bytes if footprint else None
             table.apply_telemetry(self._index, self._in_flight_ok, need)
         candidates = table.candidates(rows, now, self._estimator)
+        if outstanding:
+            in_flight = np.array(self._in_flight, np.int64)[table.slots]
+            candidates = candidates._replace(outstanding=in_flight)
         return _without(candidates, exclude) if exclude else candidates
 
     def capacity(self, model: str, now: float) -> int:
@@ -273,9 +283,7 @@ class CandidateTables:
         self._in_flight_ok = np.array([n < limit for n in self._in_flight], np.bool_)
         self._index.bind(
             [
-                BackendSlot(
-                    s.id, s.tier is not Tier.CPU, is_local(str(getattr(s.backend, "url", "")))
-                )
+                BackendSlot(s.id, s.tier is not Tier.CPU, is_local(s.backend.endpoint))
                 for s in states
             ]
         )
@@ -359,4 +367,5 @@ def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
         service_s=c.service_s[rows],
         telemetry_age_s=c.telemetry_age_s[rows],
         accelerator_ok=None if c.accelerator_ok is None else c.accelerator_ok[rows],
+        outstanding=None if c.outstanding is None else c.outstanding[rows],
     )

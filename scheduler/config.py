@@ -8,6 +8,7 @@ from typing import Any
 
 from scheduler.batching.policy import BatchLayer
 from scheduler.health import BreakerConfig
+from scheduler.routing import DEFAULT_ROUTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,5 +53,8 @@ class SchedulerConfig:
     default_slo_s: float | None = None
     #: How long a health probe waits for a backend's answer.
     probe_timeout_s: float = 1.0
+    #: The routing policy (``scheduler.routing.ROUTERS``), and per model.
+    routing: str = DEFAULT_ROUTER
+    routing_by_model: Mapping[str, str] = field(default_factory=dict)
     #: How many batches a backend runs at once per model instance.
     pipeline_depth: int = 1

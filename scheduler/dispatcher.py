@@ -19,7 +19,6 @@ from opentelemetry.trace import Tracer
 
 from scheduler import tracing
 from scheduler.backends.base import Backend
-from scheduler.backends.cpu import CpuBackend
 from scheduler.batching import AdmissionPolicy, Batcher, BatchInfo, policy_from_triton_config
 from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock, MonotonicClock
@@ -52,8 +51,8 @@ _UNSET: Any = object()
 
 
 def default_tier(backend: Backend) -> Tier:
-    """Triton servers stand for accelerators; the local CPU pool is the spill tier."""
-    return Tier.CPU if isinstance(backend, CpuBackend) else Tier.ACCELERATOR
+    """The tier the backend declares (Triton: accelerator; CPU backends: spill tier)."""
+    return backend.tier
 
 
 class Scheduler:
@@ -195,7 +194,7 @@ class Scheduler:
         self.runner.concurrency.clear()
         self._registry.rebuild(self.fleet.backends())
         for state in self.fleet:
-            for name, rows, seconds in getattr(state.backend, "service_time_hints", list)():
+            for name, rows, seconds in state.backend.service_time_hints():
                 self.estimator.seed(state.id, name, rows, seconds)
         served = {s.name: s for s in self._registry.specs()}
         for name, batcher in list(self._batchers.items()):

@@ -322,7 +322,7 @@ class Fleet:
                 changed = True
             for target in change.removed:
                 for state in [s for s in self if s.group == group.name]:
-                    if getattr(state.backend, "url", None) == target:
+                    if state.backend.endpoint == target:
                         await self.remove(state.id)
                         changed = True
         if changed:

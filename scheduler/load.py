@@ -22,9 +22,9 @@ def service_sample(elapsed_s: float, wait_s: float, ahead: int) -> float:
 
 def concurrency(state: BackendState, spec: ModelSpec) -> int:
     """Model instances a backend runs in parallel: Triton's instance_group
-    counts, or the CPU backend's worker threads."""
+    counts, or else the workers the backend declares."""
     own = state.backend.models().get(spec.name, spec)
     groups = own.config.get("instance_group") if own.config else None
     if groups:
         return max(1, sum(int(g.get("count", 1)) for g in groups))
-    return int(getattr(state.backend, "workers", 1))
+    return state.backend.workers

@@ -49,6 +49,9 @@ class Candidates(NamedTuple):
     candidate tables recompute it only when those columns change); ``place``
     computes it when it is None. It must agree with the other columns.
 
+    ``outstanding``, optional, is the calls in flight on each backend (all
+    models), filled in only for routers that count calls (``scheduler.routing``).
+
     ``Candidates`` and ``Decision`` are named tuples (immutable, read by
     attribute) rather than frozen dataclasses: one of each is made per
     decision, and a frozen dataclass costs four times as much to make (its
@@ -64,6 +67,7 @@ class Candidates(NamedTuple):
     service_s: npt.NDArray[np.float64]
     telemetry_age_s: npt.NDArray[np.float64]
     accelerator_ok: npt.NDArray[np.bool_] | None = None
+    outstanding: npt.NDArray[np.int64] | None = None
 
 
 def accelerators_with_room(

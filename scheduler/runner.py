@@ -31,7 +31,8 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
-from scheduler.placement import Candidates, Decision, Verdict, place
+from scheduler.placement import Candidates, Decision, Verdict
+from scheduler.routing import RouterTable
 from scheduler.spec import ModelSpec, Tensor
 from scheduler.streams import OpenStreams
 
@@ -46,7 +47,8 @@ class BatchRunner:
 
     ``run`` gathers the candidates (breaker, drain, in-flight work, learned
     service time, fresh telemetry) from ``candidates``, tables that hooks
-    keep current as that state changes, asks the pure ``place`` policy, and
+    keep current as that state changes, asks the model's pure ``Router``
+    (``scheduler.routing``; predicted finish time unless configured), and
     calls the chosen backend, counting the call into the backend's in-flight
     work and predicted busy time for the next decision. Outcomes feed the
     estimator and the circuit breakers; a retryable failure is retried on the
@@ -76,6 +78,8 @@ class BatchRunner:
         self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
         #: Model instances per (backend, model), read per call: cleared when the fleet changes.
         self.concurrency: dict[tuple[str, str], int] = {}
+        #: The routing policy of each model (``config.routing``, ``routing_by_model``).
+        self.routers = RouterTable(config.routing, config.routing_by_model)
 
     async def run(
         self, spec: ModelSpec, inputs: dict[str, Tensor], info: BatchInfo
@@ -87,12 +91,15 @@ class BatchRunner:
         if info.attempt == 0 and info.trigger not in UNBATCHED:
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
+        router = self.routers.of(spec.name)
         while True:
             # The placement span covers gathering the candidates and deciding.
             start_ns = time.time_ns() if traced else 0
             now = self._clock.now()
-            candidates = self.candidates.gather(spec.name, info.size, now, exclude=tried)
-            decision = place(
+            candidates = self.candidates.gather(
+                spec.name, info.size, now, tried, router.wants_outstanding
+            )
+            decision = router(
                 candidates,
                 now=now,
                 deadline=info.deadline,
@@ -191,10 +198,10 @@ class BatchRunner:
             state = self._pinned(backend_id, spec, info)[0]
         else:
             table = self.candidates.table(spec.name)
-            candidates = streams.weigh(
-                self.candidates.gather(spec.name, 1, now), now, table.concurrency.tolist()
-            )
-            decision = place(
+            router = self.routers.of(spec.name)
+            gathered = self.candidates.gather(spec.name, 1, now, (), router.wants_outstanding)
+            candidates = streams.weigh(gathered, now, table.concurrency.tolist())
+            decision = router(
                 candidates, now=now, deadline=None, unknown_service_s=self.config.unknown_service_s
             )
             self.decisions.append(decision)
@@ -301,7 +308,7 @@ class BatchRunner:
                 with tracing.backend_call(
                     self._tracer,
                     backend_id=state.id,
-                    endpoint=str(getattr(backend, "url", "")),
+                    endpoint=backend.endpoint,
                     retries=retries + info.attempt,
                     phases=info.phases,
                 ) as headers:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from scheduler.errors import Unimplemented
+from scheduler.placement import Tier
 from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
 
@@ -42,6 +43,14 @@ class Backend(Protocol):
     ``ModelInferRequest`` in, the server's encoded ``ModelInferResponse`` out,
     with no tensor decoded or encoded on the way. Such a backend also streams
     (``stream_wire``) the responses of a decoupled model's request.
+
+    Everything the scheduler reads about a backend is declared here, so a new
+    runtime (``OnnxBackend``) fits in without the scheduler naming it: its
+    ``tier`` (an accelerator, or the CPU tier that takes spills), its
+    ``endpoint`` (what DNS discovery matched it by, shown in traces and the
+    admin view; "" for an in-process backend), ``workers`` (calls it runs at
+    once when a model's config gives no ``instance_group``) and
+    ``service_time_hints`` (priors for the service-time estimator).
     """
 
     @property
@@ -49,6 +58,25 @@ class Backend(Protocol):
 
     @property
     def device(self) -> Device: ...
+
+    @property
+    def tier(self) -> Tier:
+        """Accelerators are preferred; the CPU tier takes work as a spill."""
+        ...
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of a remote server; "" for an in-process backend."""
+        ...
+
+    @property
+    def workers(self) -> int:
+        """Calls of one model it runs at once, unless the model's config says."""
+        ...
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        """(model, batch size, seconds) known before the gateway measured any."""
+        ...
 
     def models(self) -> Mapping[str, ModelSpec]:
         """The models this backend serves now, by name."""

@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +19,7 @@ from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.backends.cpu_models import CpuModel, Execution, load_cpu_model
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import BackendError, DeadlineExceeded, GatewayError, Unavailable
+from scheduler.placement import Tier
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
 
@@ -120,6 +121,17 @@ class CpuBackend(DecodedTensorsOnly):
     @property
     def device(self) -> Device:
         return Device(DeviceKind.CPU, name=f"{self._workers} worker threads")
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.CPU
+
+    @property
+    def endpoint(self) -> str:
+        return ""
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return self._specs

@@ -34,6 +34,7 @@ from scheduler.errors import (
     GatewayError,
     InvalidArgument,
 )
+from scheduler.placement import Tier
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 
@@ -136,6 +137,19 @@ class TritonBackend:
     @property
     def forwards_wire(self) -> bool:
         return True
+
+    @property
+    def endpoint(self) -> str:
+        return self._url
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def workers(self) -> int:
+        """One call at a time per model instance: the instances come from its config."""
+        return 1
 
     @property
     def device(self) -> Device:

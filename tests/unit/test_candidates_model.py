@@ -6,7 +6,7 @@ telemetry snapshots and the clock. Every column must match, bit for bit."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -47,6 +47,21 @@ class UrlBackend:
     @property
     def device(self) -> Device:
         return Device(DeviceKind.GPU, host=self.url)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def endpoint(self) -> str:
+        return self.url
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return {"double": self.spec}

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -25,6 +25,7 @@ from scheduler.errors import (
     Unavailable,
 )
 from scheduler.health import BreakerConfig
+from scheduler.placement import Tier
 from scheduler.registry import ModelRegistry
 from scheduler.request import InferRequest, Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
@@ -55,6 +56,21 @@ class FakeBackend(DecodedTensorsOnly):
     @property
     def device(self) -> Device:
         return Device(DeviceKind.UNKNOWN, host=self._id)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def endpoint(self) -> str:
+        return ""
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return dict(self.specs)

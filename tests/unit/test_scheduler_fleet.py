@@ -26,11 +26,15 @@ GIB = 1024**3
 
 
 class UrlBackend(FakeBackend):
-    """A fake with a Triton-like ``url``, as DNS discovery creates them."""
+    """A fake with a Triton-like endpoint, as DNS discovery creates them."""
 
     def __init__(self, url: str, *args: object, **kwargs: object) -> None:
         super().__init__(f"triton@{url}", *args, **kwargs)  # type: ignore[arg-type]
         self.url = url
+
+    @property
+    def endpoint(self) -> str:
+        return self.url
 
 
 def _request(deadline: float | None = None) -> InferRequest:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -74,6 +74,21 @@ class StatefulBackend(DecodedTensorsOnly):
     @property
     def device(self) -> Device:
         return Device(DeviceKind.GPU, host=self._id)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def endpoint(self) -> str:
+        return ""
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return {"sum": SUM, "repeat": REPEAT, "asr": ASR}

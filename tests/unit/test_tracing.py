@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from gateway.telemetry import configure_tracing, trace_id_metadata
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.config import SchedulerConfig
 from scheduler.dispatcher import Scheduler
+from scheduler.placement import Tier
 from scheduler.request import InferRequest, Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 
@@ -47,6 +48,21 @@ class RecordingBackend(DecodedTensorsOnly):
     @property
     def device(self) -> Device:
         return Device(DeviceKind.GPU, host="gpu-host")
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.ACCELERATOR
+
+    @property
+    def endpoint(self) -> str:
+        return ""  # no gRPC server behind it: its call span is ``backend.infer``
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def service_time_hints(self) -> Sequence[tuple[str, int, float]]:
+        return ()
 
     def models(self) -> Mapping[str, ModelSpec]:
         return {"double": DOUBLE}

@@ -1,0 +1,220 @@
+"""The simulator checked against a real run: same fleet, same workload.
+
+Real: two tritonservers serving ``gpu_sim`` at two speeds (the emulated GPUs
+of ``tests/integration/test_scheduling.py``) and the gateway's CPU pool
+serving its twin (``tests.support.cpu_sim``), driven through the gateway by
+the project's open-loop load generator (fixed-interval arrivals). Simulated:
+``scheduler.sim`` with the same three devices, the same arrivals and the
+default routing policy. Compared: p50, p99 and each backend's share of the
+requests; the check passes when each is within 15% (shares: 15% of the
+larger, or 2 points for shares under 10%).
+
+    .venv/bin/python -m loadtests.sim_vs_real [--rate 200] [--duration 10]
+
+Writes ``loadtests/results/sim_vs_real.md`` and ``.json``. Not a CI test:
+it measures timing on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from loadtests.loadgen import fp32_inputs, run_load
+from scheduler.placement import Tier
+from scheduler.sim.devices import DeviceSpec, DeviceType
+from scheduler.sim.engine import Scenario, SimModel, Simulation
+from scheduler.sim.report import measure
+from scheduler.sim.workload import Arrival
+from tests.support.gateway import start_gateway
+from tests.support.triton import MODEL_REPOSITORY, start_triton
+
+FAST_MS, FAST_ROW_MS = 4.0, 0.05
+SLOW_MS, SLOW_ROW_MS = 16.0, 0.2
+CPU_MS, CPU_ROW_MS = 40.0, 2.0
+RESULTS = Path(__file__).parent / "results"
+
+
+def _env(fixed_ms: float, row_ms: float, prefix: str) -> dict[str, str]:
+    return {f"{prefix}_FIXED_MS": str(fixed_ms), f"{prefix}_PER_ITEM_MS": str(row_ms)}
+
+
+def _rows(url: str) -> int:
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("gpu_sim")
+    return int(stats.model_stats[0].inference_count)
+
+
+def real_run(rate: float, duration_s: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with (
+            start_triton(
+                MODEL_REPOSITORY, work / "fast", env=_env(FAST_MS, FAST_ROW_MS, "GPU_SIM")
+            ) as fast,
+            start_triton(
+                MODEL_REPOSITORY, work / "slow", env=_env(SLOW_MS, SLOW_ROW_MS, "GPU_SIM")
+            ) as slow,
+        ):
+            metrics = {t.grpc_url: t.metrics_url for t in (fast, slow)}
+            with start_gateway(
+                work / "gw",
+                args=[
+                    *("--triton", fast.grpc_url, "--triton", slow.grpc_url),
+                    *("--cpu-model", "tests.support.cpu_sim:gpu_sim"),
+                ],
+                env={
+                    **_env(CPU_MS, CPU_ROW_MS, "CPU_SIM"),
+                    "GATEWAY_TRITON_METRICS_URLS": json.dumps(metrics),
+                },
+            ) as gateway:
+                inputs = fp32_inputs("INPUT", (1, 8))
+                # Warm-up: the gateway learns service times, as the simulator's seeds say.
+                asyncio.run(
+                    run_load(gateway.address, "gpu_sim", inputs, concurrency=4, duration_s=2)
+                )
+                before = {"fast": _rows(fast.grpc_url), "slow": _rows(slow.grpc_url)}
+                result = asyncio.run(
+                    run_load(
+                        gateway.address,
+                        "gpu_sim",
+                        inputs,
+                        concurrency=256,
+                        duration_s=duration_s,
+                        rate=rate,
+                    )
+                )
+                served = {
+                    "fast": _rows(fast.grpc_url) - before["fast"],
+                    "slow": _rows(slow.grpc_url) - before["slow"],
+                }
+    served["cpu"] = max(0, result.ok - served["fast"] - served["slow"])
+    total = max(1, result.ok)
+    return {
+        "requests": result.count,
+        "ok": result.ok,
+        "p50_ms": result.percentile_ms(50),
+        "p99_ms": result.percentile_ms(99),
+        "share": {k: v / total for k, v in served.items()},
+        "latencies_ms": [x * 1e3 for x in result.latencies_s],
+    }
+
+
+def simulated_run(
+    rate: float, duration_s: float, device_ms: float, path_ms: list[float]
+) -> dict[str, object]:
+    """The same fleet in the simulator. ``device_ms`` (the Python backend's
+    IPC, the thread hand-off) is added to each device's fixed cost, where it
+    occupies the device; each request's latency also gets a draw from
+    ``path_ms``, what the path (client, gRPC, the gateway, a shared machine's
+    scheduling noise) added to requests that queued nowhere."""
+    extra = device_ms / 1e3
+    workers = max(1, min(4, os.cpu_count() or 1))  # the CPU backend's default pool
+    devices = [
+        DeviceSpec("fast", DeviceType("fast", FAST_MS / 1e3 + extra, FAST_ROW_MS / 1e3)),
+        DeviceSpec("slow", DeviceType("slow", SLOW_MS / 1e3 + extra, SLOW_ROW_MS / 1e3)),
+        DeviceSpec(
+            "cpu",
+            DeviceType("cpu", CPU_MS / 1e3 + extra, CPU_ROW_MS / 1e3, tier=Tier.CPU),
+            instances=workers,
+        ),
+    ]
+    count = int(rate * duration_s)
+    arrivals = [Arrival(i / rate, "gpu_sim", 1, 10.0) for i in range(count)]
+    scenario = Scenario(
+        "sim_vs_real",
+        devices,
+        [SimModel("gpu_sim", max_batch_size=64)],
+        arrivals,
+        duration_s,
+        noise_sigma=0.05,
+    )
+    sim = Simulation(scenario, "predicted_finish_time")
+    requests = sim.run()
+    result = measure(sim, requests, 0.0)
+    rng = np.random.default_rng(0)
+    latency_ms = np.array(
+        [(r.finished_at - r.arrived_at) * 1e3 for r in requests if r.outcome == "ok"]
+    )
+    latency_ms += rng.choice(np.array(path_ms), size=latency_ms.size)
+    return {
+        "requests": result.requests,
+        "ok": int(latency_ms.size),
+        "p50_ms": float(np.percentile(latency_ms, 50)),
+        "p99_ms": float(np.percentile(latency_ms, 99)),
+        "share": {k: result.share.get(k, 0.0) for k in ("fast", "slow", "cpu")},
+    }
+
+
+def within(real: float, sim: float, share: bool = False) -> bool:
+    if share and max(real, sim) < 0.10:
+        return abs(real - sim) <= 0.02
+    return abs(real - sim) <= 0.15 * max(abs(real), abs(sim), 1e-9)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
+    parser.add_argument("--device-ms", type=float, default=1.0, help="per-call device overhead")
+    parser.add_argument(
+        "--calibrate-rate", type=float, default=20.0, help="req/s of the run that measures the path"
+    )
+    args = parser.parse_args()
+    start = time.perf_counter()
+    # The path's own cost (client, gRPC, gateway, Python backend) at a load
+    # that queues nothing: the idle p50 less the fast device's service time.
+    idle = real_run(args.calibrate_rate, 5.0)
+    service_ms = FAST_MS + FAST_ROW_MS + args.device_ms
+    path_ms = [max(0.0, x - service_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
+    real = real_run(args.rate, args.duration)
+    sim = simulated_run(args.rate, args.duration, args.device_ms, path_ms)
+    rows = [
+        ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
+        ("p99 ms", real["p99_ms"], sim["p99_ms"], False),
+    ]
+    for name in ("fast", "slow", "cpu"):
+        rows.append((f"share {name}", real["share"][name], sim["share"][name], True))  # type: ignore[index]
+    lines = [
+        f"# Simulator vs real run: gpu_sim at {args.rate:.0f} req/s for {args.duration:.0f} s",
+        "",
+        "Fleet: tritonserver fast (4 ms + 0.05 ms/row), tritonserver slow (16 ms + 0.2 ms/row),",
+        f"gateway CPU pool (40 ms + 2 ms/row). Calibrated at {args.calibrate_rate:.0f} req/s: "
+        f"idle p50 {float(idle['p50_ms']):.1f} ms (p99 {float(idle['p99_ms']):.1f} ms), so the "
+        f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
+        f"idle run) and each device call {args.device_ms:.1f} ms.",
+        "",
+        "| measure | real | simulated | within 15% |",
+        "|---|---:|---:|---|",
+    ]
+    ok = True
+    for name, r, s, share in rows:
+        good = within(float(r), float(s), share)  # type: ignore[arg-type]
+        ok = ok and good
+        fmt = "{:.1%}" if share else "{:.1f}"
+        lines.append(f"| {name} | {fmt.format(r)} | {fmt.format(s)} | {'yes' if good else 'NO'} |")
+    lines += [
+        "",
+        f"Requests: real {real['requests']} ({real['ok']} ok), simulated {sim['requests']}.",
+    ]
+    lines += [f"Verdict: {'PASS' if ok else 'FAIL'} (took {time.perf_counter() - start:.0f} s)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    real.pop("latencies_ms", None)
+    (RESULTS / "sim_vs_real.md").write_text(text)
+    (RESULTS / "sim_vs_real.json").write_text(
+        json.dumps({"real": real, "sim": sim}, indent=1) + "\n"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

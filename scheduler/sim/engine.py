@@ -1,0 +1,232 @@
+"""The discrete-event engine: a virtual clock, an event heap, devices and replicas.
+
+Events are ``(time, seq, callback, args)`` in a heap; the clock (a real
+``ManualClock``, the one the fleet's breakers read) jumps to each event's
+time before its callback runs, so the scheduler code sees a monotonic clock
+that only moves between events. Arrivals go to the replicas in turn (a
+Kubernetes Service spreads connections much like that). Every
+``telemetry_interval_s`` the devices are sampled the way Triton's metrics
+endpoint reports them (queue length per model, memory); the sample becomes
+visible to every replica ``telemetry_lag_s`` later — the shared signal next
+to each replica's own in-flight counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.batching.policy import BatchingPolicy
+from scheduler.clock import ManualClock
+from scheduler.config import SchedulerConfig
+from scheduler.errors import BackendUnavailable, DeadlineExceeded, GatewayError
+from scheduler.placement import Tier
+from scheduler.sim.devices import Call, DeviceSpec, SimBackend, SimDevice, noise_source
+from scheduler.sim.replica import Replica, SimRequest
+from scheduler.sim.workload import Arrival
+from scheduler.spec import DataType, ModelSpec, TensorSpec
+from scheduler.telemetry.snapshot import BackendLoad, DeviceSnapshot, TelemetrySnapshot
+
+#: How long a dead device takes to refuse a call (a refused TCP connection).
+REFUSE_S = 0.0005
+
+
+@dataclass(frozen=True, slots=True)
+class SimModel:
+    """A model as the scenario serves it: batching limits and memory footprint."""
+
+    name: str
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    memory_bytes: int = 0
+
+    def spec(self) -> ModelSpec:
+        tensor = TensorSpec("INPUT", DataType.FP32, (-1, 16))
+        return ModelSpec(
+            self.name,
+            (tensor,),
+            (TensorSpec("OUTPUT", DataType.FP32, (-1, 16)),),
+            max_batch_size=self.max_batch_size,
+        )
+
+    def policy(self) -> BatchingPolicy:
+        return BatchingPolicy(
+            max_batch_size=self.max_batch_size, max_queue_delay_us=self.max_queue_delay_us
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything one simulated run needs but the routing policy."""
+
+    name: str
+    devices: Sequence[DeviceSpec]
+    models: Sequence[SimModel]
+    arrivals: Sequence[Arrival]
+    duration_s: float
+    replicas: int = 1
+    telemetry_interval_s: float = 0.5
+    telemetry_lag_s: float = 0.0
+    noise_sigma: float = 0.05
+    seed: int = 0
+    config: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+class Simulation:
+    """One run of a scenario under one routing policy (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, router: str) -> None:
+        self.scenario = scenario
+        self.router = router
+        self.clock = ManualClock()
+        self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._noise = noise_source(scenario.seed + 1, scenario.noise_sigma)
+        self.devices = {d.id: SimDevice(d) for d in scenario.devices}
+        self.finished: list[SimRequest] = []
+        self.snapshot: TelemetrySnapshot | None = None
+        self._device_readings: dict[str, DeviceSnapshot] = {}
+        self._loads: dict[str, BackendLoad] = {}
+        footprints = {m.name: m.memory_bytes for m in scenario.models}
+        config = scenario.config
+        if any(footprints.values()):
+            from dataclasses import replace
+
+            config = replace(config, model_memory_bytes=footprints)
+        self._footprint = max(footprints.values(), default=0)
+        specs = {m.name: m.spec() for m in scenario.models}
+        policies = {m.name: m.policy() for m in scenario.models}
+        self.replicas = [
+            Replica(
+                index=i,
+                backends=[
+                    SimBackend(d, [specs[n] for n in (d.models or tuple(specs))])
+                    for d in scenario.devices
+                ],
+                config=config,
+                policies=policies,
+                router=router,
+                clock=self.clock,
+                telemetry=self._telemetry,
+                send=self.send,
+                at=self.at,
+                finished=self.finished.append,
+                seed=scenario.seed + 100 + i,
+            )
+            for i in range(scenario.replicas)
+        ]
+
+    def _telemetry(self) -> TelemetrySnapshot | None:
+        return self.snapshot
+
+    def at(self, when: float, callback: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._events, (when, next(self._seq), callback, args))
+
+    def run(self) -> list[SimRequest]:
+        """Play every arrival and let the work drain; the requests, finished."""
+        scenario = self.scenario
+        replicas = self.replicas
+        for n, a in enumerate(scenario.arrivals):
+            request = SimRequest(a.at_s, a.model, a.rows, a.at_s + a.slo_s, a.slo_s)
+            self.at(a.at_s, replicas[n % len(replicas)].submit, request)
+        t = 0.0
+        while t < scenario.duration_s:
+            self.at(t, self._sample)
+            t += scenario.telemetry_interval_s
+        events, clock = self._events, self.clock
+        while events:
+            when, _, callback, args = heapq.heappop(events)
+            if when > clock.now():
+                clock.advance(when - clock.now())
+            callback(*args)
+        return self.finished
+
+    # -- devices -----------------------------------------------------------
+    def send(self, device_id: str, call: Call, replica: Replica) -> None:
+        device = self.devices[device_id]
+        now = self.clock.now()
+        failure = device.failure_at(now)
+        if failure is not None and failure.kind == "dead":
+            error = BackendUnavailable(f"{device_id}: connection refused", backend_id=device_id)
+            self.at(now + REFUSE_S, replica.call_done, call, error)
+            return
+        if failure is not None and failure.kind == "hung":
+            deadline = call.token.deadline  # type: ignore[attr-defined]
+            error2: GatewayError = DeadlineExceeded(f"{device_id} did not answer in time")
+            self.at(max(deadline, now), replica.call_done, call, error2)
+            return
+        model = call.model
+        if device.running.get(model, 0) < device.spec.instances:
+            self._start(device, call, replica)
+        else:
+            device.waiting.setdefault(model, collections.deque()).append((call, replica))
+
+    def _start(self, device: SimDevice, call: Call, replica: Replica) -> None:
+        now = self.clock.now()
+        device.running[call.model] = device.running.get(call.model, 0) + 1
+        seconds = device.service_s(call.rows, now, next(self._noise))
+        device.busy_s += seconds
+        device.started(now)
+        call.started_at = now
+        self.at(now + seconds, self._finish, device, call, replica)
+
+    def _finish(self, device: SimDevice, call: Call, replica: Replica) -> None:
+        device.running[call.model] -= 1
+        device.finished(self.clock.now())
+        device.served_rows += call.rows
+        replica.call_done(call, None)
+        waiting = device.waiting.get(call.model)
+        if waiting:
+            following, owner = waiting.popleft()
+            self._start(device, following, owner)
+
+    # -- telemetry -----------------------------------------------------------
+    def _sample(self) -> None:
+        """Read every reachable GPU's metrics now; publish them after the lag."""
+        now = self.clock.now()
+        for device_id, device in self.devices.items():
+            if device.spec.type.tier is not Tier.ACCELERATOR:
+                continue
+            failure = device.failure_at(now)
+            if failure is not None and failure.kind in ("dead", "hung"):
+                continue  # its metrics endpoint is down too: the reading ages out
+            total = device.spec.type.memory_bytes
+            self._device_readings[device_id] = DeviceSnapshot(
+                device_id=f"{device_id}:GPU-0",
+                kind="gpu",
+                source="simulated",
+                sampled_at=now,
+                memory_total_bytes=total,
+                memory_used_bytes=device.spec.used_bytes,
+                memory_free_bytes=max(0, total - device.spec.used_bytes),
+                # No utilization: Triton's metrics on these hosts have none, and a
+                # saturated GPU would read ~1.0 and be excluded (max_gpu_utilization).
+                utilization=None,
+            )
+            self._loads[device_id] = BackendLoad(
+                device_id, now, pending_requests=device.pending_by_model()
+            )
+        snapshot = TelemetrySnapshot(
+            {r.device_id: r for r in self._device_readings.values()}, dict(self._loads), now
+        )
+        lag = self.scenario.telemetry_lag_s
+        if lag > 0:
+            self.at(now + lag, self._publish, snapshot)
+        else:
+            self._publish(snapshot)
+
+    def _publish(self, snapshot: TelemetrySnapshot) -> None:
+        self.snapshot = snapshot
+
+
+def busy_fraction(sim: Simulation, end_s: float) -> dict[str, float]:
+    """Each device's share of time with at least one call running."""
+    span = max(end_s, 1e-9)
+    return {i: min(1.0, d.occupied_s / span) for i, d in sim.devices.items()}
+
+
+__all__ = ["Scenario", "SimModel", "Simulation", "busy_fraction"]

@@ -1,0 +1,234 @@
+"""One gateway replica in the simulator: the real scheduler parts, on virtual time.
+
+Each replica has what a gateway process has: its own ``Fleet`` (circuit
+breakers, in-flight counts), ``CandidateTables``, ``ServiceTimeEstimator``,
+one ``BatchQueue`` per model and the model's ``Router`` — all imported from
+``scheduler``, none copied. What the live ``Batcher`` and ``BatchRunner`` do
+with asyncio is done here with events: a look at a queue (``step``) when a
+request arrives, a batch finishes or a queue's wake-up falls due; a batch is
+placed, counted into the backend's in-flight work, sent to its simulated
+device, and on its outcome counted out, learned from (estimator, breaker,
+queue service time) or retried on another backend while its deadline allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from scheduler.batching.policy import BatchingPolicy
+from scheduler.batching.queue import Batch, BatchQueue, QueueItem
+from scheduler.candidates import CandidateTables
+from scheduler.config import SchedulerConfig
+from scheduler.errors import GatewayError, ResourceExhausted
+from scheduler.estimator import ServiceTimeEstimator
+from scheduler.fleet import BackendState, Fleet
+from scheduler.load import concurrency, service_sample
+from scheduler.placement import Decision
+from scheduler.registry import ModelRegistry
+from scheduler.routing import RouterTable
+from scheduler.sim.devices import Call, SimBackend
+from scheduler.telemetry.snapshot import TelemetrySnapshot
+
+if TYPE_CHECKING:
+    from scheduler.clock import ManualClock
+
+
+@dataclass(slots=True)
+class SimRequest:
+    """One request's life: filled in as it goes."""
+
+    arrived_at: float
+    model: str
+    rows: int
+    deadline: float
+    slo_s: float
+    finished_at: float = math.nan
+    backend: str = ""
+    tier: int = -1
+    outcome: str = ""  # ok, expired, refused, failed, shed
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch on its way through one backend, as the runner keeps it."""
+
+    batch: Batch[SimRequest]
+    state: BackendState
+    decision: Decision
+    ahead: int
+    wait_s: float
+    started_at: float
+    deadline: float
+    tried: set[str] = field(default_factory=set)
+
+
+#: How the engine sends a call to a device: (backend id, call, replica).
+Send = Callable[[str, Call, "Replica"], None]
+#: How the engine schedules a callback at a virtual time.
+Schedule = Callable[..., None]
+
+
+class Replica:
+    """A gateway replica: queues, placement and the runner's bookkeeping (see module)."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        backends: list[SimBackend],
+        config: SchedulerConfig,
+        policies: dict[str, BatchingPolicy],
+        router: str,
+        clock: ManualClock,
+        telemetry: Callable[[], TelemetrySnapshot | None],
+        send: Send,
+        at: Schedule,
+        finished: Callable[[SimRequest], None],
+        seed: int,
+    ) -> None:
+        self.index = index
+        self.config = config
+        self._clock = clock
+        self._send = send
+        self._at = at
+        self._finished = finished
+        self.fleet = Fleet(
+            list(backends), clock=clock, tier_of=lambda b: b.tier, breaker=config.breaker
+        )
+        for state in self.fleet:
+            state.discovered = True
+        self.registry = ModelRegistry()
+        self.registry.rebuild(self.fleet.backends())
+        self.estimator = ServiceTimeEstimator()
+        for state in self.fleet:  # as the live scheduler seeds it on a fleet change
+            for name, rows, seconds in state.backend.service_time_hints():
+                self.estimator.seed(state.id, name, rows, seconds)
+        self.candidates = CandidateTables(
+            config, self.fleet, self.registry, self.estimator, telemetry
+        )
+        self.routers = RouterTable(router, {}, seed=seed)
+        self.queues = {name: BatchQueue[SimRequest](p) for name, p in policies.items()}
+        self.in_flight = dict.fromkeys(policies, 0)
+        self._wake = dict.fromkeys(policies, math.inf)
+        self._instances: dict[tuple[str, str], int] = {}
+        self.decisions = 0
+        self.verdicts: dict[str, int] = {}
+
+    # -- the batcher ---------------------------------------------------------
+    def submit(self, request: SimRequest) -> None:
+        now = self._clock.now()
+        item = QueueItem(request, request.rows, request.model, 0, request.deadline)
+        try:
+            self.queues[request.model].push(item, now)
+        except ResourceExhausted:
+            self._end(request, now, "shed")
+            return
+        self.step(request.model)
+
+    def wake(self, model: str, at: float) -> None:
+        if self._wake[model] == at:  # else superseded by an earlier wake-up
+            self._wake[model] = math.inf
+            self.step(model)
+
+    def step(self, model: str) -> None:
+        now = self._clock.now()
+        capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+        step = self.queues[model].step(
+            now, in_flight=self.in_flight[model], capacity=capacity, ahead=1
+        )
+        for item, _ in step.expired:
+            self._end(item.payload, now, "expired")
+        for batch in step.batches:
+            self.in_flight[model] += 1
+            deadline = min(item.payload.deadline for item in batch.items)
+            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline))  # type: ignore[arg-type]
+        wake_at = step.wake_at
+        if wake_at is not None and wake_at < self._wake[model]:
+            wake_at = max(wake_at, now)
+            self._wake[model] = wake_at
+            self._at(wake_at, self.wake, model, wake_at)
+
+    # -- the runner ------------------------------------------------------------
+    def _place(self, flight: InFlight) -> None:
+        batch = flight.batch
+        model = batch.items[0].payload.model
+        rows = batch.rows
+        router = self.routers.of(model)
+        while True:
+            now = self._clock.now()
+            candidates = self.candidates.gather(
+                model, rows, now, flight.tried, router.wants_outstanding
+            )
+            decision = router(
+                candidates,
+                now=now,
+                deadline=flight.deadline,
+                unknown_service_s=self.config.unknown_service_s,
+            )
+            self.decisions += 1
+            verdict = decision.verdict.value
+            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
+            if decision.backend_id is None:
+                outcome = "refused" if not flight.tried else "failed"
+                self._batch_over(batch, now, outcome, model)
+                return
+            state = self.fleet.get(decision.backend_id)
+            assert state is not None  # the simulated fleet never changes
+            flight.tried.add(state.id)
+            if state.breaker.allows(now):
+                break
+        key = (state.id, model)
+        instances = self._instances.get(key)
+        if instances is None:
+            spec, _ = self.registry.resolve(model)
+            instances = self._instances[key] = concurrency(state, spec)
+        flight.state, flight.decision = state, decision
+        flight.ahead = state.in_flight_by_model[model]
+        flight.wait_s = state.busy_s[model] / instances
+        flight.started_at = now
+        state.in_flight_by_model.add(model, 1)
+        state.busy_s.add(model, decision.service_s)
+        self._send(state.id, Call(model, rows, now, flight), self)
+
+    def call_done(self, call: Call, error: GatewayError | None) -> None:
+        flight: InFlight = call.token  # type: ignore[assignment]
+        now = self._clock.now()
+        state, model = flight.state, call.model
+        state.in_flight_by_model.add(model, -1)
+        state.busy_s.add(model, -flight.decision.service_s, 0.0)
+        if error is None:
+            elapsed = now - flight.started_at
+            self.fleet.record_success(state)
+            self.estimator.observe(
+                state.id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
+            )
+            queue = self.queues[model]
+            queue.record_service(elapsed)
+            queue.note_completion(now)
+            tier = int(state.tier)
+            for item in flight.batch.items:
+                request = item.payload
+                request.backend, request.tier = state.id, tier
+                self._end(request, now, "ok")
+            self.in_flight[model] -= 1
+            self.step(model)
+            return
+        self.fleet.record_failure(state, error)
+        if error.retryable and now < flight.deadline:
+            self._place(flight)  # the next-best backend, as the live runner retries
+        else:
+            self._batch_over(flight.batch, now, "failed", model)
+
+    def _batch_over(self, batch: Batch[SimRequest], now: float, outcome: str, model: str) -> None:
+        for item in batch.items:
+            self._end(item.payload, now, outcome)
+        self.in_flight[model] -= 1
+        self.step(model)
+
+    def _end(self, request: SimRequest, now: float, outcome: str) -> None:
+        request.finished_at = now
+        request.outcome = outcome
+        self._finished(request)
