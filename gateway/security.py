@@ -27,7 +27,7 @@ import grpc
 
 from gateway.config import ConfigError, Settings, TenantSettings
 from gateway.status import abort
-from scheduler.backends.triton import TritonTls
+from scheduler.backends.triton_setup import TritonTls
 from scheduler.clock import Clock
 from scheduler.errors import GatewayError, PermissionDenied, Unauthenticated
 from scheduler.quota import QuotaLimits, TenantQuota

@@ -8,9 +8,7 @@ an internal error with a reference to the logs.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,12 +26,14 @@ from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestLog
 from gateway.security import Authenticator, authenticated
 from gateway.stateful import StatefulRequests, StreamSink
-from gateway.status import abort, internal_error, short
+from gateway.status import abort, internal_error
+from gateway.stream_rpc import header_of, relay_stream
 from gateway.telemetry import Tracing, caller_trace_id
+from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
-from scheduler.errors import GatewayError, InvalidArgument, Unavailable, Unimplemented
+from scheduler.errors import GatewayError, InvalidArgument, Unavailable
 from scheduler.quota import TenantQuota
 from scheduler.request import InferRequest
 from scheduler.spec import ModelSpec
@@ -42,14 +42,10 @@ from scheduler.tracing import trace_id_of
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_NO_REPOSITORY_CONTROL = (
-    "the gateway does not load or unload models: it serves what its backends serve; "
-    "load the model on the Triton server and the gateway discovers it"
-)
 
-
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Implements the inference rpcs over a ``Scheduler``."""
+class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    """Implements the inference rpcs over a ``Scheduler`` (the rpcs the gateway
+    does not serve answer UNIMPLEMENTED with why: ``UnsupportedRpcs``)."""
 
     def __init__(
         self,
@@ -205,70 +201,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """
         if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)
-        loop = asyncio.get_running_loop()
-        responses: collections.deque[bytes] = collections.deque()
-        wake = asyncio.Event()  # a response is ready, or reading ended
-        room = asyncio.Event()  # fewer than the bound are running
-        room.set()
-        tasks: set[asyncio.Task[bytes]] = set()
-        limit = self._stream_max_in_flight
-
-        def push(message: bytes) -> None:
-            responses.append(message)
-            wake.set()
-
-        stream = StreamSink(push)
-
-        def finished(request: bytes, task: asyncio.Task[bytes]) -> None:
-            tasks.discard(task)
-            if task.cancelled():
-                return
-            error = task.exception()
-            if error is None:
-                if result := task.result():  # empty: a decoupled request pushed its own
-                    responses.append(codec.stream_response(result))
-            elif isinstance(error, GatewayError):
-                responses.append(codec.stream_error(_header_of(request), short(error.message)))
-            else:
-                message = internal_error(error).message
-                responses.append(codec.stream_error(_header_of(request), message))
-            room.set()
-            wake.set()
-
-        async def read_all() -> None:
-            try:
-                async for request in request_iterator:
-                    while len(tasks) >= limit:
-                        room.clear()
-                        await room.wait()
-                    task = loop.create_task(self._infer(request, context, stream))
-                    tasks.add(task)
-                    task.add_done_callback(functools.partial(finished, request))
-            finally:
-                wake.set()
-
-        reader = loop.create_task(read_all())
-        self.door.streams.add(wake)
-        try:
-            while True:
-                while responses:
-                    yield responses.popleft()
-                if reader.done() and not tasks:
-                    break
-                if self.door.closing and not tasks:
-                    # Shutting down: end the stream retryably, not CANCELLED
-                    # by the server's stop.
-                    await abort(context, Unavailable(SHUTTING_DOWN))
-                wake.clear()
-                if not responses:
-                    await wake.wait()
-            await reader  # raises what ended the reading, if it failed
-        finally:
-            self.door.streams.discard(wake)
-            for task in [reader, *tasks]:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
+        relay = relay_stream(
+            request_iterator, context, self._infer, self._stream_max_in_flight, self.door
+        )
+        async for message in relay:
+            yield message
 
     async def _infer(
         self, data: bytes, context: Context, stream: StreamSink | None = None
@@ -331,7 +268,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _known_model(self, data: bytes) -> str:
         """A failed request's model if the gateway serves it, else "unknown" (error path only)."""
-        if (header := _header_of(data)) is not None:
+        if (header := header_of(data)) is not None:
             with contextlib.suppress(GatewayError):
                 return self._scheduler.model(header.model_name, header.model_version).name
         return "unknown"
@@ -383,48 +320,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             received_ns=received_ns,
         )
         return infer_request, spec
-
-    # -- what the gateway does not do ------------------------------------
-    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_REPOSITORY_CONTROL))
-
-    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(_NO_REPOSITORY_CONTROL))
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="system")))
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented(codec.NO_SHARED_MEMORY.format(kind="CUDA")))
-
-    async def TraceSetting(self, request: Any, context: Context) -> Any:
-        await abort(
-            context,
-            Unimplemented("trace settings are set with the standard OTEL_* environment variables"),
-        )
-
-    async def LogSettings(self, request: Any, context: Context) -> Any:
-        await abort(context, Unimplemented("log settings are set in the gateway's configuration"))
-
-
-def _header_of(data: bytes) -> pb.ModelInferRequest | None:
-    """The small fields of a failed stream request, to label its error response."""
-    try:
-        return codec.decode_request(data)[0]
-    except GatewayError:
-        return None
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:

@@ -396,6 +396,3 @@ class Scheduler:
         """Batches this model's usable backends can run at once."""
         instances = self.candidates.capacity(spec.name, self._clock.now())
         return max(instances * self.config.pipeline_depth, 1)
-
-    def _serving(self, spec: ModelSpec) -> list[BackendState]:
-        return list(self.candidates.table(spec.name).states)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from scheduler import kserve_wire as wire
 from scheduler.backends.base import Device, DeviceKind
+from scheduler.backends.triton_setup import TritonTls, spec_from_triton
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import (
     BackendError,
@@ -36,7 +35,7 @@ from scheduler.errors import (
 )
 from scheduler.placement import Tier
 from scheduler.request import Parameters
-from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
+from scheduler.spec import DataType, ModelSpec, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +44,6 @@ _STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: Parameters that are not forwarded with a batch: ``priority`` and ``timeout``
 #: are set from the batch's own; the rest are reserved by Triton or HTTP-only.
 _RESERVED_PARAMS = {"priority", "timeout", "headers", "binary_data_output"}
-
-
-@dataclass(frozen=True, slots=True)
-class TritonTls:
-    """TLS towards a Triton server: the CA that signed its certificate, and
-    optionally a client certificate and key for mutual TLS (PEM files)."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        try:
-            return grpc.ssl_channel_credentials(
-                root_certificates=self.ca_file.read_bytes(),
-                private_key=self.key_file.read_bytes() if self.key_file else None,
-                certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
-            )
-        except OSError as exc:
-            raise BackendUnavailable(
-                f"cannot read a TLS file for Triton: {exc.strerror}", backend_id=""
-            ) from exc
 
 
 class TritonBackend:
@@ -398,34 +375,3 @@ class TritonBackend:
         return BackendError(
             message, backend_id=self._id, code=status or "INTERNAL", retryable=retryable
         )
-
-
-def spec_from_triton(
-    metadata: Mapping[str, Any], config: Mapping[str, Any], versions: list[str]
-) -> ModelSpec:
-    """A ModelSpec from Triton's model metadata and config (both as JSON).
-
-    Metadata gives the shapes as callers see them (batch dimension included);
-    the config gives ``max_batch_size`` and is kept whole for ModelConfig.
-    """
-
-    def tensors(items: list[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(
-            TensorSpec(
-                name=t["name"],
-                datatype=DataType.parse(t["datatype"]),
-                shape=tuple(int(d) for d in t.get("shape", [])),
-            )
-            for t in items
-        )
-
-    ordered = sorted((v for v in versions if v), key=lambda v: (len(v), v))
-    return ModelSpec(
-        name=metadata["name"],
-        versions=tuple(ordered) or tuple(metadata.get("versions", ())),
-        platform=metadata.get("platform", ""),
-        max_batch_size=int(config.get("max_batch_size", 0)),
-        inputs=tensors(metadata.get("inputs", [])),
-        outputs=tensors(metadata.get("outputs", [])),
-        config=dict(config),
-    )

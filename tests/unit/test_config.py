@@ -1,4 +1,4 @@
-"""gateway.config.load_settings and gateway.server.build_backends."""
+"""gateway.config.load_settings and gateway.backends.build_backends."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.backends import build_backends
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.server import build_backends
 from scheduler.backends.cpu import CpuBackend
 from scheduler.backends.cpu_models import Execution
 
