@@ -87,6 +87,14 @@ class Unavailable(GatewayError):
     code = "UNAVAILABLE"
 
 
+def model_not_ready(model: str, versions: tuple[str, ...], detail: str) -> Unavailable:
+    """UNAVAILABLE worded as Triton words it (``'m' version 1 is not at ready
+    state``), so clients matching Triton's text match ours; ``detail`` follows.
+    The version named is the newest one, the one a request without a version gets."""
+    version = max(versions, key=lambda v: (len(v), v)) if versions else "1"
+    return Unavailable(f"'{model}' version {version} is not at ready state: {detail}")
+
+
 class BackendUnavailable(Unavailable):
     """One backend could not be reached; another backend may serve the work."""
 

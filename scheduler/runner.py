@@ -26,6 +26,7 @@ from scheduler.errors import (
     GatewayError,
     ResourceExhausted,
     Unavailable,
+    model_not_ready,
 )
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
@@ -131,7 +132,7 @@ class BatchRunner:
                         f"model '{spec.name}': {decision.reason}",
                         retry_after_ms=max(1, round(wait_ms)),
                     )
-                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+                raise model_not_ready(spec.name, spec.versions, decision.reason)
             state = self.fleet.get(decision.backend_id)
             if state is None:  # removed since the tables were built: rebuild, decide again
                 self.candidates.invalidate()
@@ -208,7 +209,7 @@ class BatchRunner:
             self.observer.placed(spec.name, 1, decision)
             found = None if decision.backend_id is None else self.fleet.get(decision.backend_id)
             if found is None:
-                raise Unavailable(f"model '{spec.name}': {decision.reason}")
+                raise model_not_ready(spec.name, spec.versions, decision.reason)
             state = found
         info.served_by.append(state.id)
         token = streams.open(state.id, now)

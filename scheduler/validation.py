@@ -12,6 +12,11 @@ def _fmt(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
+def _names(names: Sequence[str]) -> str:
+    """A list of names the way Triton prints one: ``['A', 'B']``."""
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
 def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
     """Raise InvalidArgument unless ``inputs`` match the model's inputs exactly.
 
@@ -44,34 +49,38 @@ def validate_inputs(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
 
 def _explain_invalid(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
     """The thorough check: raises InvalidArgument saying what is wrong."""
-    unexpected = sorted(set(inputs) - {t.name for t in spec.inputs})
+    names = [t.name for t in spec.inputs]
+    unexpected = [name for name in inputs if name not in names]
     if unexpected:
         raise InvalidArgument(
-            f"model '{spec.name}' has no input named {', '.join(map(repr, unexpected))}; "
-            f"its inputs are {', '.join(repr(t.name) for t in spec.inputs)}"
+            f"unexpected inference input '{unexpected[0]}' for model '{spec.name}'; "
+            f"its inputs are {', '.join(map(repr, names))}"
         )
-    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    missing = [name for name in names if name not in inputs]
     if missing:
+        got = [name for name in names if name in inputs]
         raise InvalidArgument(
-            f"model '{spec.name}' expects input {', '.join(map(repr, missing))} "
-            f"but the request does not carry it"
+            f"expected {len(names)} inputs but got {len(inputs)} inputs for model "
+            f"'{spec.name}'. Got input(s) {_names(got)}, but missing required input(s) "
+            f"{_names(missing)}. Please provide all required input(s)."
         )
     batch_sizes: set[int] = set()
     for tensor in spec.inputs:
         array = inputs[tensor.name]
         try:
-            got = DataType.of_array(array).value
+            got_type = DataType.of_array(array).value
         except ValueError:
-            got = f"numpy dtype {array.dtype}"
-        if got != tensor.datatype.value:
+            got_type = f"numpy dtype {array.dtype}"
+        if got_type != tensor.datatype.value:
             raise InvalidArgument(
-                f"input '{tensor.name}' of model '{spec.name}' has datatype {got}, "
-                f"expected {tensor.datatype.value}"
+                f"inference input '{tensor.name}' data-type is '{got_type}', but model "
+                f"'{spec.name}' expects '{tensor.datatype.value}'"
             )
         if not tensor.accepts_shape(array.shape):
             raise InvalidArgument(
-                f"input '{tensor.name}' of model '{spec.name}' has shape {_fmt(array.shape)}, "
-                f"expected {_fmt(tensor.shape)} (-1 is any size)"
+                f"unexpected shape for input '{tensor.name}' for model '{spec.name}'. "
+                f"Expected {_fmt(tensor.shape)}, got {_fmt(array.shape)}; -1 is any size"
+                + (", and dim 0 is the batch" if spec.max_batch_size > 0 else "")
             )
         if spec.max_batch_size > 0:
             batch_sizes.add(array.shape[0])
@@ -82,9 +91,15 @@ def _explain_invalid(spec: ModelSpec, inputs: Mapping[str, Tensor]) -> None:
                 f"{sorted(batch_sizes)}"
             )
         batch = batch_sizes.pop() if batch_sizes else 0
-        if not 0 < batch <= spec.max_batch_size:
+        if batch > spec.max_batch_size:
             raise InvalidArgument(
-                f"batch size {batch} of model '{spec.name}' is outside 1..{spec.max_batch_size}"
+                f"inference request batch-size must be <= {spec.max_batch_size} for "
+                f"'{spec.name}'; this request's is {batch}"
+            )
+        if batch < 1:
+            raise InvalidArgument(
+                f"inference request batch-size must be >= 1 for '{spec.name}'; "
+                f"this request's is {batch}"
             )
 
 
