@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scheduler.routing import ROUTERS
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.engine import Simulation
 from scheduler.sim.report import Result, measure, plot_sweep, table
 from scheduler.sim.scenarios import SCENARIOS
@@ -50,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cold", action="store_true", help="servers start with the run: no warm estimates"
     )
+    parser.add_argument(
+        "--gateway-cpu-ms",
+        type=float,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="model each replica's CPU: ms of work per request before / after the backend",
+    )
     parser.add_argument("--name", help="output file stem (default sim_SCENARIO)")
     parser.add_argument("--out", type=Path, help="write NAME.md, NAME.json, NAME.png here")
     parser.add_argument("--verbose", action="store_true", help="log ejections and readmissions")
@@ -66,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["telemetry_lag_s"] = args.lag
     if args.cold:
         options["cold"] = True
+    if args.gateway_cpu_ms is not None:
+        before, after = args.gateway_cpu_ms
+        options["gateway_cpu"] = CpuStage(before / 1e3, after / 1e3)
     if args.duration is not None:
         options["duration_s"] = args.duration
     scales = args.sweep or [args.scale]

@@ -8,7 +8,9 @@ Kubernetes Service spreads connections much like that). Every
 ``telemetry_interval_s`` the devices are sampled the way Triton's metrics
 endpoint reports them (queue length per model, memory); the sample becomes
 visible to every replica ``telemetry_lag_s`` later — the shared signal next
-to each replica's own in-flight counts.
+to each replica's own in-flight counts. With ``gateway_cpu`` set, each
+replica's process CPU is a FIFO stage in front of its batch queue and ahead
+of each reply (``scheduler.sim.cpu``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scheduler.clock import ManualClock
 from scheduler.config import SchedulerConfig
 from scheduler.errors import BackendUnavailable, DeadlineExceeded, GatewayError
 from scheduler.placement import Tier
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.devices import Call, DeviceSpec, SimBackend, SimDevice, noise_source
 from scheduler.sim.replica import Replica, SimRequest
 from scheduler.sim.workload import Arrival
@@ -74,6 +77,8 @@ class Scenario:
     noise_sigma: float = 0.05
     seed: int = 0
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    #: Each replica's own CPU (one FIFO server a process); off by default.
+    gateway_cpu: CpuStage = field(default_factory=CpuStage)
 
 
 class Simulation:
@@ -116,6 +121,7 @@ class Simulation:
                 at=self.at,
                 finished=self.finished.append,
                 seed=scenario.seed + 100 + i,
+                cpu=scenario.gateway_cpu,
             )
             for i in range(scenario.replicas)
         ]

@@ -29,6 +29,7 @@ from scheduler.load import concurrency, service_sample
 from scheduler.placement import Decision
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
+from scheduler.sim.cpu import CpuStage, ProcessCpu
 from scheduler.sim.devices import Call, SimBackend
 from scheduler.telemetry.snapshot import TelemetrySnapshot
 
@@ -88,8 +89,11 @@ class Replica:
         at: Schedule,
         finished: Callable[[SimRequest], None],
         seed: int,
+        cpu: CpuStage | None = None,
     ) -> None:
         self.index = index
+        self.cpu_stage = cpu or CpuStage()
+        self.cpu = ProcessCpu()  # this process's CPU; used when the stage is enabled
         self.config = config
         self._clock = clock
         self._send = send
@@ -119,6 +123,14 @@ class Replica:
 
     # -- the batcher ---------------------------------------------------------
     def submit(self, request: SimRequest) -> None:
+        """A request arrives: through this process's CPU (if modelled), then queued."""
+        before = self.cpu_stage.before_s
+        if before > 0.0:
+            self._at(self.cpu.serve(self._clock.now(), before), self.enqueue, request)
+        else:
+            self.enqueue(request)
+
+    def enqueue(self, request: SimRequest) -> None:
         now = self._clock.now()
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
         try:
@@ -229,6 +241,9 @@ class Replica:
         self.step(model)
 
     def _end(self, request: SimRequest, now: float, outcome: str) -> None:
+        after = self.cpu_stage.after_s
+        if after > 0.0 and outcome == "ok":
+            now = self.cpu.serve(now, after)  # the reply waits for this process's CPU
         request.finished_at = now
         request.outcome = outcome
         self._finished(request)

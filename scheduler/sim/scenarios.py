@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scheduler.config import SchedulerConfig
 from scheduler.placement import Tier
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.devices import DeviceSpec, DeviceType, Failure
 from scheduler.sim.engine import Scenario, SimModel
 from scheduler.sim.workload import ModelLoad, generate, read_trace
@@ -82,6 +83,7 @@ def build(
     seed: int = 0,
     trace: Path | None = None,
     cold: bool = False,
+    gateway_cpu: CpuStage | None = None,
 ) -> Scenario:
     """A scenario of the base mix; ``trace`` replays a recorded workload instead."""
     loads = base_loads(gpus)
@@ -104,6 +106,7 @@ def build(
         telemetry_interval_s=telemetry_interval_s,
         seed=seed,
         config=SchedulerConfig(),
+        gateway_cpu=gateway_cpu or CpuStage(),
     )
 
 
