@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--gpus", type=int, help="GPUs in the fleet (default per scenario)")
     parser.add_argument("--duration", type=float, help="seconds of traffic")
+    parser.add_argument(
+        "--requests", type=int, help="exactly this many requests (cuts the traffic)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="offered load, x the base")
     parser.add_argument("--sweep", type=float, nargs="*", help="offered-load points to run")
     parser.add_argument("--replicas", type=int, help="gateway replicas")
@@ -65,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The fleet logs every ejection; with failures at scale that drowns the table.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     options: dict[str, object] = {"seed": args.seed}
-    for key in ("gpus", "replicas", "trace"):
+    for key in ("gpus", "replicas", "trace", "requests"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.telemetry_interval is not None:
