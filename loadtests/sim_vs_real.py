@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -70,7 +71,22 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def real_run(rate: float, duration_s: float) -> dict[str, object]:
+def _cpu_probe(address: str, pid: int, rate: float, idle_cpu_per_s: float) -> tuple[float, float]:
+    """Gateway and load-generator CPU ms per request over a 3 s load at ``rate``."""
+    inputs = fp32_inputs("INPUT", (1, 8))
+    began, gw0, me0 = time.perf_counter(), _cpu_s(pid), time.process_time()
+    result = asyncio.run(
+        run_load(address, "gpu_sim", inputs, concurrency=256, duration_s=3.0, rate=rate)
+    )
+    took = time.perf_counter() - began
+    count = max(1, result.count)
+    gateway = max(0.0, _cpu_s(pid) - gw0 - idle_cpu_per_s * took)
+    return gateway / count * 1e3, (time.process_time() - me0) / count * 1e3
+
+
+def real_run(rate: float, duration_s: float, cpu_probe_rate: float = 0.0) -> dict[str, object]:
+    """Gateway and servers up, a warm-up, then ``rate`` req/s for ``duration_s``;
+    with ``cpu_probe_rate``, then a 3 s load at that rate to measure CPU per request."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with (
@@ -122,6 +138,9 @@ def real_run(rate: float, duration_s: float) -> dict[str, object]:
                     "fast": _rows(fast.grpc_url) - before["fast"],
                     "slow": _rows(slow.grpc_url) - before["slow"],
                 }
+                probe = (math.nan, math.nan)
+                if cpu_probe_rate > 0:
+                    probe = _cpu_probe(gateway.address, gateway.pid, cpu_probe_rate, idle_cpu_per_s)
     served["cpu"] = max(0, result.ok - served["fast"] - served["slow"])
     total = max(1, result.ok)
     return {
@@ -133,6 +152,9 @@ def real_run(rate: float, duration_s: float) -> dict[str, object]:
         "gateway_cpu_ms_per_request": max(0.0, gateway_cpu) / max(1, result.count) * 1e3,
         "client_cpu_ms_per_request": client_cpu / max(1, result.count) * 1e3,
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
+        "probe_rate": cpu_probe_rate,
+        "probe_gateway_cpu_ms_per_request": probe[0],
+        "probe_client_cpu_ms_per_request": probe[1],
         "latencies_ms": [x * 1e3 for x in result.latencies_s],
     }
 
@@ -223,10 +245,12 @@ def main() -> int:
     start = time.perf_counter()
     # The path's own cost (client, gRPC, gateway, Python backend) at a load
     # that queues nothing: the idle p50 less the fast device's service time.
-    idle = real_run(args.calibrate_rate, 5.0)
-    cpu_ms = 0.0 if args.no_cpu_stage else _num(idle["gateway_cpu_ms_per_request"])
+    # The CPU a request costs the gateway, measured at the rate under test
+    # (per-request CPU falls with rate as batches amortise the loop's wake-ups).
+    idle = real_run(args.calibrate_rate, 5.0, cpu_probe_rate=args.rate)
+    cpu_ms = 0.0 if args.no_cpu_stage else _num(idle["probe_gateway_cpu_ms_per_request"])
     if args.fold_client and not args.no_cpu_stage:
-        cpu_ms += _num(idle["client_cpu_ms_per_request"])
+        cpu_ms += _num(idle["probe_client_cpu_ms_per_request"])
     stage = CpuStage(cpu_ms * args.cpu_before / 1e3, cpu_ms * (1 - args.cpu_before) / 1e3)
     service_ms = FAST_MS + FAST_ROW_MS + args.device_ms + cpu_ms
     path_ms = [max(0.0, x - service_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
@@ -246,9 +270,12 @@ def main() -> int:
         f"idle p50 {_num(idle['p50_ms']):.1f} ms (p99 {_num(idle['p99_ms']):.1f} ms), so the "
         f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
         f"idle run) and each device call {args.device_ms:.1f} ms.",
-        f"Gateway CPU per request (calibration run, /proc utime+stime less idle): "
-        f"{_num(idle['gateway_cpu_ms_per_request']):.2f} ms; load generator's: "
-        f"{_num(idle['client_cpu_ms_per_request']):.2f} ms. Simulated CPU stage: "
+        f"Gateway CPU per request (/proc utime+stime less idle, in a 3 s probe at "
+        f"{args.rate:.0f} req/s after the calibration run): "
+        f"{_num(idle['probe_gateway_cpu_ms_per_request']):.2f} ms; load generator's: "
+        f"{_num(idle['probe_client_cpu_ms_per_request']):.2f} ms (at "
+        f"{args.calibrate_rate:.0f} req/s: {_num(idle['gateway_cpu_ms_per_request']):.2f} and "
+        f"{_num(idle['client_cpu_ms_per_request']):.2f} ms). Simulated CPU stage: "
         f"{stage.before_s * 1e3:.2f} ms before the queue + {stage.after_s * 1e3:.2f} ms "
         f"before the reply"
         + (" (client's folded in)" if args.fold_client and not args.no_cpu_stage else "")
