@@ -61,8 +61,27 @@ def _env(fixed_ms: float, row_ms: float, prefix: str) -> dict[str, str]:
 
 
 def _rows(url: str) -> int:
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("gpu_sim")
-    return int(stats.model_stats[0].inference_count)
+    return int(_stats(url)[0])
+
+
+def _stats(url: str) -> tuple[int, int, float, float]:
+    """The server's counts so far: rows, executions, queue and compute seconds
+    summed over its requests (each request of a batch counts the batch's)."""
+    model = grpcclient.InferenceServerClient(url).get_inference_statistics("gpu_sim")
+    m = model.model_stats[0]
+    s = m.inference_stats
+    compute = s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns
+    return int(m.inference_count), int(m.execution_count), s.queue.ns / 1e9, compute / 1e9
+
+
+def _server_view(url: str, before: tuple[int, int, float, float]) -> dict[str, float]:
+    """What a server saw since ``before``: rows a batch, queue and compute ms a request."""
+    rows, runs, queue_s, compute_s = (a - b for a, b in zip(_stats(url), before, strict=True))
+    return {
+        "rows_per_batch": rows / max(1, runs),
+        "queue_ms": queue_s / max(1, rows) * 1e3,
+        "compute_ms": compute_s / max(1, rows) * 1e3,
+    }
 
 
 def _cpu_s(pid: int) -> float:
@@ -120,6 +139,7 @@ def real_run(rate: float, duration_s: float, cpu_probe_rate: float = 0.0) -> dic
                     run_load(gateway.address, "gpu_sim", inputs, concurrency=4, duration_s=2)
                 )
                 before = {"fast": _rows(fast.grpc_url), "slow": _rows(slow.grpc_url)}
+                counts = {"fast": _stats(fast.grpc_url), "slow": _stats(slow.grpc_url)}
                 began, gw0, me0 = time.perf_counter(), _cpu_s(gateway.pid), time.process_time()
                 result = asyncio.run(
                     run_load(
@@ -138,6 +158,10 @@ def real_run(rate: float, duration_s: float, cpu_probe_rate: float = 0.0) -> dic
                     "fast": _rows(fast.grpc_url) - before["fast"],
                     "slow": _rows(slow.grpc_url) - before["slow"],
                 }
+                servers = {
+                    "fast": _server_view(fast.grpc_url, counts["fast"]),
+                    "slow": _server_view(slow.grpc_url, counts["slow"]),
+                }
                 probe = (math.nan, math.nan)
                 if cpu_probe_rate > 0:
                     probe = _cpu_probe(gateway.address, gateway.pid, cpu_probe_rate, idle_cpu_per_s)
@@ -152,6 +176,7 @@ def real_run(rate: float, duration_s: float, cpu_probe_rate: float = 0.0) -> dic
         "gateway_cpu_ms_per_request": max(0.0, gateway_cpu) / max(1, result.count) * 1e3,
         "client_cpu_ms_per_request": client_cpu / max(1, result.count) * 1e3,
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
+        "servers": servers,
         "probe_rate": cpu_probe_rate,
         "probe_gateway_cpu_ms_per_request": probe[0],
         "probe_client_cpu_ms_per_request": probe[1],
@@ -295,6 +320,14 @@ def main() -> int:
     lines += [
         "",
         f"Requests: real {real['requests']} ({real['ok']} ok), simulated {sim['requests']}.",
+        "Servers in the real run (Triton's statistics: rows a batch, queue and compute "
+        "ms a request): "
+        + "; ".join(
+            f"{name} {v['rows_per_batch']:.1f} rows, queue {v['queue_ms']:.1f}, "
+            f"compute {v['compute_ms']:.1f}"
+            for name, v in real["servers"].items()  # type: ignore[attr-defined]
+        )
+        + ".",
     ]
     lines += [f"Verdict: {'PASS' if ok else 'FAIL'} (took {time.perf_counter() - start:.0f} s)."]
     text = "\n".join(lines) + "\n"
