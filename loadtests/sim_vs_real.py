@@ -233,6 +233,14 @@ def simulated_run(
         "p99_ms": float(np.percentile(latency_ms, 99)),
         "share": {k: result.share.get(k, 0.0) for k in ("fast", "slow", "cpu")},
         "gateway_cpu_utilisation": sim.replicas[0].cpu.utilisation(duration_s),
+        "servers": {
+            name: {
+                "rows_per_batch": d.served_rows / max(1, d.calls),
+                "queue_ms": d.waited_s / max(1, d.calls) * 1e3,
+            }
+            for name, d in sim.devices.items()
+            if name != "cpu"
+        },
     }
 
 
@@ -326,6 +334,11 @@ def main() -> int:
             f"{name} {v['rows_per_batch']:.1f} rows, queue {v['queue_ms']:.1f}, "
             f"compute {v['compute_ms']:.1f}"
             for name, v in real["servers"].items()  # type: ignore[attr-defined]
+        )
+        + ". Simulated: "
+        + "; ".join(
+            f"{name} {v['rows_per_batch']:.1f} rows, queue {v['queue_ms']:.1f} ms a call"
+            for name, v in sim["servers"].items()  # type: ignore[attr-defined]
         )
         + ".",
     ]

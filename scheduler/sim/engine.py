@@ -213,6 +213,8 @@ class Simulation:
         seconds = device.service_s(call.rows, now, next(self._noise))
         device.busy_s += seconds
         device.started(now)
+        device.calls += 1
+        device.waited_s += now - call.sent_at
         call.started_at = now
         self.at(now + seconds, self._finish, device, call, replica)
 
