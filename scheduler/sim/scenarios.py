@@ -125,6 +125,6 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "failures": lambda **kw: build("failures", failures=True, **kw),
     "replicas": lambda **kw: build("replicas", **{"replicas": 4, "telemetry_lag_s": 0.25, **kw}),
     "large": lambda **kw: build("large", **{"gpus": 1000, "duration_s": 2.0, **kw}),
-    # The scale check: 1,000 GPUs and exactly 1,000,000 requests (~2.9 s of traffic).
+    # The scale check: 1,000 GPUs and exactly 1,000,000 requests (~4 s of traffic).
     "million": lambda **kw: build("million", **{"gpus": 1000, "requests": 1_000_000, **kw}),
 }
