@@ -13,6 +13,17 @@ larger, or 2 points for shares under 10%).
 
 Writes ``loadtests/results/sim_vs_real.md`` and ``.json``. Not a CI test:
 it measures timing on a shared machine.
+
+The gateway's own CPU is modelled as the simulator's ``CpuStage``: during
+the calibration run the gateway process's utime + stime (``/proc/PID/stat``)
+is read around the load, less what it burns idle over the same time (read
+over a quiet window first), and divided by the requests served — CPU seconds
+per proxied request. ``--cpu-before`` of it is spent ahead of the batch
+queue, the rest ahead of the reply. The load generator's own CPU (this
+process's ``time.process_time``) is measured too; ``--fold-client`` adds it
+to the stage (one more serial process on the same cores), else it is only
+reported. What the stage accounts for is taken off the path noise drawn
+from the idle run, so it is not counted twice.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,6 +42,7 @@ import tritonclient.grpc as grpcclient
 
 from loadtests.loadgen import fp32_inputs, run_load
 from scheduler.placement import Tier
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.devices import DeviceSpec, DeviceType
 from scheduler.sim.engine import Scenario, SimModel, Simulation
 from scheduler.sim.report import measure
@@ -48,11 +61,51 @@ def _env(fixed_ms: float, row_ms: float, prefix: str) -> dict[str, str]:
 
 
 def _rows(url: str) -> int:
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("gpu_sim")
-    return int(stats.model_stats[0].inference_count)
+    return int(_stats(url)[0])
 
 
-def real_run(rate: float, duration_s: float) -> dict[str, object]:
+def _stats(url: str) -> tuple[int, int, float, float]:
+    """The server's counts so far: rows, executions, queue and compute seconds
+    summed over its requests (each request of a batch counts the batch's)."""
+    model = grpcclient.InferenceServerClient(url).get_inference_statistics("gpu_sim")
+    m = model.model_stats[0]
+    s = m.inference_stats
+    compute = s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns
+    return int(m.inference_count), int(m.execution_count), s.queue.ns / 1e9, compute / 1e9
+
+
+def _server_view(url: str, before: tuple[int, int, float, float]) -> dict[str, float]:
+    """What a server saw since ``before``: rows a batch, queue and compute ms a request."""
+    rows, runs, queue_s, compute_s = (a - b for a, b in zip(_stats(url), before, strict=True))
+    return {
+        "rows_per_batch": rows / max(1, runs),
+        "queue_ms": queue_s / max(1, rows) * 1e3,
+        "compute_ms": compute_s / max(1, rows) * 1e3,
+    }
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's utime + stime so far, seconds (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_probe(address: str, pid: int, rate: float, idle_cpu_per_s: float) -> tuple[float, float]:
+    """Gateway and load-generator CPU ms per request over a 3 s load at ``rate``."""
+    inputs = fp32_inputs("INPUT", (1, 8))
+    began, gw0, me0 = time.perf_counter(), _cpu_s(pid), time.process_time()
+    result = asyncio.run(
+        run_load(address, "gpu_sim", inputs, concurrency=256, duration_s=3.0, rate=rate)
+    )
+    took = time.perf_counter() - began
+    count = max(1, result.count)
+    gateway = max(0.0, _cpu_s(pid) - gw0 - idle_cpu_per_s * took)
+    return gateway / count * 1e3, (time.process_time() - me0) / count * 1e3
+
+
+def real_run(rate: float, duration_s: float, cpu_probe_rate: float = 0.0) -> dict[str, object]:
+    """Gateway and servers up, a warm-up, then ``rate`` req/s for ``duration_s``;
+    with ``cpu_probe_rate``, then a 3 s load at that rate to measure CPU per request."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with (
@@ -76,11 +129,18 @@ def real_run(rate: float, duration_s: float) -> dict[str, object]:
                 },
             ) as gateway:
                 inputs = fp32_inputs("INPUT", (1, 8))
+                quiet_from, quiet_cpu = time.perf_counter(), _cpu_s(gateway.pid)
+                time.sleep(2.0)  # what the gateway burns with no requests (telemetry, timers)
+                idle_cpu_per_s = (_cpu_s(gateway.pid) - quiet_cpu) / (
+                    time.perf_counter() - quiet_from
+                )
                 # Warm-up: the gateway learns service times, as the simulator's seeds say.
                 asyncio.run(
                     run_load(gateway.address, "gpu_sim", inputs, concurrency=4, duration_s=2)
                 )
                 before = {"fast": _rows(fast.grpc_url), "slow": _rows(slow.grpc_url)}
+                counts = {"fast": _stats(fast.grpc_url), "slow": _stats(slow.grpc_url)}
+                began, gw0, me0 = time.perf_counter(), _cpu_s(gateway.pid), time.process_time()
                 result = asyncio.run(
                     run_load(
                         gateway.address,
@@ -91,10 +151,20 @@ def real_run(rate: float, duration_s: float) -> dict[str, object]:
                         rate=rate,
                     )
                 )
+                took = time.perf_counter() - began
+                gateway_cpu = _cpu_s(gateway.pid) - gw0 - idle_cpu_per_s * took
+                client_cpu = time.process_time() - me0
                 served = {
                     "fast": _rows(fast.grpc_url) - before["fast"],
                     "slow": _rows(slow.grpc_url) - before["slow"],
                 }
+                servers = {
+                    "fast": _server_view(fast.grpc_url, counts["fast"]),
+                    "slow": _server_view(slow.grpc_url, counts["slow"]),
+                }
+                probe = (math.nan, math.nan)
+                if cpu_probe_rate > 0:
+                    probe = _cpu_probe(gateway.address, gateway.pid, cpu_probe_rate, idle_cpu_per_s)
     served["cpu"] = max(0, result.ok - served["fast"] - served["slow"])
     total = max(1, result.ok)
     return {
@@ -103,12 +173,23 @@ def real_run(rate: float, duration_s: float) -> dict[str, object]:
         "p50_ms": result.percentile_ms(50),
         "p99_ms": result.percentile_ms(99),
         "share": {k: v / total for k, v in served.items()},
+        "gateway_cpu_ms_per_request": max(0.0, gateway_cpu) / max(1, result.count) * 1e3,
+        "client_cpu_ms_per_request": client_cpu / max(1, result.count) * 1e3,
+        "gateway_idle_cpu_per_s": idle_cpu_per_s,
+        "servers": servers,
+        "probe_rate": cpu_probe_rate,
+        "probe_gateway_cpu_ms_per_request": probe[0],
+        "probe_client_cpu_ms_per_request": probe[1],
         "latencies_ms": [x * 1e3 for x in result.latencies_s],
     }
 
 
 def simulated_run(
-    rate: float, duration_s: float, device_ms: float, path_ms: list[float]
+    rate: float,
+    duration_s: float,
+    device_ms: float,
+    path_ms: list[float],
+    cpu: CpuStage | None = None,
 ) -> dict[str, object]:
     """The same fleet in the simulator. ``device_ms`` (the Python backend's
     IPC, the thread hand-off) is added to each device's fixed cost, where it
@@ -135,6 +216,7 @@ def simulated_run(
         arrivals,
         duration_s,
         noise_sigma=0.05,
+        gateway_cpu=cpu or CpuStage(),
     )
     sim = Simulation(scenario, "predicted_finish_time")
     requests = sim.run()
@@ -150,7 +232,22 @@ def simulated_run(
         "p50_ms": float(np.percentile(latency_ms, 50)),
         "p99_ms": float(np.percentile(latency_ms, 99)),
         "share": {k: result.share.get(k, 0.0) for k in ("fast", "slow", "cpu")},
+        "gateway_cpu_utilisation": sim.replicas[0].cpu.utilisation(duration_s),
+        "servers": {
+            name: {
+                "rows_per_batch": d.served_rows / max(1, d.calls),
+                "queue_ms": d.waited_s / max(1, d.calls) * 1e3,
+            }
+            for name, d in sim.devices.items()
+            if name != "cpu"
+        },
     }
+
+
+def _num(value: object) -> float:
+    """A number from the run's records (typed ``object`` there)."""
+    assert isinstance(value, int | float)
+    return float(value)
 
 
 def within(real: float, sim: float, share: bool = False) -> bool:
@@ -167,15 +264,31 @@ def main() -> int:
     parser.add_argument(
         "--calibrate-rate", type=float, default=20.0, help="req/s of the run that measures the path"
     )
+    parser.add_argument(
+        "--cpu-before", type=float, default=0.5, help="share of the gateway CPU before the queue"
+    )
+    parser.add_argument(
+        "--no-cpu-stage", action="store_true", help="do not model the gateway's CPU (as before)"
+    )
+    parser.add_argument(
+        "--fold-client", action="store_true", help="add the load generator's CPU to the stage"
+    )
+    parser.add_argument("--out", default="sim_vs_real", help="results file stem")
     args = parser.parse_args()
     start = time.perf_counter()
     # The path's own cost (client, gRPC, gateway, Python backend) at a load
     # that queues nothing: the idle p50 less the fast device's service time.
-    idle = real_run(args.calibrate_rate, 5.0)
-    service_ms = FAST_MS + FAST_ROW_MS + args.device_ms
+    # The CPU a request costs the gateway, measured at the rate under test
+    # (per-request CPU falls with rate as batches amortise the loop's wake-ups).
+    idle = real_run(args.calibrate_rate, 5.0, cpu_probe_rate=args.rate)
+    cpu_ms = 0.0 if args.no_cpu_stage else _num(idle["probe_gateway_cpu_ms_per_request"])
+    if args.fold_client and not args.no_cpu_stage:
+        cpu_ms += _num(idle["probe_client_cpu_ms_per_request"])
+    stage = CpuStage(cpu_ms * args.cpu_before / 1e3, cpu_ms * (1 - args.cpu_before) / 1e3)
+    service_ms = FAST_MS + FAST_ROW_MS + args.device_ms + cpu_ms
     path_ms = [max(0.0, x - service_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
     real = real_run(args.rate, args.duration)
-    sim = simulated_run(args.rate, args.duration, args.device_ms, path_ms)
+    sim = simulated_run(args.rate, args.duration, args.device_ms, path_ms, stage)
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
         ("p99 ms", real["p99_ms"], sim["p99_ms"], False),
@@ -187,9 +300,21 @@ def main() -> int:
         "",
         "Fleet: tritonserver fast (4 ms + 0.05 ms/row), tritonserver slow (16 ms + 0.2 ms/row),",
         f"gateway CPU pool (40 ms + 2 ms/row). Calibrated at {args.calibrate_rate:.0f} req/s: "
-        f"idle p50 {float(idle['p50_ms']):.1f} ms (p99 {float(idle['p99_ms']):.1f} ms), so the "
+        f"idle p50 {_num(idle['p50_ms']):.1f} ms (p99 {_num(idle['p99_ms']):.1f} ms), so the "
         f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
         f"idle run) and each device call {args.device_ms:.1f} ms.",
+        f"Gateway CPU per request (/proc utime+stime less idle, in a 3 s probe at "
+        f"{args.rate:.0f} req/s after the calibration run): "
+        f"{_num(idle['probe_gateway_cpu_ms_per_request']):.2f} ms; load generator's: "
+        f"{_num(idle['probe_client_cpu_ms_per_request']):.2f} ms (at "
+        f"{args.calibrate_rate:.0f} req/s: {_num(idle['gateway_cpu_ms_per_request']):.2f} and "
+        f"{_num(idle['client_cpu_ms_per_request']):.2f} ms). Simulated CPU stage: "
+        f"{stage.before_s * 1e3:.2f} ms before the queue + {stage.after_s * 1e3:.2f} ms "
+        f"before the reply"
+        + (" (client's folded in)" if args.fold_client and not args.no_cpu_stage else "")
+        + f"; simulated gateway CPU utilisation {_num(sim['gateway_cpu_utilisation']):.0%}."
+        f" During the measured run the gateway used "
+        f"{_num(real['gateway_cpu_ms_per_request']):.2f} ms CPU per request.",
         "",
         "| measure | real | simulated | within 15% |",
         "|---|---:|---:|---|",
@@ -203,15 +328,29 @@ def main() -> int:
     lines += [
         "",
         f"Requests: real {real['requests']} ({real['ok']} ok), simulated {sim['requests']}.",
+        "Servers in the real run (Triton's statistics: rows a batch, queue and compute "
+        "ms a request): "
+        + "; ".join(
+            f"{name} {v['rows_per_batch']:.1f} rows, queue {v['queue_ms']:.1f}, "
+            f"compute {v['compute_ms']:.1f}"
+            for name, v in real["servers"].items()  # type: ignore[attr-defined]
+        )
+        + ". Simulated: "
+        + "; ".join(
+            f"{name} {v['rows_per_batch']:.1f} rows, queue {v['queue_ms']:.1f} ms a call"
+            for name, v in sim["servers"].items()  # type: ignore[attr-defined]
+        )
+        + ".",
     ]
     lines += [f"Verdict: {'PASS' if ok else 'FAIL'} (took {time.perf_counter() - start:.0f} s)."]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
     real.pop("latencies_ms", None)
-    (RESULTS / "sim_vs_real.md").write_text(text)
-    (RESULTS / "sim_vs_real.json").write_text(
-        json.dumps({"real": real, "sim": sim}, indent=1) + "\n"
+    idle.pop("latencies_ms", None)
+    (RESULTS / f"{args.out}.md").write_text(text)
+    (RESULTS / f"{args.out}.json").write_text(
+        json.dumps({"calibration": idle, "real": real, "sim": sim}, indent=1) + "\n"
     )
     return 0 if ok else 1
 

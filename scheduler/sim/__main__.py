@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scheduler.routing import ROUTERS
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.engine import Simulation
 from scheduler.sim.report import Result, measure, plot_sweep, table
 from scheduler.sim.scenarios import SCENARIOS
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--gpus", type=int, help="GPUs in the fleet (default per scenario)")
     parser.add_argument("--duration", type=float, help="seconds of traffic")
+    parser.add_argument(
+        "--requests", type=int, help="exactly this many requests (cuts the traffic)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="offered load, x the base")
     parser.add_argument("--sweep", type=float, nargs="*", help="offered-load points to run")
     parser.add_argument("--replicas", type=int, help="gateway replicas")
@@ -50,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cold", action="store_true", help="servers start with the run: no warm estimates"
     )
+    parser.add_argument(
+        "--gateway-cpu-ms",
+        type=float,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="model each replica's CPU: ms of work per request before / after the backend",
+    )
     parser.add_argument("--name", help="output file stem (default sim_SCENARIO)")
     parser.add_argument("--out", type=Path, help="write NAME.md, NAME.json, NAME.png here")
     parser.add_argument("--verbose", action="store_true", help="log ejections and readmissions")
@@ -57,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The fleet logs every ejection; with failures at scale that drowns the table.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     options: dict[str, object] = {"seed": args.seed}
-    for key in ("gpus", "replicas", "trace"):
+    for key in ("gpus", "replicas", "trace", "requests"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.telemetry_interval is not None:
@@ -66,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["telemetry_lag_s"] = args.lag
     if args.cold:
         options["cold"] = True
+    if args.gateway_cpu_ms is not None:
+        before, after = args.gateway_cpu_ms
+        options["gateway_cpu"] = CpuStage(before / 1e3, after / 1e3)
     if args.duration is not None:
         options["duration_s"] = args.duration
     scales = args.sweep or [args.scale]

@@ -180,6 +180,8 @@ class SimDevice:
     waiting: dict[str, collections.deque[tuple[Call, Any]]] = field(default_factory=dict)
     busy_s: float = 0.0  # service time summed over calls (instances overlap)
     served_rows: int = 0
+    calls: int = 0  # calls started
+    waited_s: float = 0.0  # time calls spent in its queue before they started
     active: int = 0  # calls running, all models
     active_since: float = 0.0
     occupied_s: float = 0.0  # time with at least one call running: its utilization

@@ -8,7 +8,9 @@ Kubernetes Service spreads connections much like that). Every
 ``telemetry_interval_s`` the devices are sampled the way Triton's metrics
 endpoint reports them (queue length per model, memory); the sample becomes
 visible to every replica ``telemetry_lag_s`` later — the shared signal next
-to each replica's own in-flight counts.
+to each replica's own in-flight counts. With ``gateway_cpu`` set, each
+replica's process CPU is a FIFO stage in front of its batch queue and ahead
+of each reply (``scheduler.sim.cpu``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,7 @@ from scheduler.clock import ManualClock
 from scheduler.config import SchedulerConfig
 from scheduler.errors import BackendUnavailable, DeadlineExceeded, GatewayError
 from scheduler.placement import Tier
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.devices import Call, DeviceSpec, SimBackend, SimDevice, noise_source
 from scheduler.sim.replica import Replica, SimRequest
 from scheduler.sim.workload import Arrival
@@ -74,6 +78,25 @@ class Scenario:
     noise_sigma: float = 0.05
     seed: int = 0
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    #: Each replica's own CPU (one FIFO server a process); off by default.
+    gateway_cpu: CpuStage = field(default_factory=CpuStage)
+
+
+class SimClock(ManualClock):
+    """The scheduler's ``ManualClock``, set straight to an event's time.
+
+    ``advance(when - now)`` would add the difference and drift by a rounding
+    error an event; ``set`` lands exactly on the event's time, never backwards.
+    """
+
+    def set(self, when: float) -> None:
+        if when < self._now:
+            raise ValueError("a monotonic clock cannot go backwards")
+        self._now = when
+
+
+def _arrival_time(arrival: Arrival) -> float:
+    return arrival.at_s
 
 
 class Simulation:
@@ -82,7 +105,7 @@ class Simulation:
     def __init__(self, scenario: Scenario, router: str) -> None:
         self.scenario = scenario
         self.router = router
-        self.clock = ManualClock()
+        self.clock = SimClock()
         self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._noise = noise_source(scenario.seed + 1, scenario.noise_sigma)
@@ -116,6 +139,7 @@ class Simulation:
                 at=self.at,
                 finished=self.finished.append,
                 seed=scenario.seed + 100 + i,
+                cpu=scenario.gateway_cpu,
             )
             for i in range(scenario.replicas)
         ]
@@ -127,23 +151,41 @@ class Simulation:
         heapq.heappush(self._events, (when, next(self._seq), callback, args))
 
     def run(self) -> list[SimRequest]:
-        """Play every arrival and let the work drain; the requests, finished."""
+        """Play every arrival and let the work drain; the requests, finished.
+
+        Arrivals are already in time order, so they are not pushed on the heap:
+        the loop merges them with it, taking an arrival whenever it is due no
+        later than the heap's first event (arrivals first on a tie, as when
+        they were pushed first). The heap then holds only what is in progress,
+        and each request's record is made when it arrives.
+        """
         scenario = self.scenario
-        replicas = self.replicas
-        for n, a in enumerate(scenario.arrivals):
-            request = SimRequest(a.at_s, a.model, a.rows, a.at_s + a.slo_s, a.slo_s)
-            self.at(a.at_s, replicas[n % len(replicas)].submit, request)
+        submits = [r.submit for r in self.replicas]
+        count = len(submits)
+        arrivals = sorted(scenario.arrivals, key=_arrival_time)
         t = 0.0
         while t < scenario.duration_s:
             self.at(t, self._sample)
             t += scenario.telemetry_interval_s
-        events, clock = self._events, self.clock
-        while events:
-            when, _, callback, args = heapq.heappop(events)
-            if when > clock.now():
-                clock.advance(when - clock.now())
-            callback(*args)
-        return self.finished
+        events, clock, pop = self._events, self.clock, heapq.heappop
+        n, total = 0, len(arrivals)
+        due = arrivals[0].at_s if total else math.inf
+        while True:
+            if events and events[0][0] < due:
+                when, _, callback, args = pop(events)
+                if when > clock.now():
+                    clock.set(when)
+                callback(*args)
+            elif n < total:
+                a = arrivals[n]
+                if due > clock.now():
+                    clock.set(due)
+                submit = submits[n % count]
+                n += 1
+                due = arrivals[n].at_s if n < total else math.inf
+                submit(SimRequest(a.at_s, a.model, a.rows, a.at_s + a.slo_s, a.slo_s))
+            else:
+                return self.finished
 
     # -- devices -----------------------------------------------------------
     def send(self, device_id: str, call: Call, replica: Replica) -> None:
@@ -171,6 +213,8 @@ class Simulation:
         seconds = device.service_s(call.rows, now, next(self._noise))
         device.busy_s += seconds
         device.started(now)
+        device.calls += 1
+        device.waited_s += now - call.sent_at
         call.started_at = now
         self.at(now + seconds, self._finish, device, call, replica)
 

@@ -5,7 +5,10 @@ breakers, in-flight counts), ``CandidateTables``, ``ServiceTimeEstimator``,
 one ``BatchQueue`` per model and the model's ``Router`` — all imported from
 ``scheduler``, none copied. What the live ``Batcher`` and ``BatchRunner`` do
 with asyncio is done here with events: a look at a queue (``step``) when a
-request arrives, a batch finishes or a queue's wake-up falls due; a batch is
+request arrives, a batch finishes or a queue's wake-up falls due — an
+arrival skips the look by the live ``Batcher._worth_a_look`` rule (every
+slot busy, its batch cannot fill, nothing it brings is due before the next
+wake-up: the look would change nothing); a batch is
 placed, counted into the backend's in-flight work, sent to its simulated
 device, and on its outcome counted out, learned from (estimator, breaker,
 queue service time) or retried on another backend while its deadline allows.
@@ -29,6 +32,7 @@ from scheduler.load import concurrency, service_sample
 from scheduler.placement import Decision
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
+from scheduler.sim.cpu import CpuStage, ProcessCpu
 from scheduler.sim.devices import Call, SimBackend
 from scheduler.telemetry.snapshot import TelemetrySnapshot
 
@@ -88,8 +92,11 @@ class Replica:
         at: Schedule,
         finished: Callable[[SimRequest], None],
         seed: int,
+        cpu: CpuStage | None = None,
     ) -> None:
         self.index = index
+        self.cpu_stage = cpu or CpuStage()
+        self.cpu = ProcessCpu()  # this process's CPU; used when the stage is enabled
         self.config = config
         self._clock = clock
         self._send = send
@@ -113,20 +120,41 @@ class Replica:
         self.queues = {name: BatchQueue[SimRequest](p) for name, p in policies.items()}
         self.in_flight = dict.fromkeys(policies, 0)
         self._wake = dict.fromkeys(policies, math.inf)
+        self._policies = policies
+        self._seen_capacity = dict.fromkeys(policies, 1)  # at the last look, as the batcher keeps
         self._instances: dict[tuple[str, str], int] = {}
         self.decisions = 0
         self.verdicts: dict[str, int] = {}
 
     # -- the batcher ---------------------------------------------------------
     def submit(self, request: SimRequest) -> None:
+        """A request arrives: through this process's CPU (if modelled), then queued."""
+        before = self.cpu_stage.before_s
+        if before > 0.0:
+            self._at(self.cpu.serve(self._clock.now(), before), self.enqueue, request)
+        else:
+            self.enqueue(request)
+
+    def enqueue(self, request: SimRequest) -> None:
         now = self._clock.now()
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
+        model = request.model
+        queue = self.queues[model]
         try:
-            self.queues[request.model].push(item, now)
+            queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
             return
-        self.step(request.model)
+        if self.in_flight[model] < self._seen_capacity[model]:
+            self.step(model)
+            return
+        policy = self._policies[model]
+        if policy.preferred_batch_sizes or queue.group_rows(item.key) >= policy.max_batch_size:
+            self.step(model)
+            return
+        due = item.timeout_at if item.timeout_at is not None else math.inf
+        if min(request.deadline, due) < self._wake[model]:
+            self.step(model)
 
     def wake(self, model: str, at: float) -> None:
         if self._wake[model] == at:  # else superseded by an earlier wake-up
@@ -136,6 +164,7 @@ class Replica:
     def step(self, model: str) -> None:
         now = self._clock.now()
         capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+        self._seen_capacity[model] = capacity
         step = self.queues[model].step(
             now, in_flight=self.in_flight[model], capacity=capacity, ahead=1
         )
@@ -229,6 +258,9 @@ class Replica:
         self.step(model)
 
     def _end(self, request: SimRequest, now: float, outcome: str) -> None:
+        after = self.cpu_stage.after_s
+        if after > 0.0 and outcome == "ok":
+            now = self.cpu.serve(now, after)  # the reply waits for this process's CPU
         request.finished_at = now
         request.outcome = outcome
         self._finished(request)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scheduler.config import SchedulerConfig
 from scheduler.placement import Tier
+from scheduler.sim.cpu import CpuStage
 from scheduler.sim.devices import DeviceSpec, DeviceType, Failure
 from scheduler.sim.engine import Scenario, SimModel
 from scheduler.sim.workload import ModelLoad, generate, read_trace
@@ -82,14 +83,24 @@ def build(
     seed: int = 0,
     trace: Path | None = None,
     cold: bool = False,
+    gateway_cpu: CpuStage | None = None,
+    requests: int | None = None,
 ) -> Scenario:
-    """A scenario of the base mix; ``trace`` replays a recorded workload instead."""
+    """A scenario of the base mix; ``trace`` replays a recorded workload instead;
+    ``requests`` runs exactly that many: the traffic is drawn over a doubling
+    span until there are enough, and cut after the ``requests``-th arrival."""
     loads = base_loads(gpus)
     if trace is not None:
         arrivals = read_trace(trace, {load.model: load.slo_s for load in loads})
         duration_s = max((a.at_s for a in arrivals), default=0.0) + 0.001
     else:
         arrivals = generate(loads, duration_s, seed=seed, scale=scale)
+        while requests is not None and 0 < len(arrivals) < requests:
+            duration_s *= 2
+            arrivals = generate(loads, duration_s, seed=seed, scale=scale)
+        if requests is not None and len(arrivals) > requests:
+            arrivals = arrivals[:requests]
+            duration_s = arrivals[-1].at_s + 0.001
     devices = fleet(gpus, failures=failures)
     if cold:  # servers that start with the run: no statistics to seed estimates from
         devices = [replace(d, warm=False) for d in devices]
@@ -104,6 +115,7 @@ def build(
         telemetry_interval_s=telemetry_interval_s,
         seed=seed,
         config=SchedulerConfig(),
+        gateway_cpu=gateway_cpu or CpuStage(),
     )
 
 
@@ -113,4 +125,6 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "failures": lambda **kw: build("failures", failures=True, **kw),
     "replicas": lambda **kw: build("replicas", **{"replicas": 4, "telemetry_lag_s": 0.25, **kw}),
     "large": lambda **kw: build("large", **{"gpus": 1000, "duration_s": 2.0, **kw}),
+    # The scale check: 1,000 GPUs and exactly 1,000,000 requests (~4 s of traffic).
+    "million": lambda **kw: build("million", **{"gpus": 1000, "requests": 1_000_000, **kw}),
 }

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scheduler.routing import ROUTERS
 from scheduler.sim.__main__ import main
+from scheduler.sim.cpu import CpuStage, ProcessCpu
 from scheduler.sim.devices import DeviceSpec, Failure
-from scheduler.sim.engine import Simulation
+from scheduler.sim.engine import Scenario, SimModel, Simulation
 from scheduler.sim.report import measure
 from scheduler.sim.scenarios import FAST, SLOW, build
-from scheduler.sim.workload import ModelLoad, generate, read_trace, write_trace
+from scheduler.sim.workload import Arrival, ModelLoad, generate, read_trace, write_trace
 
 
 @pytest.mark.parametrize("router", ROUTERS)
@@ -80,3 +82,49 @@ def test_the_command_line_writes_table_numbers_and_plot(tmp_path: Path) -> None:
     assert "| default | 0.50 | predicted_finish_time |" in (tmp_path / "sim_default.md").read_text()
     assert len(json.loads((tmp_path / "sim_default.json").read_text())) == 4
     assert (tmp_path / "sim_default.png").stat().st_size > 1000
+
+
+def test_process_cpu_is_a_fifo_server() -> None:
+    cpu = ProcessCpu()
+    assert cpu.serve(0.0, 1.0) == 1.0
+    assert cpu.serve(0.5, 1.0) == 2.0  # queued behind the first for 0.5 s
+    assert cpu.serve(5.0, 1.0) == 6.0  # idle in between: no wait
+    assert (cpu.busy_s, cpu.waited_s, cpu.jobs) == (3.0, 0.5, 3)
+
+
+def test_process_cpu_matches_the_m_d_1_queue() -> None:
+    # Poisson arrivals at rate lam, fixed service d: the mean wait in queue is
+    # rho * d / (2 * (1 - rho)) (Pollaczek-Khinchine), utilisation rho = lam * d.
+    lam, d, n = 800.0, 0.001, 200_000
+    arrivals = np.cumsum(np.random.default_rng(7).exponential(1 / lam, n))
+    cpu = ProcessCpu()
+    for t in arrivals.tolist():
+        cpu.serve(t, d)
+    rho = lam * d
+    assert cpu.utilisation(float(arrivals[-1])) == pytest.approx(rho, rel=0.02)
+    assert cpu.waited_s / n == pytest.approx(rho * d / (2 * (1 - rho)), rel=0.1)
+
+
+def test_the_gateway_cpu_stage_adds_its_work_and_its_queueing() -> None:
+    fast = DeviceSpec("fast", FAST)
+    model = SimModel("m", max_batch_size=8)
+
+    def latencies(stage: CpuStage, gap_s: float) -> list[float]:
+        arrivals = [Arrival(i * gap_s, "m", 1, 10.0) for i in range(200)]
+        scenario = Scenario(
+            "cpu", [fast], [model], arrivals, 200 * gap_s, noise_sigma=0.0, gateway_cpu=stage
+        )
+        sim = Simulation(scenario, "predicted_finish_time")
+        done = sim.run()
+        assert all(r.outcome == "ok" for r in done)
+        return [r.finished_at - r.arrived_at for r in sorted(done, key=lambda r: r.arrived_at)]
+
+    # Light load, nothing queues anywhere: exactly the stage's work is added.
+    base = latencies(CpuStage(), 0.05)
+    staged = latencies(CpuStage(0.002, 0.001), 0.05)
+    assert staged == pytest.approx([x + 0.003 for x in base], abs=1e-9)
+    # Arrivals every 1 ms, 2 ms of CPU each: the CPU is the bottleneck, so the
+    # n-th request (arriving at n ms) leaves the CPU at 2 ms * (n + 1): at least (n + 2) ms.
+    queued = latencies(CpuStage(0.002, 0.0), 0.001)
+    assert all(x >= (n + 2) * 1e-3 - 1e-9 for n, x in enumerate(queued))
+    assert queued[-1] < 0.201 + 0.05  # and the GPU behind it adds little
