@@ -17,8 +17,9 @@ from opentelemetry.trace import Tracer
 from scheduler import tracing
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.backends.cpu_models import CpuModel, Execution, load_cpu_model
+from scheduler.backends.worker_pool import WorkerSlots, runner_for, time_left
 from scheduler.clock import Clock, MonotonicClock
-from scheduler.errors import BackendError, DeadlineExceeded, GatewayError, Unavailable
+from scheduler.errors import BackendError, GatewayError
 from scheduler.placement import Tier
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor
@@ -104,7 +105,7 @@ class CpuBackend(DecodedTensorsOnly):
                 initializer=_load_in_child,
                 initargs=(in_processes,),
             )
-        self._slots = asyncio.Semaphore(self._workers)
+        self._slots = WorkerSlots(self._workers, self._clock, "CPU")
         self._warned_at: dict[str, float] = {}
         self._inline_s: dict[str, float] = {}  # mean wall time per inline call
         self._closed = False
@@ -156,53 +157,38 @@ class CpuBackend(DecodedTensorsOnly):
         deadline: float | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> dict[str, Tensor]:
-        if self._closed:
-            raise Unavailable(f"CPU backend '{self._id}' is shut down")
-        runner = self._models.get(model.name)
-        if runner is None:
-            raise BackendError(
-                f"CPU backend '{self._id}' does not serve model '{model.name}'",
-                backend_id=self._id,
-                code="NOT_FOUND",
-                retryable=True,
-            )
-        timeout_s = None if deadline is None else deadline - self._clock.now()
-        if timeout_s is not None and timeout_s <= 0:
-            raise DeadlineExceeded(f"deadline passed before model '{model.name}' could run")
+        runner = runner_for(
+            self._models, model, kind="CPU", backend_id=self._id, closed=self._closed
+        )
+        timeout_s = time_left(model, deadline, self._clock)
         mode = self._execution[model.name]
         if mode is Execution.INLINE:
             return self._run_inline(runner, model, inputs, outputs, parameters)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no CPU worker became free for model '{model.name}' before the deadline"
-            ) from None
         loop = asyncio.get_running_loop()
         if mode is Execution.PROCESS and self._processes is not None:
-            future = loop.run_in_executor(
-                self._processes, _run_in_child, model.name, dict(inputs), dict(parameters or {})
+            processes = self._processes
+            future = await self._slots.submit(
+                model,
+                timeout_s,
+                lambda: loop.run_in_executor(
+                    processes, _run_in_child, model.name, dict(inputs), dict(parameters or {})
+                ),
             )
         else:
-            future = loop.run_in_executor(self._pool, runner, inputs, parameters or {})
-        future.add_done_callback(lambda _: self._slots.release())
+            future = await self._slots.submit(
+                model,
+                timeout_s,
+                lambda: loop.run_in_executor(self._pool, runner, inputs, parameters or {}),
+            )
         rows = int(next(iter(inputs.values())).shape[0]) if inputs and model.max_batch_size else 1
         try:
-            timeout_s = None if deadline is None else deadline - self._clock.now()
-            # shield: a timeout must not cancel the executor future, whose
-            # callback frees the slot only when the thread is really done.
             if tracing.recording(self._tracer):
                 with tracing.cpu_execution(
                     self._tracer, model=model.name, backend_id=self._id, rows=rows
                 ):
-                    produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+                    produced = await self._slots.finish(model, future, deadline)
             else:
-                produced = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"model '{model.name}' did not finish before the deadline"
-            ) from None
+                produced = await self._slots.finish(model, future, deadline)
         except GatewayError:
             raise
         except Exception as exc:

@@ -25,8 +25,9 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
+from scheduler.backends.worker_pool import WorkerSlots, runner_for, time_left
 from scheduler.clock import Clock, MonotonicClock
-from scheduler.errors import BackendError, DeadlineExceeded, Unavailable
+from scheduler.errors import BackendError, DeadlineExceeded
 from scheduler.placement import Tier
 from scheduler.request import Parameters
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
@@ -163,7 +164,7 @@ class OnnxBackend(DecodedTensorsOnly):
         self._specs = {name: m.spec for name, m in self._models.items()}
         self._clock = clock or MonotonicClock()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{backend_id}-worker")
-        self._slots = asyncio.Semaphore(self._workers)
+        self._slots = WorkerSlots(self._workers, self._clock, "ONNX")
         self._closed = False
         log.info("ONNX backend %s serves %s from %s", backend_id, sorted(self._specs), repository)
 
@@ -210,47 +211,24 @@ class OnnxBackend(DecodedTensorsOnly):
         deadline: float | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> dict[str, Tensor]:
-        if self._closed:
-            raise Unavailable(f"ONNX backend '{self._id}' is shut down")
-        runner = self._models.get(model.name)
-        if runner is None:
-            raise BackendError(
-                f"ONNX backend '{self._id}' does not serve model '{model.name}'",
-                backend_id=self._id,
-                code="NOT_FOUND",
-                retryable=True,
-            )
+        runner = runner_for(
+            self._models, model, kind="ONNX", backend_id=self._id, closed=self._closed
+        )
+        loop = asyncio.get_running_loop()
+        future = await self._slots.submit(
+            model,
+            time_left(model, deadline, self._clock),
+            lambda: loop.run_in_executor(self._pool, runner.run, inputs, outputs),
+        )
         try:
-            async with asyncio.timeout(self._left(model, deadline)):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no ONNX worker became free for model '{model.name}' before the deadline"
-            ) from None
-        future = asyncio.get_running_loop().run_in_executor(self._pool, runner.run, inputs, outputs)
-        future.add_done_callback(lambda _: self._slots.release())
-        timeout_s = None if deadline is None else deadline - self._clock.now()
-        try:
-            # shield: a timeout must not cancel the executor future, whose
-            # callback frees the slot only when the thread is really done.
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"model '{model.name}' did not finish before the deadline"
-            ) from None
+            return await self._slots.finish(model, future, deadline)
+        except DeadlineExceeded:
+            raise
         except Exception as exc:  # ONNX Runtime's errors, translated here once
             raise BackendError(
                 f"ONNX model '{model.name}' failed: {type(exc).__name__}: {exc}",
                 backend_id=self._id,
             ) from exc
-
-    def _left(self, model: ModelSpec, deadline: float | None) -> float | None:
-        if deadline is None:
-            return None
-        left = deadline - self._clock.now()
-        if left <= 0:
-            raise DeadlineExceeded(f"deadline passed before model '{model.name}' could run")
-        return left
 
     async def aclose(self) -> None:
         self._closed = True
