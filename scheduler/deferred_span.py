@@ -28,7 +28,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["DeferredSpan", "start_deferred"]
+__all__ = ["DeferredSpan", "emit_finished", "start_deferred"]
 
 _UNSET = Status(StatusCode.UNSET)
 
@@ -80,24 +80,65 @@ class DeferredSpan(trace.NonRecordingSpan):
         if self._ended:
             return
         self._ended = True
-        tracer = self._tracer
-        tracer.span_processor.on_end(
-            ReadableSpan(
-                self._name,
-                self.get_span_context(),
-                self._parent,
-                tracer.resource,
-                self._attributes,
-                (),
-                self._links,
-                self._kind,
-                None,
-                self._status,
-                self._start_ns,
-                end_time if end_time is not None else time.time_ns(),
-                self._scope,
-            )
+        emit_finished(
+            self._tracer,
+            self._name,
+            self.get_span_context(),
+            self._parent,
+            self._attributes,
+            self._links,
+            self._kind,
+            self._status,
+            self._start_ns,
+            end_time if end_time is not None else time.time_ns(),
+            self._scope,
         )
+
+
+def child_context(tracer: SdkTracer, parent: SpanContext) -> SpanContext:
+    """A new span's context under ``parent``, following its sampling decision."""
+    return SpanContext(
+        parent.trace_id,
+        tracer.id_generator.generate_span_id(),
+        False,
+        parent.trace_flags,
+        parent.trace_state,
+    )
+
+
+def emit_finished(
+    tracer: SdkTracer,
+    name: str,
+    context: SpanContext,
+    parent: SpanContext,
+    attributes: Mapping[str, AttributeValue],
+    links: Sequence[Link],
+    kind: SpanKind,
+    status: Status,
+    start_ns: int,
+    end_ns: int,
+    scope: InstrumentationScope | None,
+) -> None:
+    """Hand a span that is finished from birth to the tracer's span processor,
+    as the SDK does for its own spans when they end (the one place that
+    builds ``ReadableSpan`` itself)."""
+    tracer.span_processor.on_end(
+        ReadableSpan(
+            name,
+            context,
+            parent,
+            tracer.resource,
+            attributes,
+            (),
+            links,
+            kind,
+            None,
+            status,
+            start_ns,
+            end_ns,
+            scope,
+        )
+    )
 
 
 def start_deferred(
@@ -116,9 +157,7 @@ def start_deferred(
     up = trace.get_current_span(parent).get_span_context()
     if not up.is_valid or not up.trace_flags.sampled:
         return None
-    context = SpanContext(
-        up.trace_id, tracer.id_generator.generate_span_id(), False, up.trace_flags, up.trace_state
-    )
+    context = child_context(tracer, up)
     # The tracer's scope is not public API; a span without one still exports.
     scope: InstrumentationScope | None = getattr(tracer, "_instrumentation_scope", None)
     return DeferredSpan(

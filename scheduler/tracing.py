@@ -48,7 +48,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.deferred_span import start_deferred
+from scheduler.deferred_span import child_context, emit_finished, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 
@@ -315,29 +315,18 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
             real = phase.span
             if fast and isinstance(real, ReadableSpan):
                 assert isinstance(tracer, SdkTracer)
-                context = SpanContext(
-                    parent.trace_id,
-                    tracer.id_generator.generate_span_id(),
-                    False,
-                    parent.trace_flags,
-                    parent.trace_state,
-                )
-                tracer.span_processor.on_end(
-                    ReadableSpan(
-                        phase.name,
-                        context,
-                        parent,
-                        real.resource,
-                        phase.attributes,
-                        (),
-                        links,
-                        phase.kind,
-                        None,
-                        status,
-                        phase.start_ns,
-                        phase.end_ns,
-                        real.instrumentation_scope,
-                    )
+                emit_finished(
+                    tracer,
+                    phase.name,
+                    child_context(tracer, parent),
+                    parent,
+                    phase.attributes,
+                    links,
+                    phase.kind,
+                    status,
+                    phase.start_ns,
+                    phase.end_ns,
+                    real.instrumentation_scope,
                 )
                 continue
             span = tracer.start_span(
