@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from scheduler.errors import SequenceLost, Unavailable
 from scheduler.request import Parameters
 
-#: A sequence id as the caller sent it: Triton takes integers and strings, and
-#: 5 and "5" are two different sequences there.
 log = logging.getLogger(__name__)
 
+#: A sequence id as the caller sent it: Triton takes integers and strings, and
+#: 5 and "5" are two different sequences there.
 SequenceId = int | str
 SequenceKey = tuple[str, SequenceId]
 
