@@ -8,10 +8,11 @@ gateway (its queue, batch size, schedule delay and drops, from ``OTEL_BSP_*``),
 but its exporter is ``ProcessSpanExporter``: it flattens each batch of spans
 into tuples of plain values (``flatten``), pickles the batch (C code, a few
 microseconds a span) and writes it to a pipe. A child process started with
-``spawn`` reads the pipe, rebuilds each span as an SDK ``ReadableSpan``
-(``rebuild``) and hands the batch to the SDK's own OTLP exporter (gRPC or
-HTTP/protobuf), which reads the standard ``OTEL_EXPORTER_OTLP_*`` variables as
-it would in the gateway.
+``spawn`` reads the pipe and hands each batch to the SDK's own OTLP exporter,
+which reads the standard ``OTEL_EXPORTER_OTLP_*`` variables as it would in
+the gateway: over gRPC, as a request built straight from the tuples
+(gateway/otlp_records.py); over HTTP/protobuf, as spans rebuilt as SDK
+``ReadableSpan`` objects (``rebuild``) for its encoder.
 
 What a span carries across: name, ids, flags and trace state, parent (and
 whether it was remote), kind, times, attributes, events, links (with their
@@ -34,7 +35,7 @@ import os
 import pickle
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -126,18 +127,6 @@ def rebuild(
     )
 
 
-def _otlp_exporter(protocol: str) -> SpanExporter:
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
-
-        return HttpSpanExporter()
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter()
-
-
 def _child(
     conn: Connection,
     env: Mapping[str, str],
@@ -149,9 +138,23 @@ def _child(
     # A Ctrl-C reaches the whole process group; the gateway decides when this ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
-    exporter = _otlp_exporter(protocol)
-    resource = Resource(resource_attributes, schema_url)
-    scopes: dict[tuple[str, str | None, str | None], InstrumentationScope] = {}
+    send: Callable[[list[Record]], object]
+    exporter: SpanExporter
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        resource = Resource(resource_attributes, schema_url)
+        scopes: dict[tuple[str, str | None, str | None], InstrumentationScope] = {}
+        exporter = http = HttpSpanExporter()
+        send = lambda records: http.export([rebuild(r, resource, scopes) for r in records])  # noqa: E731
+    else:
+        from gateway.otlp_records import GrpcRequestExporter, RecordEncoder
+
+        encoder = RecordEncoder(resource_attributes, schema_url)
+        exporter = grpc_exporter = GrpcRequestExporter()
+        send = lambda records: grpc_exporter.export_encoded(encoder.request(records))  # noqa: E731
     conn.send_bytes(_FLUSHED)  # ready
     try:
         while True:
@@ -165,8 +168,7 @@ def _child(
                 exporter.force_flush()
                 conn.send_bytes(_FLUSHED)
                 continue
-            records: list[Record] = pickle.loads(message)
-            exporter.export([rebuild(r, resource, scopes) for r in records])
+            send(pickle.loads(message))
     finally:
         exporter.shutdown()
 
