@@ -14,6 +14,11 @@ What is read (all standard; the SDK and exporters read most of them themselves):
   (default ``parentbased_always_on``: a caller's sampled flag is respected),
   ``OTEL_BSP_*`` for the batch span processor, ``OTEL_PROPAGATORS``.
 
+With tracing on, OTLP encoding and export run in a child process
+(``gateway.span_export``) behind the SDK's batch span processor, and
+``ModelInfer``'s SERVER span is made at registration (``traced``,
+``gateway.server_span``) rather than by the contrib interceptor.
+
 With tracing off no SDK is installed: the API's tracers are no-ops, the gRPC
 server gets no interceptor, and the only work left per request is a metadata
 lookup for an incoming ``traceparent`` (forwarded to Triton so it can still join
