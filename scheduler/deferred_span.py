@@ -13,8 +13,9 @@ ended (the placement).
 
 Only with the SDK's tracer and a sampled parent: otherwise (no SDK, another
 SDK, an unsampled or missing parent) ``start_deferred`` returns None and the
-caller makes an ordinary span (so does ``emit_span``). A deferred span follows its parent's sampling
-decision, as the default ``parentbased_*`` samplers do.
+caller makes an ordinary span (so does ``emit_span``). A deferred span
+follows its parent's sampling decision, as the default ``parentbased_*``
+samplers do.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ class InferRequest:
     tried) the request's batch; so are ``queued_s``, the time from entering
     the batch queue until its batch was cut (0 for a request the gateway
     does not batch), and ``backend_s``, the time its batch spent in backend
-    calls, failed tries included (for the access log).
+    calls, failed tries included (0 for a stateful model's request, whose
+    backend stream is not timed here); both for the access log.
 
     ``wire`` is the request as the caller encoded it (a KServe v2
     ``ModelInferRequest``), when the front end has it. A backend that speaks
