@@ -199,11 +199,13 @@ class ProcessSpanExporter(SpanExporter):
         child_conn.close()
         self._lock = threading.Lock()
         self._broken = False
-        if not self._conn.poll(_START_TIMEOUT_S):
-            log.error("span export process did not start within %.0f s", _START_TIMEOUT_S)
+        try:
+            ready = self._conn.poll(_START_TIMEOUT_S) and self._conn.recv_bytes() == _FLUSHED
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            log.error("span export process did not start; spans are dropped")
             self._broken = True
-        else:
-            self._conn.recv_bytes()
 
     @property
     def pid(self) -> int | None:
