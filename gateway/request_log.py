@@ -1,7 +1,9 @@
 """One log line per inference request that failed (and, if asked, a sample of the others).
 
-Logs correlate with traces through the trace id each line carries. A failing
-backend can fail thousands of requests a second, so lines are rate-limited.
+A line says where the request's time went, as its trace does: in total, in
+the batch queue, and in backend calls. Logs correlate with traces through the
+trace id each line carries. A failing backend can fail thousands of requests
+a second, so lines are rate-limited.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ log = logging.getLogger("gateway.requests")
 
 
 class RequestLog:
-    """Writes ``request model=... code=... backend=... took_ms=... trace_id=...``
-    lines to the ``gateway.requests`` logger (WARNING for errors, INFO for OK).
+    """Writes ``request model=... code=... backend=... took_ms=... queue_ms=...
+    backend_ms=... trace_id=...`` lines to the ``gateway.requests`` logger
+    (WARNING for errors, INFO for OK).
 
     Errors are always candidates, OK requests with probability ``ok_sample``
     (0: never, and then an OK request costs one comparison). A token bucket
@@ -44,6 +47,9 @@ class RequestLog:
         seconds: float,
         trace_id: str,
         message: str = "",
+        *,
+        queue_s: float = 0.0,
+        backend_s: float = 0.0,
     ) -> None:
         if code == "OK" and (not self.ok_sample or random.random() >= self.ok_sample):
             return
@@ -54,11 +60,14 @@ class RequestLog:
         level = logging.INFO if code == "OK" else logging.WARNING
         log.log(
             level,
-            "request model=%s code=%s backend=%s took_ms=%.3f trace_id=%s%s%s",
+            "request model=%s code=%s backend=%s took_ms=%.3f queue_ms=%.3f backend_ms=%.3f "
+            "trace_id=%s%s%s",
             model,
             code,
             backend or "none",
             seconds * 1e3,
+            queue_s * 1e3,
+            backend_s * 1e3,
             trace_id or "none",
             f" ({dropped} lines dropped by the rate limit before this one)" if dropped else "",
             f": {message}" if message else "",

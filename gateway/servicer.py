@@ -28,7 +28,7 @@ from gateway.security import Authenticator, authenticated
 from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
 from gateway.stream_rpc import header_of, relay_stream
-from gateway.telemetry import Tracing, caller_trace_id
+from gateway.telemetry import MODEL_INFER, Tracing, caller_trace_id
 from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
@@ -220,6 +220,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         received_ns = time.time_ns() if self._tracing.enabled else 0
         # "unknown" until the model resolves: a typo must not become a label of its own.
         model, code, backend, message = "unknown", "OK", "", ""
+        queue_s = backend_s = 0.0
         deadline: float | None = None
         quota: TenantQuota | None = None
         try:
@@ -238,6 +239,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 result = await self._scheduler.infer(infer_request, spec)
             finally:
                 backend = infer_request.served_by
+                queue_s, backend_s = infer_request.queued_s, infer_request.backend_s
             return codec.encode_response(result, spec, self._headers)
         except GatewayError as exc:
             code, message = exc.code, exc.message
@@ -264,7 +266,16 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 if not trace_id:  # tracing off: the caller's, if it sent one
                     for _, value in caller_trace_id(context.invocation_metadata()):
                         trace_id = value
-                self._request_log.request_done(model, code, backend, now - start, trace_id, message)
+                self._request_log.request_done(
+                    model,
+                    code,
+                    backend,
+                    now - start,
+                    trace_id,
+                    message,
+                    queue_s=queue_s,
+                    backend_s=backend_s,
+                )
 
     def _known_model(self, data: bytes) -> str:
         """A failed request's model if the gateway serves it, else "unknown" (error path only)."""
@@ -334,6 +345,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
                 behaviour = authenticated(servicer.auth, behaviour)
             behaviour = servicer.tracing.answering_with_trace_id(behaviour)
         if method.name == "ModelInfer":
+            behaviour = servicer.tracing.traced(MODEL_INFER, behaviour)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour)

@@ -14,6 +14,11 @@ What is read (all standard; the SDK and exporters read most of them themselves):
   (default ``parentbased_always_on``: a caller's sampled flag is respected),
   ``OTEL_BSP_*`` for the batch span processor, ``OTEL_PROPAGATORS``.
 
+With tracing on, OTLP encoding and export run in a child process
+(``gateway.span_export``) behind the SDK's batch span processor, and
+``ModelInfer``'s SERVER span is made at registration (``traced``,
+``gateway.server_span``) rather than by the contrib interceptor.
+
 With tracing off no SDK is installed: the API's tracers are no-ops, the gRPC
 server gets no interceptor, and the only work left per request is a metadata
 lookup for an incoming ``traceparent`` (forwarded to Triton so it can still join
@@ -37,6 +42,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from gateway.config import ConfigError
+from gateway.server_span import ServerSpans
+from gateway.span_export import ProcessSpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +69,24 @@ class Tracing:
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The contrib aio server interceptor (SERVER spans, W3C extraction,
-        status on abort), health checks left out; none when tracing is off."""
+        status on abort), health checks and ``ModelInfer`` left out (see
+        ``traced``); none when tracing is off."""
         if self.provider is None:
             return []
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=self.provider, filter_=_not_health_check
+            tracer_provider=self.provider, filter_=_contrib_traces
         )
         return [interceptor]
+
+    def traced(self, method: str, behaviour: Any) -> Any:
+        """A unary rpc's ``behaviour`` under its SERVER span, made at
+        registration by ``gateway.server_span`` rather than per call by the
+        interceptor (``ModelInfer``'s; unchanged when tracing is off)."""
+        if self.provider is None:
+            return behaviour
+        return ServerSpans(self.provider).wrap(method, behaviour)
 
     def request_context(self, metadata: Iterable[tuple[str, Any]] | None) -> Context | None:
         """The context a request's scheduler spans descend from.
@@ -112,13 +128,17 @@ class Tracing:
 
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: The rpc whose SERVER span ``Tracing.traced`` makes instead of the interceptor.
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def _not_health_check(details: Any) -> bool:
-    """Trace every rpc but health checks. (The contrib ``filters.health_check()``
-    does the same through a runtime Protocol isinstance check that cost ~4 % of
-    the gateway's CPU per request under load; a prefix test is enough here.)"""
-    return not str(getattr(details, "method", "")).startswith(_HEALTH_PREFIX)
+def _contrib_traces(details: Any) -> bool:
+    """Whether the contrib interceptor traces an rpc: all but health checks and
+    ``ModelInfer``. (The contrib ``filters.health_check()`` does the first
+    through a runtime Protocol isinstance check that cost ~4 % of the
+    gateway's CPU per request under load; a prefix test is enough here.)"""
+    method = str(getattr(details, "method", ""))
+    return method != MODEL_INFER and not method.startswith(_HEALTH_PREFIX)
 
 
 def caller_trace_id(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, str], ...]:
@@ -154,34 +174,28 @@ def _exporter_names(env: Mapping[str, str]) -> list[str]:
     if raw is None:
         raw = "otlp" if any(env.get(v) for v in _OTLP_ENDPOINT_VARS) else "none"
     names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    for name in names:
+        if name not in ("otlp", "console", "none"):
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none"
+            )
     return [n for n in names if n != "none"]
 
 
-def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
+def _exporter(name: str, env: Mapping[str, str], resource: Resource) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
-    if name != "otlp":
-        raise ConfigError(
-            f"OTEL_TRACES_EXPORTER: unknown exporter {name!r}; use otlp, console or none"
-        )
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "grpc"
     ).strip()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use grpc or http/protobuf"
         )
-
-        return HttpSpanExporter()
-    raise ConfigError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported; use grpc or http/protobuf"
-    )
+    # The SDK's OTLP exporter, in a child process (gateway/span_export.py).
+    return ProcessSpanExporter(protocol, resource, env)
 
 
 def configure_tracing(
@@ -196,10 +210,10 @@ def configure_tracing(
     names = _exporter_names(env)
     if not names:
         return Tracing()
-    exporters = [_exporter(name, env) for name in names]
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    exporters = [_exporter(name, env, resource) for name in names]
     # sampler=None: the SDK reads OTEL_TRACES_SAMPLER / _ARG.
     provider = TracerProvider(resource=resource)
     for exporter in exporters:

@@ -4,15 +4,18 @@ A live span of the OpenTelemetry SDK asks the sampler, takes a lock per
 attribute, validates every value and copies its links when it starts; under
 load that was most of tracing's cost in the scheduler (~70 us a span here,
 against ~8 us for a span built finished). The scheduler's own spans (queue,
-batch) have a sampled parent, attributes it made itself, and a known end, so
-they need none of that: ``start_deferred`` makes one that only holds its
-fields, and ``end`` builds the finished span and hands it to the tracer's
-span processor, as the SDK does for its own spans when they end.
+batch, placement, backend call) have a sampled parent, attributes it made
+itself, and a known end, so they need none of that: ``start_deferred`` makes
+one that only holds its fields, and ``end`` builds the finished span and
+hands it to the tracer's span processor, as the SDK does for its own spans
+when they end; ``emit_span`` does both at once for a span that has already
+ended (the placement).
 
 Only with the SDK's tracer and a sampled parent: otherwise (no SDK, another
 SDK, an unsampled or missing parent) ``start_deferred`` returns None and the
-caller makes an ordinary span. A deferred span follows its parent's sampling
-decision, as the default ``parentbased_*`` samplers do.
+caller makes an ordinary span (so does ``emit_span``). A deferred span
+follows its parent's sampling decision, as the default ``parentbased_*``
+samplers do.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["DeferredSpan", "emit_finished", "start_deferred"]
+__all__ = ["DeferredSpan", "emit_finished", "emit_span", "start_deferred"]
 
 _UNSET = Status(StatusCode.UNSET)
 
@@ -47,7 +50,7 @@ class DeferredSpan(trace.NonRecordingSpan):
         scope: InstrumentationScope | None,
         name: str,
         context: SpanContext,
-        parent: SpanContext,
+        parent: SpanContext | None,
         start_ns: int,
         links: Sequence[Link],
         kind: SpanKind,
@@ -110,7 +113,7 @@ def emit_finished(
     tracer: SdkTracer,
     name: str,
     context: SpanContext,
-    parent: SpanContext,
+    parent: SpanContext | None,
     attributes: Mapping[str, AttributeValue],
     links: Sequence[Link],
     kind: SpanKind,
@@ -158,11 +161,9 @@ def start_deferred(
     if not up.is_valid or not up.trace_flags.sampled:
         return None
     context = child_context(tracer, up)
-    # The tracer's scope is not public API; a span without one still exports.
-    scope: InstrumentationScope | None = getattr(tracer, "_instrumentation_scope", None)
     return DeferredSpan(
         tracer,
-        scope,
+        scope_of(tracer),
         name,
         context,
         up,
@@ -170,3 +171,43 @@ def start_deferred(
         links,
         kind,
     )
+
+
+def scope_of(tracer: SdkTracer) -> InstrumentationScope | None:
+    """The tracer's instrumentation scope (not public API; a span without one still exports)."""
+    scope: InstrumentationScope | None = getattr(tracer, "_instrumentation_scope", None)
+    return scope
+
+
+def emit_span(
+    tracer: Tracer,
+    name: str,
+    attributes: Mapping[str, AttributeValue],
+    *,
+    start_ns: int,
+    end_ns: int,
+    status: Status = _UNSET,
+) -> SpanContext | None:
+    """A span under the current one that already ended (``start_ns`` to
+    ``end_ns``), built finished; its context, or None where an ordinary span
+    must be made instead (the conditions of ``start_deferred``)."""
+    if not isinstance(tracer, SdkTracer):
+        return None
+    up = trace.get_current_span().get_span_context()
+    if not up.is_valid or not up.trace_flags.sampled:
+        return None
+    context = child_context(tracer, up)
+    emit_finished(
+        tracer,
+        name,
+        context,
+        up,
+        attributes,
+        (),
+        SpanKind.INTERNAL,
+        status,
+        start_ns,
+        end_ns,
+        scope_of(tracer),
+    )
+    return context

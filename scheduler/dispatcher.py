@@ -354,6 +354,7 @@ class Scheduler:
             return outputs if isinstance(outputs, bytes) else dict(outputs)
         finally:
             request.served_by = info.served_by[-1] if info.served_by else ""
+            request.backend_s = info.backend_s
 
     def _batcher_for(self, spec: ModelSpec) -> Batcher | None:
         """The model's batcher, made on first use; None (also remembered, so the

@@ -26,7 +26,11 @@ class InferRequest:
     spans descend from (the gateway's server span, or the caller's extracted
     context when tracing is off); None means the current context.
     ``served_by`` is set by the scheduler: the backend that ran (or last
-    tried) the request's batch.
+    tried) the request's batch; so are ``queued_s``, the time from entering
+    the batch queue until its batch was cut (0 for a request the gateway
+    does not batch), and ``backend_s``, the time its batch spent in backend
+    calls, failed tries included (0 for a stateful model's request, whose
+    backend stream is not timed here); both for the access log.
 
     ``wire`` is the request as the caller encoded it (a KServe v2
     ``ModelInferRequest``), when the front end has it. A backend that speaks
@@ -51,6 +55,8 @@ class InferRequest:
     deadline: float | None = None
     trace_context: Context | None = None
     served_by: str = ""
+    queued_s: float = 0.0
+    backend_s: float = 0.0
     wire: bytes | None = None
     checked: ModelSpec | None = None
     received_ns: int = 0

@@ -338,7 +338,9 @@ class BatchRunner:
         finally:
             in_flight.add(name, -1)
             busy.add(name, -predicted, 0.0)
-            self.observer.backend_called(name, state.id, self._clock.now() - start, code)
+            took_s = self._clock.now() - start
+            info.backend_s += took_s
+            self.observer.backend_called(name, state.id, took_s, code)
         elapsed = self._clock.now() - start
         self.fleet.record_success(state)
         self.estimator.observe(

@@ -48,7 +48,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.deferred_span import child_context, emit_finished, start_deferred
+from scheduler.deferred_span import (
+    child_context,
+    emit_finished,
+    emit_span,
+    scope_of,
+    start_deferred,
+)
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 
@@ -201,12 +207,20 @@ def placement_span(
     ):
         if math.isfinite(number):
             values[key] = number
-    span = tracer.start_span("placement", start_time=start_ns, attributes=values)
     error = decision.reason if decision.backend_id is None else None
-    if error is not None:
-        span.set_status(Status(StatusCode.ERROR, error))
+    status = _UNSET if error is None else Status(StatusCode.ERROR, error)
     end_ns = time.time_ns()
-    span.end(end_time=end_ns)
+    context = emit_span(
+        tracer, "placement", values, start_ns=start_ns, end_ns=end_ns, status=status
+    )
+    span: Span
+    if context is not None:
+        span = trace.NonRecordingSpan(context)
+    else:
+        span = tracer.start_span("placement", start_time=start_ns, attributes=values)
+        if error is not None:
+            span.set_status(status)
+        span.end(end_time=end_ns)
     if phases is not None:
         phases.append(
             Phase(
@@ -252,7 +266,9 @@ def backend_call(
     if retries:
         attributes["gateway.retries"] = retries
     start_ns = time.time_ns()
-    span = tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
+    span = start_deferred(
+        tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT
+    ) or tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
     error: GatewayError | None = None
     try:
         with trace.use_span(
@@ -297,14 +313,13 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     The copies are finished spans from birth, so with the OpenTelemetry SDK
     they are built as such and handed to its span processor: no sampling
     (the member's batch span was sampled), no lock, no attribute checks (the
-    real span checked the same attributes). That costs a fraction of a live
+    attributes are the scheduler's own strings and numbers). That costs a fraction of a live
     span, and a batch of N makes 2(N-1) copies. Any other tracer gets live
     spans, started and ended at the recorded times.
     """
-    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace import Tracer as SdkTracer
 
-    fast = isinstance(tracer, SdkTracer)
+    scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
     for batch in batch_spans:
         parent = batch.get_span_context()
         if not parent.trace_flags.sampled:
@@ -312,9 +327,7 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
         for phase in phases:
             status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
             links = (Link(phase.span.get_span_context()),)
-            real = phase.span
-            if fast and isinstance(real, ReadableSpan):
-                assert isinstance(tracer, SdkTracer)
+            if isinstance(tracer, SdkTracer):
                 emit_finished(
                     tracer,
                     phase.name,
@@ -326,7 +339,7 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
                     status,
                     phase.start_ns,
                     phase.end_ns,
-                    real.instrumentation_scope,
+                    scope,
                 )
                 continue
             span = tracer.start_span(

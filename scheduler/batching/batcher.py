@@ -283,6 +283,7 @@ class Batcher:
         finally:
             if info.served_by:
                 request.served_by = info.served_by[-1]
+            request.backend_s = info.backend_s
             if task is not None:
                 self._inline.discard(task)
             self._in_flight -= 1

@@ -187,8 +187,11 @@ class BatchExecutor:
                 with trace.use_span(batch_span, end_on_exit=False):
                     outputs = await self._run_batch(self._spec, merged, info)
         finally:
-            for r in requests:
+            for r, m in zip(requests, live, strict=True):
                 r.served_by = info.served_by[-1] if info.served_by else r.served_by
+                r.backend_s += info.backend_s
+                if not attempt:  # a re-run half of a split left the queue already
+                    r.queued_s = start - m.enqueued_at
             if info.phases and len(live) > 1:
                 others = [m.batch_span for m in live[1:] if m.batch_span is not None]
                 tracing.mirror(self._tracer, info.phases, others)

@@ -48,6 +48,7 @@ class BatchInfo:
     the OpenTelemetry context of a solo request's caller. ``phases`` collects
     the placement and backend-call spans of a traced batch of several
     members, for copies in the other members' traces (None: not collected).
+    ``backend_s`` adds up the time of the batch's backend calls (the runner adds).
     """
 
     model_name: str
@@ -67,6 +68,7 @@ class BatchInfo:
     wire: bytes | None = None
     caller_context: Context | None = None
     phases: list[Phase] | None = None
+    backend_s: float = 0.0
 
     def propagation(self) -> dict[str, str] | None:
         """W3C headers with the caller's trace context (of the first member

@@ -18,11 +18,14 @@ def test_errors_get_a_line_with_the_trace_id_ok_requests_none(
     caplog.set_level(logging.INFO, logger="gateway.requests")
     requests = RequestLog(ManualClock())
     requests.request_done("m", "OK", "b1", 0.002, TRACE)
-    requests.request_done("m", "NOT_FOUND", "", 0.001, TRACE, "no model 'x'")
+    requests.request_done(
+        "m", "NOT_FOUND", "", 0.001, TRACE, "no model 'x'", queue_s=0.0005, backend_s=0.0
+    )
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
-        f"request model=m code=NOT_FOUND backend=none took_ms=1.000 trace_id={TRACE}: no model 'x'"
+        f"request model=m code=NOT_FOUND backend=none took_ms=1.000 queue_ms=0.500 "
+        f"backend_ms=0.000 trace_id={TRACE}: no model 'x'"
     )
 
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import NoOpTracerProvider
 
 from gateway.config import ConfigError
 from gateway.logs import JsonFormatter, TraceContextFilter
-from gateway.telemetry import configure_tracing, trace_id_metadata
+from gateway.telemetry import MODEL_INFER, configure_tracing, trace_id_metadata
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.config import SchedulerConfig
 from scheduler.dispatcher import Scheduler
@@ -172,6 +172,55 @@ async def test_with_tracing_off_the_callers_context_still_reaches_the_backend() 
     finally:
         await scheduler.aclose()
     assert backend.headers[0]["traceparent"] == CALLER
+
+
+class CountingTracer(trace.NoOpTracer):
+    """The tracer of tracing off (a no-op), counting the spans asked of it."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        self.spans += 1
+        return super().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        self.spans += 1
+        return super().start_as_current_span(*args, **kwargs)
+
+
+async def test_with_tracing_off_no_span_is_made_per_request() -> None:
+    """Batched, solo, and with a caller's traceparent: not one span, not even
+    a no-op one (each costs context switching); the gateway adds no wrapper
+    and no interceptor."""
+    tracer = CountingTracer()
+    backend = RecordingBackend()
+    scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
+    await scheduler.start()
+    try:
+        backend.gate = asyncio.Event()
+        first = asyncio.create_task(scheduler.infer(_request("0")))
+        await asyncio.sleep(0.01)  # the first request holds the backend: the rest batch
+        caller = propagate.extract({"traceparent": CALLER})
+        x = np.ones((1, 2), np.float32)
+        rest = [
+            asyncio.create_task(
+                scheduler.infer(InferRequest("double", {"X": x}, id=str(i), trace_context=caller))
+            )
+            for i in (1, 2, 3)
+        ]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        await asyncio.gather(first, *rest)
+    finally:
+        await scheduler.aclose()
+    assert len(backend.headers) == 2 and tracer.spans == 0
+    off = configure_tracing({"OTEL_TRACES_EXPORTER": "none"}, install_global=False)
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        return request
+
+    assert off.traced(MODEL_INFER, behaviour) is behaviour and off.server_interceptors() == []
 
 
 def test_tracing_is_off_without_an_exporter() -> None:

@@ -1,0 +1,249 @@
+"""OTLP export in a child process, so the gateway's GIL never pays for encoding.
+
+With the SDK's ``BatchSpanProcessor`` and OTLP exporter in the gateway, turning
+each finished span into OTLP protobuf (and the exporter's gRPC channel) ran on
+a thread of the gateway under its GIL: a fifth to a quarter of the gateway's
+CPU under load at 100 % sampling. Here the ``BatchSpanProcessor`` stays in the
+gateway (its queue, batch size, schedule delay and drops, from ``OTEL_BSP_*``),
+but its exporter is ``ProcessSpanExporter``: it flattens each batch of spans
+into tuples of plain values (``flatten``), pickles the batch (C code, a few
+microseconds a span) and writes it to a pipe. A child process started with
+``spawn`` reads the pipe and hands each batch to the SDK's own OTLP exporter,
+which reads the standard ``OTEL_EXPORTER_OTLP_*`` variables as it would in
+the gateway: over gRPC, as a request built straight from the tuples
+(gateway/otlp_records.py); over HTTP/protobuf, as spans rebuilt as SDK
+``ReadableSpan`` objects (``rebuild``) for its encoder.
+
+What a span carries across: name, ids, flags and trace state, parent (and
+whether it was remote), kind, times, attributes, events, links (with their
+attributes), status and instrumentation scope; the resource is sent once, at
+start-up. Counts of items the SDK's limits dropped are not carried: the
+gateway's spans stay well under those limits.
+
+The pipe is the only channel. The child exits at the ``STOP`` message or when
+the pipe closes (the gateway exited, however it exited), after its exporter's
+own shutdown flushes what it holds. A send that blocks (the child is busy
+exporting) blocks the batch processor's thread only; the processor's bounded
+queue then drops spans, as it does when an in-process exporter is slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+__all__ = ["ProcessSpanExporter", "flatten", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+_STOP = b"stop"
+_FLUSH = b"flush"
+_FLUSHED = b"flushed"
+_START_TIMEOUT_S = 30.0
+
+#: (trace id, span id, flags, is remote, trace state header)
+Context = tuple[int, int, int, bool, str]
+#: A span as plain values (see ``flatten``).
+Record = tuple[Any, ...]
+
+
+def _context(context: SpanContext) -> Context:
+    state = context.trace_state.to_header() if context.trace_state else ""
+    return (context.trace_id, context.span_id, int(context.trace_flags), context.is_remote, state)
+
+
+def _span_context(values: Context) -> SpanContext:
+    trace_id, span_id, flags, remote, state = values
+    return SpanContext(
+        trace_id,
+        span_id,
+        remote,
+        TraceFlags(flags),
+        TraceState.from_header([state]) if state else None,
+    )
+
+
+def flatten(span: ReadableSpan) -> Record:
+    """A finished span as a tuple of ints, strings, dicts and tuples (picklable)."""
+    scope = span.instrumentation_scope
+    status = span.status
+    assert span.context is not None  # a span the SDK finished always has one
+    return (
+        span.name,
+        _context(span.context),
+        _context(span.parent) if span.parent is not None else None,
+        span.kind.value,
+        span.start_time,
+        span.end_time,
+        dict(span.attributes) if span.attributes else None,
+        tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
+        tuple((_context(k.context), dict(k.attributes or {})) for k in span.links),
+        (status.status_code.value, status.description),
+        (scope.name, scope.version, scope.schema_url) if scope is not None else None,
+    )
+
+
+def rebuild(
+    record: Record,
+    resource: Resource,
+    scopes: dict[tuple[str, str | None, str | None], InstrumentationScope],
+) -> ReadableSpan:
+    """The ``ReadableSpan`` that ``flatten`` flattened (``scopes`` caches scope objects)."""
+    name, context, parent, kind, start, end, attributes, events, links, status, scope = record
+    instrumentation_scope = None
+    if scope is not None:
+        instrumentation_scope = scopes.get(scope)
+        if instrumentation_scope is None:
+            instrumentation_scope = scopes[scope] = InstrumentationScope(*scope)
+    code, description = status
+    return ReadableSpan(
+        name,
+        _span_context(context),
+        _span_context(parent) if parent is not None else None,
+        resource,
+        attributes,
+        tuple(Event(n, a, t) for n, t, a in events),
+        tuple(Link(_span_context(c), a) for c, a in links),
+        SpanKind(kind),
+        None,
+        Status(StatusCode(code), description),
+        start,
+        end,
+        instrumentation_scope,
+    )
+
+
+def _child(
+    conn: Connection,
+    env: Mapping[str, str],
+    protocol: str,
+    resource_attributes: dict[str, Any],
+    schema_url: str | None,
+) -> None:
+    """The export process: read batches from ``conn`` and export them until told to stop."""
+    # A Ctrl-C reaches the whole process group; the gateway decides when this ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)
+    send: Callable[[list[Record]], object]
+    exporter: SpanExporter
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        resource = Resource(resource_attributes, schema_url)
+        scopes: dict[tuple[str, str | None, str | None], InstrumentationScope] = {}
+        exporter = http = HttpSpanExporter()
+        send = lambda records: http.export([rebuild(r, resource, scopes) for r in records])  # noqa: E731
+    else:
+        from gateway.otlp_records import GrpcRequestExporter, RecordEncoder
+
+        encoder = RecordEncoder(resource_attributes, schema_url)
+        exporter = grpc_exporter = GrpcRequestExporter()
+        send = lambda records: grpc_exporter.export_encoded(encoder.request(records))  # noqa: E731
+    conn.send_bytes(_FLUSHED)  # ready
+    try:
+        while True:
+            try:
+                message = conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            if message == _STOP:
+                break
+            if message == _FLUSH:
+                exporter.force_flush()
+                conn.send_bytes(_FLUSHED)
+                continue
+            send(pickle.loads(message))
+    finally:
+        exporter.shutdown()
+
+
+class ProcessSpanExporter(SpanExporter):
+    """A span exporter whose OTLP encoding and sending happen in a child process.
+
+    ``export`` flattens the batch, pickles it and writes it to the pipe (one
+    message per batch, under a lock shared with ``force_flush``/``shutdown``,
+    whose control messages share the pipe); the child rebuilds the spans and
+    calls the SDK's OTLP exporter with them. ``force_flush`` waits for the
+    child to say it has exported everything sent before it.
+    """
+
+    def __init__(
+        self, protocol: str, resource: Resource, env: Mapping[str, str] | None = None
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe(duplex=True)
+        otel_env = {k: v for k, v in (env or os.environ).items() if k.startswith("OTEL_")}
+        self._process = context.Process(
+            target=_child,
+            args=(child_conn, otel_env, protocol, dict(resource.attributes), resource.schema_url),
+            name="span-export",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()
+        self._lock = threading.Lock()
+        self._broken = False
+        try:
+            ready = self._conn.poll(_START_TIMEOUT_S) and self._conn.recv_bytes() == _FLUSHED
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            log.error("span export process did not start; spans are dropped")
+            self._broken = True
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._broken:
+            return SpanExportResult.FAILURE
+        message = pickle.dumps([flatten(span) for span in spans], pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            return self._send(message)
+
+    def _send(self, message: bytes) -> SpanExportResult:
+        try:
+            self._conn.send_bytes(message)
+        except OSError as exc:  # the child exited: say so once, then drop quietly
+            if not self._broken:
+                log.error("span export process is gone (%s); spans are dropped from now on", exc)
+            self._broken = True
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with self._lock:
+            if self._broken or self._send(_FLUSH) is not SpanExportResult.SUCCESS:
+                return False
+            if not self._conn.poll(timeout_millis / 1000):
+                return False
+            return self._conn.recv_bytes() == _FLUSHED
+
+    def shutdown(self, timeout_millis: float = 30000) -> None:
+        with self._lock:
+            if not self._broken:
+                self._send(_STOP)
+            self._broken = True
+            self._conn.close()
+        self._process.join(timeout_millis / 1000)
+        if self._process.is_alive():
+            log.warning("span export process did not stop in time; terminating it")
+            self._process.terminate()
+            self._process.join(5)

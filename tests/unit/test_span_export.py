@@ -1,0 +1,67 @@
+"""gateway.span_export / gateway.otlp_records: spans cross to the export process unchanged."""
+
+from __future__ import annotations
+
+import pickle
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from gateway.otlp_records import RecordEncoder
+from gateway.span_export import flatten, rebuild
+
+RESOURCE = Resource({"service.name": "gw", "host.name": "h"}, "https://example.test/schema")
+
+
+def _spans() -> tuple[ReadableSpan, ...]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("scope.a", "1.2", "https://example.test/scope")
+    other = provider.get_tracer("scope.b")
+    caller = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        True,
+        TraceFlags(TraceFlags.SAMPLED),
+        TraceState([("vendor", "x")]),
+    )
+    server = tracer.start_span(
+        "server",
+        context=trace.set_span_in_context(trace.NonRecordingSpan(caller)),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "net.peer.port": "5", "n": 3, "ok": True},
+    )
+    with trace.use_span(server, end_on_exit=True):
+        server.add_event("retry", {"attempt": 2})
+        child = other.start_span(
+            "call",
+            kind=SpanKind.CLIENT,
+            links=[Link(caller, {"gateway.link": "batch"})],
+            attributes={"score_s": 0.25, "sizes": (1, 2)},
+        )
+        child.set_status(Status(StatusCode.ERROR, "it broke"))
+        child.end()
+    return exporter.get_finished_spans()
+
+
+def test_flattened_spans_rebuild_as_they_were() -> None:
+    for span in _spans():
+        record = pickle.loads(pickle.dumps(flatten(span)))
+        again = rebuild(record, RESOURCE, {})
+        assert again.to_json() == span.to_json()
+
+
+def test_requests_built_from_records_match_the_sdks_encoder() -> None:
+    spans = _spans()
+    encoder = RecordEncoder(dict(RESOURCE.attributes), RESOURCE.schema_url)
+    for _ in range(2):  # the second time, from cached attribute messages
+        ours = encoder.request([flatten(s) for s in spans])
+        assert ours.spans == len(spans)
+        assert ours.request == encode_spans(spans)
