@@ -9,7 +9,8 @@ one instance, max batch 64.  In front of it, or beside it:
   queue delay that ``gpu_sim_tb`` gives Triton's own batcher;
 - gateway C: the CPU built-in ``add_sub`` only (``--workers 1`` when the CLI has it);
 - gateway C2: the same with ``--workers 2``, when the CLI has the setting;
-- floor A (canned reply) and floor B (bytes proxy to the Triton), see ``floors``;
+- floor A (canned reply, also the stream floor) and floor B (bytes proxy to the
+  Triton), see ``floors``;
 - MLServer, when ``loadtests/.mlserver-venv`` holds it (``make mlserver``).
 
 A :class:`Route` names the address and model a load run targets, the process whose
@@ -259,6 +260,17 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
             ADD_SUB,
             "gateway",
             gw_c_pid,
+            None,
+            (STREAMS,),
+            stream_messages,
+        ),
+        Route(
+            "stream_floor",
+            f"stream floor: grpc.aio canned ModelStreamInfer, {stream_messages} msgs/stream",
+            floor_a,
+            ADD_SUB,
+            "floor A",
+            floor_a_pid,
             None,
             (STREAMS,),
             stream_messages,
