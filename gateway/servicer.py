@@ -204,12 +204,12 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         """Requests on one stream run concurrently (up to ``stream_max_in_flight``)
         and their responses come back as they finish, matched by ``id`` as in
         Triton. A failed request answers with ``error_message``; the stream
-        goes on. Each request runs as a task whose done-callback queues its
-        response, so a message costs one task and no queue or semaphore hops.
-        A decoupled model's request pushes each of its responses itself, and
-        a sequence's steps run one after another (``gateway.stateful``).
-        With tracing off and no tenants, requests read together on any streams
-        run together (``gateway.stream_group``).
+        goes on. With tracing off and no tenants, requests read in one turn of
+        the event loop, on any streams, run together, with no task per message
+        (``gateway.stream_group``); otherwise each runs as a task of its own
+        (``gateway.stream_rpc``). A decoupled model's request pushes each of its
+        responses itself, and a sequence's steps run one after another
+        (``gateway.stateful``).
         """
         if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)

@@ -43,9 +43,9 @@ async def relay_stream(
 ) -> AsyncIterator[bytes]:
     """Requests on one stream run concurrently (up to ``limit``) and their
     responses come back as they finish, matched by ``id`` as in Triton. A
-    failed request answers with ``error_message``; the stream goes on. Each
-    request runs as a task whose done-callback queues its response, so a
-    message costs one task and no queue or semaphore hops. A decoupled
+    failed request answers with ``error_message``; the stream goes on. A
+    request the lean path does not take runs as a task whose done-callback
+    queues its response: one task, no queue or semaphore hops. A decoupled
     model's request pushes each of its responses itself, and a sequence's
     steps run one after another (``gateway.stateful``). At shutdown the
     stream ends UNAVAILABLE (retryable), not CANCELLED.
@@ -53,8 +53,9 @@ async def relay_stream(
     With ``admit``, the reader first offers each message to the lean path,
     which runs it with messages of other streams and calls back with its
     response: no task per message; such a message counts towards ``limit``
-    until it is answered. A stream that ends first leaves its lean messages
-    to finish (their answers are dropped), as a batch outlives a caller.
+    until it is answered. A stream the caller cancels leaves its lean
+    messages to finish (their answers are dropped), as a batch outlives a
+    caller who left it.
     """
     loop = asyncio.get_running_loop()
     responses: collections.deque[bytes] = collections.deque()
