@@ -37,6 +37,7 @@ __all__ = [
     "GPU_COST",
     "MLSERVER_VENV",
     "Route",
+    "floor_server",
     "gateway_server",
     "gateway_triton_env",
     "infer_ok",
@@ -119,7 +120,8 @@ def gateway_server(
     return server.address, server.pid
 
 
-def _floor(fleet: Fleet, name: str, args: list[str]) -> tuple[str, int]:
+def floor_server(fleet: Fleet, name: str, args: list[str]) -> tuple[str, int]:
+    """Start a floor (``floors``) with ``args``; return its address and PID."""
     port_file = fleet.workdir / f"{name}.port"
     server = fleet.launch(
         name,
@@ -206,8 +208,8 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
     gw_c, gw_c_pid = gateway_server(
         fleet, "gateway-cpu", cpu_args + (["--workers", "1"] if info.workers else []), {}, ADD_SUB
     )
-    floor_a, floor_a_pid = _floor(fleet, "floor-a", ["canned"])
-    floor_b, floor_b_pid = _floor(fleet, "floor-b", ["proxy", "--target", triton.grpc_url])
+    floor_a, floor_a_pid = floor_server(fleet, "floor-a", ["canned"])
+    floor_b, floor_b_pid = floor_server(fleet, "floor-b", ["proxy", "--target", triton.grpc_url])
     gpu = (1, 256)
     info.routes += [
         Route("triton", "Triton direct", triton.grpc_url, ADD_SUB, "Triton", tpid),
