@@ -1,10 +1,11 @@
 """The lean path of ``ModelStreamInfer``: messages that arrive together run together.
 
-Measured here (``loadtests/results/suite.md``): grpc hands a stream's reader
-one message per turn of the event loop, so a stream alone never has two
-messages waiting at once; but many streams busy at once each deliver one in
-the same turn. What they ask of one model then goes to the scheduler as one
-group (``scheduler.arrived_together``), and one placement and backend call
+grpc hands a stream's reader one message per turn of the event loop (each
+read waits for its own completion event from grpc's poller), so a stream alone
+never has two messages waiting at once; but many streams busy at once each
+deliver one in the same turn (under the suite's load of 16 streams, about ten
+a turn were counted). What they ask of one model then goes to the scheduler as
+one group (``scheduler.arrived_together``), and one placement and backend call
 serve them all where the model's batcher would have run each alone at once.
 """
 

@@ -32,9 +32,9 @@ async def infer_group(
 ) -> Results:
     """Run ``requests`` (all of model ``spec``, as the caller resolved it);
     one request's failure is its own, the others' results stand."""
-    batcher = scheduler.batcher_of(spec)  # None: the gateway does not batch the model
     if len(requests) == 1:
         return [await _one(scheduler, requests[0], spec)]
+    batcher = scheduler.batcher_of(spec)  # None: the gateway does not batch the model
     if batcher is None or (batcher.spec is not spec and batcher.spec != spec):
         return list(await asyncio.gather(*(_one(scheduler, r, spec) for r in requests)))
     start = clock.now()

@@ -282,7 +282,9 @@ def write_markdown(
     lines += [
         f"- Idle CPU with no load, ms per s: {context['idle_ms_per_s']}",
         f"- Load average at the end: {context['loadavg_end']}. Load generator, Triton and "
-        "every server share this machine's cores: a busy machine lowers every figure; "
+        "every server share this machine's cores, with whatever else runs on it (the "
+        "development VM is shared with other engineers' tests and benchmarks): a busy "
+        "machine lowers every figure; "
         "compare figures within one run, not across runs.",
         "- Per-round figures are in `suite.json` (`cells`).",
         "",
