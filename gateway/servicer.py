@@ -27,7 +27,8 @@ from gateway.request_log import RequestLog
 from gateway.security import Authenticator, authenticated
 from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
-from gateway.stream_rpc import header_of, relay_stream
+from gateway.stream_group import StreamGroups
+from gateway.stream_rpc import Decoded, header_of, relay_stream
 from gateway.telemetry import MODEL_INFER, Tracing, caller_trace_id
 from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
@@ -78,6 +79,15 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self.ready = False
         #: In-flight requests and bytes; ``door.close`` refuses new ones at shutdown.
         self.door = FrontDoor(max_bytes_in_flight)
+        self._groups = StreamGroups(
+            scheduler,
+            clock=clock,
+            door=self.door,
+            headers=self._headers,
+            decode=self._decode,
+            metrics=metrics,
+            request_log=self._request_log,
+        )
 
     @property
     def tracing(self) -> Tracing:
@@ -194,24 +204,37 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         """Requests on one stream run concurrently (up to ``stream_max_in_flight``)
         and their responses come back as they finish, matched by ``id`` as in
         Triton. A failed request answers with ``error_message``; the stream
-        goes on. Each request runs as a task whose done-callback queues its
-        response, so a message costs one task and no queue or semaphore hops.
-        A decoupled model's request pushes each of its responses itself, and
-        a sequence's steps run one after another (``gateway.stateful``).
+        goes on. With tracing off and no tenants, requests read in one turn of
+        the event loop, on any streams, run together, with no task per message
+        (``gateway.stream_group``); otherwise each runs as a task of its own
+        (``gateway.stream_rpc``). A decoupled model's request pushes each of its
+        responses itself, and a sequence's steps run one after another
+        (``gateway.stateful``).
         """
         if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)
+        lean = self.auth is None and not self._tracing.enabled  # spans, quotas: per request
         relay = relay_stream(
-            request_iterator, context, self._infer, self._stream_max_in_flight, self.door
+            request_iterator,
+            context,
+            self._infer,
+            self._stream_max_in_flight,
+            self.door,
+            self._groups.admit if lean else None,
         )
         async for message in relay:
             yield message
 
     async def _infer(
-        self, data: bytes, context: Context, stream: StreamSink | None = None
+        self,
+        data: bytes,
+        context: Context,
+        stream: StreamSink | None = None,
+        decoded: Decoded | None = None,
     ) -> bytes:
         """One request's encoded response; on a stream (``stream``), empty
-        when the request pushed its responses itself (a decoupled model's)."""
+        when the request pushed its responses itself (a decoupled model's).
+        ``decoded``: the stream's lean path decoded it already."""
         size = len(data)
         door = self.door
         door.enter(size)  # UNAVAILABLE when closing; bounded in bytes
@@ -228,7 +251,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if tenant is not None:  # before decoding: a refusal must cost little
                 tenant.quota.acquire(start)
                 quota = tenant.quota
-            infer_request, spec = self._decode(data, context, received_ns)
+            infer_request, spec = decoded or self._decode(data, context, received_ns)
             model, deadline = spec.name, infer_request.deadline
             if tenant is not None:
                 Authenticator.authorize(tenant, model)

@@ -17,11 +17,20 @@ from gateway.front_door import SHUTTING_DOWN, FrontDoor
 from gateway.stateful import StreamSink
 from gateway.status import abort, internal_error, short
 from scheduler.errors import GatewayError, Unavailable
+from scheduler.request import InferRequest
+from scheduler.spec import ModelSpec
 
 Context = grpc.aio.ServicerContext[Any, Any]
-#: Runs one request of the stream: its encoded response, or empty when it
-#: pushed its responses to the ``StreamSink`` itself (a decoupled model's).
-Infer = Callable[[bytes, Context, StreamSink], Coroutine[Any, Any, bytes]]
+#: A decoded request and its model, so that the usual path need not decode again.
+Decoded = tuple[InferRequest, ModelSpec]
+#: Runs one request of the stream (decoded already, or not): its encoded response,
+#: or empty when it pushed its responses to the ``StreamSink`` itself (a decoupled
+#: model's).
+Infer = Callable[[bytes, Context, StreamSink, Decoded | None], Coroutine[Any, Any, bytes]]
+#: Offers a message to the lean path (``gateway.stream_group``): True when taken
+#: (its final response then goes to the callback given), else the usual path runs
+#: it (with its decoding, when the offer got that far).
+Admit = Callable[[bytes, Context, Callable[[bytes], None]], bool | Decoded]
 
 
 async def relay_stream(
@@ -30,15 +39,23 @@ async def relay_stream(
     infer: Infer,
     limit: int,
     door: FrontDoor,
+    admit: Admit | None = None,
 ) -> AsyncIterator[bytes]:
     """Requests on one stream run concurrently (up to ``limit``) and their
     responses come back as they finish, matched by ``id`` as in Triton. A
-    failed request answers with ``error_message``; the stream goes on. Each
-    request runs as a task whose done-callback queues its response, so a
-    message costs one task and no queue or semaphore hops. A decoupled
+    failed request answers with ``error_message``; the stream goes on. A
+    request the lean path does not take runs as a task whose done-callback
+    queues its response: one task, no queue or semaphore hops. A decoupled
     model's request pushes each of its responses itself, and a sequence's
     steps run one after another (``gateway.stateful``). At shutdown the
     stream ends UNAVAILABLE (retryable), not CANCELLED.
+
+    With ``admit``, the reader first offers each message to the lean path,
+    which runs it with messages of other streams and calls back with its
+    response: no task per message; such a message counts towards ``limit``
+    until it is answered. A stream the caller cancels leaves its lean
+    messages to finish (their answers are dropped), as a batch outlives a
+    caller who left it.
     """
     loop = asyncio.get_running_loop()
     responses: collections.deque[bytes] = collections.deque()
@@ -46,6 +63,15 @@ async def relay_stream(
     room = asyncio.Event()  # fewer than the bound are running
     room.set()
     tasks: set[asyncio.Task[bytes]] = set()
+    lean = 0  # messages the lean path holds
+
+    def answered(message: bytes) -> None:
+        nonlocal lean
+        lean -= 1
+        if message:
+            responses.append(message)
+        room.set()
+        wake.set()
 
     def push(message: bytes) -> None:
         responses.append(message)
@@ -70,12 +96,21 @@ async def relay_stream(
         wake.set()
 
     async def read_all() -> None:
+        nonlocal lean
         try:
             async for request in request_iterator:
-                while len(tasks) >= limit:
+                while len(tasks) + lean >= limit:
                     room.clear()
                     await room.wait()
-                task = loop.create_task(infer(request, context, stream))
+                decoded = None
+                if admit is not None:
+                    offer = admit(request, context, answered)
+                    if offer is True:
+                        lean += 1
+                        continue
+                    if offer is not False:
+                        decoded = offer
+                task = loop.create_task(infer(request, context, stream, decoded))
                 tasks.add(task)
                 task.add_done_callback(functools.partial(finished, request))
         finally:
@@ -87,9 +122,9 @@ async def relay_stream(
         while True:
             while responses:
                 yield responses.popleft()
-            if reader.done() and not tasks:
+            if reader.done() and not tasks and not lean:
                 break
-            if door.closing and not tasks:
+            if door.closing and not tasks and not lean:
                 # Shutting down: end the stream retryably, not CANCELLED
                 # by the server's stop.
                 await abort(context, Unavailable(SHUTTING_DOWN))

@@ -24,11 +24,7 @@ from scheduler.candidates import CandidateTables
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup
-from scheduler.errors import (
-    GatewayError,
-    ModelNotFound,
-    Unavailable,
-)
+from scheduler.errors import GatewayError, ModelNotFound, Unavailable
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendFactory, BackendState, Fleet
 from scheduler.observer import SchedulerObserver
@@ -256,6 +252,11 @@ class Scheduler:
 
     def batcher(self, name: str) -> Batcher | None:
         return self._batchers.get(name)
+
+    def batcher_of(self, spec: ModelSpec) -> Batcher | None:
+        """The model's batcher, made on first use; None when the gateway does not batch it."""
+        batcher = self._batchers.get(spec.name, _UNSET)
+        return self._batcher_for(spec) if batcher is _UNSET else batcher
 
     def set_drained(self, backend_id: str, drained: bool) -> BackendState:
         """Take a backend out of rotation (placement skips it) or put it back.

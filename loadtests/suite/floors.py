@@ -1,4 +1,4 @@
-"""The two Python floors: what one ``grpc.aio`` process costs per request at the least.
+"""The Python floors: what one ``grpc.aio`` process costs per request at the least.
 
     python -m loadtests.suite.floors canned --port-file FILE
     python -m loadtests.suite.floors proxy --target 127.0.0.1:8001 --port-file FILE
@@ -7,6 +7,9 @@
   ``ModelInferResponse`` every time: bytes in, canned bytes out, no protobuf parsing.
   It is the least CPU a Python gRPC server can spend on a unary rpc, and what a
   batching gateway should approach, since its backend call is shared by a batch.
+  The same server answers ``ModelStreamInfer`` (the stream floor): each message
+  read gets the same pre-serialised ``ModelStreamInferResponse`` written back, in
+  order, by an async generator, so a stream's cost per message is grpc's own.
 - ``proxy`` (floor B) forwards each ``ModelInfer``'s bytes to a Triton over one
   ``grpc.aio`` channel and returns Triton's bytes: the least CPU a Python process
   can spend on the passthrough hop the gateway makes.  The caller's deadline goes
@@ -22,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -31,6 +34,9 @@ SERVICE = "inference.GRPCInferenceService"
 METHOD = f"/{SERVICE}/ModelInfer"
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+StreamHandler = Callable[
+    [AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]
+]
 
 
 def canned_handler() -> Handler:
@@ -43,6 +49,21 @@ def canned_handler() -> Handler:
         return reply
 
     return model_infer
+
+
+def canned_stream_handler() -> StreamHandler:
+    """The stream floor: the same reply bytes for every message, in order."""
+    from loadtests.suite.payloads import canned_stream_response
+
+    reply = canned_stream_response()
+
+    async def model_stream_infer(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield reply
+
+    return model_stream_infer
 
 
 def proxy_handler(channel: grpc.aio.Channel) -> Handler:
@@ -60,16 +81,16 @@ def proxy_handler(channel: grpc.aio.Channel) -> Handler:
     return model_infer
 
 
-async def serve(handler: Handler, port_file: Path) -> None:
-    """Serve ``handler`` as ModelInfer until SIGTERM or SIGINT."""
+async def serve(handler: Handler, port_file: Path, stream: StreamHandler | None = None) -> None:
+    """Serve ``handler`` as ModelInfer (and ``stream`` as ModelStreamInfer) until
+    SIGTERM or SIGINT."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(handler)}
-            )
-        ]
-    )
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(handler)
+    }
+    if stream is not None:
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(f"{port}\n")
@@ -83,7 +104,7 @@ async def serve(handler: Handler, port_file: Path) -> None:
 
 async def _main(args: argparse.Namespace) -> None:
     if args.kind == "canned":
-        await serve(canned_handler(), args.port_file)
+        await serve(canned_handler(), args.port_file, canned_stream_handler())
         return
     async with grpc.aio.insecure_channel(args.target) as channel:
         await serve(proxy_handler(channel), args.port_file)

@@ -20,7 +20,14 @@ import numpy.typing as npt
 
 from gateway.api.inference import grpc_service_pb2 as pb
 
-__all__ = ["ADD_SUB", "GPU_SIM", "GPU_SIM_TB", "Payload", "canned_response"]
+__all__ = [
+    "ADD_SUB",
+    "GPU_SIM",
+    "GPU_SIM_TB",
+    "Payload",
+    "canned_response",
+    "canned_stream_response",
+]
 
 #: Rows x columns of every tensor sent: the models' per-row width is 16.
 SHAPE = (1, 16)
@@ -74,3 +81,9 @@ def canned_response() -> bytes:
         raw_output_contents=[array.tobytes() for array in outputs.values()],
     )
     return response.SerializeToString()
+
+
+def canned_stream_response() -> bytes:
+    """:func:`canned_response` as a stream sends it: a ``ModelStreamInferResponse``."""
+    response = pb.ModelInferResponse.FromString(canned_response())
+    return pb.ModelStreamInferResponse(infer_response=response).SerializeToString()

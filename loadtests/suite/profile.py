@@ -1,10 +1,12 @@
 """Where the gateway's CPU goes per request: py-spy under ghz load (``make bench-profile``).
 
-    python -m loadtests.suite.profile [--path passthrough|cpu] [--seconds 15]
+    python -m loadtests.suite.profile [--path passthrough|cpu|stream] [--seconds 15]
 
 Starts the suite's Triton and the gateway as the suite does, drives the chosen path
-with ghz at concurrency 64 and samples the gateway with ``py-spy record`` (a dev
-tool, not a dependency: ``make bench-profile`` installs it into the venv).  Writes
+with ghz at concurrency 64 (``stream``: the CPU model over ``ModelStreamInfer``, 16
+streams of 100 messages, as the suite's stream route) and samples the gateway with
+``py-spy record`` (a dev tool, not a dependency: ``make bench-profile`` installs it
+into the venv).  Writes
 ``loadtests/results/profile_<path>.md`` and an SVG flamegraph ``profile_<path>.svg``.
 
 py-spy samples *runnable* threads, not CPU time: on a machine with more runnable
@@ -36,7 +38,7 @@ from pathlib import Path
 from loadtests.suite.load import Ghz, find_ghz
 from loadtests.suite.payloads import ADD_SUB
 from loadtests.suite.procs import Fleet, exit_on_sigterm
-from loadtests.suite.servers import gateway_server, gateway_triton_env, triton_server
+from loadtests.suite.servers import STREAMS, gateway_server, gateway_triton_env, triton_server
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 _LINE = re.compile(r":\d+\)$")
@@ -119,8 +121,15 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
             args = ["--cpu-model", "builtin:add_sub"]
             address, pid = gateway_server(fleet, "gateway", args, {}, ADD_SUB)
         ghz = Ghz(ghz_binary, workdir)
-        ghz.run(address, ADD_SUB, concurrency=64, total=3000, max_s=120)  # warm-up
-        command = ghz.command(address, ADD_SUB, concurrency=64, total=10_000_000)
+        concurrency, messages = (STREAMS, 100) if path == "stream" else (64, None)
+        calls = 3000 // (messages or 1)
+        ghz.run(  # warm-up
+            address, ADD_SUB, concurrency=concurrency, total=calls, max_s=120,
+            stream_messages=messages,
+        )  # fmt: skip
+        command = ghz.command(
+            address, ADD_SUB, concurrency=concurrency, total=10_000_000, stream_messages=messages
+        )
         load = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         fleet.adopt("ghz", load.kill)  # stopped first: the servers go after it
         svg = RESULTS / f"profile_{path}.svg"
@@ -140,7 +149,8 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
     out.write_text(
         "\n".join(
             [
-                f"# Gateway CPU profile: {path} path, ghz c=64, add_sub",
+                f"# Gateway CPU profile: {path} path, ghz c={concurrency}, add_sub"
+                + (f", {messages} messages per stream" if messages else ""),
                 "",
                 f"`python -m loadtests.suite.profile --path {path} --seconds {seconds} "
                 f"--recordings {recordings}` · py-spy record, 200 Hz, {total} samples of "
@@ -170,7 +180,7 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", choices=["passthrough", "cpu"], default="passthrough")
+    parser.add_argument("--path", choices=["passthrough", "cpu", "stream"], default="passthrough")
     parser.add_argument("--seconds", type=int, default=10, help="per recording")
     parser.add_argument("--recordings", type=int, default=3, help="median over this many")
     args = parser.parse_args()

@@ -9,7 +9,8 @@ one instance, max batch 64.  In front of it, or beside it:
   queue delay that ``gpu_sim_tb`` gives Triton's own batcher;
 - gateway C: the CPU built-in ``add_sub`` only (``--workers 1`` when the CLI has it);
 - gateway C2: the same with ``--workers 2``, when the CLI has the setting;
-- floor A (canned reply) and floor B (bytes proxy to the Triton), see ``floors``;
+- floor A (canned reply, also the stream floor) and floor B (bytes proxy to the
+  Triton), see ``floors``;
 - MLServer, when ``loadtests/.mlserver-venv`` holds it (``make mlserver``).
 
 A :class:`Route` names the address and model a load run targets, the process whose
@@ -36,6 +37,7 @@ __all__ = [
     "GPU_COST",
     "MLSERVER_VENV",
     "Route",
+    "floor_server",
     "gateway_server",
     "gateway_triton_env",
     "infer_ok",
@@ -118,7 +120,8 @@ def gateway_server(
     return server.address, server.pid
 
 
-def _floor(fleet: Fleet, name: str, args: list[str]) -> tuple[str, int]:
+def floor_server(fleet: Fleet, name: str, args: list[str]) -> tuple[str, int]:
+    """Start a floor (``floors``) with ``args``; return its address and PID."""
     port_file = fleet.workdir / f"{name}.port"
     server = fleet.launch(
         name,
@@ -205,8 +208,8 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
     gw_c, gw_c_pid = gateway_server(
         fleet, "gateway-cpu", cpu_args + (["--workers", "1"] if info.workers else []), {}, ADD_SUB
     )
-    floor_a, floor_a_pid = _floor(fleet, "floor-a", ["canned"])
-    floor_b, floor_b_pid = _floor(fleet, "floor-b", ["proxy", "--target", triton.grpc_url])
+    floor_a, floor_a_pid = floor_server(fleet, "floor-a", ["canned"])
+    floor_b, floor_b_pid = floor_server(fleet, "floor-b", ["proxy", "--target", triton.grpc_url])
     gpu = (1, 256)
     info.routes += [
         Route("triton", "Triton direct", triton.grpc_url, ADD_SUB, "Triton", tpid),
@@ -259,6 +262,17 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
             ADD_SUB,
             "gateway",
             gw_c_pid,
+            None,
+            (STREAMS,),
+            stream_messages,
+        ),
+        Route(
+            "stream_floor",
+            f"stream floor: grpc.aio canned ModelStreamInfer, {stream_messages} msgs/stream",
+            floor_a,
+            ADD_SUB,
+            "floor A",
+            floor_a_pid,
             None,
             (STREAMS,),
             stream_messages,

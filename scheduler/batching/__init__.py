@@ -7,6 +7,7 @@ groups.py   GroupIndex: items grouped by key, and the first due group, in O(log 
 sorted_run.py  SortedRun: the sorted chunks each group keeps its items in
 merge.py    merge_inputs / split_outputs / shape_key: tensors in and out of a batch
 batcher.py  Batcher: the asyncio driver (submit, background loop, failure isolation)
+together.py SubmitsTogether: Batcher.submit_group, requests that arrived together run at once
 info.py     BatchInfo (what run_batch is told), RunBatch, BatcherCounters
 admission.py  AdmissionPolicy, admit_by_deadline: refuse what the queue would make late
 """

@@ -19,6 +19,7 @@ from scheduler.batching.info import SCHEDULING_PARAMETERS, BatcherCounters, Batc
 from scheduler.batching.merge import params_key, rows_of, split_outputs
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem
+from scheduler.batching.together import SubmitsTogether
 from scheduler.batching.waker import Waker
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.errors import (
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 _MIN_SLEEP_S = 0.0002
 
 
-class Batcher:
+class Batcher(SubmitsTogether):
     """Batches one model's requests from many callers into few backend calls.
 
     ``submit`` pushes the request, with the future its result goes to, into a
@@ -59,6 +60,7 @@ class Batcher:
 
     Each batch runs in its own task through a ``BatchExecutor`` (merge,
     ``run_batch``, split, failure isolation: see ``execution``).
+    ``submit_group`` takes requests that arrived together (``together``).
 
     Waits run on the event loop's timer, so ``clock`` must advance in real
     time (the simulator drives ``BatchQueue`` itself on virtual time).

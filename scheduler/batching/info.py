@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from scheduler.tracing import Phase
 
 #: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch,
-#: ``alone`` for a request that skipped the queue (nothing to merge with, a
-#: backend free), or ``solo`` for a request of a model the gateway does not
-#: batch. The last two are single requests, not batches, for the metrics.
-BatchTrigger = Trigger | Literal["split", "solo", "alone"]
+#: ``stream`` for requests that arrived together on streams and ran at once
+#: (``Batcher.submit_group``), ``alone`` for a request that skipped the queue
+#: (nothing to merge with, a backend free), or ``solo`` for a request of a model
+#: the gateway does not batch. The last two are single requests, not batches,
+#: for the metrics.
+BatchTrigger = Trigger | Literal["split", "stream", "solo", "alone"]
 #: Triggers of single requests that were never batched.
 UNBATCHED = frozenset({"solo", "alone"})
 

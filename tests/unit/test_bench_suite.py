@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from loadtests.suite.floors import canned_handler
+from loadtests.suite.floors import canned_handler, canned_stream_handler
 from loadtests.suite.ghz_check import localise
 from loadtests.suite.load import _shot
-from loadtests.suite.payloads import ADD_SUB, canned_response
+from loadtests.suite.payloads import ADD_SUB, canned_response, canned_stream_response
 from loadtests.suite.procs import Fleet, tree_cpu_s
 from loadtests.suite.report import evaluate
 from loadtests.suite.runner import Summary
@@ -106,14 +107,16 @@ def test_targets_compare_with_the_strongest_reference_and_never_pass_on_missing_
         "floor_a": {64: _summary("floor_a", 64, front_cpu_us=220.0)},
         "cpu": {64: _summary("cpu", 64, front_cpu_us=300.0)},
         "stream": {16: _summary("stream", 16, front_cpu_us=140.0)},
+        "stream_floor": {16: _summary("stream_floor", 16, front_cpu_us=100.0)},
     }
-    cpu, p50, batch_cpu, batch_rps, mlserver, stream, workers = evaluate(medians)
+    cpu, p50, batch_cpu, batch_rps, mlserver, stream, to_floor, workers = evaluate(medians)
     assert (cpu.verdict, cpu.value) == ("PASS", pytest.approx(1.075))
     assert p50.verdict == "FAIL" and p50.value == pytest.approx(0.6)
     assert batch_cpu.verdict == "FAIL"  # 300 / 220 > 1.2
     assert batch_rps.verdict == "FAIL"  # 0.5 of Triton's batcher
     assert mlserver.verdict.startswith("n/a")  # MLServer absent: never PASS
     assert stream.verdict == "PASS"
+    assert (to_floor.verdict, to_floor.value) == ("info", pytest.approx(1.4))
     assert workers.verdict.startswith("n/a")
 
 
@@ -133,3 +136,16 @@ async def test_floor_a_answers_the_canned_add_sub_reply() -> None:
     decoded = pb.ModelInferResponse.FromString(reply)
     assert [o.name for o in decoded.outputs] == ["OUTPUT0", "OUTPUT1"]
     assert [len(raw) for raw in decoded.raw_output_contents] == [64, 64]
+
+
+async def test_the_stream_floor_answers_each_message_in_order() -> None:
+    from gateway.api.inference import grpc_service_pb2 as pb
+
+    async def messages() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield ADD_SUB.request_bytes()
+
+    replies = [r async for r in canned_stream_handler()(messages(), None)]  # type: ignore[arg-type]
+    assert replies == [canned_stream_response()] * 3
+    decoded = pb.ModelStreamInferResponse.FromString(replies[0])
+    assert decoded.infer_response.SerializeToString() == canned_response()
