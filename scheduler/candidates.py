@@ -18,8 +18,8 @@ tier, concurrency  the fleet and the registry                   table rebuilt on
                                                                 fleet change
 available          breaker / drain / discovery, as the instant  O(1) per change
                    ``available_from`` from which the backend    (hooks), compared
-                   takes work                                   with ``now`` per
-                                                                decision
+                   takes work                                   with ``now`` when
+                                                                ``now`` crosses one
 queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
                                                                 (``Tally.watch``)
 queued (theirs)    Triton's pending requests x the 1-row        per telemetry
@@ -35,14 +35,15 @@ service            the estimator, per batch-size bucket         rows whose value
                                                                 when it observes
 =================  ===========================================  ==================
 
-A decision then costs a few vector operations (``avail_from <= now``,
-``maximum(ours, theirs)``, ``now - sampled_at``) plus ``place``. Arrays
+A decision then costs a few vector operations (``maximum(ours, theirs)``,
+``now - sampled_at``) plus ``place``. Arrays
 handed out in a ``Candidates`` are never written afterwards (columns that are
 updated in place are copied first), so a caller may keep one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
@@ -80,6 +81,12 @@ class ModelTable:
         self._divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
+        # Who takes work is a step function of ``now``: the same between the
+        # nearest ``avail_from`` at or before the last look and the next one
+        # after it, until an ``avail_from`` changes (``set_available_from``).
+        self._available: Bools = np.zeros(n, np.bool_)
+        self._capacity = 0
+        self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
         self.ours = np.array(
             [s.busy_s[name] / d for s, d in zip(states, self._divisor, strict=True)]
         )
@@ -98,6 +105,37 @@ class ModelTable:
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
         self.ours[row] = seconds / self._divisor[row]
+
+    def set_available_from(self, row: int, available_from: float) -> None:
+        self.avail_from[row] = available_from
+        self._available_in = (math.inf, -math.inf)
+
+    def available(self, now: float) -> Bools:
+        """``avail_from <= now``, recomputed only when ``now`` crossed an
+        ``avail_from`` or one changed; the array is never written afterwards."""
+        low, high = self._available_in
+        if not low <= now < high:
+            self._look(now)
+        return self._available
+
+    def capacity(self, now: float) -> int:
+        """Instances, summed over the rows that take work at ``now``."""
+        low, high = self._available_in
+        if not low <= now < high:
+            self._look(now)
+        return self._capacity
+
+    def _look(self, now: float) -> None:
+        avail_from = self.avail_from
+        available = np.less_equal(avail_from, now)  # the ufunc: faster than <=
+        self._available = available
+        self._capacity = int(self.concurrency[available].sum())
+        before = avail_from[available]
+        after = avail_from[~available]
+        self._available_in = (
+            float(before.max()) if before.size else -math.inf,
+            float(after.min()) if after.size else math.inf,
+        )
 
     def set_load_ok(self, row: int, ok: bool) -> None:
         if self.load_ok[row] != ok:
@@ -174,7 +212,7 @@ class ModelTable:
         return Candidates(
             self.ids,  # backend_ids
             self.tier,  # tier
-            np.less_equal(self.avail_from, now),  # available (the ufunc: faster than <=)
+            self.available(now),  # available
             self.memory_ok,  # memory_ok
             self.load_ok,  # load_ok
             # queued_s: Triton's queue holds other gateways' work too; ours is
@@ -269,10 +307,7 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        table = self.table(model)
-        if len(table.ids) == 1:  # a vector operation costs more than the answer
-            return int(table.concurrency.item(0)) if table.avail_from.item(0) <= now else 0
-        return int(table.concurrency[table.avail_from <= now].sum())
+        return self.table(model).capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
@@ -332,7 +367,7 @@ class CandidateTables:
     def _availability_changed(self, state: BackendState) -> None:
         available_from = state.available_from()
         for table, row in self._rows_of.get(state.id, ()):
-            table.avail_from[row] = available_from
+            table.set_available_from(row, available_from)
 
     def _in_flight_changed(self, backend_id: str, delta: int) -> None:
         slot = self._slot_of.get(backend_id)
