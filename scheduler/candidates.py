@@ -101,6 +101,9 @@ class ModelTable:
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service: dict[int, Floats] = {}
+        #: Buckets whose array went out in a ``Candidates`` since it was last
+        #: written: the next write copies it first; the others are written in place.
+        self._lent: set[int] = set()
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
@@ -153,13 +156,17 @@ class ModelTable:
         estimate can move: that bucket, and those interpolated from it. Done
         here, when a call's outcome is learned, not in the next decision."""
         backend_id = self.ids[row]
-        for cached, values in list(self._service.items()):
+        lent = self._lent
+        for cached, values in self._service.items():
             if (
                 bucket is None
                 or cached == bucket
                 or not estimator.has_bucket(backend_id, self.name, cached)
             ):
-                values = self._service[cached] = values.copy()  # a Candidates may hold it
+                if cached in lent:  # a Candidates holds it: write a copy
+                    lent.discard(cached)
+                    values = values.copy()
+                    self._service[cached] = values  # same key: the dict keeps its shape
                 values[row] = _predict(estimator, backend_id, self.name, cached)
                 if cached == 1:
                     self._theirs[row] = self._pending[row] * _known(values[row])
@@ -200,7 +207,9 @@ class ModelTable:
         self.epoch = index.epoch
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        service = self.service(bucket_of(rows), estimator)
+        bucket = bucket_of(rows)
+        service = self.service(bucket, estimator)
+        self._lent.add(bucket)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
@@ -375,9 +384,10 @@ class CandidateTables:
             return
         total = self._in_flight[slot] + delta
         self._in_flight[slot] = total
-        ok = total < self._config.max_in_flight_per_backend
-        if ok == self._in_flight_ok[slot]:
-            return  # the common case: no cap crossed
+        limit = self._config.max_in_flight_per_backend
+        ok = total < limit
+        if ok == (total - delta < limit):
+            return  # the common case: no cap crossed (in plain ints, not the array)
         self._in_flight_ok[slot] = ok
         for table, row in self._rows_of.get(backend_id, ()):
             if table.epoch == self._index.epoch:  # others re-gather before their next read
