@@ -379,6 +379,10 @@ class BatchQueue(Generic[T]):
         before a batch finishes (which wakes the batcher), so the wake-up
         leaves the delay triggers out: waking for them would spin.
         """
+        if not any(self._count.values()):
+            # Nothing queued (a batch finished with nothing waiting: common
+            # under light load): nothing to expire, cut or wake for.
+            return tuple.__new__(Step, ([], [], None))
         expired = self.expire(now)
         self.remove_cancelled()
         batches: list[Batch[T]] = []

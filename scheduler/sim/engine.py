@@ -187,16 +187,19 @@ class Simulation:
         events, clock, pop = self._events, self.clock, heapq.heappop
         n, total = 0, len(arrivals)
         due = arrivals[0].at_s if total else math.inf
+        current = clock.now()  # only this loop moves the clock
         while True:
             if events and events[0][0] < due:
                 when, _, callback, args = pop(events)
-                if when > clock.now():
+                if when > current:
                     clock.set(when)
+                    current = when
                 callback(*args)
             elif n < total:
                 a = arrivals[n]
-                if due > clock.now():
+                if due > current:
                     clock.set(due)
+                    current = due
                 submit = submits[n % count]
                 n += 1
                 due = arrivals[n].at_s if n < total else math.inf
