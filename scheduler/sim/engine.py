@@ -81,6 +81,10 @@ class Scenario:
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
     #: Each replica's own CPU (one FIFO server a process); off by default.
     gateway_cpu: CpuStage = field(default_factory=CpuStage)
+    #: Refuse at the door what the queue would make late, as the live
+    #: ``Batcher`` does (``batching.admission``); off by default: the named
+    #: scenarios' recorded results were made without it.
+    admission: bool = False
 
 
 class SimClock(ManualClock):
@@ -141,6 +145,7 @@ class Simulation:
                 finished=self.finished.append,
                 seed=scenario.seed + 100 + i,
                 cpu=scenario.gateway_cpu,
+                admission=scenario.admission,
             )
             for i in range(scenario.replicas)
         ]
