@@ -123,22 +123,16 @@ class ModelTable:
 
     def capacity(self, now: float) -> int:
         """Instances, summed over the rows that take work at ``now``."""
-        low, high = self._available_in
-        if not low <= now < high:
-            self._look(now)
+        self.available(now)
         return self._capacity
 
     def _look(self, now: float) -> None:
-        avail_from = self.avail_from
-        available = np.less_equal(avail_from, now)  # the ufunc: faster than <=
-        self._available = available
+        available = self._available = np.less_equal(self.avail_from, now)
         self._capacity = int(self.concurrency[available].sum())
-        before = avail_from[available]
-        after = avail_from[~available]
-        self._available_in = (
-            float(before.max()) if before.size else -math.inf,
-            float(after.min()) if after.size else math.inf,
-        )
+        # Valid from the latest avail_from reached to the earliest one not yet reached.
+        low = np.max(self.avail_from, where=available, initial=-math.inf)
+        high = np.min(self.avail_from, where=~available, initial=math.inf)
+        self._available_in = (float(low), float(high))
 
     def set_load_ok(self, row: int, ok: bool) -> None:
         if self.load_ok[row] != ok:
@@ -402,15 +396,5 @@ class CandidateTables:
 def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
     keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
     rows = np.array(keep, np.intp)
-    return Candidates(
-        backend_ids=tuple(c.backend_ids[i] for i in keep),
-        tier=c.tier[rows],
-        available=c.available[rows],
-        memory_ok=c.memory_ok[rows],
-        load_ok=c.load_ok[rows],
-        queued_s=c.queued_s[rows],
-        service_s=c.service_s[rows],
-        telemetry_age_s=c.telemetry_age_s[rows],
-        accelerator_ok=None if c.accelerator_ok is None else c.accelerator_ok[rows],
-        outstanding=None if c.outstanding is None else c.outstanding[rows],
-    )
+    columns = (None if column is None else column[rows] for column in c[1:])
+    return Candidates._make([tuple(c.backend_ids[i] for i in keep), *columns])

@@ -150,7 +150,10 @@ class Replica:
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
                 parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
-                admit_by_deadline(queue, request, request.rows, now, parallel, self._admission)
+                # ...unless the request skips the queue there (its own batch at once):
+                alone = not self._policies[model].max_queue_delay_us and not len(queue)
+                if not (alone and self.in_flight[model] < parallel):
+                    admit_by_deadline(queue, request, request.rows, now, parallel, self._admission)
             queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
