@@ -348,7 +348,11 @@ def main() -> int:
         metavar=("FAST", "FAST_ROW", "SLOW", "SLOW_ROW", "CPU", "CPU_ROW"),
         help="ms per batch and per row of each device (default 40 1 80 2 50 4)",
     )
-    parser.add_argument("--device-ms", type=float, default=1.0, help="per-call device overhead")
+    parser.add_argument(
+        "--device-ms",
+        type=float,
+        help="per-call device overhead (default: measured in the calibration run)",
+    )
     parser.add_argument(
         "--calibrate-rate", type=float, default=20.0, help="req/s of the run that measures the path"
     )
@@ -384,13 +388,18 @@ def main() -> int:
     if args.fold_client and not args.no_cpu_stage:
         cpu_ms += _num(idle["probe_client_cpu_ms_per_request"])
     stage = CpuStage(cpu_ms * args.cpu_before / 1e3, cpu_ms * (1 - args.cpu_before) / 1e3)
-    service_ms = fleet.fast[0] + fleet.fast[1] + args.device_ms + cpu_ms
+    # A call's overhead on the device (the Python backend's IPC, the stub's
+    # wake-up): Triton's compute time a request in the calibration run (batches
+    # of one) less the cost the fast server was configured with.
+    fast_seen: dict[str, float] = idle["servers"]["fast"]  # type: ignore[index]
+    device_ms = args.device_ms
+    if device_ms is None:
+        device_ms = max(0.0, fast_seen["compute_ms"] - fleet.fast[0] - fleet.fast[1])
+    service_ms = fleet.fast[0] + fleet.fast[1] + device_ms + cpu_ms
     path_ms = [max(0.0, x - service_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
     real = real_run(args.rate, args.duration, fleet, deadline_s=deadline_s, poisson_seed=args.seed)
     sent_at_s: list[float] = real.pop("sent_at_s")  # type: ignore[assignment]
-    sim = simulated_run(
-        sent_at_s, fleet, args.device_ms, path_ms, stage, deadline_s, args.path_before
-    )
+    sim = simulated_run(sent_at_s, fleet, device_ms, path_ms, stage, deadline_s, args.path_before)
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
         ("p99 ms", real["p99_ms"], sim["p99_ms"], False),
@@ -405,7 +414,12 @@ def main() -> int:
         f"{len(sent_at_s)} send times. Calibrated at {args.calibrate_rate:.0f} req/s: "
         f"idle p50 {_num(idle['p50_ms']):.1f} ms (p99 {_num(idle['p99_ms']):.1f} ms), so the "
         f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
-        f"idle run) and each device call {args.device_ms:.1f} ms.",
+        f"idle run) and each device call {device_ms:.1f} ms"
+        + (
+            " (measured there: Triton's compute less the configured cost)."
+            if args.device_ms is None
+            else "."
+        ),
         f"Gateway CPU per request (/proc utime+stime less idle, in a 3 s probe at "
         f"{args.rate:.0f} req/s after the calibration run): "
         f"{_num(idle['probe_gateway_cpu_ms_per_request']):.2f} ms; load generator's: "
