@@ -216,7 +216,7 @@ class Simulation:
     def send(self, device_id: str, call: Call, replica: Replica) -> None:
         device = self.devices[device_id]
         now = self.clock.now()
-        failure = device.failure_at(now)
+        failure = device.failure_at(now) if device.spec.failures else None
         if failure is not None and failure.kind == "dead":
             error = BackendUnavailable(f"{device_id}: connection refused", backend_id=device_id)
             self.at(now + REFUSE_S, replica.call_done, call, error)

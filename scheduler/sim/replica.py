@@ -185,7 +185,10 @@ class Replica:
             self._end(item.payload, now, "expired")
         for batch in step.batches:
             self.in_flight[model] += 1
-            deadline = min(item.payload.deadline for item in batch.items)
+            items = batch.items  # most batches here are of one request
+            deadline = items[0].payload.deadline
+            for item in items[1:]:
+                deadline = min(deadline, item.payload.deadline)
             self._place(InFlight(batch, None, None, 0, 0.0, now, deadline))  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:
