@@ -165,12 +165,13 @@ class Simulation:
         they were pushed first). The heap then holds only what is in progress,
         and each request's record is made when it arrives.
 
-        The cyclic garbage collector is off while it plays: nothing the run
-        makes forms a reference cycle (the batch queue breaks the one between
-        an item and its queue entry as the item leaves), so reference counting
-        frees everything, and each of the collector's full passes would
-        otherwise walk every arrival and finished request, more per pass as
-        the run goes on.
+        The cyclic garbage collector is off while it plays: nothing made per
+        request or per batch forms a reference cycle (the batch queue breaks
+        the one between an item and its queue entry as the item leaves), so
+        reference counting frees them, and each of the collector's full passes
+        would otherwise walk every arrival and finished request, more per pass
+        as the run goes on. (The simulation's own objects do form cycles, with
+        their hooks; the collector takes them once it is back on.)
         """
         enabled = gc.isenabled()
         gc.disable()
