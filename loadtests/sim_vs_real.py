@@ -258,7 +258,8 @@ def simulated_run(
     of that draw delays the request's arrival at the batch queue while its
     deadline stays anchored at the send time (the client's deadline runs
     from the send: time lost on the way in is time the policy no longer has,
-    which decides spills to the CPU tier); the rest is added to its reply."""
+    which decides spills to the CPU tier), and the rest of a second, separate
+    draw is added to its reply."""
     extra = device_ms / 1e3
 
     def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
