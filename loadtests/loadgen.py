@@ -36,6 +36,9 @@ class LoadResult:
     concurrency: int
     duration_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    #: When each request was sent, seconds from the start (open loop only),
+    #: so a simulator can replay the very same arrivals.
+    sent_at_s: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
@@ -97,9 +100,12 @@ async def run_load(
     timeout_s: float = 10.0,
     parameters: dict[str, Any] | None = None,
     progress: bool = False,
+    poisson_seed: int | None = None,
 ) -> LoadResult:
     """Send load for ``duration_s`` (and at most ``max_requests``), then wait
-    for what is in flight (each call bounded by ``timeout_s``)."""
+    for what is in flight (each call bounded by ``timeout_s``). With ``rate``
+    and ``poisson_seed``, the gaps between requests are exponential (Poisson
+    arrivals) instead of fixed."""
     result = LoadResult(concurrency)
     sent = 0
     start = time.perf_counter()
@@ -133,15 +139,17 @@ async def run_load(
             slots = asyncio.Semaphore(concurrency)
             tasks: set[asyncio.Task[None]] = set()
             interval = 1.0 / (rate or 1.0)
+            gaps = None if poisson_seed is None else np.random.default_rng(poisson_seed)
             inputs = make_inputs()
             next_at = time.perf_counter()
             while more():
-                next_at += interval
+                next_at += interval if gaps is None else gaps.exponential(interval)
                 if slots.locked():
                     result.dropped += 1
                 else:
                     await slots.acquire()
                     sent += 1
+                    result.sent_at_s.append(time.perf_counter() - start)
                     task = asyncio.create_task(one(inputs))
                     task.add_done_callback(lambda t: (slots.release(), tasks.discard(t)))
                     tasks.add(task)

@@ -18,8 +18,8 @@ tier, concurrency  the fleet and the registry                   table rebuilt on
                                                                 fleet change
 available          breaker / drain / discovery, as the instant  O(1) per change
                    ``available_from`` from which the backend    (hooks), compared
-                   takes work                                   with ``now`` per
-                                                                decision
+                   takes work                                   with ``now`` when
+                                                                ``now`` crosses one
 queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
                                                                 (``Tally.watch``)
 queued (theirs)    Triton's pending requests x the 1-row        per telemetry
@@ -35,14 +35,15 @@ service            the estimator, per batch-size bucket         rows whose value
                                                                 when it observes
 =================  ===========================================  ==================
 
-A decision then costs a few vector operations (``avail_from <= now``,
-``maximum(ours, theirs)``, ``now - sampled_at``) plus ``place``. Arrays
+A decision then costs a few vector operations (``maximum(ours, theirs)``,
+``now - sampled_at``) plus ``place``. Arrays
 handed out in a ``Candidates`` are never written afterwards (columns that are
 updated in place are copied first), so a caller may keep one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
@@ -80,6 +81,12 @@ class ModelTable:
         self._divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
+        # Who takes work is a step function of ``now``: the same between the
+        # nearest ``avail_from`` at or before the last look and the next one
+        # after it, until an ``avail_from`` changes (``set_available_from``).
+        self._available: Bools = np.zeros(n, np.bool_)
+        self._capacity = 0
+        self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
         self.ours = np.array(
             [s.busy_s[name] / d for s, d in zip(states, self._divisor, strict=True)]
         )
@@ -94,10 +101,38 @@ class ModelTable:
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service: dict[int, Floats] = {}
+        #: Buckets whose array went out in a ``Candidates`` since it was last
+        #: written: the next write copies it first; the others are written in place.
+        self._lent: set[int] = set()
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
         self.ours[row] = seconds / self._divisor[row]
+
+    def set_available_from(self, row: int, available_from: float) -> None:
+        self.avail_from[row] = available_from
+        self._available_in = (math.inf, -math.inf)
+
+    def available(self, now: float) -> Bools:
+        """``avail_from <= now``, recomputed only when ``now`` crossed an
+        ``avail_from`` or one changed; the array is never written afterwards."""
+        low, high = self._available_in
+        if not low <= now < high:
+            self._look(now)
+        return self._available
+
+    def capacity(self, now: float) -> int:
+        """Instances, summed over the rows that take work at ``now``."""
+        self.available(now)
+        return self._capacity
+
+    def _look(self, now: float) -> None:
+        available = self._available = np.less_equal(self.avail_from, now)
+        self._capacity = int(self.concurrency[available].sum())
+        # Valid from the latest avail_from reached to the earliest one not yet reached.
+        low = np.max(self.avail_from, where=available, initial=-math.inf)
+        high = np.min(self.avail_from, where=~available, initial=math.inf)
+        self._available_in = (float(low), float(high))
 
     def set_load_ok(self, row: int, ok: bool) -> None:
         if self.load_ok[row] != ok:
@@ -115,13 +150,17 @@ class ModelTable:
         estimate can move: that bucket, and those interpolated from it. Done
         here, when a call's outcome is learned, not in the next decision."""
         backend_id = self.ids[row]
-        for cached, values in list(self._service.items()):
+        lent = self._lent
+        for cached, values in self._service.items():
             if (
                 bucket is None
                 or cached == bucket
                 or not estimator.has_bucket(backend_id, self.name, cached)
             ):
-                values = self._service[cached] = values.copy()  # a Candidates may hold it
+                if cached in lent:  # a Candidates holds it: write a copy
+                    lent.discard(cached)
+                    values = values.copy()
+                    self._service[cached] = values  # same key: the dict keeps its shape
                 values[row] = _predict(estimator, backend_id, self.name, cached)
                 if cached == 1:
                     self._theirs[row] = self._pending[row] * _known(values[row])
@@ -162,7 +201,9 @@ class ModelTable:
         self.epoch = index.epoch
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        service = self.service(bucket_of(rows), estimator)
+        bucket = bucket_of(rows)
+        service = self.service(bucket, estimator)
+        self._lent.add(bucket)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
@@ -174,7 +215,7 @@ class ModelTable:
         return Candidates(
             self.ids,  # backend_ids
             self.tier,  # tier
-            np.less_equal(self.avail_from, now),  # available (the ufunc: faster than <=)
+            self.available(now),  # available
             self.memory_ok,  # memory_ok
             self.load_ok,  # load_ok
             # queued_s: Triton's queue holds other gateways' work too; ours is
@@ -269,10 +310,7 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        table = self.table(model)
-        if len(table.ids) == 1:  # a vector operation costs more than the answer
-            return int(table.concurrency.item(0)) if table.avail_from.item(0) <= now else 0
-        return int(table.concurrency[table.avail_from <= now].sum())
+        return self.table(model).capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
@@ -332,7 +370,7 @@ class CandidateTables:
     def _availability_changed(self, state: BackendState) -> None:
         available_from = state.available_from()
         for table, row in self._rows_of.get(state.id, ()):
-            table.avail_from[row] = available_from
+            table.set_available_from(row, available_from)
 
     def _in_flight_changed(self, backend_id: str, delta: int) -> None:
         slot = self._slot_of.get(backend_id)
@@ -340,9 +378,10 @@ class CandidateTables:
             return
         total = self._in_flight[slot] + delta
         self._in_flight[slot] = total
-        ok = total < self._config.max_in_flight_per_backend
-        if ok == self._in_flight_ok[slot]:
-            return  # the common case: no cap crossed
+        limit = self._config.max_in_flight_per_backend
+        ok = total < limit
+        if ok == (total - delta < limit):
+            return  # the common case: no cap crossed (in plain ints, not the array)
         self._in_flight_ok[slot] = ok
         for table, row in self._rows_of.get(backend_id, ()):
             if table.epoch == self._index.epoch:  # others re-gather before their next read
@@ -357,15 +396,5 @@ class CandidateTables:
 def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
     keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
     rows = np.array(keep, np.intp)
-    return Candidates(
-        backend_ids=tuple(c.backend_ids[i] for i in keep),
-        tier=c.tier[rows],
-        available=c.available[rows],
-        memory_ok=c.memory_ok[rows],
-        load_ok=c.load_ok[rows],
-        queued_s=c.queued_s[rows],
-        service_s=c.service_s[rows],
-        telemetry_age_s=c.telemetry_age_s[rows],
-        accelerator_ok=None if c.accelerator_ok is None else c.accelerator_ok[rows],
-        outstanding=None if c.outstanding is None else c.outstanding[rows],
-    )
+    columns = (None if column is None else column[rows] for column in c[1:])
+    return Candidates._make([tuple(c.backend_ids[i] for i in keep), *columns])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,9 +100,19 @@ class ServiceTimeEstimator:
         exact = buckets.get(bucket)
         if exact is not None:
             return exact.seconds
-        known = sorted(buckets, key=lambda b: abs(b - bucket))[:2]
-        if len(known) == 1:
-            (only,) = known
+        # The two known buckets nearest ``bucket`` (the first seen wins a tie,
+        # as a stable sort by distance would have it): one pass, no sort.
+        near = far = -1
+        near_d = far_d = math.inf
+        for known in buckets:
+            distance = abs(known - bucket)
+            if distance < near_d:
+                far, far_d = near, near_d
+                near, near_d = known, distance
+            elif distance < far_d:
+                far, far_d = known, distance
+        if far < 0:
+            only = near
             seconds = buckets[only].seconds
             if bucket <= only:
                 return seconds
@@ -110,7 +121,7 @@ class ServiceTimeEstimator:
             # size is measured. Scaling by rows would predict 51 s for 64 rows
             # of an 800 ms model whose batches cost 800 ms whatever their size.
             return seconds * (1.0 + self._per_row_prior * (bucket / only - 1.0))
-        b1, b2 = sorted(known)
+        b1, b2 = (near, far) if near < far else (far, near)
         t1, t2 = buckets[b1].seconds, buckets[b2].seconds
         per_row = max(0.0, (t2 - t1) / (b2 - b1))
         return max(0.0, t1 + per_row * (bucket - b1))

@@ -83,6 +83,7 @@ class TelemetryIndex:
         self._max_utilization = max_gpu_utilization
         self._slots: tuple[BackendSlot, ...] = ()
         self._owners: dict[tuple[str, bool], tuple[int, ...]] = {}
+        self._accelerator_slots: dict[str, int] = {}
         self._snapshot: TelemetrySnapshot | None = None
         self._readings = _Readings.empty(0)
         self._regroup = True
@@ -104,6 +105,7 @@ class TelemetryIndex:
         """The fleet changed: these backends, in slot order. Forces a recompute."""
         self._slots = tuple(slots)
         self._owners = {}
+        self._accelerator_slots = {s.backend_id: i for i, s in enumerate(slots) if s.accelerator}
         self._regroup = True
         self.valid_until = -_INF
 
@@ -124,7 +126,7 @@ class TelemetryIndex:
         if found is not None:
             return found
         owners: set[int] = set()
-        slot_of = {s.backend_id: i for i, s in enumerate(self._slots) if s.accelerator}
+        slot_of = self._accelerator_slots  # built once per fleet, not per device id
         colon = device_id.find(":")
         while colon >= 0:
             slot = slot_of.get(device_id[:colon])

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from scheduler.batching.queue import BatchQueue
 from scheduler.errors import ResourceExhausted
-from scheduler.request import InferRequest
+
+
+class Admittable(Protocol):
+    """What admission reads of a request (an ``InferRequest``, or the simulator's)."""
+
+    @property
+    def deadline(self) -> float | None: ...
+
+    @property
+    def priority(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +35,7 @@ class AdmissionPolicy:
 
 def admit_by_deadline(
     queue: BatchQueue[Any],
-    request: InferRequest,
+    request: Admittable,
     rows: int,
     now: float,
     parallel: int,

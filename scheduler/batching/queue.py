@@ -186,6 +186,7 @@ class BatchQueue(Generic[T]):
     def _gone(self, item: QueueItem[T]) -> None:
         """``item`` left (its heap entries go stale with it)."""
         item._queue = None
+        item.entry = None  # the entry holds the item: no cycle left for the GC to find
         self._count[item.level] -= 1
         self._rows[item.level] -= item.rows
 
@@ -322,7 +323,7 @@ class BatchQueue(Generic[T]):
         level, count, rows = entries[0][0], 0, 0
         for entry in entries:
             item = entry[5]
-            item._queue = None
+            item._queue = item.entry = None  # as _gone does
             items.append(item)
             if entry[0] != level:
                 self._count[level] -= count
@@ -378,6 +379,10 @@ class BatchQueue(Generic[T]):
         before a batch finishes (which wakes the batcher), so the wake-up
         leaves the delay triggers out: waking for them would spin.
         """
+        if not any(self._count.values()):
+            # Nothing queued (a batch finished with nothing waiting: common
+            # under light load): nothing to expire, cut or wake for.
+            return tuple.__new__(Step, ([], [], None))
         expired = self.expire(now)
         self.remove_cancelled()
         batches: list[Batch[T]] = []

@@ -201,6 +201,8 @@ class SimDevice:
         return {model: len(queue) for model, queue in self.waiting.items() if queue}
 
     def failure_at(self, now: float) -> Failure | None:
+        if not self.spec.failures:  # the common case: a device that never fails
+            return None
         for failure in self.spec.failures:
             if failure.start_s <= now < failure.end_s:
                 return failure
@@ -209,7 +211,7 @@ class SimDevice:
     def service_s(self, rows: int, now: float, noise: float) -> float:
         kind = self.spec.type
         seconds = (kind.fixed_s + kind.per_row_s * rows) / self.spec.speed * noise
-        failure = self.failure_at(now)
+        failure = self.failure_at(now) if self.spec.failures else None
         if failure is not None and failure.kind == "slow":
             seconds *= failure.factor
         return seconds

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from scheduler.batching.admission import AdmissionPolicy, admit_by_deadline
 from scheduler.batching.policy import BatchingPolicy
 from scheduler.batching.queue import Batch, BatchQueue, QueueItem
 from scheduler.candidates import CandidateTables
@@ -53,6 +54,7 @@ class SimRequest:
     backend: str = ""
     tier: int = -1
     outcome: str = ""  # ok, expired, refused, failed, shed
+    priority: int = 0  # read by admission, as an InferRequest's
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class Replica:
         finished: Callable[[SimRequest], None],
         seed: int,
         cpu: CpuStage | None = None,
+        admission: bool = False,
     ) -> None:
         self.index = index
         self.cpu_stage = cpu or CpuStage()
@@ -123,6 +126,10 @@ class Replica:
         self._policies = policies
         self._seen_capacity = dict.fromkeys(policies, 1)  # at the last look, as the batcher keeps
         self._instances: dict[tuple[str, str], int] = {}
+        #: The live batcher's admission by predicted wait, when modelled.
+        self._admission = (
+            AdmissionPolicy(config.admit_fraction, config.default_slo_s) if admission else None
+        )
         self.decisions = 0
         self.verdicts: dict[str, int] = {}
 
@@ -141,6 +148,12 @@ class Replica:
         model = request.model
         queue = self.queues[model]
         try:
+            if self._admission is not None:  # as the live Batcher.submit, before the push
+                parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+                # ...unless the request skips the queue there (its own batch at once):
+                alone = not self._policies[model].max_queue_delay_us and not len(queue)
+                if not (alone and self.in_flight[model] < parallel):
+                    admit_by_deadline(queue, request, request.rows, now, parallel, self._admission)
             queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
@@ -172,7 +185,10 @@ class Replica:
             self._end(item.payload, now, "expired")
         for batch in step.batches:
             self.in_flight[model] += 1
-            deadline = min(item.payload.deadline for item in batch.items)
+            items = batch.items  # most batches here are of one request
+            deadline = items[0].payload.deadline
+            for item in items[1:]:
+                deadline = min(deadline, item.payload.deadline)
             self._place(InFlight(batch, None, None, 0, 0.0, now, deadline))  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:

@@ -94,10 +94,12 @@ def build(
         arrivals = read_trace(trace, {load.model: load.slo_s for load in loads})
         duration_s = max((a.at_s for a in arrivals), default=0.0) + 0.001
     else:
-        arrivals = generate(loads, duration_s, seed=seed, scale=scale)
+        # One past ``requests`` is enough to tell whether the traffic was cut.
+        limit = None if requests is None else requests + 1
+        arrivals = generate(loads, duration_s, seed=seed, scale=scale, limit=limit)
         while requests is not None and 0 < len(arrivals) < requests:
             duration_s *= 2
-            arrivals = generate(loads, duration_s, seed=seed, scale=scale)
+            arrivals = generate(loads, duration_s, seed=seed, scale=scale, limit=limit)
         if requests is not None and len(arrivals) > requests:
             arrivals = arrivals[:requests]
             duration_s = arrivals[-1].at_s + 0.001

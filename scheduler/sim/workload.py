@@ -77,10 +77,15 @@ class Arrival(NamedTuple):
 
 
 def generate(
-    loads: Sequence[ModelLoad], duration_s: float, seed: int = 0, scale: float = 1.0
+    loads: Sequence[ModelLoad],
+    duration_s: float,
+    seed: int = 0,
+    scale: float = 1.0,
+    limit: int | None = None,
 ) -> list[Arrival]:
     """Arrivals of every model over ``duration_s``, in time order; ``scale``
-    multiplies every rate (to sweep offered load)."""
+    multiplies every rate (to sweep offered load); ``limit`` keeps only the
+    first that many (cut before the records are made)."""
     rng = np.random.default_rng(seed)
     times: list[Floats] = []
     owners: list[npt.NDArray[np.int64]] = []
@@ -97,7 +102,7 @@ def generate(
         return []
     at = np.concatenate(times)
     who = np.concatenate(owners)
-    order = np.argsort(at, kind="stable")
+    order = np.argsort(at, kind="stable")[:limit]
     return [
         Arrival(t, loads[i].model, loads[i].rows, loads[i].slo_s)
         for t, i in zip(at[order].tolist(), who[order].tolist(), strict=True)
