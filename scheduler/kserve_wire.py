@@ -196,7 +196,8 @@ def int_parameter(key: str, value: int) -> bytes:
     )
 
 
-#: The encoded ``key`` field of a parameters map entry, by key (``int_parameter``).
+#: The encoded ``key`` field of a parameters map entry, by key (``int_parameter``);
+#: the keys are the gateway's own (``timeout``), never a caller's, so it stays small.
 _KEY_ENTRIES: dict[str, bytes] = {}
 
 
