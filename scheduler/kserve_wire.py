@@ -179,10 +179,26 @@ def int_parameter(key: str, value: int) -> bytes:
     encoded to be appended to a request (the last entry of a key wins)."""
     if value < 0:
         value += 1 << 64  # int64 two's complement, as protobuf encodes it
-    name = key.encode()
-    parameter = b"\x10" + encode_varint(value)  # field 2: int64_param
-    entry = field_prefix(1, len(name)) + name + field_prefix(2, len(parameter)) + parameter
-    return wrap(PARAMETERS_FIELD, entry)
+    name = _KEY_ENTRIES.get(key)
+    if name is None:  # the key's encoding, the same for every value: made once
+        encoded = key.encode()
+        name = _KEY_ENTRIES[key] = field_prefix(1, len(encoded)) + encoded
+    # field 2 of the entry: InferParameter, whose field 2 is int64_param (tag 0x10)
+    parameter = encode_varint(value)
+    entry_size = len(name) + 3 + len(parameter)  # both lengths below are < 128
+    return b"".join(
+        (
+            field_prefix(PARAMETERS_FIELD, entry_size),
+            name,
+            bytes((0x12, len(parameter) + 1, 0x10)),
+            parameter,
+        )
+    )
+
+
+#: The encoded ``key`` field of a parameters map entry, by key (``int_parameter``);
+#: the keys are the gateway's own (``timeout``), never a caller's, so it stays small.
+_KEY_ENTRIES: dict[str, bytes] = {}
 
 
 def set_parameter(slot: Any, value: bool | int | float | str) -> None:

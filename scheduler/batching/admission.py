@@ -6,6 +6,7 @@ Pure: the queue's state and ``now`` are passed in, no clock or I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ def admit_by_deadline(
     request: Admittable,
     rows: int,
     now: float,
-    parallel: int,
+    parallel: Callable[[], int],
     policy: AdmissionPolicy,
 ) -> None:
     """Raise ResourceExhausted for a request that the work queued ahead of it
@@ -47,8 +48,11 @@ def admit_by_deadline(
     A refused request would only have waited to fail with DEADLINE_EXCEEDED,
     and its wait would have pushed later requests past theirs too. The
     prediction: the batches ahead at its priority level and above, its own
-    included, run ``parallel`` at a time, each taking the queue's measured
+    included, run ``parallel()`` at a time, each taking the queue's measured
     batch service time (no prediction, no refusal, before one was measured).
+    ``parallel`` is called only when a prediction is made: reading the
+    backends' capacity is the costly part, and a request without a deadline
+    (or before a batch was measured) needs none.
     It must end within ``policy.fraction`` of the time left: the rest is slack for
     estimation error, which keeps the admitted tail well inside the deadline.
     The retry hint is when the queue ahead will have drained.
@@ -61,7 +65,7 @@ def admit_by_deadline(
         return
     max_batch = queue.policy.max_batch_size
     batches = -(-(queue.rows_ahead(request.priority) + rows) // max_batch)
-    finish_s = -(-batches // max(parallel, 1)) * per_batch_s
+    finish_s = -(-batches // max(parallel(), 1)) * per_batch_s
     left_s = deadline - now
     if finish_s > left_s * policy.fraction:
         raise ResourceExhausted(

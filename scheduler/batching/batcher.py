@@ -177,7 +177,7 @@ class Batcher(SubmitsTogether):
         )
         late = True  # until admitted
         try:
-            admit_by_deadline(self._queue, request, rows, now, self._capacity(), self._admission)
+            admit_by_deadline(self._queue, request, rows, now, self._capacity, self._admission)
             late = False
             self._queue.push(item, now)
         except ResourceExhausted as exc:
@@ -255,7 +255,8 @@ class Batcher(SubmitsTogether):
             (request.id,),  # request_ids
             request.deadline,  # deadline
             "alone",  # trigger
-            self._executor.union_of_outputs((request,)),  # outputs
+            # outputs: none named means all (no call for the common case)
+            self._executor.union_of_outputs((request,)) if request.requested_outputs else (),
             self._policy.level_of(request.priority),  # priority
             parameters,  # parameters
             (),  # trace_contexts
@@ -329,9 +330,10 @@ class Batcher(SubmitsTogether):
         # against the model, so names and datatypes agree already: only the
         # non-batch dimensions the model leaves open (-1) can differ.
         inputs = request.inputs
+        open_dims = self._open_dims
         return (
             request.model_version,
-            tuple(inputs[name].shape[1:] for name in self._open_dims),
+            tuple([inputs[name].shape[1:] for name in open_dims]) if open_dims else (),
             params_key(request.parameters, SCHEDULING_PARAMETERS) if request.parameters else (),
         )
 

@@ -33,12 +33,13 @@ def shape_key(inputs: Mapping[str, Tensor]) -> ShapeKey:
 
 def rows_of(inputs: Mapping[str, Tensor]) -> int:
     """The batch size (first dimension) a request's inputs agree on."""
-    sizes = {int(a.shape[0]) if a.ndim else -1 for a in inputs.values()}
-    if len(sizes) != 1 or min(sizes) < 1:
+    sizes = [a.shape[0] if a.ndim else -1 for a in inputs.values()]
+    rows = sizes[0] if sizes else 0
+    if rows < 1 or sizes.count(rows) != len(sizes):
         raise InvalidArgument(
-            f"inputs must share a batch size (first dimension) >= 1; got {sorted(sizes)}"
+            f"inputs must share a batch size (first dimension) >= 1; got {sorted(set(sizes))}"
         )
-    return sizes.pop()
+    return int(rows)
 
 
 def params_key(parameters: Mapping[str, Any], ignore: frozenset[str]) -> Hashable:
@@ -58,15 +59,23 @@ def merge_inputs(requests: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         raise ValueError("merge_inputs needs at least one request")
     if len(requests) == 1:
         return dict(requests[0])
-    key = shape_key(requests[0])
+    first = requests[0]
+    # The guard per member compares plain attributes (names, then each
+    # input's dtype and non-batch dimensions): building ``shape_key`` for
+    # every member cost more than the concatenation of small tensors.
+    names = first.keys()
+    layout = [(name, array.dtype, array.shape[1:]) for name, array in first.items()]
     for index, inputs in enumerate(requests[1:], start=1):
-        if shape_key(inputs) != key:
+        if inputs.keys() != names or any(
+            inputs[name].dtype != dtype or inputs[name].shape[1:] != dims
+            for name, dtype, dims in layout
+        ):
             raise InvalidArgument(
                 f"request {index} of the batch does not match the first request's inputs "
                 f"(names, datatypes and non-batch dimensions must agree): "
-                f"{shape_key(inputs)} != {key}"
+                f"{shape_key(inputs)} != {shape_key(first)}"
             )
-    return {name: np.concatenate([inputs[name] for inputs in requests]) for name in requests[0]}
+    return {name: np.concatenate([inputs[name] for inputs in requests]) for name in first}
 
 
 def split_outputs(
