@@ -153,7 +153,9 @@ class Replica:
                 # ...unless the request skips the queue there (its own batch at once):
                 alone = not self._policies[model].max_queue_delay_us and not len(queue)
                 if not (alone and self.in_flight[model] < parallel):
-                    admit_by_deadline(queue, request, request.rows, now, parallel, self._admission)
+                    admit_by_deadline(
+                        queue, request, request.rows, now, lambda: parallel, self._admission
+                    )
             queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
