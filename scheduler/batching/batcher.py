@@ -172,6 +172,7 @@ class Batcher:
             key=self._key(request),
             priority=request.priority,
             deadline=request.deadline,
+            tenant=request.tenant,
         )
         late = True  # until admitted
         try:
