@@ -125,8 +125,10 @@ def phase(gw: GatewayProcess, seconds: float, noisy_rate: float) -> dict[str, An
         process.join(30)
         if process.is_alive():
             process.kill()
+    time.sleep(0.5)  # what is still in flight ends before the next phase
     return {
         "p99_ms": float(np.percentile(latencies, 99)) * 1e3,
+        "p50_ms": float(np.percentile(latencies, 50)) * 1e3,
         "quiet": dict(quiet),
         "noisy": noisy,
         "cpu_s": _cpu_s(gw.pid) - cpu_before,
