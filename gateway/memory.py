@@ -1,7 +1,7 @@
 """Giving the memory of large requests back to the system once the gateway is idle.
 
-After a spike of large requests the gateway's RSS stayed up for as long as
-no new request came (figures in ``loadtests/results/reliability.md``). Most
+After a spike of large requests the gateway's RSS stayed up until enough new
+requests ran the collector (figures in ``loadtests/results/reliability.md``). Most
 of it was not free memory but garbage in reference cycles: ``gc.get_referrers``
 led from the frames of requests that ended in an error or a retry (their
 bytes, their decoded arrays) to exception tracebacks, kept alive by other
@@ -15,8 +15,8 @@ when at least ``after_bytes`` passed since the last release and no request
 is in flight, it schedules one full ``gc.collect()`` followed by glibc's
 ``malloc_trim(0)`` (where the C library has it; elsewhere the collection
 alone), at most once per ``min_interval_s``. Small requests only add to a
-counter: a steady stream of them reaches ``after_bytes`` rarely, and their
-release then costs one collection (tens of ms) per ``after_bytes`` served.
+counter: a steady stream of them reaches ``after_bytes`` rarely, and then
+costs one full collection per ``after_bytes`` served, at most one a second.
 """
 
 from __future__ import annotations

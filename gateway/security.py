@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,9 @@ def metrics_tls(settings: Settings) -> dict[str, Any]:
     }
 
 
-def visible(auth: Authenticator | None, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+def visible(
+    auth: Authenticator | None, context: grpc.aio.ServicerContext[Any, Any]
+) -> Callable[[str], bool]:
     """Which models a caller's listings show: those its tenant may use (every
     model without tenants). For rpcs behind ``authenticated``, so the caller
     was identified already."""

@@ -26,8 +26,10 @@ class FairShare:
     k one-row requests gets tags ``V, V+1, ... V+k-1``, while another
     tenant's request arriving behind that burst gets ``V``: backlogged tenants
     take turns a row at a time, whoever sent first or most. A tenant that was
-    idle starts at ``V``, so it gains no credit from its idle time, and one
-    alone in the queue is served in arrival order.
+    idle starts at ``V``, so it gains no credit from its idle time. The price:
+    a tenant's own items keep their arrival order (their tags grow), so
+    deadlines order only items with equal tags, and one tenant alone in the
+    queue is served in arrival order.
 
     Cost: O(1) per item. The state is one float per tenant seen (tenants are
     configured, so bounded). Items without a tenant ("") all get tag 0.0 and
