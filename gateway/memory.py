@@ -1,14 +1,15 @@
 """Giving the memory of large requests back to the system once the gateway is idle.
 
-After a spike of large requests the gateway's RSS stayed up until enough new
-requests ran the collector (figures in ``loadtests/results/reliability.md``). Most
-of it was not free memory but garbage in reference cycles: ``gc.get_referrers``
-led from the frames of finished requests (their bytes, their decoded
-arrays; in the runs examined, requests that had failed or been retried) to
-exception tracebacks, kept alive by other objects of the same cycle. Python's cyclic collector runs only as new
-objects are allocated, so an idle gateway never collected them. What the
-collector frees then sits in glibc's malloc arenas, which return memory to
-the system only when a later free happens to shrink them.
+After a spike of large requests the gateway's RSS stayed up until enough
+new requests ran the collector (figures in
+``loadtests/results/reliability.md``). Most of it was not free memory but
+garbage in reference cycles: ``gc.get_referrers`` led from the frames of
+finished requests (their bytes, their decoded arrays; in the runs examined,
+requests that had failed or been retried) to exception tracebacks, kept
+alive by other objects of the same cycle. Python's cyclic collector runs
+only as new objects are allocated, so an idle gateway never collected them.
+What the collector frees then sits in glibc's malloc arenas, which return
+memory to the system only when a later free happens to shrink them.
 
 ``MemoryRelease`` counts the request bytes that passed through the gateway;
 when at least ``after_bytes`` passed since the last release and no request
