@@ -7,6 +7,8 @@ item's tag is 0, so the order is the queue's plain EDF order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Added to the rank of an item demoted by its queue timeout (action
 #: ``delay``): it goes behind every item of its level that was not demoted,
 #: and demoted items keep their fair order among themselves. Tags count rows,
@@ -21,8 +23,12 @@ class FairShare:
     Each queued item of a tenant gets a start tag ``S = max(V, F[tenant])``
     and moves the tenant's finish tag to ``F[tenant] = S + rows``; the queue
     serves a level in increasing ``S`` (ties by deadline, then arrival).
-    ``V``, the virtual time, is the start tag of the head of the last batch
-    that left (``served``), never moving back. A tenant that sends a burst of
+    ``V``, the virtual time, is the largest start tag of the items of the
+    last batch that left (``served``: every item of a batch is in service at
+    once), never moving back. Taking the batch's head instead would let ``V``
+    stall whenever a light tenant's item heads every batch, while a heavy
+    tenant's tags run ahead of it; a burst of the light tenant would then get
+    tags below all of the heavy tenant's queued items and go first, whole. A tenant that sends a burst of
     k one-row requests gets tags ``V, V+1, ... V+k-1``, while another
     tenant's request arriving behind that burst gets ``V``: backlogged tenants
     take turns a row at a time, whoever sent first or most. A tenant that was
@@ -53,10 +59,14 @@ class FairShare:
         self._finish[tenant] = start + rows
         return start
 
-    def served(self, rank: float) -> None:
-        """A batch whose first item had ``rank`` left the queue: advance ``V``."""
-        if self.virtual < rank < DEMOTED:
-            self.virtual = rank
+    def served(self, ranks: Iterable[float]) -> None:
+        """A batch whose items had ``ranks`` left the queue: advance ``V``
+        (demoted items' ranks do not count)."""
+        virtual = self.virtual
+        for rank in ranks:
+            if virtual < rank < DEMOTED:
+                virtual = rank
+        self.virtual = virtual
 
 
 def rank_of(tag: float, delayed: bool) -> float:

@@ -321,7 +321,7 @@ class BatchQueue(Generic[T]):
         popped = self._index.pop(group, moment)
         assert popped is not None  # first_due found a rule that holds
         entries, trigger, _ = popped
-        self._fair.served(entries[0][1])
+        self._fair.served([entry[1] for entry in entries])
         # What _gone does, in one pass, the per-level sums added up locally
         # (entries are in level order): a batch is many items.
         items: list[QueueItem[T]] = []

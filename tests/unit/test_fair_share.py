@@ -29,10 +29,10 @@ def test_tags_take_turns_a_row_at_a_time() -> None:
     assert fair.start_tag("quiet", 2) == 0.0  # a newcomer starts at V, ahead of the burst
     assert fair.start_tag("quiet", 1) == 2.0
     assert fair.start_tag("", 5) == 0.0  # no tenant: no tag, no state
-    fair.served(2.0)
+    fair.served([0.0, 2.0, 1.0])  # a batch's largest tag
     assert fair.virtual == 2.0
-    fair.served(1.0)  # V never moves back
-    fair.served(DEMOTED + 7)  # nor follows a demoted item
+    fair.served([1.0])  # V never moves back
+    fair.served([DEMOTED + 7])  # nor follows a demoted item
     assert fair.virtual == 2.0
     # An idle tenant gains no credit: it starts at V, not at its old finish tag.
     assert fair.start_tag("idle", 1) == 2.0
@@ -53,10 +53,25 @@ def test_a_tenant_arriving_behind_a_backlog_starts_at_the_virtual_time() -> None
     for n in range(6):
         queue.push(_item(f"n{n}", "noisy"), NOW)
     assert _drain_one(queue) == ["n0", "n1"]
-    assert _drain_one(queue) == ["n2", "n3"]  # V is now 2
-    queue.push(_item("q0", "quiet"), NOW)  # tag 2 (V), ahead of n4 (tag 4)
-    queue.push(_item("q1", "quiet"), NOW)  # tag 3
-    assert _drain(queue) == [["q0", "q1"], ["n4", "n5"]]
+    assert _drain_one(queue) == ["n2", "n3"]  # V is now 3, that batch's largest tag
+    queue.push(_item("q0", "quiet"), NOW)  # tag 3 (V), ahead of n4 (tag 4)
+    queue.push(_item("q1", "quiet"), NOW)  # tag 4: level with n4, behind it by arrival
+    assert _drain(queue) == [["q0", "n4"], ["q1", "n5"]]
+
+
+def test_a_light_tenant_heading_every_batch_does_not_hold_back_virtual_time() -> None:
+    queue: BatchQueue[str] = BatchQueue(BatchingPolicy(max_batch_size=4))
+    for turn in range(10):  # noisy sends 1 a batch, quiet 3: noisy's item heads each
+        queue.push(_item(f"n{turn}", "noisy"), NOW)
+        for c in range(3):
+            queue.push(_item(f"q{turn}.{c}", "quiet"), NOW)
+        assert _drain_one(queue)[0] == f"n{turn}"
+    # Then a burst of noisy's: its tags start where quiet's are, not 20 rows
+    # behind them, so quiet's next request does not wait behind all of it.
+    for n in range(8):
+        queue.push(_item(f"b{n}", "noisy"), NOW)
+    queue.push(_item("q-next", "quiet"), NOW)
+    assert "q-next" in _drain_one(queue)
 
 
 def _drain_one(queue: BatchQueue[str]) -> list[str]:
