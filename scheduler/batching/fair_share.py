@@ -28,9 +28,10 @@ class FairShare:
     once), never moving back. Taking the batch's head instead would let ``V``
     stall whenever a light tenant's item heads every batch, while a heavy
     tenant's tags run ahead of it; a burst of the light tenant would then get
-    tags below all of the heavy tenant's queued items and go first, whole. A tenant that sends a burst of
-    k one-row requests gets tags ``V, V+1, ... V+k-1``, while another
-    tenant's request arriving behind that burst gets ``V``: backlogged tenants
+    tags below all of the heavy tenant's queued items and go first, whole.
+    A tenant that sends a burst of k one-row requests gets tags ``V, V+1,
+    ... V+k-1``, while another tenant's request arriving behind that burst
+    gets ``V`` (or its own finish tag, if later): backlogged tenants
     take turns a row at a time, whoever sent first or most. A tenant that was
     idle starts at ``V``, so it gains no credit from its idle time. The price:
     a tenant's own items keep their arrival order (their tags grow), so
