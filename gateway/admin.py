@@ -1,9 +1,11 @@
 """The admin gRPC service (``gateway.admin.v1.AdminService``) and its own server.
 
 It serves on a port of its own (``admin_host``:``admin_port``, loopback by
-default) so that network policy can keep it apart from the inference API, and,
-when ``admin_token`` is set, every call must carry ``authorization: Bearer
-<token>`` (compared in constant time) or it ends UNAUTHENTICATED.
+default) so that network policy can keep it apart from the inference API.
+With ``admin_token`` or tenants set, a call needs the token or the identity
+(API key or mTLS client certificate) of a tenant with ``admin = true``:
+UNAUTHENTICATED without credentials, PERMISSION_DENIED for a tenant that is
+not an admin (``gateway.admin_guard``).
 
 The views are read from the scheduler's live state at call time; nothing is
 copied in the background. Draining flips ``BackendState.drained`` through
@@ -13,20 +15,19 @@ while calls already running there finish.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 
 from gateway import reflection
+from gateway.admin_guard import AdminGuard
 from gateway.api.gateway.admin.v1 import admin_pb2 as pb
 from gateway.api.gateway.admin.v1 import admin_pb2_grpc as pb_grpc
 from gateway.config import ConfigError
 from gateway.metrics import GatewayMetrics
+from gateway.security import Authenticator
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
 from scheduler.fleet import BackendState
@@ -163,41 +164,6 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return item
 
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Lets a call through only with ``authorization: Bearer <token>``."""
-
-    def __init__(self, token: str | None, admin_key_digests: Sequence[bytes] = ()) -> None:
-        self._expected = f"Bearer {token}".encode() if token else None
-        #: SHA-256 digests of the API keys of tenants with ``admin = true``.
-        self._admin_keys = frozenset(admin_key_digests)
-
-        async def deny(request: Any, context: Context) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "the admin API needs 'authorization: Bearer <admin_token>' metadata",
-            )
-
-        self._deny: Handler = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if self._expected is not None and hmac.compare_digest(given_bytes, self._expected):
-            return await continuation(handler_call_details)
-        scheme, _, key = given_bytes.partition(b" ")
-        if scheme.lower() == b"bearer" and hashlib.sha256(key).digest() in self._admin_keys:
-            return await continuation(handler_call_details)
-        return self._deny
-
-
 class AdminServer:
     """The admin service's own grpc.aio server (with reflection, for grpcurl).
 
@@ -210,11 +176,13 @@ class AdminServer:
         *,
         address: str,
         token: str | None,
-        admin_key_digests: Sequence[bytes] = (),
+        auth: Authenticator | None = None,
         credentials: grpc.ServerCredentials | None = None,
     ) -> None:
-        guarded = token or admin_key_digests
-        interceptors = [BearerTokenInterceptor(token, admin_key_digests)] if guarded else []
+        # With a token or tenants, only the token or an admin tenant's
+        # identity gets in; with neither (the default, on loopback), anyone.
+        guarded = token is not None or auth is not None
+        interceptors = [AdminGuard(token, auth)] if guarded else []
         self._credentials = credentials
         self.server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_AdminServiceServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]

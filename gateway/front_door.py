@@ -7,7 +7,9 @@ requests (queued or running; past it, RESOURCE_EXHAUSTED with a hint), and
 once ``close`` was called every new request is UNAVAILABLE, which callers may
 retry elsewhere, while ``close`` waits for those inside to finish. The
 servicer's streams register their wake-up events here so that ``close`` can
-end them too (``streams``).
+end them too (``streams``). Each request that leaves is counted by
+``memory`` (``gateway.memory``), which gives large requests' memory back
+once the gateway is idle.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from gateway.memory import MemoryRelease
 from scheduler.errors import ResourceExhausted, Unavailable
 
 SHUTTING_DOWN = "the gateway is shutting down; retry, and another instance will serve"
@@ -23,10 +26,21 @@ SHUTTING_DOWN = "the gateway is shutting down; retry, and another instance will 
 class FrontDoor:
     """In-flight requests and bytes, and the closing state (see the module docstring)."""
 
-    __slots__ = ("_idle", "bytes_in_flight", "closing", "in_flight", "max_bytes", "streams")
+    __slots__ = (
+        "_idle",
+        "bytes_in_flight",
+        "closing",
+        "in_flight",
+        "max_bytes",
+        "memory",
+        "streams",
+    )
 
-    def __init__(self, max_bytes_in_flight: int = 1 << 30) -> None:
+    def __init__(
+        self, max_bytes_in_flight: int = 1 << 30, memory: MemoryRelease | None = None
+    ) -> None:
         self.max_bytes = max_bytes_in_flight
+        self.memory = memory or MemoryRelease()
         self.bytes_in_flight = 0
         self.in_flight = 0
         #: Set by ``close``: new inference requests are answered UNAVAILABLE.
@@ -51,6 +65,7 @@ class FrontDoor:
     def leave(self, size: int) -> None:
         self.bytes_in_flight -= size
         self.in_flight -= 1
+        self.memory.passed(size, idle=not self.in_flight)
         if not self.in_flight:
             self._idle.set()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,19 +186,26 @@ def metrics_tls(settings: Settings) -> dict[str, Any]:
     }
 
 
-def admin_key_digests(settings: Settings) -> list[bytes]:
-    """Digests of the API keys of tenants with ``admin = true``."""
-    return [
-        _digest(key.get_secret_value())
-        for tenant in settings.tenants.values()
-        if tenant.admin
-        for key in tenant.api_keys
-    ]
+def visible(
+    auth: Authenticator | None, context: grpc.aio.ServicerContext[Any, Any]
+) -> Callable[[str], bool]:
+    """Which models a caller's listings show: those its tenant may use (every
+    model without tenants). For rpcs behind ``authenticated``, so the caller
+    was identified already."""
+    if auth is None:
+        return _everything
+    return auth.identify_call(context).may_use
+
+
+def _everything(model: str) -> bool:
+    return True
 
 
 def authenticated(auth: Authenticator, behaviour: Any) -> Any:
     """An rpc ``behaviour`` for identified callers only; a model named in the
-    request (metadata, config, readiness) must be one the caller may use."""
+    request (metadata, config, readiness, statistics) must be one the caller
+    may use, or the call ends PERMISSION_DENIED, whether that model exists or
+    not (so a refusal does not tell a tenant which models exist)."""
 
     @functools.wraps(behaviour)
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

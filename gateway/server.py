@@ -191,7 +191,7 @@ class GatewayServer:
                 admin,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
-                admin_key_digests=security.admin_key_digests(settings),
+                auth=self.auth,
                 credentials=self.credentials,
             )
         self.metrics_port: int | None = None

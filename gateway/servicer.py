@@ -24,7 +24,7 @@ from gateway.front_door import SHUTTING_DOWN, FrontDoor
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestLog
-from gateway.security import Authenticator, authenticated
+from gateway.security import Authenticator, authenticated, visible
 from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
 from gateway.stream_group import StreamGroups
@@ -141,11 +141,12 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
+        may_see = visible(self.auth, context)  # all models: those the tenant may use
         try:
             specs = (
                 [self._scheduler.model(request.name, request.version)]
                 if request.name
-                else self._scheduler.models()
+                else [spec for spec in self._scheduler.models() if may_see(spec.name)]
             )
         except GatewayError as exc:
             await abort(context, exc)
@@ -160,7 +161,10 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
+        may_see = visible(self.auth, context)  # a tenant sees the models it may use
         for spec in self._scheduler.models():
+            if not may_see(spec.name):
+                continue
             ready = self._scheduler.model_ready(spec.name)
             if request.ready and not ready:
                 continue

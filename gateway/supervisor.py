@@ -48,12 +48,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from gateway.admin import AdminServer
 from gateway.config import ConfigError, Settings
 from gateway.security import (
-    admin_key_digests,
+    Authenticator,
     check_admin_exposure,
     metrics_tls,
     server_credentials,
 )
 from gateway.worker_views import FanOutAdminServicer, WorkerEndpoints, WorkerRole, WorkersCollector
+from scheduler.clock import MonotonicClock
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,10 @@ class Supervisor:
                 self._admin_servicer,
                 address=f"{settings.admin_host}:{settings.admin_port}",
                 token=settings.admin_token,
-                admin_key_digests=admin_key_digests(settings),
+                # Identities only: the workers keep the tenants' quotas.
+                auth=Authenticator(settings.tenants, MonotonicClock())
+                if settings.tenants
+                else None,
                 credentials=server_credentials(settings),
             )
 

@@ -12,7 +12,8 @@ requests a second; the gateway in front of them), then:
   at 3x that rate with 1 s deadlines: goodput, admitted p50/p99, statuses, and
   the gateway's RSS before, at the end and 3 s after the spike;
 - tenants: a quiet tenant's latency alone, and while a noisy tenant sends ten
-  times its rate quota.
+  times its rate quota (``loadtests.tenants_bench``, which also compares
+  with a baseline checkout).
 
 Every load is bounded in time; every process is stopped by PID.
 """
@@ -26,13 +27,9 @@ import os
 import signal
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
-import grpc
-import numpy as np
-
-from gateway.api.inference import grpc_service_pb2 as pb
+from loadtests import tenants_bench
 from loadtests.loadgen import LoadResult, fp32_inputs, run_load
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
@@ -115,83 +112,6 @@ def overload(workdir: Path, seconds: float) -> list[str]:
     return lines
 
 
-async def _tenant_load(
-    address: str, key: str, seconds: float, *, callers: int = 0, rate: float = 0.0
-) -> tuple[list[float], Counter[str]]:
-    """Closed loop with ``callers``, or open loop at ``rate``; latencies of OK calls."""
-    request = pb.ModelInferRequest(
-        model_name="gpu_sim",
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT", datatype="FP32", shape=[1, 4])],
-        raw_input_contents=[bytes(16)],
-    ).SerializeToString()
-    latencies: list[float] = []
-    codes: Counter[str] = Counter()
-    stop_at = time.perf_counter() + seconds
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        metadata = (("authorization", f"Bearer {key}"),)
-
-        async def one() -> None:
-            began = time.perf_counter()
-            try:
-                await call(request, timeout=5, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                codes[exc.code().name] += 1
-                return
-            codes["OK"] += 1
-            latencies.append(time.perf_counter() - began)
-
-        async def caller() -> None:
-            while time.perf_counter() < stop_at:
-                await one()
-
-        if callers:
-            await asyncio.gather(*(caller() for _ in range(callers)))
-        else:
-            tasks = []
-            while time.perf_counter() < stop_at:
-                tasks.append(asyncio.create_task(one()))
-                await asyncio.sleep(1 / rate)
-            await asyncio.gather(*tasks)
-    return latencies, codes
-
-
-def tenants(workdir: Path, seconds: float) -> list[str]:
-    config = {"quiet": {"api_keys": ["quiet-key"]}, "noisy": {"api_keys": ["noisy-key"]}}
-    config["noisy"].update({"rate_per_s": 20, "burst": 20})  # type: ignore[dict-item]
-    lines = []
-    with start_triton(MODEL_REPOSITORY, workdir / "t4", env=_ENV) as triton:
-        args = ["--triton", triton.grpc_url, "--no-cpu-models"]
-        env = {"GATEWAY_BATCHING": _BATCHING, "GATEWAY_NVML": "false"}
-        env["GATEWAY_TENANTS"] = json.dumps(config)
-        with start_gateway(workdir / "gw3", args=args, env=env) as gw:
-            asyncio.run(_tenant_load(gw.address, "quiet-key", 1.0, callers=4))  # warm up
-            alone, _ = asyncio.run(_tenant_load(gw.address, "quiet-key", seconds, callers=4))
-
-            async def both(rate: float) -> tuple[list[float], Counter[str]]:
-                (shared, _), (_, noisy) = await asyncio.gather(
-                    _tenant_load(gw.address, "quiet-key", seconds, callers=4),
-                    _tenant_load(gw.address, "noisy-key", seconds, rate=rate),
-                )
-                return shared, noisy
-
-            at_share, _ = asyncio.run(both(20))
-            flooded, noisy = asyncio.run(both(200))
-        p99 = {
-            name: float(np.percentile(latencies, 99)) * 1e3
-            for name, latencies in (("alone", alone), ("share", at_share), ("flood", flooded))
-        }
-        lines.append(f"- quiet tenant alone (4 callers): p99 {p99['alone']:.0f} ms")
-        lines.append(f"- with a noisy tenant at its 20/s quota: quiet p99 {p99['share']:.0f} ms")
-        lines.append(
-            f"- with the noisy tenant at 200/s, ten times its quota: quiet p99 "
-            f"{p99['flood']:.0f} ms ({p99['flood'] / p99['share'] - 1:+.0%} against the noisy "
-            "tenant at its quota); noisy: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(noisy.items()))
-        )
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load phase")
@@ -203,7 +123,7 @@ def main() -> None:
         print("\n## Overload at 3x capacity\n")
         print("\n".join(overload(workdir, args.seconds)))
         print("\n## Tenants at equal priority\n")
-        print("\n".join(tenants(workdir, args.seconds)))
+        print("\n".join(tenants_bench.summary(tenants_bench.run(workdir, args.seconds, 1, None))))
 
 
 if __name__ == "__main__":

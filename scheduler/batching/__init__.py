@@ -5,6 +5,7 @@ queue.py    BatchQueue: pure (``now`` passed in) priority + EDF queue and batch 
 item.py     QueueItem, Batch, Step, Moment: what the queue holds, hands out and judges by
 groups.py   GroupIndex: items grouped by key, and the first due group, in O(log n)
 sorted_run.py  SortedRun: the sorted chunks each group keeps its items in
+fair_share.py  FairShare: start-time fair queueing tags, tenants' turns at one level
 merge.py    merge_inputs / split_outputs / shape_key: tensors in and out of a batch
 batcher.py  Batcher: the asyncio driver (submit, background loop, failure isolation)
 together.py SubmitsTogether: Batcher.submit_group, requests that arrived together run at once

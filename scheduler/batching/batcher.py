@@ -174,6 +174,7 @@ class Batcher(SubmitsTogether):
             key=self._key(request),
             priority=request.priority,
             deadline=request.deadline,
+            tenant=request.tenant,
         )
         late = True  # until admitted
         try:

@@ -4,7 +4,7 @@
 scanning the queue, the first group in queue order that a rule makes due.
 
 Each group (one ``key``) keeps its live items in a ``SortedRun`` of entries
-``(level, delayed, deadline or inf, seq, item)``: exactly the queue's order,
+``(level, rank, deadline or inf, seq, rows, item)``: exactly the queue's order,
 so a group's first entry is its most urgent item (its *head*) and the groups
 in queue order are the groups ordered by head.
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
+from scheduler.batching.fair_share import DEMOTED
 from scheduler.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -23,25 +24,28 @@ _INF = math.inf
 
 #: Why a batch left the queue.
 Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
-#: Queue order: level, demoted last, earliest deadline first (inf: none), then
+#: Queue order: level, then rank (the tenant's fair-share tag, demoted items
+#: last: ``fair_share.rank_of``), earliest deadline first (inf: none), then
 #: arrival; ``seq`` is unique, so two entries never compare what follows it:
 #: the item's rows (read in hot loops without an attribute lookup) and the item.
-Entry = tuple[int, bool, float, int, int, "QueueItem[Any]"]
+Entry = tuple[int, float, float, int, int, "QueueItem[Any]"]
 
 
 def entry_of(item: QueueItem[Any]) -> Entry:
     """``item``'s place in queue order, as it stands now."""
     deadline = _INF if item.deadline is None else item.deadline
-    return (item.level, item.delayed, deadline, item.seq, item.rows, item)
+    rank = item.tag + DEMOTED if item.delayed else item.tag  # fair_share.rank_of, inlined
+    return (item.level, rank, deadline, item.seq, item.rows, item)
 
 
 class QueueItem(Generic[T]):
     """One queued request. ``payload`` is the caller's (the batcher keeps request and future).
 
     ``key`` groups the items that may share a batch (shapes, dtypes, version,
-    parameters); ``deadline`` is the request's own absolute deadline. The
-    queue fills in ``level``, ``enqueued_at``, ``timeout_at``, ``seq`` and
-    ``entry`` on push; ``key`` and ``deadline`` must not change while queued.
+    parameters); ``deadline`` is the request's own absolute deadline;
+    ``tenant`` who sent it ("" for none), for fair share. The queue fills in
+    ``level``, ``enqueued_at``, ``timeout_at``, ``seq``, ``tag`` and ``entry``
+    on push; ``key`` and ``deadline`` must not change while queued.
     Setting ``cancelled`` tells the queue at once, so it never has to look.
     """
 
@@ -58,6 +62,8 @@ class QueueItem(Generic[T]):
         "priority",
         "rows",
         "seq",
+        "tag",
+        "tenant",
         "timeout_at",
     )
 
@@ -69,6 +75,7 @@ class QueueItem(Generic[T]):
         priority: int = 0,
         deadline: float | None = None,
         cancelled: bool = False,
+        tenant: str = "",
     ) -> None:
         self.payload = payload
         self.rows = rows
@@ -81,6 +88,8 @@ class QueueItem(Generic[T]):
         self.timeout_at: float | None = None
         self.delayed = False
         self.seq = 0
+        self.tenant = tenant
+        self.tag = 0.0  # its fair-share start tag (fair_share.FairShare)
         self.entry: Entry | None = None
         self._queue: BatchQueue[T] | None = None
 

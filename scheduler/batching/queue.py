@@ -12,6 +12,7 @@ import math
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+from scheduler.batching.fair_share import FairShare
 from scheduler.batching.groups import GroupIndex
 from scheduler.batching.item import Batch, Entry, Moment, QueueItem, Step, Trigger, entry_of
 from scheduler.batching.policy import BatchingPolicy
@@ -32,12 +33,14 @@ _SERVICE_SMOOTHING = 0.2
 class BatchQueue(Generic[T]):
     """Priority levels of EDF-ordered items, and the rules that cut batches from them.
 
-    Order: level 1 first; within a level, earliest deadline first, arrival
-    order on ties; items whose queue timeout passed with action ``delay`` go
-    behind the rest of their level. Items are grouped by ``key`` in that
-    order; the group of the first item is considered first, so the most
-    urgent request decides which shape is batched next, but a group further
-    down that is due is not held back by an earlier one that is not.
+    Order: level 1 first; within a level, tenants take turns by fair-share
+    tag (``fair_share.FairShare``; every tag is 0 without tenants), then
+    earliest deadline first, arrival order on ties; items whose queue
+    timeout passed with action ``delay`` go behind the rest of their level.
+    Items are grouped by ``key`` in that order; the group of the first item
+    is considered first, so the most urgent request decides which shape is
+    batched next, but a group further down that is due is not held back by
+    an earlier one that is not.
 
     For a group, its *candidates* are its items in order while their rows fit
     in ``max_batch_size``; the first that does not fit ends the candidates
@@ -79,6 +82,7 @@ class BatchQueue(Generic[T]):
         self._deadlines: list[tuple[float, int, QueueItem[T]]] = []
         self._timeouts: list[tuple[float, int, QueueItem[T]]] = []
         self._seq = itertools.count()
+        self._fair = FairShare()
         self._delay_s = policy.max_queue_delay_s
         self._quiet_s = min(IDLE_QUIET_S, self._delay_s)
         self._service_s: float | None = None
@@ -154,6 +158,7 @@ class BatchQueue(Generic[T]):
         item.level = level
         item.enqueued_at = now
         item.seq = seq = next(self._seq)
+        item.tag = self._fair.start_tag(item.tenant, item.rows)
         self._last_event_at = now
         if queue_policy.allow_timeout_override and item.deadline is not None:
             item.timeout_at = None  # the request's own deadline replaces the default
@@ -317,6 +322,7 @@ class BatchQueue(Generic[T]):
         popped = self._index.pop(group, moment)
         assert popped is not None  # first_due found a rule that holds
         entries, trigger, _ = popped
+        self._fair.served([entry[1] for entry in entries])
         # What _gone does, in one pass, the per-level sums added up locally
         # (entries are in level order): a batch is many items.
         items: list[QueueItem[T]] = []

@@ -4,6 +4,7 @@ to tenants with per-model rights and quotas; an exposed admin API refused."""
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import struct
@@ -29,7 +30,9 @@ ADMIN_KEY = "key-of-the-operators-0123456789"
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"), clients=("tenant-a", "stranger"))
+    return make_certs(
+        tmp_path_factory.mktemp("certs"), clients=("tenant-a", "stranger", "operator")
+    )
 
 
 def _credentials(certs: Certs, client: str | None) -> grpc.ChannelCredentials:
@@ -49,7 +52,12 @@ def secure_gateway(
     tenants = {
         "a": {"client_cert_names": ["tenant-a"], "models": ["add_sub"]},
         "b": {"api_keys": [KEY_B], "rate_per_s": 0.5, "burst": 3},
-        "ops": {"api_keys": [ADMIN_KEY], "admin": True, "models": []},
+        "ops": {
+            "api_keys": [ADMIN_KEY],
+            "client_cert_names": ["operator"],
+            "admin": True,
+            "models": [],
+        },
     }
     env = {
         "GATEWAY_NVML": "false",
@@ -159,18 +167,89 @@ def test_metrics_and_admin_need_credentials_too(
     bare = ssl.create_default_context(cafile=str(certs.ca))
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
         urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=bare, timeout=5)
-    admin_port = int((workdir / "admin.port").read_text())
-    channel = grpc.secure_channel(f"127.0.0.1:{admin_port}", _credentials(certs, "tenant-a"))
-    admin = admin_pb2_grpc.AdminServiceStub(channel)
-    with pytest.raises(grpc.RpcError) as info:
-        admin.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    admin = _admin(secure_gateway, certs, "tenant-a")
     reply = admin.ListBackends(
         admin_pb2.ListBackendsRequest(),
         timeout=5,
         metadata=(("authorization", f"Bearer {ADMIN_KEY}"),),
     )
     assert reply.backends
+
+
+def _admin(gw: GatewayProcess, certs: Certs, client: str) -> admin_pb2_grpc.AdminServiceStub:
+    workdir: Path = gw.workdir  # type: ignore[attr-defined]
+    admin_port = int((workdir / "admin.port").read_text())
+    channel = grpc.secure_channel(f"127.0.0.1:{admin_port}", _credentials(certs, client))
+    return admin_pb2_grpc.AdminServiceStub(channel)
+
+
+def _refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, ""
+
+
+def test_admin_rpcs_need_an_admin_identity(secure_gateway: GatewayProcess, certs: Certs) -> None:
+    # An admin tenant's client certificate alone opens every admin rpc.
+    operator = _admin(secure_gateway, certs, "operator")
+    backends = operator.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5).backends
+    assert backends
+    operator.ListQueues(admin_pb2.ListQueuesRequest(), timeout=5)
+    operator.ListDecisions(admin_pb2.ListDecisionsRequest(), timeout=5)
+    # A tenant's certificate, or its API key, is an identity but not an admin's.
+    tenant_a = _admin(secure_gateway, certs, "tenant-a")
+    stranger = _admin(secure_gateway, certs, "stranger")
+    b_key = (("authorization", f"Bearer {KEY_B}"),)
+    drain = admin_pb2.DrainBackendRequest(backend_id=backends[0].id)
+    for call in (
+        lambda: tenant_a.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5),
+        lambda: tenant_a.DrainBackend(drain, timeout=5),
+        lambda: stranger.ListQueues(admin_pb2.ListQueuesRequest(), timeout=5, metadata=b_key),
+    ):
+        code, details = _refusal(call)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "add_sub" not in details and backends[0].id not in details
+    # No identity at all (a certificate no tenant has, or an unknown key): UNAUTHENTICATED.
+    wrong_key = (("authorization", "Bearer not-a-key"),)
+    for call in (
+        lambda: stranger.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5),
+        lambda: stranger.DrainBackend(drain, timeout=5, metadata=wrong_key),
+    ):
+        assert _refusal(call)[0] == grpc.StatusCode.UNAUTHENTICATED
+    # Nothing was drained by the refused calls.
+    assert not any(
+        b.drained
+        for b in operator.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5).backends
+    )
+
+
+def test_a_tenant_sees_only_its_models(secure_gateway: GatewayProcess, certs: Certs) -> None:
+    a = _stub(secure_gateway, _credentials(certs, "tenant-a"))
+    index = a.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10)
+    assert {m.name for m in index.models} == {"add_sub"}
+    stats = a.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10)
+    assert {m.name for m in stats.model_stats} == {"add_sub"}
+    # A tenant with every model ("*") sees them all; an admin with none sees none.
+    b = _stub(secure_gateway, _credentials(certs, "stranger"))
+    b_key = (("authorization", f"Bearer {KEY_B}"),)
+    every = {m.name for m in b.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=b_key).models}
+    assert {"add_sub", "text_upper"} <= every
+    ops_key = (("authorization", f"Bearer {ADMIN_KEY}"),)
+    assert not b.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=ops_key).models
+    # A model the tenant may not use answers as one that is not there for it:
+    # PERMISSION_DENIED, the same whether the model exists or not.
+    for name in ("text_upper", "no_such_model"):
+        for rpc, request in (
+            (a.ModelMetadata, pb.ModelMetadataRequest(name=name)),
+            (a.ModelConfig, pb.ModelConfigRequest(name=name)),
+            (a.ModelReady, pb.ModelReadyRequest(name=name)),
+            (a.ModelStatistics, pb.ModelStatisticsRequest(name=name)),
+        ):
+            code, details = _refusal(functools.partial(rpc, request, timeout=10))
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+            assert name not in details
 
 
 def test_admin_on_an_open_address_without_credentials_does_not_start(tmp_path: Path) -> None:

@@ -100,9 +100,11 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 30,
     credentials: grpc.ChannelCredentials | None = None,
+    repo: Path | None = None,
 ) -> GatewayProcess:
     """Start ``python -m gateway serve --port 0`` with ``args``; wait until serving
-    (asked over TLS with ``credentials``, when the gateway serves TLS)."""
+    (asked over TLS with ``credentials``, when the gateway serves TLS). ``repo``:
+    run the code of another checkout (a benchmark's baseline), not this one."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / f"gateway-{time.monotonic_ns()}.port"
     log_path = port_file.with_suffix(".log")
@@ -122,7 +124,7 @@ def start_gateway(
     child_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=_REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=repo or _REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
