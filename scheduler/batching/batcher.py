@@ -41,22 +41,20 @@ _MIN_SLEEP_S = 0.0002
 class Batcher(SubmitsTogether):
     """Batches one model's requests from many callers into few backend calls.
 
-    ``submit`` pushes the request, with the future its result goes to, into a
-    ``BatchQueue`` and waits for the future; a caller that goes away takes its
-    item out of the queue before dispatch. One background task per batcher
-    loops: expire timed-out items, pop due batches, then sleep until a push it
-    may act on (``_worth_a_look``), a finished batch, ``notify_capacity`` or
-    the queue's ``next_wakeup``. Deadlines need no timer per request: the loop
-    expires queued requests at theirs, and a running batch's backend call is
-    bounded by its earliest member's.
+    ``submit`` pushes the request, with the future its result goes to, into a ``BatchQueue`` and
+    waits for the future; a caller that goes away takes its item out of the queue before
+    dispatch. One background task per batcher loops: expire timed-out items, pop due batches,
+    then sleep until a push it may act on (``_worth_a_look``), a finished batch,
+    ``notify_capacity`` or the queue's ``next_wakeup``. Deadlines need no timer per request: the
+    loop expires queued requests at theirs, and a running batch's backend call is bounded by its
+    earliest member's.
 
-    ``capacity()`` is how many batches the backends can run at once now.
-    While fewer are in flight, the queue is told a backend is idle and sends
-    what it holds at once (work-conserving). Beyond that, up to
-    ``queue_ahead`` more batches may be sent when a trigger (full, preferred,
-    delay, deadline) fires, so a backend that finishes finds the next batch
-    already there; past that, requests wait here, where priority, deadlines
-    and shedding still act on them, instead of in a backend's FIFO.
+    ``capacity()`` is how many batches the backends can run at once now. While fewer are in
+    flight, the queue is told a backend is idle and sends what it holds at once
+    (work-conserving). Beyond that, up to ``queue_ahead`` more batches may be sent when a
+    trigger (full, preferred, delay, deadline) fires, so a backend that finishes finds the next
+    batch already there; past that, requests wait here, where priority, deadlines and shedding
+    still act on them, instead of in a backend's FIFO.
 
     Each batch runs in its own task through a ``BatchExecutor`` (merge,
     ``run_batch``, split, failure isolation: see ``execution``).

@@ -33,19 +33,17 @@ _SERVICE_SMOOTHING = 0.2
 class BatchQueue(Generic[T]):
     """Priority levels of EDF-ordered items, and the rules that cut batches from them.
 
-    Order: level 1 first; within a level, tenants take turns by fair-share
-    tag (``fair_share.FairShare``; every tag is 0 without tenants), then
-    earliest deadline first, arrival order on ties; items whose queue
-    timeout passed with action ``delay`` go behind the rest of their level.
-    Items are grouped by ``key`` in that order; the group of the first item
-    is considered first, so the most urgent request decides which shape is
-    batched next, but a group further down that is due is not held back by
-    an earlier one that is not.
+    Order: level 1 first; within a level, tenants take turns by fair-share tag
+    (``fair_share.FairShare``; every tag is 0 without tenants), then earliest deadline first,
+    arrival order on ties; items whose queue timeout passed with action ``delay`` go behind the
+    rest of their level. Items are grouped by ``key`` in that order; the group of the first item
+    is considered first, so the most urgent request decides which shape is batched next, but a
+    group further down that is due is not held back by an earlier one that is not.
 
-    For a group, its *candidates* are its items in order while their rows fit
-    in ``max_batch_size``; the first that does not fit ends the candidates
-    (skipping it for smaller ones behind would starve large requests). The
-    candidates leave as a batch when, checked in this order:
+    For a group, its *candidates* are its items in order while their rows fit in
+    ``max_batch_size``; the first that does not fit ends the candidates (skipping it for smaller
+    ones behind would starve large requests). The candidates leave as a batch when, checked in
+    this order:
 
     - ``full``: they fill ``max_batch_size``, or the next item cannot fit;
     - ``preferred``: a prefix of them sums to a preferred size (the longest
@@ -60,17 +58,14 @@ class BatchQueue(Generic[T]):
     count until removed). Cancelled items are never batched.
 
     How: nothing is rescanned per call. Items live in per-key sorted groups
-    (``groups.GroupIndex``), which also finds the first due group; deadlines
-    and queue timeouts sit in two min-heaps, so ``expire`` pops only what
-    passed; cancelled items are set aside the moment they are marked;
-    counts and rows per level are kept as items come and go. Push, remove
-    and cancel cost O(log n); a batch leaving costs O(log n) plus its own
-    items; a group with less than a batch of rows is recounted, O(max batch
-    size), once per query after it changed. Heaps delete lazily: an entry is
-    live while its item is still here under the same ``seq``; the stale
-    ones are dropped as they surface (amortized O(log n) per item) and the
-    heaps rebuilt when they hold four times more entries than items.
-    """
+    (``groups.GroupIndex``), which also finds the first due group; deadlines and queue timeouts
+    sit in two min-heaps, so ``expire`` pops only what passed; cancelled items are set aside the
+    moment they are marked; counts and rows per level are kept as items come and go. Push,
+    remove and cancel cost O(log n); a batch leaving costs O(log n) plus its own items; a group
+    with less than a batch of rows is recounted, O(max batch size), once per query after it
+    changed. Heaps delete lazily: an entry is live while its item is still here under the same
+    ``seq``; the stale ones are dropped as they surface (amortized O(log n) per item) and the
+    heaps rebuilt when they hold four times more entries than items."""
 
     def __init__(self, policy: BatchingPolicy) -> None:
         self._policy = policy
