@@ -60,9 +60,8 @@ class Batcher(SubmitsTogether):
     ``run_batch``, split, failure isolation: see ``execution``).
     ``submit_group`` takes requests that arrived together (``together``).
 
-    Waits run on the event loop's timer, so ``clock`` must advance in real
-    time (the simulator drives ``BatchQueue`` itself on virtual time).
-    """
+    Waits run on the event loop's timer, so ``clock`` must advance in real time (the
+    simulator drives ``BatchQueue`` itself on virtual time)."""
 
     def __init__(
         self,
