@@ -25,17 +25,10 @@ import grpc
 import numpy as np
 
 from gateway.api.inference import grpc_service_pb2 as pb
-from tests.support.gateway import start_gateway
+from tests.support.gateway import rss_bytes, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
 MIB = 1 << 20
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _request(elements: int) -> bytes:
@@ -64,7 +57,7 @@ async def _burst(address: str, payload: bytes, count: int, pid: int) -> tuple[li
         calls = asyncio.gather(*(one() for _ in range(count)))
         peak = 0.0
         while not calls.done():
-            peak = max(peak, _rss_mib(pid))
+            peak = max(peak, rss_bytes(pid) / MIB)
             await asyncio.sleep(0.05)
         return await calls, peak
 
@@ -87,12 +80,12 @@ def run(
                 with start_gateway(home, args=args, env=env, repo=repo) as gw:
                     asyncio.run(_burst(gw.address, small, 50, gw.pid))
                     time.sleep(1)
-                    before = _rss_mib(gw.pid)
+                    before = rss_bytes(gw.pid) / MIB
                     codes, peak = asyncio.run(_burst(gw.address, large, count, gw.pid))
                     idle = []
                     for _ in range(6):
                         time.sleep(0.5)
-                        idle.append(_rss_mib(gw.pid))
+                        idle.append(rss_bytes(gw.pid) / MIB)
                 statuses = {code: codes.count(code) for code in sorted(set(codes))}
                 rows.append({"code": name, "before": before, "peak": peak, "idle": idle} | statuses)
     return rows

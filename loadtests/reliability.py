@@ -31,18 +31,11 @@ from pathlib import Path
 
 from loadtests import tenants_bench
 from loadtests.loadgen import LoadResult, fp32_inputs, run_load
-from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.gateway import GatewayProcess, rss_bytes, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
 _ENV = {"GPU_SIM_FIXED_MS": "50", "GPU_SIM_PER_ITEM_MS": "0"}
 _BATCHING = json.dumps({"gpu_sim": {"max_batch_size": 4, "max_queue_delay_microseconds": 2000}})
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _load(gw: GatewayProcess, seconds: float, **kw: object) -> LoadResult:
@@ -93,11 +86,11 @@ def overload(workdir: Path, seconds: float) -> list[str]:
         with start_gateway(workdir / "gw2", args=args, env=env) as gw:
             capacity = _load(gw, seconds, concurrency=32, timeout_s=5)
             rate = 3 * capacity.rps
-            rss_before = _rss_mib(gw.pid)
+            rss_before = rss_bytes(gw.pid) / 2**20
             spike = _load(gw, seconds, concurrency=1024, rate=rate, timeout_s=1.0)
-            rss_spike = _rss_mib(gw.pid)
+            rss_spike = rss_bytes(gw.pid) / 2**20
             time.sleep(3)
-            rss_after = _rss_mib(gw.pid)
+            rss_after = rss_bytes(gw.pid) / 2**20
         goodput = spike.rps / capacity.rps if capacity.rps else 0.0
         lines.append(f"- capacity (closed loop, 32 callers): {_summary(capacity)}")
         lines.append(f"- open loop at 3x ({rate:.0f}/s), 1 s deadlines: {_summary(spike)}")

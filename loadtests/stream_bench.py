@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import queue
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from loadtests import stream_stats as stats
+from loadtests.suite.load import find_ghz
 from tests.support.gateway import start_gateway
 from tests.support.triton import start_triton
 
@@ -49,17 +49,6 @@ REPOSITORY = ROOT / "tests" / "models" / "stateful"
 RESULTS = ROOT / "loadtests" / "results"
 HISTOGRAM = "gateway_stream_first_response_seconds"
 MODEL = "repeat"
-
-
-def find_ghz() -> str | None:
-    for candidate in (
-        os.environ.get("GHZ"),
-        shutil.which("ghz"),
-        str(ROOT.parent / "shared/tools/ghz"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def _request_json(responses: int, delay_ms: int) -> dict[str, Any]:
@@ -182,7 +171,8 @@ def _scrape(url: str) -> stats.Buckets:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    ghz = find_ghz()
+    found = find_ghz()
+    ghz = str(found) if found else None
     driver = "ghz" if ghz else "tritonclient stream driver (ghz not found)"
     print(f"throughput driver: {driver}", flush=True)
     rows: list[dict[str, float]] = []

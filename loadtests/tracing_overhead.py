@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from opentelemetry.trace import NoOpTracer
 from tritonclient.grpc import InferInput
 
 from gateway.telemetry import Tracing
+from loadtests.suite.load import find_ghz
 from scheduler.tracing import recording
 from tests.collector import start_collector
 from tests.support.gateway import start_gateway
@@ -54,17 +54,6 @@ RESULTS = ROOT / "loadtests" / "results"
 REQUEST = ROOT / "loadtests" / "ghz" / "add_sub.json"
 MODEL = "add_sub"
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def find_ghz() -> str | None:
-    for candidate in (
-        os.environ.get("GHZ"),
-        shutil.which("ghz"),
-        str(ROOT.parent / "shared/tools/ghz"),
-    ):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def process_cpu_s(pid: int) -> float:
@@ -186,7 +175,8 @@ def one_round(
 
 
 def measure(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
-    ghz = find_ghz()
+    found = find_ghz()
+    ghz = str(found) if found else None
     driver = "ghz" if ghz else "Python tritonclient callers (ghz not found)"
     print(f"driver: {driver}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,6 @@ import math
 import random
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,17 +18,10 @@ from hypothesis import strategies as st
 
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.gateway import GatewayProcess, rss_bytes, start_gateway
 
 Tensor = pb.ModelInferRequest.InferInputTensor
 _METHOD = "/inference.GRPCInferenceService/"
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +149,13 @@ def test_huge_declared_bytes_tensor_takes_no_memory(
     """Item 1: three 40-byte requests declaring 2**27 elements each, many times
     over, must not allocate per declared element (it took 1.15 GB each)."""
     _still_serves(channel)
-    before = _rss_bytes(hostile_gateway.pid)
+    before = rss_bytes(hostile_gateway.pid)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     for _ in range(30):
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(_text([1, 2**27], b"\0" * 4), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _rss_bytes(hostile_gateway.pid) - before < 64 * 2**20
+    assert rss_bytes(hostile_gateway.pid) - before < 64 * 2**20
     _still_serves(channel)
 
 
@@ -283,7 +275,7 @@ def test_fuzz_never_internal_and_memory_bounded(
             data += rng.choice(seeds)[rng.randrange(8) :]
         cases.append(bytes(data))
     _still_serves(channel)
-    before = _rss_bytes(hostile_gateway.pid)
+    before = rss_bytes(hostile_gateway.pid)
     stream = channel.stream_stream(_METHOD + "ModelStreamInfer")
     internal = []
     answered = 0
@@ -311,5 +303,5 @@ def test_fuzz_never_internal_and_memory_bounded(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.UNIMPLEMENTED,
     }, codes
-    assert _rss_bytes(hostile_gateway.pid) - before < 128 * 2**20
+    assert rss_bytes(hostile_gateway.pid) - before < 128 * 2**20
     _still_serves(channel)

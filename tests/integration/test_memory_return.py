@@ -20,20 +20,13 @@ import grpc
 import numpy as np
 
 from gateway.api.inference import grpc_service_pb2 as pb
-from tests.support.gateway import start_gateway
+from tests.support.gateway import rss_bytes, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
 MIB = 1 << 20
 REQUESTS = 8
 RETURNED_WITHIN_BYTES = 96 * MIB
 RETURNED_WITHIN_S = 10.0
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def _request(elements: int) -> bytes:
@@ -68,14 +61,14 @@ def test_rss_returns_after_a_spike_of_large_requests(tmp_path: Path) -> None:
             for _ in range(20):
                 call(small, timeout=30)
             time.sleep(0.5)
-            before = _rss_bytes(gw.pid)
+            before = rss_bytes(gw.pid)
             peak = before
             done = threading.Event()
 
             def watch() -> None:
                 nonlocal peak
                 while not done.wait(0.05):
-                    peak = max(peak, _rss_bytes(gw.pid))
+                    peak = max(peak, rss_bytes(gw.pid))
 
             watcher = threading.Thread(target=watch)
             watcher.start()
@@ -94,9 +87,9 @@ def test_rss_returns_after_a_spike_of_large_requests(tmp_path: Path) -> None:
             assert codes.count("OK") >= 1, codes
             assert peak - before > 4 * 32 * MIB  # the spike did take memory
             give_up = time.monotonic() + RETURNED_WITHIN_S
-            while _rss_bytes(gw.pid) - before > RETURNED_WITHIN_BYTES:
+            while rss_bytes(gw.pid) - before > RETURNED_WITHIN_BYTES:
                 assert time.monotonic() < give_up, (
-                    f"RSS {_rss_bytes(gw.pid) / MIB:.0f} MiB, {before / MIB:.0f} MiB before "
+                    f"RSS {rss_bytes(gw.pid) / MIB:.0f} MiB, {before / MIB:.0f} MiB before "
                     f"the spike, {peak / MIB:.0f} MiB at its peak"
                 )
                 time.sleep(0.2)

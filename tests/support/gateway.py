@@ -78,6 +78,14 @@ class GatewayProcess:
             self.terminate()
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid``, from ``/proc``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def _serving(address: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
     channel = (
         grpc.insecure_channel(address)
