@@ -80,7 +80,8 @@ class BatchRunner:
         self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
         #: Model instances per (backend, model), read per call: cleared when the fleet changes.
         self.concurrency: dict[tuple[str, str], int] = {}
-        #: Bytes per row of the calls each (backend, model)'s estimate learnt from (EWMA).
+        #: Bytes per row of the calls each (backend, model)'s estimate learnt from
+        #: (moving average, each call weighing 0.2), for the outlier bound.
         self._row_bytes: dict[tuple[str, str], float] = {}
         #: The routing policy of each model (``config.routing``, ``routing_by_model``).
         self.routers = RouterTable(config.routing, config.routing_by_model)
