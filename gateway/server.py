@@ -72,6 +72,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         batching_layer=settings.batching_layer,
         batching_layer_by_model=dict(settings.batching_layer_by_model),
         default_max_queue_delay_us=settings.default_max_queue_delay_us,
+        max_message_bytes=settings.max_message_bytes,
         batching_by_model=dict(settings.batching),
         outlier_factor=settings.outlier_factor,
         outlier_min_s=settings.outlier_min_s,

@@ -39,6 +39,9 @@ class SchedulerConfig:
     #: ``default_queue_policy``) that override the model's own config, plus
     #: ``max_batch_size`` to batch smaller than the model allows.
     batching_by_model: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The largest message a backend call may carry (the backends' channels'
+    #: limit; 0: none): gateway batches are capped to fit (``batch_bytes_for``).
+    max_message_bytes: int = 0
     #: Gateway batching delay for models whose config gives none (µs).
     default_max_queue_delay_us: int = 0
     #: Outlier detection: a call running longer than ``outlier_min_s +

@@ -384,7 +384,7 @@ class Scheduler:
             policy = replace(policy, max_queue_delay_us=self.config.default_max_queue_delay_us)
         batcher = Batcher(
             spec,
-            policy,
+            replace(policy, max_message_bytes=self.config.max_message_bytes),
             self.runner.run,
             clock=self._clock,
             capacity=lambda: self._capacity(spec),

@@ -9,6 +9,7 @@ boundary that calls the third party, and raised ``from`` the original.
 
     GatewayError                      INTERNAL (the base; never raised bare)
     ├── InvalidArgument               INVALID_ARGUMENT  bad tensors, shapes, parameters
+    │   └── MessageTooLarge           INVALID_ARGUMENT  over the backends' message limit
     ├── ModelNotFound                 NOT_FOUND         unknown model or version
     ├── Unimplemented                 UNIMPLEMENTED     a feature the gateway does not offer
     ├── Unauthenticated               UNAUTHENTICATED   no valid credentials
@@ -39,6 +40,13 @@ class GatewayError(Exception):
 
 class InvalidArgument(GatewayError):
     code = "INVALID_ARGUMENT"
+
+
+class MessageTooLarge(InvalidArgument):
+    """A request (or its response) over the gRPC message limit of the gateway's
+    backend calls: no backend can take it as it is, fewer rows per request can.
+    Not the backend's fault and not worth a retry elsewhere; a merged batch
+    that meets it is split (its members may each fit)."""
 
 
 class ModelNotFound(GatewayError):

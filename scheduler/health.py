@@ -1,4 +1,5 @@
-"""Per-backend circuit breakers: eject a failing backend, probe it, readmit it."""
+"""Per-backend circuit breakers: eject a failing backend, probe it, readmit it;
+and how long a call may run before it counts as an outlier."""
 
 from __future__ import annotations
 
@@ -111,3 +112,16 @@ class CircuitBreaker:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def outlier_needs_s(predicted_s: float, wait_s: float, row_bytes: float, usual: float) -> float:
+    """What a call is expected to need: its service time predicted by rows,
+    scaled up by how much larger its rows are than the ones the prediction
+    was learnt from (``usual`` bytes per row; 0: none learnt), plus the wait
+    ahead of it. Linear in bytes, an upper bound for models whose time is
+    partly fixed: a call that is slow only because it is large (long
+    sequences, big images, in variable dimensions) must not count as an
+    outlier, and a smaller one is never held to less than its rows predict.
+    """
+    scale = row_bytes / usual if usual > 0 and row_bytes > usual else 1.0
+    return predicted_s * scale + wait_s

@@ -30,6 +30,7 @@ from scheduler.errors import (
 )
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
+from scheduler.health import outlier_needs_s
 from scheduler.load import concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Candidates, Decision, Verdict
@@ -79,6 +80,9 @@ class BatchRunner:
         self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
         #: Model instances per (backend, model), read per call: cleared when the fleet changes.
         self.concurrency: dict[tuple[str, str], int] = {}
+        #: Bytes per row of the calls each (backend, model)'s estimate learnt from
+        #: (moving average, each call weighing 0.2), for the outlier bound.
+        self._row_bytes: dict[tuple[str, str], float] = {}
         #: The routing policy of each model (``config.routing``, ``routing_by_model``).
         self.routers = RouterTable(config.routing, config.routing_by_model)
 
@@ -299,9 +303,13 @@ class BatchRunner:
         # Only once the backend has a measured estimate: a first call may be slow.
         deadline = info.deadline
         bounded = False
+        row_bytes = sum(a.nbytes for a in inputs.values()) / max(info.size, 1)
+        needs_s = predicted + wait_s
         if self.estimator.knows(state.id, name):
             config = self.config
-            limit_at = start + config.outlier_min_s + config.outlier_factor * (predicted + wait_s)
+            usual = self._row_bytes.get((state.id, name), 0.0)
+            needs_s = outlier_needs_s(predicted, wait_s, row_bytes, usual)
+            limit_at = start + config.outlier_min_s + config.outlier_factor * needs_s
             if deadline is None or limit_at < deadline:
                 deadline, bounded = limit_at, True
         try:
@@ -324,7 +332,7 @@ class BatchRunner:
                 bound_s = deadline - start if deadline is not None else 0.0
                 exc = BackendUnavailable(
                     f"model '{name}': a backend did not answer within {bound_s:.2f} s "
-                    f"(it usually needs {predicted + wait_s:.3f} s); retried elsewhere",
+                    f"(it usually needs {needs_s:.3f} s); retried elsewhere",
                     backend_id=state.id,
                 )
                 code = exc.code
@@ -346,6 +354,8 @@ class BatchRunner:
         self.estimator.observe(
             state.id, spec.name, info.size, service_sample(elapsed, wait_s, ahead)
         )
+        usual = self._row_bytes.setdefault((state.id, name), row_bytes)
+        self._row_bytes[(state.id, name)] = usual + 0.2 * (row_bytes - usual)
         self._stats[spec.name].record_execution(
             rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
         )

@@ -32,6 +32,7 @@ from scheduler.errors import (
     DeadlineExceeded,
     GatewayError,
     InvalidArgument,
+    MessageTooLarge,
 )
 from scheduler.placement import Tier
 from scheduler.request import Parameters
@@ -369,6 +370,13 @@ class TritonBackend:
             return Cancelled(message)
         if status == grpc.StatusCode.INVALID_ARGUMENT.name:
             return InvalidArgument(message)
+        if status == "RESOURCE_EXHAUSTED" and "message larger than max" in detail:
+            # gRPC's own limit on this channel ("Sent/Received message larger
+            # than max (size vs. limit)"), not a full queue: say which setting.
+            return MessageTooLarge(
+                f"{doing} needs a message over the gateway's limit for backend calls "
+                f"(max_message_bytes): {detail}; send fewer rows per request"
+            )
         # The model may have been unloaded here but live elsewhere, and a full
         # queue here says nothing about other servers: both are worth a retry.
         retryable = status in {"NOT_FOUND", "RESOURCE_EXHAUSTED"}

@@ -25,8 +25,8 @@ from scheduler.batching.info import (
     BatchTrigger,
     RunBatch,
 )
-from scheduler.batching.merge import merge_inputs, split_outputs
-from scheduler.batching.policy import BatchingPolicy
+from scheduler.batching.merge import byte_runs, merge_inputs, split_outputs, tensor_bytes
+from scheduler.batching.policy import BatchingPolicy, batch_bytes_for
 from scheduler.batching.queue import BatchQueue
 from scheduler.clock import Clock
 from scheduler.errors import (
@@ -88,6 +88,8 @@ class BatchExecutor:
     that fails with an error that may be one member's fault (not a deadline,
     cancellation or unavailability) is split in halves, each retried while
     its deadline allows, down to the single request that fails alone.
+    A batch whose tensors would not fit in one backend message (the policy's
+    ``max_message_bytes``) runs as consecutive sub-batches that each fit.
     Service times go back to the queue, whose delay policy learns from them.
     """
 
@@ -109,11 +111,30 @@ class BatchExecutor:
         self._clock = clock
         self._tracer = tracer
         self.counters = counters
+        self._batch_bytes = batch_bytes_for(policy.max_message_bytes)
 
     async def execute(self, members: list[Pending], trigger: BatchTrigger, attempt: int) -> None:
         live = [m for m in members if not m.future.done()]  # callers gone or timed out
         if not live:
             return
+        if len(live) > 1 and self._batch_bytes:
+            # Cut here rather than in the queue: the queue cuts by rows in
+            # O(log n) and would have to keep every group's running bytes to
+            # cut by size as well, while a cut batch's bytes cost a few
+            # attribute reads per member (a pass over BYTES elements) here.
+            sizes = [tensor_bytes(m.request.inputs) for m in live]
+            runs = byte_runs(sizes, self._batch_bytes)
+            if len(runs) > 1:
+                self.counters.byte_splits += 1
+                parts = [[live[i] for i in run] for run in runs]
+                await asyncio.gather(*(self._execute_fitting(p, trigger, attempt) for p in parts))
+                return
+        await self._execute_fitting(live, trigger, attempt)
+
+    async def _execute_fitting(
+        self, live: list[Pending], trigger: BatchTrigger, attempt: int
+    ) -> None:
+        """``execute`` for live members whose batch fits in a backend message."""
         try:
             results = await self._call(live, trigger, attempt)
         except asyncio.CancelledError:
@@ -270,7 +291,7 @@ def may_be_one_members_fault(error: GatewayError) -> bool:
     # (RESOURCE_EXHAUSTED: its queue is full) fails every member alike; splitting
     # would only multiply the load (8 shed requests would become 15 calls).
     # Anything else may be one request's data (or a batch too large for the
-    # device), so split.
+    # device, or whose response is over the message limit), so split.
     if error.code == "RESOURCE_EXHAUSTED":
         return False
     return not isinstance(error, DeadlineExceeded | Cancelled | Unavailable)

@@ -106,6 +106,8 @@ class BatcherCounters:
     cancelled_in_queue: int = 0
     failed_batches: int = 0
     isolation_splits: int = 0
+    #: Batches run as sub-batches because their tensors would not fit in one message.
+    byte_splits: int = 0
     batches_by_trigger: Counter[str] = field(default_factory=Counter)
     #: Requests that skipped the queue and ran on their own (not batches).
     ran_alone: int = 0

@@ -6,6 +6,10 @@ offsets. BYTES tensors are numpy object arrays and concatenate the same way;
 their elements may differ in length, only the non-batch dimensions must agree,
 which is what ``shape_key`` captures. Splitting returns views of the batch's
 arrays (no copy); the batch's buffers live as long as any request holds one.
+
+``tensor_bytes`` and ``byte_runs`` cap a batch by size as well as rows: the
+executor cuts a batch whose tensors would not fit in one backend message into
+consecutive runs that each fit.
 """
 
 from __future__ import annotations
@@ -45,6 +49,40 @@ def rows_of(inputs: Mapping[str, Tensor]) -> int:
 def params_key(parameters: Mapping[str, Any], ignore: frozenset[str]) -> Hashable:
     """Request parameters as a hashable key: requests that differ in them are not merged."""
     return tuple(sorted((k, v) for k, v in parameters.items() if k not in ignore))
+
+
+def tensor_bytes(inputs: Mapping[str, Tensor]) -> int:
+    """The bytes ``inputs`` take on the wire: a BYTES element as its 4-byte
+    length and its data (its text, if not bytes), anything else as its buffer."""
+    total = 0
+    for array in inputs.values():
+        if array.dtype == object:
+            total += sum(
+                4 + len(item if isinstance(item, bytes) else str(item).encode())
+                for item in array.reshape(-1)
+            )
+        else:
+            total += array.nbytes
+    return total
+
+
+def byte_runs(sizes: Sequence[int], budget: int) -> list[range]:
+    """``sizes`` cut, in order, into runs of consecutive indices whose sum
+    stays within ``budget``; one size over the budget makes a run of its own.
+
+    Consecutive, so each run keeps the queue's order (priority, deadline,
+    arrival), and greedy, so there are as few runs as that order allows.
+    """
+    runs: list[range] = []
+    start, used = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and used + size > budget:
+            runs.append(range(start, index))
+            start, used = index, 0
+        used += size
+    if sizes:
+        runs.append(range(start, len(sizes)))
+    return runs
 
 
 def merge_inputs(requests: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:

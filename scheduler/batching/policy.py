@@ -62,6 +62,9 @@ class BatchingPolicy:
     is full (``max_batch_size`` rows), reaches a preferred size, its oldest
     member has waited ``max_queue_delay_us``, its earliest deadline would
     otherwise be missed, or a backend is idle (work-conserving).
+    ``max_message_bytes`` (0: none), the backends' message limit, caps a
+    batch's tensor bytes as well (``batch_bytes_for``): the executor runs a
+    larger batch as consecutive sub-batches that each fit.
     """
 
     enabled: bool = True
@@ -73,6 +76,7 @@ class BatchingPolicy:
     default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     #: Overrides of ``default_queue_policy`` by level.
     level_queue_policies: Mapping[int, QueuePolicy] = field(default_factory=dict)
+    max_message_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.enabled and self.max_batch_size < 1:
@@ -82,6 +86,8 @@ class BatchingPolicy:
             raise ValueError(
                 f"preferred batch sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})"
             )
+        if self.max_message_bytes < 0:
+            raise ValueError(f"max_message_bytes must be >= 0, got {self.max_message_bytes}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.priority_levels < 1:
@@ -107,6 +113,19 @@ class BatchingPolicy:
 
     def queue_policy(self, level: int) -> QueuePolicy:
         return self.level_queue_policies.get(level, self.default_queue_policy)
+
+
+#: What a merged request's message holds besides its tensors: names, shapes,
+#: datatypes, parameters and field framing, a few hundred bytes in practice.
+MESSAGE_ROOM_BYTES = 64 * 1024
+
+
+def batch_bytes_for(max_message_bytes: int) -> int:
+    """The tensor bytes a batch may hold so that its message fits in
+    ``max_message_bytes`` (0: no limit, no cap). A tiny limit keeps half for tensors."""
+    if max_message_bytes <= 0:
+        return 0
+    return max(max_message_bytes - MESSAGE_ROOM_BYTES, max_message_bytes // 2)
 
 
 def _get(config: Mapping[str, Any], snake: str) -> Any:

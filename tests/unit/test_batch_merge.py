@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.batching.merge import merge_inputs, rows_of, shape_key, split_outputs
+from scheduler.batching.merge import (
+    byte_runs,
+    merge_inputs,
+    rows_of,
+    shape_key,
+    split_outputs,
+    tensor_bytes,
+)
 from scheduler.errors import BackendError, InvalidArgument
+from scheduler.kserve_wire import encode_bytes
 from scheduler.spec import Tensor
 
 DTYPES = [np.dtype(t) for t in ("<f4", "<f8", "<i8", "<i4", "<u1", "bool", "<f2")] + [
@@ -100,3 +108,23 @@ def test_incompatible_requests_are_refused() -> None:
         merge_inputs([{"X": np.zeros((1, 4))}, {"X": np.zeros((1, 4), np.float32)}])
     with pytest.raises(InvalidArgument, match="batch size"):
         rows_of({"A": np.zeros((1, 4)), "B": np.zeros((2, 4))})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 50), max_size=12), st.integers(1, 60))
+def test_byte_runs_are_consecutive_fit_the_budget_and_are_as_few_as_order_allows(
+    sizes: list[int], budget: int
+) -> None:
+    runs = byte_runs(sizes, budget)
+    assert [i for run in runs for i in run] == list(range(len(sizes)))
+    for run, following in zip(runs, [*runs[1:], None], strict=False):
+        used = sum(sizes[i] for i in run)
+        assert len(run) == 1 or used <= budget  # one size over the budget runs alone
+        if following is not None:  # greedy: the next member would not have fit
+            assert used + sizes[following[0]] > budget
+
+
+def test_tensor_bytes_counts_what_the_wire_carries() -> None:
+    text = np.array([[b"ab", "c\u00e9"], [b"", b"xyz"]], dtype=object)
+    numbers = np.zeros((2, 5), np.float32)
+    assert tensor_bytes({"T": text, "N": numbers}) == len(encode_bytes(text)) + 40

@@ -163,6 +163,29 @@ async def test_a_poisoned_request_fails_alone() -> None:
     assert b.counters.isolation_splits == 3  # 8 -> 4 -> 2 -> 1
 
 
+async def test_a_batch_over_the_message_limit_runs_as_sub_batches_that_fit() -> None:
+    run = FakeRun()
+    # A 100-byte limit leaves 50 bytes of tensors per batch: four rows of
+    # three FP32 values (48 bytes). A full batch of 8 one-row requests runs as
+    # two sub-batches of 4; in a full batch of 3 one-row requests and a 5-row
+    # one (60 bytes, over the budget on its own), the large one runs alone.
+    b = batcher(run, capacity=[0], max_message_bytes=100)
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    try:
+        small = await asyncio.gather(*(b.submit(request(v)) for v in values))
+        mixed = await asyncio.gather(
+            *(b.submit(request(v)) for v in values[:3]), b.submit(request(9.0, rows=5))
+        )
+    finally:
+        await b.aclose()
+    for v, result in zip([*values, *values[:3], 9.0], [*small, *mixed], strict=True):
+        assert result["Y"][:, 0].tolist() == [2 * v] * len(result["Y"])
+    assert len(mixed[-1]["Y"]) == 5
+    assert [i.size for i in run.batches] == [4, 4, 3, 5]
+    assert run.seen[:8] == values  # every member once, in queue order
+    assert b.counters.byte_splits == 2 and b.counters.isolation_splits == 0
+
+
 async def test_wrong_output_rows_fail_every_member_and_nothing_hangs() -> None:
     run = FakeRun()
     run.wrong_rows = True

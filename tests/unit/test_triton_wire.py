@@ -16,7 +16,7 @@ import pytest
 from gateway.api.inference import grpc_service_pb2 as pb
 from scheduler.backends.triton import TritonBackend
 from scheduler.clock import MonotonicClock
-from scheduler.errors import BackendError, BackendUnavailable
+from scheduler.errors import BackendError, BackendUnavailable, MessageTooLarge
 from scheduler.spec import DataType, ModelSpec, TensorSpec
 
 SPEC = ModelSpec(
@@ -156,3 +156,22 @@ async def test_an_unreadable_response_is_a_backend_error() -> None:
                 await backend.infer(SPEC, {"X": np.ones((1, 3), np.float32)})
         finally:
             await backend.aclose()
+
+
+async def test_a_message_over_the_channel_limit_names_the_sizes_and_the_setting() -> None:
+    async with recording_server() as (url, recorder):
+        backend = TritonBackend(url, max_message_bytes=1024)
+        request = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(2048)])
+        recorder.reply = _reply(np.zeros(512, np.float32))  # 2 KiB back
+        try:
+            with pytest.raises(MessageTooLarge) as sent:
+                await backend.infer_wire(SPEC, request.SerializeToString())
+            with pytest.raises(MessageTooLarge) as received:
+                await backend.infer(SPEC, {"X": np.ones((1, 3), np.float32)})
+        finally:
+            await backend.aclose()
+    assert not recorder.requests[1:]  # the large request never left the gateway
+    for info in (sent, received):
+        assert info.value.code == "INVALID_ARGUMENT" and not info.value.retryable
+        assert "max_message_bytes" in info.value.message
+        assert "vs. 1024)" in info.value.message, info.value.message
