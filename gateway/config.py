@@ -104,6 +104,9 @@ class TenantSettings(BaseModel):
     rate_per_s: float | None = Field(None, gt=0, description="requests per second on average")
     burst: int = Field(10, ge=1, description="requests it may send at once above its rate")
     max_concurrent: int | None = Field(None, gt=0, description="requests in flight at once")
+    share: float = Field(
+        1.0, ge=0.01, le=100.0, description="its weight in a model's batch queue (fair share)"
+    )
 
 
 class Settings(BaseSettings):

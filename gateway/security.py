@@ -52,6 +52,7 @@ class Tenant:
     models: frozenset[str]  # "*": every model
     admin: bool
     quota: TenantQuota
+    share: float = 1.0  # its weight in fair share (scheduler/batching/fair_share.py)
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -67,7 +68,7 @@ class Authenticator:
         for name, spec in tenants.items():
             limits = QuotaLimits(spec.rate_per_s, spec.burst, spec.max_concurrent)
             tenant = Tenant(
-                name, frozenset(spec.models), spec.admin, TenantQuota(name, limits, now)
+                name, frozenset(spec.models), spec.admin, TenantQuota(name, limits, now), spec.share
             )
             for key in spec.api_keys:
                 self._by_key[_digest(key.get_secret_value())] = tenant

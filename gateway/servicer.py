@@ -259,7 +259,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             model, deadline = spec.name, infer_request.deadline
             if tenant is not None:
                 Authenticator.authorize(tenant, model)
-                infer_request.tenant = tenant.name
+                infer_request.tenant, infer_request.share = tenant.name, tenant.share
             try:
                 if spec.stateful:  # the one test the common path pays
                     return await self._stateful.infer(infer_request, spec, stream)

@@ -1,6 +1,6 @@
 """The tenants scenario on a virtual clock: the batch queue's order alone, no CPU.
 
-    python -m loadtests.fair_share_sim [--seconds 20]
+    python -m loadtests.fair_share_sim [--seconds 20] [--shares Q N]
 
 The live measurement (``loadtests.tenants_bench``) mixes two effects on a
 shared 2-core machine: the order in which queued requests are batched, and
@@ -13,7 +13,8 @@ a quota of 20/s with a burst of 20, both with 5 s deadlines. As in the live
 bench, one queue and one quota see three phases in a row: noisy silent, at
 20/s, at 200/s. They run once with tenants in the queue (fair share) and once
 without (every item's tenant "", the queue's earliest-deadline-first order as
-before). Deterministic: the same figures every run.
+before); with ``--shares Q N`` once more with those fair shares for quiet and
+noisy. Deterministic: the same figures every run.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Outcome:
     noisy_refused: int = 0
 
 
-def simulate(rates: list[float], seconds: float, *, fair: bool) -> list[Outcome]:
+def simulate(
+    rates: list[float], seconds: float, *, fair: bool, shares: tuple[float, float] = (1.0, 1.0)
+) -> list[Outcome]:
     """One ``Outcome`` per phase of ``seconds``, noisy sending at ``rates[i]``."""
     queue: BatchQueue[tuple[str, float]] = BatchQueue(
         BatchingPolicy(max_batch_size=4, max_queue_delay_us=2000)
@@ -55,6 +58,7 @@ def simulate(rates: list[float], seconds: float, *, fair: bool) -> list[Outcome]
     def push(tenant: str, sent_at: float, now: float) -> None:
         item = QueueItem((tenant, sent_at), rows=1, key="k", deadline=now + 5.0)
         item.tenant = tenant if fair else ""
+        item.share = shares[0] if tenant == "quiet" else shares[1]
         queue.push(item, now)
 
     ticks_per_phase = round(seconds / TICK_S)
@@ -99,17 +103,26 @@ def simulate(rates: list[float], seconds: float, *, fair: bool) -> list[Outcome]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="virtual time per run")
+    parser.add_argument("--shares", type=float, nargs=2, metavar=("QUIET", "NOISY"))
     args = parser.parse_args()
     print("| queue order | noisy sends | quiet p50 | quiet p99 | noisy OK/s | noisy refused/s |")
     print("|---|---|---|---|---|---|")
     rates = [0.0, 20.0, 200.0]
-    for fair in (False, True):
-        for rate, result in zip(rates, simulate(rates, args.seconds, fair=fair), strict=True):
+    runs: list[tuple[str, bool, tuple[float, float]]] = [
+        ("EDF (before)", False, (1.0, 1.0)),
+        ("fair share", True, (1.0, 1.0)),
+    ]
+    if args.shares:
+        quiet, noisy = args.shares
+        runs.append((f"fair share {quiet:g}:{noisy:g}", True, (quiet, noisy)))
+    for name, fair, shares in runs:
+        outcomes = simulate(rates, args.seconds, fair=fair, shares=shares)
+        for rate, result in zip(rates, outcomes, strict=True):
             p50, p99 = np.percentile(np.array(result.quiet_s) * 1e3, [50, 99])
             ok_per_s = result.noisy_ok / args.seconds
             refused_per_s = result.noisy_refused / args.seconds
             print(
-                f"| {'fair share' if fair else 'EDF (before)'} | {rate:.0f}/s | {p50:.0f} ms "
+                f"| {name} | {rate:.0f}/s | {p50:.0f} ms "
                 f"| {p99:.0f} ms | {ok_per_s:.1f} | {refused_per_s:.1f} |"
             )
 

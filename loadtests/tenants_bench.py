@@ -1,6 +1,6 @@
 """Tenants at equal priority: does a tenant sending ten times its quota slow another?
 
-    python -m loadtests.tenants_bench [--seconds 4] [--rounds 3] [--baseline DIR]
+    python -m loadtests.tenants_bench [--seconds 4] [--rounds 3] [--shares Q N] [--baseline DIR]
 
 One real ``tritonserver`` whose ``gpu_sim`` costs a fixed 50 ms per call,
 batched by the gateway at most 4 rows at a time (about 75 requests/s). Tenant
@@ -10,6 +10,11 @@ another service would), first at 20/s, its quota, then at 200/s. Each round
 measures, one after another: quiet alone, quiet with noisy at its quota,
 quiet with noisy at ten times it; the quiet tenant's p99, and the gateway's
 CPU seconds per phase (its refusals' cost).
+
+``--shares Q N``: a second gateway of this tree in which the tenants' fair
+shares are Q (quiet) and N (noisy), e.g. ``3 1`` for the noisy tenant's
+quota of about a quarter of the model's capacity; its rounds alternate with
+the equal-shares gateway's ("after").
 
 ``--baseline DIR``: a checkout of the code before (e.g. ``git archive main``
 unpacked there); its gateway runs against the same Triton and the rounds
@@ -135,8 +140,15 @@ def phase(gw: GatewayProcess, seconds: float, noisy_rate: float) -> dict[str, An
     }
 
 
-def run(workdir: Path, seconds: float, rounds: int, baseline: Path | None) -> dict[str, Any]:
-    """``{variant: [round: {phase: figures}]}`` for "after" (this tree) and "before"."""
+def run(
+    workdir: Path,
+    seconds: float,
+    rounds: int,
+    baseline: Path | None,
+    shares: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """``{variant: [round: {phase: figures}]}`` for "after" (this tree), "before"
+    (``baseline``) and "shares Q:N" (this tree with those fair shares)."""
     env = {"GATEWAY_BATCHING": _BATCHING, "GATEWAY_NVML": "false"}
     env["GATEWAY_TENANTS"] = json.dumps(_TENANTS)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -147,6 +159,17 @@ def run(workdir: Path, seconds: float, rounds: int, baseline: Path | None) -> di
             if baseline is not None:
                 gateways["before"] = start_gateway(
                     workdir / "before", args=args, env=env, repo=baseline
+                )
+            if shares is not None:
+                quiet, noisy = shares
+                tenants = {
+                    "quiet": _TENANTS["quiet"] | {"share": quiet},
+                    "noisy": _TENANTS["noisy"] | {"share": noisy},
+                }
+                gateways[f"shares {quiet:g}:{noisy:g}"] = start_gateway(
+                    workdir / "shares",
+                    args=args,
+                    env=env | {"GATEWAY_TENANTS": json.dumps(tenants)},
                 )
             for gw in gateways.values():  # warm up: connections, service times
                 asyncio.run(tenant_load(gw.address, "quiet-key", 1.0, callers=4))
@@ -194,10 +217,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="a checkout of the code before")
+    parser.add_argument(
+        "--shares", type=float, nargs=2, metavar=("QUIET", "NOISY"), help="fair shares to compare"
+    )
     parser.add_argument("--json", type=Path, help="write every round's figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenants-") as tmp:
-        results = run(Path(tmp), args.seconds, args.rounds, args.baseline)
+        shares = tuple(args.shares) if args.shares else None
+        results = run(Path(tmp), args.seconds, args.rounds, args.baseline, shares)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print("\n".join(summary(results)))

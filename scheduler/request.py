@@ -62,6 +62,8 @@ class InferRequest:
     received_ns: int = 0
     #: Who sent it (from the caller's credentials); "" when the gateway has no tenants.
     tenant: str = ""
+    #: Its tenant's weight in fair share (``batching.fair_share``).
+    share: float = 1.0
 
 
 #: What a backend call yields for a request: its outputs by name, or, when the

@@ -172,6 +172,7 @@ class Batcher(SubmitsTogether):
             priority=request.priority,
             deadline=request.deadline,
             tenant=request.tenant,
+            share=request.share,
         )
         late = True  # until admitted
         try:

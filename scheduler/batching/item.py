@@ -43,7 +43,8 @@ class QueueItem(Generic[T]):
 
     ``key`` groups the items that may share a batch (shapes, dtypes, version,
     parameters); ``deadline`` is the request's own absolute deadline;
-    ``tenant`` who sent it ("" for none), for fair share. The queue fills in
+    ``tenant`` who sent it ("" for none) and ``share``, its weight, for fair
+    share. The queue fills in
     ``level``, ``enqueued_at``, ``timeout_at``, ``seq``, ``tag`` and ``entry``
     on push; ``key`` and ``deadline`` must not change while queued.
     Setting ``cancelled`` tells the queue at once, so it never has to look.
@@ -62,6 +63,7 @@ class QueueItem(Generic[T]):
         "priority",
         "rows",
         "seq",
+        "share",
         "tag",
         "tenant",
         "timeout_at",
@@ -76,6 +78,7 @@ class QueueItem(Generic[T]):
         deadline: float | None = None,
         cancelled: bool = False,
         tenant: str = "",
+        share: float = 1.0,
     ) -> None:
         self.payload = payload
         self.rows = rows
@@ -89,6 +92,7 @@ class QueueItem(Generic[T]):
         self.delayed = False
         self.seq = 0
         self.tenant = tenant
+        self.share = share
         self.tag = 0.0  # its fair-share start tag (fair_share.FairShare)
         self.entry: Entry | None = None
         self._queue: BatchQueue[T] | None = None

@@ -153,7 +153,7 @@ class BatchQueue(Generic[T]):
         item.level = level
         item.enqueued_at = now
         item.seq = seq = next(self._seq)
-        item.tag = self._fair.start_tag(item.tenant, item.rows)
+        item.tag = self._fair.start_tag(item.tenant, item.rows, item.share)
         self._last_event_at = now
         if queue_policy.allow_timeout_override and item.deadline is not None:
             item.timeout_at = None  # the request's own deadline replaces the default

@@ -3,17 +3,23 @@ one priority level: a tenant's burst does not sit ahead of another tenant."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import TenantSettings
+from gateway.security import Authenticator
 from scheduler.batching.fair_share import DEMOTED, FairShare, rank_of
 from scheduler.batching.policy import BatchingPolicy, QueuePolicy
 from scheduler.batching.queue import BatchQueue, QueueItem
+from scheduler.clock import MonotonicClock
 
 NOW = 100.0
 
 
 def _item(
-    name: str, tenant: str = "", rows: int = 1, deadline: float | None = None
+    name: str, tenant: str = "", rows: int = 1, deadline: float | None = None, share: float = 1.0
 ) -> QueueItem[str]:
-    return QueueItem(name, rows=rows, key="k", deadline=deadline, tenant=tenant)
+    return QueueItem(name, rows=rows, key="k", deadline=deadline, tenant=tenant, share=share)
 
 
 def _drain(queue: BatchQueue[str], now: float = NOW) -> list[list[str]]:
@@ -90,6 +96,19 @@ def test_rows_count_towards_the_share() -> None:
     assert _drain(queue) == [["big0", "s0"], ["s1", "s2"], ["big1", "s3"]]
 
 
+def test_backlogged_tenants_get_rows_in_proportion_to_their_shares() -> None:
+    queue: BatchQueue[str] = BatchQueue(BatchingPolicy(max_batch_size=4))
+    for n in range(8):  # the light tenant (share 1) sends its burst first
+        queue.push(_item(f"n{n}", "noisy", share=1.0), NOW)
+    for n in range(8):  # the tenant with share 3 gets three rows to the other's one
+        queue.push(_item(f"q{n}", "quiet", share=3.0), NOW)
+    batches = _drain(queue)
+    assert [sum(name.startswith("q") for name in batch) for batch in batches[:2]] == [3, 3]
+    assert sorted(name for batch in batches for name in batch) == sorted(
+        [f"n{n}" for n in range(8)] + [f"q{n}" for n in range(8)]
+    )
+
+
 def test_without_tenants_the_order_is_earliest_deadline_first() -> None:
     queue: BatchQueue[str] = BatchQueue(BatchingPolicy(max_batch_size=2))
     for name, deadline in (("late", NOW + 9), ("none", None), ("soon", NOW + 1), ("mid", NOW + 5)):
@@ -108,3 +127,13 @@ def test_within_one_tenant_equal_tags_keep_deadline_order_and_demoted_go_last() 
     queue.push(_item("c-soon", "c", deadline=NOW + 1), NOW + 0.002)
     # b and c both start at V (0): the earlier deadline first; a's demoted item last.
     assert _drain(queue, NOW + 0.002) == [["c-soon", "b-late", "old"]]
+
+
+def test_a_tenants_share_comes_from_its_settings() -> None:
+    auth = Authenticator(
+        {"quiet": TenantSettings(api_keys=["q-key"], share=3), "noisy": TenantSettings()},
+        MonotonicClock(),
+    )
+    assert auth.identify([("x-api-key", "q-key")], {}).share == 3.0
+    with pytest.raises(ValidationError, match="share"):
+        TenantSettings(share=0)
