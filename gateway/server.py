@@ -81,6 +81,8 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         default_slo_s=settings.default_slo_s,
         routing=settings.routing,
         routing_by_model=dict(settings.routing_by_model),
+        # Fair share between tenants needs every batch decided here (config.py).
+        queue_ahead=0 if settings.tenants else 1,
     )
 
 

@@ -61,3 +61,9 @@ class SchedulerConfig:
     routing_by_model: Mapping[str, str] = field(default_factory=dict)
     #: How many batches a backend runs at once per model instance.
     pipeline_depth: int = 1
+    #: Batches a batcher may send beyond the backends' free slots when a trigger
+    #: fires, so a backend that finishes finds the next one already there. A
+    #: batch sent ahead waits in the backend's own FIFO, out of reach of the
+    #: gateway's queue order: with tenants sharing a model, the gateway sets 0
+    #: so fair share decides every batch (see loadtests/results/reliability.md).
+    queue_ahead: int = 1

@@ -362,8 +362,7 @@ class Scheduler:
         policy is not parsed again per request) when the gateway does not batch it."""
         if spec.name in self._batchers:
             return self._batchers[spec.name]
-        # Triton's sequence batcher merges a sequence model's requests, by
-        # sequence; a decoupled model's responses are streamed one request at a time.
+        # Triton batches sequences itself; a decoupled model streams per request.
         if spec.max_batch_size <= 0 or spec.stateful:
             self._batchers[spec.name] = None
             return None
@@ -390,6 +389,7 @@ class Scheduler:
             capacity=lambda: self._capacity(spec),
             tracer=self._tracer,
             admission=AdmissionPolicy(self.config.admit_fraction, self.config.default_slo_s),
+            queue_ahead=self.config.queue_ahead,
         )
         self._batchers[spec.name] = batcher
         return batcher
