@@ -181,7 +181,7 @@ class Replica:
         capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
         self._seen_capacity[model] = capacity
         step = self.queues[model].step(
-            now, in_flight=self.in_flight[model], capacity=capacity, ahead=1
+            now, in_flight=self.in_flight[model], capacity=capacity, ahead=self.config.queue_ahead
         )
         for item, _ in step.expired:
             self._end(item.payload, now, "expired")
