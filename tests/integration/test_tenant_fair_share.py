@@ -4,12 +4,12 @@ through a real gateway and a real ``tritonserver``.
 Tenant "noisy" sends a burst of 16 one-row requests, all within its quota;
 tenant "quiet" sends 4 a moment later. The model runs one batch of at most 4
 rows at a time, 80 ms each, so the burst alone takes 4 batches. In earliest
-deadline (arrival) order the quiet requests would run after the whole burst,
-5 batches in; and a batch sent ahead into Triton's own FIFO would hold them
-back by one more. With fair share and no batch sent ahead, they run in the
-batches after the first, turn about with the burst: the last of them is answered about three batch
-times before the burst's last request (about two if a batch were sent
-ahead). Ordering only, with half a batch time to spare: no latency bound.
+deadline (arrival) order the quiet requests would run after the whole burst, 5
+batches in; and a batch sent ahead into Triton's own FIFO would hold them back
+by one more. With fair share and no batch sent ahead, they run in the batches
+after the first, turn about with the burst: the last of them is answered about
+three batch times before the burst's last request (about two if a batch were
+sent ahead). Ordering only, with half a batch time to spare: no latency bound.
 """
 
 from __future__ import annotations
