@@ -15,7 +15,8 @@ memory to the system only when a later free happens to shrink them.
 when at least ``after_bytes`` passed since the last release and no request
 is in flight, it schedules one full ``gc.collect()`` followed by glibc's
 ``malloc_trim(0)`` (where the C library has it; elsewhere the collection
-alone), at most once per ``min_interval_s``. Small requests only add to a
+alone), at most once per ``min_interval_s``, and up to ``FOLLOW_UPS`` times
+again, an interval apart, while a collection still finds garbage. Small requests only add to a
 counter: a steady stream of them reaches ``after_bytes`` rarely, and then
 costs one full collection per ``after_bytes`` served, at most one a second.
 """
@@ -47,7 +48,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
 class MemoryRelease:
     """Collect and trim once idle after large traffic (see the module docstring)."""
 
-    __slots__ = ("_last_at", "_passed", "_pending", "_trim", "after_bytes", "min_interval_s")
+    __slots__ = (
+        "_follow_ups",
+        "_last_at",
+        "_passed",
+        "_pending",
+        "_trim",
+        "after_bytes",
+        "min_interval_s",
+    )
+
+    #: Looks again after a release that found garbage, at most this many times.
+    FOLLOW_UPS = 2
 
     def __init__(self, after_bytes: int = 64 << 20, min_interval_s: float = 1.0) -> None:
         self.after_bytes = after_bytes
@@ -55,6 +67,7 @@ class MemoryRelease:
         self._trim = _malloc_trim()
         self._passed = 0
         self._pending = False
+        self._follow_ups = 0
         self._last_at = -math.inf
 
     def passed(self, size: int, idle: bool) -> None:
@@ -65,6 +78,7 @@ class MemoryRelease:
             # Later, not here: the last response is still to be sent.
             wait_s = max(0.05, self._last_at + self.min_interval_s - loop.time())
             self._pending = True
+            self._follow_ups = self.FOLLOW_UPS
             loop.call_later(wait_s, self.release)
 
     def release(self) -> None:
@@ -81,3 +95,12 @@ class MemoryRelease:
             found,
             (time.perf_counter() - began) * 1e3,
         )
+        if found and self._follow_ups > 0 and not self._pending:
+            # What the last answers still held (a response being sent, its
+            # request's frames) may become garbage only after this ran, and no
+            # new request may come to schedule another: look again, later, a
+            # bounded number of times (traffic that makes garbage all along
+            # must not keep a full collection running every interval).
+            self._follow_ups -= 1
+            self._pending = True
+            asyncio.get_running_loop().call_later(self.min_interval_s, self.release)

@@ -48,3 +48,22 @@ def test_releases_are_spaced_by_the_minimum_interval(monkeypatch: pytest.MonkeyP
         assert collections[1] - collections[0] >= 0.5
 
     asyncio.run(scenario())
+
+
+def test_a_release_that_found_garbage_looks_again_a_bounded_number_of_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = [5, 5, 5, 5]  # every look finds garbage: the follow-ups still stop
+
+    async def scenario() -> None:
+        monkeypatch.setattr(gc, "collect", lambda: found.pop() if found else 0)
+        memory = MemoryRelease(after_bytes=1, min_interval_s=0.05)
+        memory.passed(1, idle=True)
+        await asyncio.sleep(0.6)
+        assert len(found) == 4 - 1 - MemoryRelease.FOLLOW_UPS
+        found[:] = [0]  # a look that finds nothing ends the follow-ups at once
+        memory.passed(1, idle=True)
+        await asyncio.sleep(0.3)
+        assert found == []
+
+    asyncio.run(scenario())
