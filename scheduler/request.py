@@ -60,6 +60,9 @@ class InferRequest:
     wire: bytes | None = None
     checked: ModelSpec | None = None
     received_ns: int = 0
+    #: The length of the message it came in (0: not known); its tensors take
+    #: no more than that, so a batch whose messages fit needs no tensor count.
+    size_bytes: int = 0
     #: Who sent it (from the caller's credentials); "" when the gateway has no tenants.
     tenant: str = ""
     #: Its tenant's weight in fair share (``batching.fair_share``).
