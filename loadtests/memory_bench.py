@@ -31,7 +31,8 @@ from tests.support.triton import MODEL_REPOSITORY, start_triton
 MIB = 1 << 20
 
 
-def _request(elements: int) -> bytes:
+def gpu_sim_request(elements: int) -> bytes:
+    """An encoded ModelInfer of ``elements`` FP32 ones for ``gpu_sim``."""
     tensor = pb.ModelInferRequest.InferInputTensor(
         name="INPUT", datatype="FP32", shape=[1, elements]
     )
@@ -67,7 +68,7 @@ def run(
 ) -> list[dict[str, Any]]:
     env = {"GATEWAY_NVML": "false", "GATEWAY_OUTLIER_MIN_S": "30"}
     env["GATEWAY_BATCHING"] = json.dumps({"gpu_sim": {"max_batch_size": 1}})
-    small, large = _request(4), _request(mib * MIB // 4)
+    small, large = gpu_sim_request(4), gpu_sim_request(mib * MIB // 4)
     variants: list[tuple[str, Path | None]] = [("after", None)]
     if baseline is not None:
         variants.insert(0, ("before", baseline))

@@ -17,9 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import numpy as np
 
-from gateway.api.inference import grpc_service_pb2 as pb
+from loadtests.memory_bench import gpu_sim_request
 from tests.support.gateway import rss_bytes, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
@@ -27,15 +26,6 @@ MIB = 1 << 20
 REQUESTS = 8
 RETURNED_WITHIN_BYTES = 96 * MIB
 RETURNED_WITHIN_S = 10.0
-
-
-def _request(elements: int) -> bytes:
-    tensor = pb.ModelInferRequest.InferInputTensor(
-        name="INPUT", datatype="FP32", shape=[1, elements]
-    )
-    raw = np.ones(elements, np.float32).tobytes()
-    message = pb.ModelInferRequest(model_name="gpu_sim", inputs=[tensor], raw_input_contents=[raw])
-    return message.SerializeToString()
 
 
 def test_rss_returns_after_a_spike_of_large_requests(tmp_path: Path) -> None:
@@ -57,7 +47,7 @@ def test_rss_returns_after_a_spike_of_large_requests(tmp_path: Path) -> None:
             grpc.insecure_channel(gw.address, options=options) as channel,
         ):
             call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-            small, large = _request(4), _request(8 * MIB)  # 32 MiB of FP32
+            small, large = gpu_sim_request(4), gpu_sim_request(8 * MIB)  # 32 MiB of FP32
             for _ in range(20):
                 call(small, timeout=30)
             time.sleep(0.5)
