@@ -144,8 +144,15 @@ class BatchRunner:
             tried.add(state.id)
             if not state.breaker.allows(now):
                 continue  # lost the half-open trial to another call
+            # The outlier bound needs somewhere for the retry to go: on the last
+            # available backend, cutting a slow call only turns a late answer
+            # into an error and, repeated, ejects the model's only server (as
+            # Envoy's max ejection percent keeps a cluster from emptying).
+            spare = int(np.count_nonzero(candidates.available)) > 1
             try:
-                return await self._call(state, spec, inputs, info, decision, len(tried) - 1, traced)
+                return await self._call(
+                    state, spec, inputs, info, decision, len(tried) - 1, traced, spare
+                )
             except GatewayError as exc:
                 if not exc.retryable:
                     raise
@@ -159,7 +166,8 @@ class BatchRunner:
         without placement's choice and without retrying elsewhere."""
         state, decision = self._pinned(backend_id, spec, info)
         traced = tracing.recording(self._tracer)
-        return await self._call(state, spec, inputs, info, decision, 0, traced)
+        # A sequence's backend is the only one it may use: no spare to retry on.
+        return await self._call(state, spec, inputs, info, decision, 0, traced, False)
 
     def _pinned(
         self, backend_id: str, spec: ModelSpec, info: BatchInfo
@@ -280,6 +288,7 @@ class BatchRunner:
         decision: Decision,
         retries: int,
         traced: bool,
+        spare: bool,
     ) -> Mapping[str, Tensor] | bytes:
         predicted = decision.service_s
         name = spec.name
@@ -300,12 +309,13 @@ class BatchRunner:
         # shown it needs (its prediction and the wait ahead of it) is ended
         # there and retried elsewhere, and counts against the backend; a hung
         # server then costs its callers a bounded delay, not their deadline.
-        # Only once the backend has a measured estimate: a first call may be slow.
+        # Only once the backend has a measured estimate (a first call may be
+        # slow), and only with a ``spare`` backend to retry on.
         deadline = info.deadline
         bounded = False
         row_bytes = sum(a.nbytes for a in inputs.values()) / max(info.size, 1)
         needs_s = predicted + wait_s
-        if self.estimator.knows(state.id, name):
+        if spare and self.estimator.knows(state.id, name):
             config = self.config
             usual = self._row_bytes.get((state.id, name), 0.0)
             needs_s = outlier_needs_s(predicted, wait_s, row_bytes, usual)
