@@ -3,10 +3,15 @@
     inference-gateway admin [--target HOST:PORT] [--token T] [--json] devices
     inference-gateway admin backends | queues | decisions [--limit N]
     inference-gateway admin drain BACKEND_ID | undrain BACKEND_ID
+    inference-gateway admin --tls-ca CA [--tls-cert CERT --tls-key KEY] backends
 
 The token comes from ``--token`` or ``$GATEWAY_ADMIN_TOKEN`` (the environment
-keeps it out of ``ps``). ``--json`` prints the response as protobuf JSON, for
-scripts; otherwise a table per view.
+keeps it out of ``ps``). With ``--tls-ca`` the call goes over TLS, verifying the
+admin server against that CA; ``--tls-cert``/``--tls-key`` add a client
+certificate, the identity an mTLS gateway's admin tenants are known by
+(``--tls-server-name`` when the address is not a name the certificate holds).
+``--json`` prints the response as protobuf JSON, for scripts; otherwise a table
+per view.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,6 +40,10 @@ def add_parser(commands: Any) -> None:
     admin.add_argument("--token", help="bearer token (default: $GATEWAY_ADMIN_TOKEN)")
     admin.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     admin.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    admin.add_argument("--tls-ca", type=Path, help="CA file: call over TLS, verifying the server")
+    admin.add_argument("--tls-cert", type=Path, help="client certificate (mTLS identity)")
+    admin.add_argument("--tls-key", type=Path, help="the client certificate's private key")
+    admin.add_argument("--tls-server-name", help="the name to verify the server certificate for")
     views = admin.add_subparsers(dest="view", required=True)
     for name in _VIEWS:
         view = views.add_parser(name, help=f"list {name}")
@@ -165,8 +175,30 @@ def _call(stub: pb_grpc.AdminServiceStub, args: argparse.Namespace) -> tuple[Mes
     return changed, _backend_rows([changed.backend])
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS (with a client certificate) when the flags say so."""
+    if args.tls_ca is None:
+        if args.tls_cert or args.tls_key or args.tls_server_name:
+            raise SystemExit("admin: --tls-cert, --tls-key and --tls-server-name need --tls-ca")
+        return grpc.insecure_channel(args.target)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("admin: --tls-cert and --tls-key go together")
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.tls_ca.read_bytes(),
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+    except OSError as exc:
+        raise SystemExit(f"admin: cannot read {exc.filename}: {exc.strerror}") from None
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(args.target, credentials, options=options)
+
+
 def run(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args) as channel:
         stub = pb_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply, table = _call(stub, args)

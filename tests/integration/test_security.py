@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import ssl
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -223,6 +226,32 @@ def test_admin_rpcs_need_an_admin_identity(secure_gateway: GatewayProcess, certs
         b.drained
         for b in operator.ListBackends(admin_pb2.ListBackendsRequest(), timeout=5).backends
     )
+
+
+def test_the_admin_cli_over_mutual_tls(secure_gateway: GatewayProcess, certs: Certs) -> None:
+    """``inference-gateway admin`` reaches a TLS admin port with a client
+    certificate, and the guard judges that certificate's identity."""
+    workdir: Path = secure_gateway.workdir  # type: ignore[attr-defined]
+    target = f"127.0.0.1:{int((workdir / 'admin.port').read_text())}"
+
+    def admin(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gateway", "admin", "--target", target, *flags]
+        clean = {k: v for k, v in os.environ.items() if k != "GATEWAY_ADMIN_TOKEN"}
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=clean)
+
+    def identity(name: str) -> list[str]:
+        pair = certs.clients[name]
+        return ["--tls-ca", str(certs.ca), "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
+
+    done = admin(*identity("operator"), "backends")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("BACKEND") and "closed" in done.stdout
+    refused = admin(*identity("tenant-a"), "backends")
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    plaintext = admin("--timeout", "2", "backends")  # a TLS port: no answer in plaintext
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+    lone = admin("--tls-cert", str(certs.clients["operator"].cert), "backends")
+    assert lone.returncode != 0 and "need --tls-ca" in lone.stderr
 
 
 def test_a_tenant_sees_only_its_models(secure_gateway: GatewayProcess, certs: Certs) -> None:
