@@ -60,6 +60,9 @@ class Layout:
     generation: int
     #: Inputs sent in typed ``contents`` (decoded per request, never remembered).
     typed: bool = False
+    #: The response's tensor bytes, where the model's config fixes its outputs'
+    #: shapes (0: not known); a batch is capped by its responses too.
+    reply_bytes: int = 0
 
     def tensors(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """The inputs as numpy views of ``raw``, after checking their sizes."""
@@ -169,6 +172,8 @@ def _decode(
     # declared shapes and datatypes (no data is read or allocated).
     validate_inputs(spec, {i.name: _stand_in(i) for i in inputs})
     priority = scheduling_parameters(parameters)
+    row_bytes = spec.output_row_bytes(outputs)
+    rows = inputs[0].shape[0] if inputs and inputs[0].shape and spec.max_batch_size > 0 else 0
     return Layout(
         spec=spec,
         version=request.model_version,
@@ -178,6 +183,7 @@ def _decode(
         priority=priority,
         generation=generation,
         typed=any(t.HasField("contents") for t in request.inputs),
+        reply_bytes=rows * row_bytes if row_bytes else 0,
     )
 
 

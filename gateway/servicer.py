@@ -257,7 +257,6 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 quota = tenant.quota
             infer_request, spec = decoded or self._decode(data, context, received_ns)
             model, deadline = spec.name, infer_request.deadline
-            infer_request.size_bytes = size
             if tenant is not None:
                 Authenticator.authorize(tenant, model)
                 infer_request.tenant, infer_request.share = tenant.name, tenant.share
@@ -357,6 +356,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             wire=data,
             checked=spec,
             received_ns=received_ns,
+            size_bytes=max(len(data), layout.reply_bytes),
         )
         return infer_request, spec
 

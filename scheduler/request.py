@@ -60,8 +60,9 @@ class InferRequest:
     wire: bytes | None = None
     checked: ModelSpec | None = None
     received_ns: int = 0
-    #: The length of the message it came in (0: not known); its tensors take
-    #: no more than that, so a batch whose messages fit needs no tensor count.
+    #: The larger of the message it came in and its response's tensor bytes
+    #: where the model fixes them (0: not known): a batch whose members' sizes
+    #: fit the message limit fits it both ways, with no tensor count.
     size_bytes: int = 0
     #: Who sent it (from the caller's credentials); "" when the gateway has no tenants.
     tenant: str = ""

@@ -8,6 +8,7 @@ report them from discovery; nothing here knows protobuf.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,24 @@ class ModelSpec:
 
     def has_version(self, version: str) -> bool:
         return not version or version in self.versions
+
+    def output_row_bytes(self, names: Sequence[str] = ()) -> int | None:
+        """Bytes a batch row of the outputs ``names`` (all outputs when empty)
+        takes in a response; None where the config leaves it open (a BYTES
+        output, or a dimension past the batch one that is -1). Read once per
+        request layout, so that a batch is capped by its response too."""
+        if self.max_batch_size <= 0:
+            return None
+        total = 0
+        for output in self.outputs:
+            if names and output.name not in names:
+                continue
+            dims = output.shape[1:]
+            item = output.datatype.item_size
+            if item is None or any(d < 0 for d in dims):
+                return None
+            total += item * math.prod(dims)
+        return total
 
     def same_signature(self, other: ModelSpec) -> bool:
         """Whether two backends' copies of a model are interchangeable."""
