@@ -274,3 +274,45 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
         keyword, _, rest = line.partition(" ")
         instructions.append((keyword.upper(), " ".join(rest.split())))
     return instructions
+
+
+#: Time after the drain for closing backends and exporting the last spans.
+SHUTDOWN_MARGIN_S = 5
+
+
+def dockerfile() -> dict[str, Any]:
+    """What the Dockerfile says, by instruction."""
+    found: dict[str, Any] = {"FROM": [], "ENV": {}, "COPY": [], "EXPOSE": []}
+    for keyword, args in dockerfile_instructions(DOCKER_DIR / "Dockerfile"):
+        if keyword == "FROM":
+            found["FROM"].append(args.split()[0])
+        elif keyword == "ENV":
+            found["ENV"].update(dict(pair.split("=", 1) for pair in args.split()))
+        elif keyword == "COPY":
+            parts = [p for p in args.split() if not p.startswith("--")]
+            found["COPY"].append((parts[:-1], parts[-1]))
+        elif keyword == "EXPOSE":
+            found["EXPOSE"] += [int(p) for p in args.split()]
+        else:
+            found[keyword] = args
+    return found
+
+
+def image_settings(workdir: Path) -> Settings:
+    image = dockerfile()
+    return effective_settings(
+        (DOCKER_DIR / "gateway.toml").read_text(), image["ENV"], workdir / "image"
+    )
+
+
+def compose_gateway_settings(workdir: Path) -> Settings:
+    gateway = compose_config(None)["services"]["gateway"]
+    env = {**dockerfile()["ENV"], **gateway.get("environment", {})}
+    mounted = {v["target"]: Path(v["source"]) for v in gateway["volumes"]}
+    return effective_settings(mounted[env[CONFIG_VARIABLE]].read_text(), env, workdir / "compose")
+
+
+def command_flag(args: list[str], flag: str) -> int:
+    """The integer value of ``--flag=VALUE`` in a container's command (exactly one)."""
+    [value] = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    return int(value)

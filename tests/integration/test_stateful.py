@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -32,25 +29,19 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from scheduler.sequences import rendezvous
-from tests.collector import Collector, start_collector
-from tests.support.gateway import GatewayProcess, start_gateway
-from tests.support.triton import TritonProcess, start_triton
-
-REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "stateful"
-SEQUENCES = 8
-STEPS = 20
-WAIT_S = 30
-
-
-@dataclass
-class Stack:
-    tritons: list[TritonProcess]
-    gateway: GatewayProcess  # in front of both Tritons
-    replica: GatewayProcess  # a second gateway (two workers), same Tritons, no shared state
-    metrics_url: str
-    replica_metrics_url: str
-    cancel_dir: Path
-    collector: Collector  # the first gateway and both Tritons export their spans here
+from tests.collector import start_collector
+from tests.support.stateful_stack import (
+    SEQUENCES,
+    STEPS,
+    WAIT_S,
+    Stack,
+    eventually,
+    executions,
+    metric,
+    repeat_inputs,
+    sequence_input,
+    stateful_stack,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,101 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     cancel_dir.mkdir()
     env = {"REPEAT_CANCEL_DIR": str(cancel_dir)}
     with start_collector(workdir / "collector") as collector:
-        yield from _stack(workdir, cancel_dir, env, collector)
-
-
-def _stack(
-    workdir: Path, cancel_dir: Path, env: dict[str, str], collector: Collector
-) -> Iterator[Stack]:
-    traced = [
-        "--trace-config=mode=opentelemetry",
-        f"--trace-config=opentelemetry,url={collector.http_endpoint}/v1/traces",
-        "--trace-config=rate=1",
-        "--trace-config=level=TIMESTAMPS",
-        "--trace-config=opentelemetry,bsp_schedule_delay=200",
-    ]
-    otel = {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_SERVICE_NAME": "stateful-gateway",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    with (
-        start_triton(REPOSITORY, workdir / "a", env=env, extra_args=traced) as first,
-        start_triton(REPOSITORY, workdir / "b", env=env, extra_args=traced) as second,
-    ):
-        tritons = ["--triton", first.grpc_url, "--triton", second.grpc_url, "--no-cpu-models"]
-
-        def metrics(name: str) -> list[str]:
-            return ["--metrics-port", "0", "--metrics-port-file", str(workdir / f"{name}.port")]
-
-        with (
-            start_gateway(workdir / "gw", args=[*tritons, *metrics("gw")], env=otel) as gateway,
-            start_gateway(
-                workdir / "replica",
-                args=[*tritons, *metrics("replica"), "--workers", "2"],
-                env={"GATEWAY_SERVER_NAME": "triton"},
-                ready_timeout_s=90,
-            ) as replica,
-        ):
-            yield Stack(
-                [first, second],
-                gateway,
-                replica,
-                _metrics_url(workdir / "gw.port"),
-                _metrics_url(workdir / "replica.port"),
-                cancel_dir,
-                collector,
-            )
-
-
-def _metrics_url(port_file: Path) -> str:
-    return f"http://127.0.0.1:{int(port_file.read_text())}/metrics"
-
-
-def _sequence_input(value: int) -> list[grpcclient.InferInput]:
-    tensor = grpcclient.InferInput("INPUT", [1, 1], "INT32")
-    tensor.set_data_from_numpy(np.array([[value]], dtype=np.int32))
-    return [tensor]
-
-
-def _repeat_inputs(values: list[int], delay_ms: int) -> list[grpcclient.InferInput]:
-    data = grpcclient.InferInput("IN", [len(values)], "INT32")
-    data.set_data_from_numpy(np.array(values, dtype=np.int32))
-    delay = grpcclient.InferInput("DELAY_MS", [1], "INT32")
-    delay.set_data_from_numpy(np.array([delay_ms], dtype=np.int32))
-    return [data, delay]
-
-
-def _metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """The sum of a metric's samples whose labels include ``labels``."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and (labels or {}).items() <= sample.labels.items():
-                total += sample.value
-    return total
-
-
-def _eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
-def _executions(triton: TritonProcess) -> int:
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
-    try:
-        stats = client.get_inference_statistics("sequence_sum", as_json=True)
-    finally:
-        client.close()
-    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+        yield from stateful_stack(workdir, cancel_dir, env, collector)
 
 
 # -- sequences ---------------------------------------------------------------------------------
@@ -168,7 +65,7 @@ def test_concurrent_sequences_on_one_stream_are_all_correct(stack: Stack) -> Non
     ids += [f"stream-{i}" for i in range(SEQUENCES // 2)]
     values = {sid: rng.integers(-100, 100, STEPS).tolist() for sid in ids}
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    before = [_executions(t) for t in stack.tritons]
+    before = [executions(t) for t in stack.tritons]
     client = grpcclient.InferenceServerClient(stack.gateway.address)
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
@@ -176,7 +73,7 @@ def test_concurrent_sequences_on_one_stream_are_all_correct(stack: Stack) -> Non
             for sid in ids:
                 client.async_stream_infer(
                     "sequence_sum",
-                    _sequence_input(values[sid][step]),
+                    sequence_input(values[sid][step]),
                     request_id=f"{sid}/{step}",
                     sequence_id=sid,
                     sequence_start=step == 0,
@@ -193,7 +90,7 @@ def test_concurrent_sequences_on_one_stream_are_all_correct(stack: Stack) -> Non
     for sid in ids:
         expected = np.cumsum(values[sid]).tolist()
         assert [got[f"{sid}/{step}"] for step in range(STEPS)] == expected, sid
-    after = [_executions(t) for t in stack.tritons]
+    after = [executions(t) for t in stack.tritons]
     assert sum(after) - sum(before) == SEQUENCES * STEPS
     assert all(a > b for a, b in zip(after, before, strict=True)), "both Tritons take sequences"
 
@@ -220,7 +117,7 @@ def test_sequences_hold_across_gateway_replicas_and_workers(stack: Stack) -> Non
                 try:
                     result = client.infer(
                         "sequence_sum",
-                        _sequence_input(values[sid][step]),
+                        sequence_input(values[sid][step]),
                         sequence_id=sid,
                         sequence_start=step == 0,
                         sequence_end=step == STEPS - 1,
@@ -251,8 +148,8 @@ def test_sequences_hold_across_gateway_replicas_and_workers(stack: Stack) -> Non
 
 
 def test_sequence_model_is_not_batched_by_the_gateway(stack: Stack) -> None:
-    assert _metric(stack.metrics_url, "gateway_batches_total", {"model": "sequence_sum"}) == 0
-    assert _metric(stack.metrics_url, "gateway_requests_total", {"model": "sequence_sum"}) > 0
+    assert metric(stack.metrics_url, "gateway_batches_total", {"model": "sequence_sum"}) == 0
+    assert metric(stack.metrics_url, "gateway_requests_total", {"model": "sequence_sum"}) > 0
 
 
 # -- decoupled ---------------------------------------------------------------------------------
@@ -269,7 +166,7 @@ def _stream_all(address: str, requests: list[tuple[str, list[int], bool]]) -> di
         for rid, values, empty in requests:
             client.async_stream_infer(
                 "repeat",
-                _repeat_inputs(values, 5),
+                repeat_inputs(values, 5),
                 request_id=rid,
                 enable_empty_final_response=empty,
             )
@@ -297,11 +194,11 @@ def test_decoupled_responses_stream_through_as_from_triton(stack: Stack) -> None
     assert via == direct
     assert via["b"][-1] == (None, None, True)  # the empty final response, as asked
     assert [v for v, _, _ in via["a"]] == [5, 6, 7, 8]
-    assert _metric(
+    assert metric(
         stack.metrics_url, "gateway_stream_first_response_seconds_count", {"model": "repeat"}
     ) >= len(requests)
     assert (
-        _metric(stack.metrics_url, "gateway_stream_response_gap_seconds_count", {"model": "repeat"})
+        metric(stack.metrics_url, "gateway_stream_response_gap_seconds_count", {"model": "repeat"})
         >= 4 + 10
     )
 
@@ -349,7 +246,7 @@ def test_unary_call_to_a_decoupled_model_fails_as_on_triton(stack: Stack) -> Non
     client = grpcclient.InferenceServerClient(stack.gateway.address)
     try:
         with pytest.raises(InferenceServerException) as raised:
-            client.infer("repeat", _repeat_inputs([1], 1))
+            client.infer("repeat", repeat_inputs([1], 1))
     finally:
         client.close()
     assert raised.value.status() == str(grpc.StatusCode.UNIMPLEMENTED)
@@ -390,22 +287,20 @@ def test_open_streams_spread_and_cancelling_the_caller_cancels_triton(stack: Sta
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         for rid in ("long-1", "long-2"):
-            client.async_stream_infer(
-                "repeat", _repeat_inputs(list(range(500)), 20), request_id=rid
-            )
+            client.async_stream_infer("repeat", repeat_inputs(list(range(500)), 20), request_id=rid)
             results.get(timeout=WAIT_S)  # the first response: the stream is open
         for triton in stack.tritons:
             url = f"triton@{triton.grpc_url}"
-            assert _metric(stack.metrics_url, "gateway_backend_open_streams", {"backend": url}) == 1
+            assert metric(stack.metrics_url, "gateway_backend_open_streams", {"backend": url}) == 1
     finally:
         client.stop_stream(cancel_requests=True)
         client.close()
-    assert _eventually(
+    assert eventually(
         lambda: (
             {p.name for p in stack.cancel_dir.iterdir()} >= {"cancelled-long-1", "cancelled-long-2"}
         )
     ), "Triton saw no cancellation"
-    assert _eventually(lambda: _metric(stack.metrics_url, "gateway_backend_open_streams") == 0)
+    assert eventually(lambda: metric(stack.metrics_url, "gateway_backend_open_streams") == 0)
 
 
 # -- last: a Triton dies mid-sequence ------------------------------------------------------
@@ -424,12 +319,12 @@ def test_killed_triton_loses_its_sequences_clearly(stack: Stack) -> None:
     client = grpcclient.InferenceServerClient(stack.gateway.address)
     try:
         for sid in ids:
-            client.infer("sequence_sum", _sequence_input(sid), sequence_id=sid, sequence_start=True)
+            client.infer("sequence_sum", sequence_input(sid), sequence_id=sid, sequence_start=True)
         stack.tritons[1].kill()
         survived, lost = [], []
         for sid in ids:
             try:
-                result = client.infer("sequence_sum", _sequence_input(1), sequence_id=sid)
+                result = client.infer("sequence_sum", sequence_input(1), sequence_id=sid)
             except InferenceServerException as exc:
                 assert exc.status() == str(grpc.StatusCode.ABORTED), exc
                 assert f"state of sequence {sid} of model 'sequence_sum' is lost" in exc.message()
@@ -440,10 +335,10 @@ def test_killed_triton_loses_its_sequences_clearly(stack: Stack) -> None:
         assert (survived, lost) == (on[backends[0]], on[backends[1]])
         for sid in lost:  # still lost on the next step: never a silent restart
             with pytest.raises(InferenceServerException, match="is lost"):
-                client.infer("sequence_sum", _sequence_input(1), sequence_id=sid)
+                client.infer("sequence_sum", sequence_input(1), sequence_id=sid)
         # Started again, a lost sequence runs on the Triton that is left.
         result = client.infer(
-            "sequence_sum", _sequence_input(7), sequence_id=lost[0], sequence_start=True
+            "sequence_sum", sequence_input(7), sequence_id=lost[0], sequence_start=True
         )
         assert int(result.as_numpy("OUTPUT")[0][0]) == 7
     finally:

@@ -4,7 +4,8 @@ The wheel ships the server binary, the Python backend and one backend stub per P
 version.  This module assembles a backend directory out of symlinks to them, picks free
 loopback ports, starts the server in its own process group with its log in a file, waits
 until the server *and every model* are ready, and stops it again without leaving
-processes behind.  It is used by the tests and by the benchmark scripts in loadtests/,
+processes behind (finding the binary, the backend directory and the ports:
+``tests.support.triton_install``).  It is used by the tests and by the benchmark scripts in loadtests/,
 so it must not import pytest.
 
 Typical use::
@@ -25,7 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.support.triton_install import (
+    TritonNotInstalledError,
+    find_pytriton_root,
+    find_tritonserver,
+    free_ports,
+    make_backend_dir,
+    model_names,
+)
 
 __all__ = [
     "MODEL_REPOSITORY",
@@ -54,8 +63,6 @@ __all__ = [
 #: The repository of small Python-backend models shipped with the tests.
 MODEL_REPOSITORY: Path = Path(__file__).resolve().parents[1] / "models" / "triton"
 
-_INSTALL_HINT = "install dev extras: make dev"
-
 # Triton's messages when a listening socket cannot be bound, e.g.
 # "failed to start GRPC service: Unavailable - Socket '127.0.0.1:8001' already in use".
 _ADDRESS_IN_USE_MARKERS = ("already in use", "address in use")
@@ -66,100 +73,8 @@ _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 60
 
 
-class TritonNotInstalledError(RuntimeError):
-    """The pytriton wheel (which carries the tritonserver binary) is not installed."""
-
-
 class TritonStartError(RuntimeError):
     """tritonserver did not become ready; the message ends with the tail of its log."""
-
-
-def find_pytriton_root() -> Path:
-    """Return the ``pytriton/tritonserver`` directory of the installed wheel.
-
-    Found through the import system without importing pytriton: the wheel is installed
-    ``--no-deps`` only for its binaries, so importing it may fail on missing packages.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise TritonNotInstalledError(f"nvidia-pytriton is not installed; {_INSTALL_HINT}")
-    for location in spec.submodule_search_locations:
-        root = Path(location) / "tritonserver"
-        if root.is_dir():
-            return root
-    raise TritonNotInstalledError(
-        f"nvidia-pytriton has no bundled tritonserver directory; {_INSTALL_HINT}"
-    )
-
-
-def find_tritonserver() -> Path:
-    """Return the path of the ``tritonserver`` executable shipped with pytriton."""
-    binary = find_pytriton_root() / "bin" / "tritonserver"
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise TritonNotInstalledError(f"tritonserver binary not found at {binary}; {_INSTALL_HINT}")
-    return binary
-
-
-def make_backend_dir(path: Path) -> Path:
-    """Create a Triton backend directory at ``path`` and return ``path``.
-
-    ``path/python`` receives symlinks to ``libtriton_python.so``,
-    ``triton_python_backend_utils.py`` and the ``triton_python_backend_stub`` built for
-    the running interpreter's ``major.minor``.  Symlinks, not copies: the stub and the
-    shared library locate their bundled libraries relative to where they lie in the
-    wheel.  Idempotent, so several servers may share one directory.
-    """
-    root = find_pytriton_root()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    sources = {
-        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
-        "triton_python_backend_utils.py": (
-            root / "backends" / "python" / "triton_python_backend_utils.py"
-        ),
-        "triton_python_backend_stub": (
-            root / "python_backend_stubs" / version / "triton_python_backend_stub"
-        ),
-    }
-    python_dir = path / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
-    for name, source in sources.items():
-        if not source.exists():
-            raise TritonNotInstalledError(
-                f"{source} is missing (Python {version} supported?); {_INSTALL_HINT}"
-            )
-        link = python_dir / name
-        if link.is_symlink() and link.resolve() == source.resolve():
-            continue
-        link.unlink(missing_ok=True)
-        link.symlink_to(source)
-    return path
-
-
-def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct ports that were free on 127.0.0.1 a moment ago.
-
-    All sockets are held open together so the kernel hands out distinct ports.  Another
-    process may still grab one before tritonserver binds it; start_triton retries then.
-    """
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-
-
-def model_names(model_repository: Path) -> list[str]:
-    """Names of the models in a repository (directories holding a ``config.pbtxt``)."""
-    return sorted(
-        entry.name
-        for entry in model_repository.iterdir()
-        if entry.is_dir() and (entry / "config.pbtxt").is_file()
-    )
 
 
 def _process_group_members(pgid: int) -> list[int]:
