@@ -5,8 +5,8 @@ version.  This module assembles a backend directory out of symlinks to them, pic
 loopback ports, starts the server in its own process group with its log in a file, waits
 until the server *and every model* are ready, and stops it again without leaving
 processes behind (finding the binary, the backend directory and the ports:
-``tests.support.triton_install``).  It is used by the tests and by the benchmark scripts in loadtests/,
-so it must not import pytest.
+``tests.support.triton_install``).  It is used by the tests and by the benchmark
+scripts in loadtests/, so it must not import pytest.
 
 Typical use::
 
