@@ -105,6 +105,10 @@ class Batcher(SubmitsTogether):
         self._in_flight = 0
         self._closed = False
         self._tracer = tracer or tracing.default_tracer()
+        # Fixed with the tracer: asked once here, not per request (an ABC check).
+        self._traced = tracing.recording(self._tracer)
+        #: Whether requests wait for company at all (``_may_skip_queue``).
+        self._delays = bool(policy.max_queue_delay_us)
         self.counters = BatcherCounters()
         self._executor = BatchExecutor(
             spec,
@@ -149,8 +153,9 @@ class Batcher(SubmitsTogether):
         if request.deadline is not None and now >= request.deadline:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
         rows = rows_of(request.inputs)
-        traced = tracing.recording(self._tracer)
-        if not traced and self._may_skip_queue():
+        traced = self._traced
+        may_skip = not self._delays and self._may_skip_queue()
+        if may_skip and not traced:
             return await self._run_lean(request, rows, now)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         pending = Pending(request, rows, future, now)
@@ -163,7 +168,7 @@ class Batcher(SubmitsTogether):
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
             pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
-        if self._may_skip_queue():
+        if may_skip:
             return await self._run_alone(pending)
         item = QueueItem(
             pending,
@@ -231,11 +236,7 @@ class Batcher(SubmitsTogether):
         """Nothing queued to merge with, no delay to wait, and a backend has room:
         the request is its own batch, and going through the queue and the loop
         would only add two task switches to its latency."""
-        return (
-            not self._policy.max_queue_delay_us
-            and len(self._queue) == 0
-            and self._in_flight < self._capacity()
-        )
+        return not self._delays and len(self._queue) == 0 and self._in_flight < self._capacity()
 
     async def _run_lean(self, request: InferRequest, rows: int, now: float) -> Outputs:
         """A batch of one with tracing off, in the caller's own task: no queue
