@@ -139,17 +139,19 @@ class Batcher(SubmitsTogether):
         self._wakeup.set()
 
     # -- submitting --------------------------------------------------------
-    async def submit(self, request: InferRequest) -> Outputs:
+    async def submit(self, request: InferRequest, now: float | None = None) -> Outputs:
         """The request's outputs, once its batch ran; raises what ended it otherwise.
 
-        The caller has validated the inputs against the model. Raises
+        The caller has validated the inputs against the model; ``now``, when
+        given, is the batcher's clock as the caller just read it. Raises
         ResourceExhausted when the request's level is full, DeadlineExceeded
         when it times out in the queue or its deadline passes.
         """
         name = self._spec.name
         if self._closed:
             raise Unavailable(f"model '{name}' is shutting down")
-        now = self._clock.now()
+        if now is None:
+            now = self._clock.now()
         if request.deadline is not None and now >= request.deadline:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
         rows = rows_of(request.inputs)
@@ -167,18 +169,14 @@ class Batcher(SubmitsTogether):
             )
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
-            pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
+            context = request.trace_context or otel_context.get_current()
+            if context:  # an empty context (the common case) holds no span
+                pending.span_context = trace.get_current_span(context).get_span_context()
         if may_skip:
             return await self._run_alone(pending)
-        item = QueueItem(
-            pending,
-            rows=rows,
-            key=self._key(request),
-            priority=request.priority,
-            deadline=request.deadline,
-            tenant=request.tenant,
-            share=request.share,
-        )
+        key, deadline = self._key(request), request.deadline
+        item = QueueItem(pending, rows, key, request.priority, deadline, False, request.tenant)
+        item.share = request.share
         late = True  # until admitted
         try:
             admit_by_deadline(self._queue, request, rows, now, self._capacity, self._admission)

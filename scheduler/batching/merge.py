@@ -109,7 +109,7 @@ def merge_inputs(requests: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     count = len(first)
     merged: dict[str, Tensor] = {}
     try:
-        if any(len(inputs) != count for inputs in requests):
+        if {len(inputs) for inputs in requests} != {count}:
             raise KeyError("input names differ")
         for name in first:
             parts = [inputs[name] for inputs in requests]
