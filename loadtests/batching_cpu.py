@@ -162,7 +162,8 @@ def _markdown(
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            "| gateway | CPU vs floor A (c=64) | CPU vs floor A (c=256) | req/s vs Triton's batcher |",
+            "| gateway | CPU vs floor A (c=64) | CPU vs floor A (c=256) "
+            "| req/s vs Triton's batcher |",
             "|---|---|---|---|",
             *ratios,
             "",

@@ -184,7 +184,9 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", choices=["passthrough", "batching", "cpu", "stream"], default="passthrough")
+    parser.add_argument(
+        "--path", choices=["passthrough", "batching", "cpu", "stream"], default="passthrough"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="per recording")
     parser.add_argument("--recordings", type=int, default=3, help="median over this many")
     args = parser.parse_args()
