@@ -214,7 +214,15 @@ def main() -> int:
         "ghz": ghz.version,
         "rounds": args.rounds,
         "requests": args.requests,
-        "baseline": f"{args.baseline_ref} = {commit}" if args.baseline_ref else None,
+        "baseline": (
+            (
+                args.baseline_ref
+                if commit.startswith(args.baseline_ref)
+                else f"{args.baseline_ref} = {commit}"
+            )
+            if args.baseline_ref
+            else None
+        ),
     }
     args.results.mkdir(parents=True, exist_ok=True)
     text = _markdown(context, routes, medians)
