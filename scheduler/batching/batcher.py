@@ -105,10 +105,8 @@ class Batcher(SubmitsTogether):
         self._in_flight = 0
         self._closed = False
         self._tracer = tracer or tracing.default_tracer()
-        # Fixed with the tracer: asked once here, not per request (an ABC check).
-        self._traced = tracing.recording(self._tracer)
-        #: Whether requests wait for company at all (``_may_skip_queue``).
-        self._delays = bool(policy.max_queue_delay_us)
+        self._traced = tracing.recording(self._tracer)  # asked once: an ABC check
+        self._delays = bool(policy.max_queue_delay_us)  # do requests wait for company?
         self.counters = BatcherCounters()
         self._executor = BatchExecutor(
             spec,
@@ -169,7 +167,9 @@ class Batcher(SubmitsTogether):
             )
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
-            context = request.trace_context or otel_context.get_current()
+            context = request.trace_context
+            if context is None:
+                context = otel_context.get_current()
             if context:  # an empty context (the common case) holds no span
                 pending.span_context = trace.get_current_span(context).get_span_context()
         if may_skip:
