@@ -81,6 +81,17 @@ class HistogramSeries:
                 kept = self.exemplars[labels] = {}
             kept[bucket] = (trace_id, value, time.time())
 
+    def observe_many(self, labels: Labels, values: Sequence[float]) -> None:
+        """``observe`` each of ``values`` (no exemplars): one lookup of the
+        series for a whole batch's members."""
+        counts = self.values.get(labels)
+        if counts is None:
+            counts = self.values[labels] = [0.0] * (len(self.bounds) + 2)
+        bounds = self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        counts[-1] += sum(values)
+
     def family(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, counts in list(self.values.items()):

@@ -214,8 +214,7 @@ class GatewayMetrics(Collector):
     ) -> None:
         self.batch_size.observe((model,), rows)
         self.batches.inc((model, trigger))
-        for seconds in queue_waits_s:
-            self.queue_wait.observe((model,), max(seconds, 0.0))
+        self.queue_wait.observe_many((model,), [max(seconds, 0.0) for seconds in queue_waits_s])
 
     def placed(self, model: str, rows: int, decision: Decision) -> None:
         backend = decision.backend_id or "none"

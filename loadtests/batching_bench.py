@@ -13,7 +13,8 @@ per-row cost (here 20 ms + 0.05 ms/row), so merging callers pays. Paths:
 - ``gateway -> Triton batcher``: gateway (``batching_layer=backend``) -> gpu_sim_tb
 
 Each cell is the median over ``repeats`` closed-loop runs of ``seconds``. Writes
-loadtests/results/batching.md, batching.json and batching.png.
+loadtests/results/batching_loadgen.md, batching_loadgen.json and
+batching_loadgen.png (the figures of ``loadtests.batching_cpu``, with ghz, are in batching.md).
 """
 
 from __future__ import annotations
@@ -102,13 +103,19 @@ def _ratio_row(
 
 def write(result: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "batching.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "batching_loadgen.json").write_text(json.dumps(result, indent=2) + "\n")
     levels = result["levels"]
     med = result["median_rps"]
     off, on = med["gateway, no batching"], med["gateway batching"]
     direct = med["Triton batcher, direct"]
     lines = [
         "# Dynamic batching: throughput (requests/s), median of repeated runs",
+        "",
+        "These figures come from the Python load generator (`loadtests.loadgen`), whose own "
+        "CPU on a 2-core machine caps them: they say how batching scales with concurrency, "
+        "not what the gateway costs. The gateway's CPU per batched request and its "
+        "throughput against Triton's batcher, with ghz, are in [batching.md](batching.md) "
+        "(`python -m loadtests.batching_cpu`).",
         "",
         f"`python -m loadtests.batching_bench` — model `gpu_sim` costing "
         f"{result['cost']['GPU_SIM_FIXED_MS']} ms + {result['cost']['GPU_SIM_PER_ITEM_MS']} "
@@ -128,10 +135,10 @@ def write(result: dict[str, Any]) -> None:
         _ratio_row("gateway batching / no batching", on, off, levels, "{:.1f}x"),
         _ratio_row("gateway batching / Triton batcher", on, direct, levels, "{:.2f}"),
         "",
-        "![throughput](batching.png)",
+        "![throughput](batching_loadgen.png)",
         "",
     ]
-    (RESULTS / "batching.md").write_text("\n".join(lines))
+    (RESULTS / "batching_loadgen.md").write_text("\n".join(lines))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +155,7 @@ def write(result: dict[str, Any]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "batching.png", dpi=110)
+    fig.savefig(RESULTS / "batching_loadgen.png", dpi=110)
 
 
 def main() -> None:
@@ -159,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.concurrency, args.seconds, args.repeats)
     write(result)
-    print((RESULTS / "batching.md").read_text())
+    print((RESULTS / "batching_loadgen.md").read_text())
 
 
 if __name__ == "__main__":

@@ -307,7 +307,7 @@ class Scheduler:
             if batcher is _UNSET:
                 batcher = self._batcher_for(spec)
             if batcher is not None:
-                outputs = await batcher.submit(request)
+                outputs = await batcher.submit(request, start)
             else:
                 outputs = await self._run_solo(spec, request, rows, start)
         except GatewayError:

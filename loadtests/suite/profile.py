@@ -1,9 +1,10 @@
 """Where the gateway's CPU goes per request: py-spy under ghz load (``make bench-profile``).
 
-    python -m loadtests.suite.profile [--path passthrough|cpu|stream] [--seconds 15]
+    python -m loadtests.suite.profile [--path passthrough|batching|cpu|stream] [--seconds 15]
 
 Starts the suite's Triton and the gateway as the suite does, drives the chosen path
-with ghz at concurrency 64 (``stream``: the CPU model over ``ModelStreamInfer``, 16
+with ghz at concurrency 64 (``batching``: the gateway batching ``gpu_sim`` at 256, as
+the suite's batching route; ``stream``: the CPU model over ``ModelStreamInfer``, 16
 streams of 100 messages, as the suite's stream route) and samples the gateway with
 ``py-spy record`` (a dev tool, not a dependency: ``make bench-profile`` installs it
 into the venv).  Writes
@@ -36,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from loadtests.suite.load import Ghz, find_ghz
-from loadtests.suite.payloads import ADD_SUB
+from loadtests.suite.payloads import ADD_SUB, GPU_SIM
 from loadtests.suite.procs import Fleet, exit_on_sigterm
 from loadtests.suite.servers import STREAMS, gateway_server, gateway_triton_env, triton_server
 
@@ -111,7 +112,8 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
     if ghz_binary is None:
         raise SystemExit("ghz not found ($GHZ, PATH, ../shared/tools/ghz)")
     with Fleet(workdir) as fleet:
-        if path == "passthrough":
+        payload = GPU_SIM if path == "batching" else ADD_SUB
+        if path in ("passthrough", "batching"):
             triton = triton_server(fleet)
             args = ["--triton", triton.grpc_url, "--no-cpu-models"]
             address, pid = gateway_server(
@@ -122,13 +124,15 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
             address, pid = gateway_server(fleet, "gateway", args, {}, ADD_SUB)
         ghz = Ghz(ghz_binary, workdir)
         concurrency, messages = (STREAMS, 100) if path == "stream" else (64, None)
+        if path == "batching":
+            concurrency = 256
         calls = 3000 // (messages or 1)
         ghz.run(  # warm-up
-            address, ADD_SUB, concurrency=concurrency, total=calls, max_s=120,
+            address, payload, concurrency=concurrency, total=calls, max_s=120,
             stream_messages=messages,
         )  # fmt: skip
         command = ghz.command(
-            address, ADD_SUB, concurrency=concurrency, total=10_000_000, stream_messages=messages
+            address, payload, concurrency=concurrency, total=10_000_000, stream_messages=messages
         )
         load = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         fleet.adopt("ghz", load.kill)  # stopped first: the servers go after it
@@ -149,7 +153,7 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
     out.write_text(
         "\n".join(
             [
-                f"# Gateway CPU profile: {path} path, ghz c={concurrency}, add_sub"
+                f"# Gateway CPU profile: {path} path, ghz c={concurrency}, {payload.model}"
                 + (f", {messages} messages per stream" if messages else ""),
                 "",
                 f"`python -m loadtests.suite.profile --path {path} --seconds {seconds} "
@@ -180,7 +184,9 @@ def profile(path: str, seconds: int, recordings: int, workdir: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", choices=["passthrough", "cpu", "stream"], default="passthrough")
+    parser.add_argument(
+        "--path", choices=["passthrough", "batching", "cpu", "stream"], default="passthrough"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="per recording")
     parser.add_argument("--recordings", type=int, default=3, help="median over this many")
     args = parser.parse_args()

@@ -50,9 +50,10 @@ def admit_by_deadline(
     prediction: the batches ahead at its priority level and above, its own
     included, run ``parallel()`` at a time, each taking the queue's measured
     batch service time (no prediction, no refusal, before one was measured).
-    ``parallel`` is called only when a prediction is made: reading the
+    ``parallel`` is called only when the answer depends on it: reading the
     backends' capacity is the costly part, and a request without a deadline
-    (or before a batch was measured) needs none.
+    (or before a batch was measured), or one in time even if the batches
+    ahead ran one at a time, needs none.
     It must end within ``policy.fraction`` of the time left: the rest is slack for
     estimation error, which keeps the admitted tail well inside the deadline.
     The retry hint is when the queue ahead will have drained.
@@ -65,9 +66,12 @@ def admit_by_deadline(
         return
     max_batch = queue.policy.max_batch_size
     batches = -(-(queue.rows_ahead(request.priority) + rows) // max_batch)
+    budget_s = (deadline - now) * policy.fraction
+    if batches * per_batch_s <= budget_s:
+        return  # in time even one batch at a time: no need to ask how many run at once
     finish_s = -(-batches // max(parallel(), 1)) * per_batch_s
     left_s = deadline - now
-    if finish_s > left_s * policy.fraction:
+    if finish_s > budget_s:
         raise ResourceExhausted(
             f"the queue ahead would take {finish_s * 1e3:.0f} ms, and the deadline is in "
             f"{left_s * 1e3:.0f} ms; retry later or with a longer deadline",

@@ -105,6 +105,8 @@ class Batcher(SubmitsTogether):
         self._in_flight = 0
         self._closed = False
         self._tracer = tracer or tracing.default_tracer()
+        self._traced = tracing.recording(self._tracer)  # asked once: an ABC check
+        self._delays = bool(policy.max_queue_delay_us)  # do requests wait for company?
         self.counters = BatcherCounters()
         self._executor = BatchExecutor(
             spec,
@@ -135,22 +137,25 @@ class Batcher(SubmitsTogether):
         self._wakeup.set()
 
     # -- submitting --------------------------------------------------------
-    async def submit(self, request: InferRequest) -> Outputs:
+    async def submit(self, request: InferRequest, now: float | None = None) -> Outputs:
         """The request's outputs, once its batch ran; raises what ended it otherwise.
 
-        The caller has validated the inputs against the model. Raises
+        The caller has validated the inputs against the model; ``now``, when
+        given, is the batcher's clock as the caller just read it. Raises
         ResourceExhausted when the request's level is full, DeadlineExceeded
         when it times out in the queue or its deadline passes.
         """
         name = self._spec.name
         if self._closed:
             raise Unavailable(f"model '{name}' is shutting down")
-        now = self._clock.now()
+        if now is None:
+            now = self._clock.now()
         if request.deadline is not None and now >= request.deadline:
             raise DeadlineExceeded(f"deadline exceeded before model '{name}' was queued")
         rows = rows_of(request.inputs)
-        traced = tracing.recording(self._tracer)
-        if not traced and self._may_skip_queue():
+        traced = self._traced
+        may_skip = not self._delays and self._may_skip_queue()
+        if may_skip and not traced:
             return await self._run_lean(request, rows, now)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         pending = Pending(request, rows, future, now)
@@ -162,18 +167,16 @@ class Batcher(SubmitsTogether):
             )
             pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
-            pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
-        if self._may_skip_queue():
+            context = request.trace_context
+            if context is None:
+                context = otel_context.get_current()
+            if context:  # an empty context (the common case) holds no span
+                pending.span_context = trace.get_current_span(context).get_span_context()
+        if may_skip:
             return await self._run_alone(pending)
-        item = QueueItem(
-            pending,
-            rows=rows,
-            key=self._key(request),
-            priority=request.priority,
-            deadline=request.deadline,
-            tenant=request.tenant,
-            share=request.share,
-        )
+        key, deadline = self._key(request), request.deadline
+        item = QueueItem(pending, rows, key, request.priority, deadline, False, request.tenant)
+        item.share = request.share
         late = True  # until admitted
         try:
             admit_by_deadline(self._queue, request, rows, now, self._capacity, self._admission)
@@ -231,11 +234,7 @@ class Batcher(SubmitsTogether):
         """Nothing queued to merge with, no delay to wait, and a backend has room:
         the request is its own batch, and going through the queue and the loop
         would only add two task switches to its latency."""
-        return (
-            not self._policy.max_queue_delay_us
-            and len(self._queue) == 0
-            and self._in_flight < self._capacity()
-        )
+        return not self._delays and len(self._queue) == 0 and self._in_flight < self._capacity()
 
     async def _run_lean(self, request: InferRequest, rows: int, now: float) -> Outputs:
         """A batch of one with tracing off, in the caller's own task: no queue

@@ -186,14 +186,15 @@ class BatchExecutor:
             model_name=self._spec.name,
             model_version=head.model_version,
             size=sum(rows),
-            request_ids=tuple(r.id for r in requests),
+            request_ids=tuple([r.id for r in requests]),
             deadline=min(deadlines, default=None),
             trigger=trigger,
             outputs=self.union_of_outputs(requests),
-            priority=min(self._policy.level_of(r.priority) for r in requests),
+            # Members mostly share one priority: map each distinct one once.
+            priority=min(map(self._policy.level_of, {r.priority for r in requests})),
             parameters={k: v for k, v in head.parameters.items() if k not in SCHEDULING_PARAMETERS},
             trace_contexts=tuple(members),
-            enqueued_at=tuple(m.enqueued_at for m in live),
+            enqueued_at=tuple([m.enqueued_at for m in live]),
             attempt=attempt,
             # Alone in its batch, a request may travel in the form it came in.
             wire=head.wire if len(requests) == 1 else None,

@@ -223,8 +223,8 @@ class BatchQueue(Generic[T]):
 
     def rows_ahead(self, priority: int) -> int:
         """Rows queued at ``priority``'s level and above: what a new request waits behind."""
-        level = self._policy.level_of(priority)
-        return sum(rows for lvl, rows in self._rows.items() if lvl <= level)
+        level, rows = self._policy.level_of(priority), self._rows
+        return rows[1] if level == 1 else sum(n for lvl, n in rows.items() if lvl <= level)
 
     def remove(self, item: QueueItem[T]) -> bool:
         """Take ``item`` out (its caller went away); False if it already left."""

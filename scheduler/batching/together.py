@@ -17,7 +17,6 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from scheduler import tracing
 from scheduler.batching.execution import BatchExecutor, Pending
 from scheduler.batching.info import BatcherCounters, BatchTrigger
 from scheduler.batching.merge import rows_of
@@ -52,6 +51,7 @@ class SubmitsTogether:
     _policy: BatchingPolicy
     _clock: Clock
     _tracer: Tracer
+    _traced: bool
     _executor: BatchExecutor
     _wakeup: Waker
     _inline: set[asyncio.Task[Any]]
@@ -72,7 +72,7 @@ class SubmitsTogether:
         """Each request's outputs, or the error that ended it, in order."""
         if len(requests) == 1:
             return [await _outcome(self.submit(requests[0]))]
-        if self._closed or tracing.recording(self._tracer) or not self._may_skip_queue():
+        if self._closed or self._traced or not self._may_skip_queue():
             return list(await asyncio.gather(*(_outcome(self.submit(r)) for r in requests)))
         members, batches = self._cut(requests)
         counters = self.counters

@@ -58,3 +58,12 @@ def test_exemplars_carry_trace_ids_in_the_openmetrics_exposition_only() -> None:
     assert exemplars["0.01"].labels == {"trace_id": "0af7651916cd43dd8448eb211c80319c"}
     assert exemplars["0.01"].value == 0.005
     assert exemplars["+Inf"].labels == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
+
+
+def test_observe_many_counts_as_observe_does_one_by_one() -> None:
+    one, many = (HistogramSeries("h", "doc", ["m"], [0.1, 1.0]) for _ in range(2))
+    values = [0.0, 0.05, 0.1, 0.5, 2.0, 7.5]
+    for value in values:
+        one.observe(("a",), value)
+    many.observe_many(("a",), values)
+    assert many.values == one.values

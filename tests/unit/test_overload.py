@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
 from scheduler.batching import AdmissionPolicy, Batcher, BatchInfo, BatchingPolicy
+from scheduler.batching.admission import admit_by_deadline
+from scheduler.batching.queue import BatchQueue, QueueItem
 from scheduler.errors import BackendError, ResourceExhausted
 from scheduler.spec import ModelSpec, Tensor
 from tests.unit.test_batcher import SPEC, FakeRun, batcher, request
@@ -106,3 +109,32 @@ async def test_a_default_slo_sheds_requests_without_a_deadline() -> None:
         await asyncio.gather(*backlog, return_exceptions=True)
     finally:
         await b.aclose()
+
+
+def test_admission_reads_capacity_only_when_the_answer_depends_on_it() -> None:
+
+    queue: BatchQueue[None] = BatchQueue(BatchingPolicy(max_batch_size=4))
+    for _ in range(8):  # two batches ahead
+        queue.push(QueueItem(None, rows=1, key="k"), now=0.0)
+    queue.record_service(0.1)  # 0.1 s a batch: three batches with ours
+
+    def unread() -> int:
+        raise AssertionError("capacity read although one batch at a time is in time")
+
+    calls: list[int] = []
+
+    def parallel(n: int) -> Callable[[], int]:
+        def read() -> int:
+            calls.append(n)
+            return n
+
+        return read
+
+    ours = request(1.0)
+    ours.deadline = 1.0  # 0.3 s of batches one at a time: in time
+    admit_by_deadline(queue, ours, 1, 0.0, unread, AdmissionPolicy())
+    ours.deadline = 0.25  # in time only if they run in parallel
+    admit_by_deadline(queue, ours, 1, 0.0, parallel(3), AdmissionPolicy())
+    with pytest.raises(ResourceExhausted):
+        admit_by_deadline(queue, ours, 1, 0.0, parallel(1), AdmissionPolicy())
+    assert calls == [3, 1]
