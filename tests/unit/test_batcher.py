@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ class FakeRun:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        #: When set, every call waits for it (after ``delay_s``): a test orders events by it.
+        self.gate: asyncio.Event | None = None
         self.batches: list[BatchInfo] = []
         self.seen: list[float] = []
         self.wrong_rows = False
@@ -46,6 +49,8 @@ class FakeRun:
         self.most_running = max(self.most_running, self.running)
         try:
             await asyncio.sleep(self.delay_s)
+            if self.gate is not None:
+                await self.gate.wait()
         finally:
             self.running -= 1
         if (x == POISON).any():
@@ -309,15 +314,26 @@ async def test_at_the_in_flight_limit_the_loop_sleeps_instead_of_spinning() -> N
 
 
 async def test_under_load_a_higher_priority_request_overtakes_the_queue() -> None:
-    run = FakeRun(delay_s=0.03)
+    run = FakeRun()
+    run.gate = asyncio.Event()  # 1.0 runs until every other request has queued
     policy = BatchingPolicy(max_batch_size=1, priority_levels=2, default_priority_level=2)
     b = Batcher(SPEC, policy, run, capacity=lambda: 1, queue_ahead=0)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):  # event-loop turns, not time: a slow machine waits longer
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the batcher did not get there")
+
     try:
         tasks = [asyncio.create_task(b.submit(request(1.0)))]
-        await asyncio.sleep(0.005)  # 1.0 is running; the rest queue behind it
+        await until(lambda: run.running == 1)
         tasks += [asyncio.create_task(b.submit(request(v))) for v in (2.0, 3.0)]
-        await asyncio.sleep(0.005)
+        await until(lambda: b.queue_depth().get(2, 0) == 2)
         tasks.append(asyncio.create_task(b.submit(request(9.0, priority=1))))
+        await until(lambda: b.queue_depth().get(1, 0) == 1)
+        run.gate.set()
         await asyncio.gather(*tasks)
     finally:
         await b.aclose()
