@@ -31,6 +31,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from scheduler.span_records import RecordProcessor, record
+
 __all__ = ["DeferredSpan", "emit_finished", "emit_span", "start_deferred"]
 
 _UNSET = Status(StatusCode.UNSET)
@@ -124,8 +126,15 @@ def emit_finished(
 ) -> None:
     """Hand a span that is finished from birth to the tracer's span processor,
     as the SDK does for its own spans when they end (the one place that
-    builds ``ReadableSpan`` itself)."""
-    tracer.span_processor.on_end(
+    builds ``ReadableSpan`` itself), or as a record to a ``RecordProcessor``'s
+    sink (scheduler/span_records.py), which takes no ``ReadableSpan``."""
+    processor = tracer.span_processor
+    if isinstance(processor, RecordProcessor):
+        processor.sink(
+            record(name, context, parent, attributes, links, kind, status, start_ns, end_ns, scope)
+        )
+        return
+    processor.on_end(
         ReadableSpan(
             name,
             context,

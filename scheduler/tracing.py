@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
@@ -56,6 +57,7 @@ from scheduler.deferred_span import (
     start_deferred,
 )
 from scheduler.errors import GatewayError
+from scheduler.span_records import Record, RecordProcessor, mirror_record, record
 from scheduler.placement import Decision
 
 __all__ = [
@@ -320,6 +322,12 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     from opentelemetry.sdk.trace import Tracer as SdkTracer
 
     scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
+    if isinstance(tracer, SdkTracer) and isinstance(tracer.span_processor, RecordProcessor):
+        # One record for all the copies, made in the export process.
+        parents = [p for b in batch_spans if (p := b.get_span_context()).trace_flags.sampled]
+        if parents:
+            tracer.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
+        return
     for batch in batch_spans:
         parent = batch.get_span_context()
         if not parent.trace_flags.sampled:
@@ -353,6 +361,22 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
             if phase.error is not None:
                 span.set_status(status)
             span.end(end_time=phase.end_ns)
+
+
+def _record(phase: Phase, scope: InstrumentationScope | None) -> Record:
+    status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
+    return record(
+        phase.name,
+        phase.span.get_span_context(),
+        None,
+        phase.attributes,
+        (),
+        phase.kind,
+        status,
+        phase.start_ns,
+        phase.end_ns,
+        scope,
+    )
 
 
 @contextmanager
