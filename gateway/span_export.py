@@ -70,6 +70,7 @@ _RECORD_BATCH = 1024
 #: ``OTEL_BSP_MAX_QUEUE_SIZE`` when set, as for the batch span processor.
 _MAX_RECORDS = 8192
 
+
 def _span_context(values: Context) -> SpanContext:
     trace_id, span_id, flags, remote, state = values
     return SpanContext(

@@ -47,6 +47,7 @@ from gateway.config import ConfigError
 from gateway.server_span import ServerSpans
 from gateway.span_export import ProcessSpanExporter
 from scheduler.span_records import RecordProcessor
+from scheduler.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +165,8 @@ def caller_trace_id(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[s
 def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
     """``(("x-trace-id", <32 hex>),)`` for the span in ``context`` (default: the
     current one), or ``()`` when there is no valid span."""
-    span_context = trace.get_current_span(context).get_span_context()
-    if not span_context.is_valid:
-        return ()
-    return ((TRACE_ID_KEY, format(span_context.trace_id, "032x")),)
+    trace_id = trace_id_of(trace.get_current_span(context))
+    return ((TRACE_ID_KEY, trace_id),) if trace_id else ()
 
 
 def _exporter_names(env: Mapping[str, str]) -> list[str]:

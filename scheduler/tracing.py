@@ -43,13 +43,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.deferred_span import (
+    DeferredSpan,
     child_context,
     emit_finished,
     emit_span,
@@ -57,8 +67,8 @@ from scheduler.deferred_span import (
     start_deferred,
 )
 from scheduler.errors import GatewayError
-from scheduler.span_records import Record, RecordProcessor, mirror_record, record
 from scheduler.placement import Decision
+from scheduler.span_records import Record, RecordProcessor, context_of, mirror_record, record
 
 __all__ = [
     "Phase",
@@ -117,8 +127,12 @@ def default_tracer() -> Tracer:
     return provider.get_tracer(TRACER_NAME)
 
 
-def trace_id_of(span_context: SpanContext) -> str:
-    """The 32-hex-digit trace id, or "" for an invalid context."""
+def trace_id_of(span: Span) -> str:
+    """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
+    deferred span's is read from its record context: no ``SpanContext`` made)."""
+    if isinstance(span, DeferredSpan):
+        return format(span.own[0], "032x")
+    span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
@@ -272,17 +286,18 @@ def backend_call(
         tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT
     ) or tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
     error: GatewayError | None = None
+    # The span is current for the call (``use_span`` without its own context
+    # manager's cost: neither recording exceptions nor ending the span here).
+    token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        with trace.use_span(
-            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            yield carrier
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield carrier
     except GatewayError as exc:
         error = exc
         raise
     finally:
+        otel_context.detach(token)
         if endpoint:
             code = "OK" if error is None else error.code
             attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
@@ -324,7 +339,11 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
     if isinstance(tracer, SdkTracer) and isinstance(tracer.span_processor, RecordProcessor):
         # One record for all the copies, made in the export process.
-        parents = [p for b in batch_spans if (p := b.get_span_context()).trace_flags.sampled]
+        parents = [
+            b.own if isinstance(b, DeferredSpan) else context_of(b.get_span_context())
+            for b in batch_spans
+        ]
+        parents = [p for p in parents if p[2] & TraceFlags.SAMPLED]
         if parents:
             tracer.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
         return

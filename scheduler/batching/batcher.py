@@ -160,7 +160,6 @@ class Batcher(SubmitsTogether):
             pending.span = tracing.start_queue_span(
                 self._tracer, pending.parent, model=name, start_ns=request.received_ns
             )
-            pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
             pending.span_context = trace.get_current_span(request.trace_context).get_span_context()
         if self._may_skip_queue():
