@@ -8,8 +8,9 @@ batch, placement, backend call) have a sampled parent, attributes it made
 itself, and a known end, so they need none of that: ``start_deferred`` makes
 one that only holds its fields, and ``end`` builds the finished span and
 hands it to the tracer's span processor, as the SDK does for its own spans
-when they end; ``emit_span`` does both at once for a span that has already
-ended (the placement).
+when they end (to a ``RecordProcessor``, scheduler/span_records.py, as a
+plain record instead: no ``ReadableSpan`` at all); ``emit_span`` does both at
+once for a span that has already ended (the placement).
 
 Only with the SDK's tracer and a sampled parent: otherwise (no SDK, another
 SDK, an unsampled or missing parent) ``start_deferred`` returns None and the

@@ -20,9 +20,11 @@ Every other member gets its own ``batch`` span, linked to the leader's, and
 when the batch ends a copy of each placement and backend call with the same
 timings and attributes, linked to the real one (``mirror``): from any
 member's trace Triton's spans are one click away, and the member's own server
-span is covered by named spans end to end. The copies cost a few spans per
-member; the alternative, one shared batch span in a trace of its own, left
-the members' traces with a hole where the backend call was.
+span is covered by named spans end to end. With the gateway's exporter the
+copies travel as one record per batch, made into spans in the export process
+(scheduler/span_records.py); the alternative, one shared batch span in a
+trace of its own, left the members' traces with a hole where the backend
+call was.
 
 A member's ``batch`` span ends in the member's own task, when its outputs
 reach it, so the hand-off from the batch to each waiting caller is inside it.
@@ -327,12 +329,13 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     ``batch_spans``: same name, kind, timings and attributes, a link to the
     real span (under which the backend's own spans are).
 
-    The copies are finished spans from birth, so with the OpenTelemetry SDK
-    they are built as such and handed to its span processor: no sampling
-    (the member's batch span was sampled), no lock, no attribute checks (the
-    attributes are the scheduler's own strings and numbers). That costs a fraction of a live
-    span, and a batch of N makes 2(N-1) copies. Any other tracer gets live
-    spans, started and ended at the recorded times.
+    With a ``RecordProcessor`` (the gateway's export process) that is one
+    ``mirror_record``: the phases and the sampled members' batch span
+    contexts, expanded into the copies in the export process, so a batch of N
+    costs the gateway one record rather than 2(N-1) spans. With another SDK
+    processor the copies are finished spans from birth, handed to it as such
+    (no sampling: the member's batch span was sampled). Any other tracer gets
+    live spans, started and ended at the recorded times.
     """
     from opentelemetry.sdk.trace import Tracer as SdkTracer
 
