@@ -33,12 +33,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
     ArrayValue,
-    InstrumentationScope,
     KeyValue,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 __all__ = ["Encoded", "GrpcRequestExporter", "RecordEncoder"]
