@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -39,6 +40,7 @@ from scheduler.span_records import RecordProcessor, context_of, record, scope_ke
 __all__ = ["DeferredSpan", "emit_finished", "emit_span", "start_deferred"]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_RECORD = (StatusCode.UNSET.value, None)
 
 
 class DeferredSpan(trace.NonRecordingSpan):
@@ -79,7 +81,7 @@ class DeferredSpan(trace.NonRecordingSpan):
         self._parent_context = parent_context
         self.trace_state = trace_state
         self._start_ns = start_ns
-        self._links = tuple(links)
+        self._links = links
         self._kind = kind
         self._attributes: dict[str, AttributeValue] = {}
         self._status = _UNSET
@@ -119,13 +121,15 @@ class DeferredSpan(trace.NonRecordingSpan):
                     self._name,
                     self.own,
                     self._parent,
-                    self._kind.value,
+                    self._kind._value_,  # the enum's value without its property's cost
                     self._start_ns,
                     end_ns,
                     self._attributes or None,
                     (),
-                    tuple((context_of(k.context), dict(k.attributes or {})) for k in self._links),
-                    (status.status_code.value, status.description),
+                    _link_records(self._links),
+                    _UNSET_RECORD
+                    if status is _UNSET
+                    else (status.status_code._value_, status.description),
                     scope_key(self._scope),
                 )
             )
@@ -147,6 +151,23 @@ class DeferredSpan(trace.NonRecordingSpan):
             end_ns,
             self._scope,
         )
+
+
+#: The last links converted, and their records: a batch's members share one
+#: tuple of links (to the leader's batch span), converted once for all.
+_last_links: tuple[Sequence[Link], tuple[tuple[RecordContext, dict[str, Any]], ...]] = ((), ())
+
+
+def _link_records(links: Sequence[Link]) -> tuple[tuple[RecordContext, dict[str, Any]], ...]:
+    global _last_links
+    if not links:
+        return ()
+    if links is not _last_links[0]:
+        _last_links = (
+            links,
+            tuple((context_of(k.context), dict(k.attributes or {})) for k in links),
+        )
+    return _last_links[1]
 
 
 def _parent_of(span: trace.Span) -> tuple[RecordContext, TraceState | None, SpanContext | None]:
@@ -266,7 +287,7 @@ def emit_span(
     if span is None:
         return None
     span.set_attributes(attributes)
-    if status is not _UNSET:
+    if status.status_code is not StatusCode.UNSET:
         span.set_status(status)
     span.end(end_ns)
     return span.get_span_context()
