@@ -68,11 +68,10 @@ class DeferredSpan(trace.NonRecordingSpan):
         links: Sequence[Link],
         kind: SpanKind,
         *,
-        context: SpanContext | None = None,
         parent_context: SpanContext | None = None,
     ) -> None:
         # Not NonRecordingSpan.__init__, which only stores a ready SpanContext.
-        self._context: SpanContext | None = context  # type: ignore[assignment]
+        self._context: SpanContext | None = None  # type: ignore[assignment]
         self.own = own
         self._tracer = tracer
         self._scope = scope

@@ -18,9 +18,10 @@ its placement and backend-call spans are real, and only they carry the
 context sent to the backend, so Triton's spans sit in the leader's trace.
 Every other member gets its own ``batch`` span, linked to the leader's, and
 when the batch ends a copy of each placement and backend call with the same
-timings and attributes, linked to the real one (``mirror``): from any
-member's trace Triton's spans are one click away, and the member's own server
-span is covered by named spans end to end. With the gateway's exporter the
+timings and attributes, linked to the real one (``mirror``,
+scheduler/span_mirror.py): from any member's trace Triton's spans are one
+click away, and the member's own server span is covered by named spans end
+to end. With the gateway's exporter the
 copies travel as one record per batch, made into spans in the export process
 (scheduler/span_records.py); the alternative, one shared batch span in a
 trace of its own, left the members' traces with a hole where the backend
@@ -40,37 +41,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import (
-    Link,
-    Span,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-)
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.deferred_span import (
-    DeferredSpan,
-    child_context,
-    emit_finished,
-    emit_span,
-    scope_of,
-    start_deferred,
-)
+from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
-from scheduler.span_records import Record, RecordProcessor, context_of, mirror_record, record
+from scheduler.span_mirror import Phase, mirror
 
 __all__ = [
     "Phase",
@@ -96,20 +80,6 @@ _GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
 
 
 _UNSET = Status(StatusCode.UNSET)
-
-
-@dataclass(slots=True)
-class Phase:
-    """A step of a batch's run (a placement or a backend call) as its real span
-    recorded it, so that ``mirror`` can copy it into the other members' traces."""
-
-    name: str
-    kind: SpanKind
-    start_ns: int
-    end_ns: int
-    attributes: Mapping[str, AttributeValue]
-    span: Span
-    error: str | None = None
 
 
 def recording(tracer: Tracer) -> bool:
@@ -322,83 +292,6 @@ def backend_call(
                     message,
                 )
             )
-
-
-def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span]) -> None:
-    """Copy each of the leader's ``phases`` under each of the other members'
-    ``batch_spans``: same name, kind, timings and attributes, a link to the
-    real span (under which the backend's own spans are).
-
-    With a ``RecordProcessor`` (the gateway's export process) that is one
-    ``mirror_record``: the phases and the sampled members' batch span
-    contexts, expanded into the copies in the export process, so a batch of N
-    costs the gateway one record rather than 2(N-1) spans. With another SDK
-    processor the copies are finished spans from birth, handed to it as such
-    (no sampling: the member's batch span was sampled). Any other tracer gets
-    live spans, started and ended at the recorded times.
-    """
-    from opentelemetry.sdk.trace import Tracer as SdkTracer
-
-    scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
-    if isinstance(tracer, SdkTracer) and isinstance(tracer.span_processor, RecordProcessor):
-        # One record for all the copies, made in the export process.
-        parents = [
-            b.own if isinstance(b, DeferredSpan) else context_of(b.get_span_context())
-            for b in batch_spans
-        ]
-        parents = [p for p in parents if p[2] & TraceFlags.SAMPLED]
-        if parents:
-            tracer.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
-        return
-    for batch in batch_spans:
-        parent = batch.get_span_context()
-        if not parent.trace_flags.sampled:
-            continue
-        for phase in phases:
-            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
-            links = (Link(phase.span.get_span_context()),)
-            if isinstance(tracer, SdkTracer):
-                emit_finished(
-                    tracer,
-                    phase.name,
-                    child_context(tracer, parent),
-                    parent,
-                    phase.attributes,
-                    links,
-                    phase.kind,
-                    status,
-                    phase.start_ns,
-                    phase.end_ns,
-                    scope,
-                )
-                continue
-            span = tracer.start_span(
-                phase.name,
-                context=trace.set_span_in_context(batch),
-                kind=phase.kind,
-                attributes=phase.attributes,
-                links=links,
-                start_time=phase.start_ns,
-            )
-            if phase.error is not None:
-                span.set_status(status)
-            span.end(end_time=phase.end_ns)
-
-
-def _record(phase: Phase, scope: InstrumentationScope | None) -> Record:
-    status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
-    return record(
-        phase.name,
-        phase.span.get_span_context(),
-        None,
-        phase.attributes,
-        (),
-        phase.kind,
-        status,
-        phase.start_ns,
-        phase.end_ns,
-        scope,
-    )
 
 
 @contextmanager
