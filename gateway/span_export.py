@@ -223,6 +223,7 @@ class ProcessSpanExporter(SpanExporter):
         self._max_records = _int_env(env, "OTEL_BSP_MAX_QUEUE_SIZE", _MAX_RECORDS)
         #: Records dropped because the deque was full (the export process is behind).
         self.dropped = 0
+        self._draining = threading.Lock()
         self._stopping = threading.Event()
         self._sender = threading.Thread(target=self._send_records, name="span-records", daemon=True)
         self._sender.start()
@@ -244,14 +245,17 @@ class ProcessSpanExporter(SpanExporter):
 
     def _drain(self) -> None:
         records = self._records
-        while records:
-            batch = [records.popleft() for _ in range(min(len(records), _RECORD_BATCH))]
-            message = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
-            with self._lock:
-                if self._broken:
-                    records.clear()
-                    return
-                self._send(message)
+        # One drainer at a time (the sender thread, a flush, the shutdown):
+        # records leave in the order they came, and none pops from an empty deque.
+        with self._draining:
+            while records:
+                batch = [records.popleft() for _ in range(min(len(records), _RECORD_BATCH))]
+                message = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+                with self._lock:
+                    if self._broken:
+                        records.clear()
+                        return
+                    self._send(message)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._broken:
