@@ -63,7 +63,7 @@ _FLUSH = b"flush"
 _FLUSHED = b"flushed"
 _START_TIMEOUT_S = 30.0
 #: How often the sender thread sends the records gathered, and at most how
-#: many go in one message: at 1,000 requests/s, ~300 records a message.
+#: many go in one message (at 1,000 requests/s, a few hundred records).
 _RECORD_PERIOD_S = 0.1
 _RECORD_BATCH = 1024
 #: Records held at most while the export process is behind (then dropped);
