@@ -79,7 +79,7 @@ class ServerSpans:
     def wrap(self, method: str, behaviour: Behaviour) -> Behaviour:
         """``behaviour`` under a SERVER span named ``method`` (``/service/method``)."""
         service, _, name = method.lstrip("/").partition("/")
-        base = {"rpc.system": "grpc", "rpc.method": name, "rpc.service": service}
+        base: dict[str, Any] = {"rpc.system": "grpc", "rpc.method": name, "rpc.service": service}
         base["rpc.grpc.status_code"] = 0  # until ``_end`` says otherwise
 
         @functools.wraps(behaviour)
