@@ -8,9 +8,13 @@ That was nine tenths of the export process's CPU, which on a small machine
 is taken from the gateway and its backends. ``RecordEncoder`` builds the same
 ``ExportTraceServiceRequest`` (opentelemetry-proto's messages, the same
 fields and flags as the SDK's encoder) from the flattened tuples: the
-resource is encoded once, spans are grouped by their scope tuple, and the
-``KeyValue`` of an attribute whose value repeats (model names, backend ids,
-rpc names, peers; strings, ints and bools) is built once and copied after.
+resource is encoded once, spans are grouped by their scope tuple and filled
+in place in the request (no message built apart and copied in), and a span
+attribute whose value repeats (model names, backend ids, rpc names, peers;
+strings, ints and bools) is serialized once: a span's attributes are the
+join of those bytes, parsed into it (``MergeFromString``, C code), which
+took the encoding from about 19 to 6 µs a span here (three to one). Event
+and link attributes reuse ``KeyValue`` messages built once.
 
 ``GrpcRequestExporter`` is the SDK's OTLP/gRPC exporter (endpoint, headers,
 TLS, timeout, retries from the standard variables) sending a request built
@@ -29,12 +33,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
     ArrayValue,
-    InstrumentationScope,
     KeyValue,
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 __all__ = ["Encoded", "GrpcRequestExporter", "RecordEncoder"]
@@ -81,6 +83,7 @@ class RecordEncoder:
 
     def __init__(self, resource_attributes: Mapping[str, Any], schema_url: str | None) -> None:
         self._cache: dict[tuple[str, type, Any], KeyValue] = {}
+        self._encoded: dict[tuple[str, type, Any], bytes] = {}
         self._resource = Resource(attributes=self._attributes(resource_attributes))
         self._schema_url = schema_url or ""
 
@@ -102,58 +105,81 @@ class RecordEncoder:
                 out.append(KeyValue(key=key, value=_value(value)))
         return out
 
-    def span(self, record: tuple[Any, ...]) -> Span:
+    def _span_attributes(self, attributes: Mapping[str, Any]) -> bytes:
+        """A span's ``attributes`` field as serialized bytes: each repeating
+        attribute's encoding is kept, and parsing the joined bytes into the span
+        (C code) costs less than copying its message in from Python."""
+        cache = self._encoded
+        parts = []
+        for key, value in attributes.items():
+            if isinstance(value, str | int):  # bools are ints; floats rarely repeat
+                cache_key = (key, type(value), value)
+                part = cache.get(cache_key)
+                if part is None:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    part = cache[cache_key] = Span(
+                        attributes=[KeyValue(key=key, value=_value(value))]
+                    ).SerializeToString()
+                parts.append(part)
+            else:
+                parts.append(
+                    Span(attributes=[KeyValue(key=key, value=_value(value))]).SerializeToString()
+                )
+        return b"".join(parts)
+
+    def _fill(self, span: Span, record: tuple[Any, ...]) -> None:
+        """Set ``span`` (already in its place in the request) from ``record``."""
         name, context, parent, kind, start, end, attributes, events, links, status, _ = record
         trace_id, span_id, _, _, state = context
         code, description = status
-        return Span(
-            trace_id=trace_id.to_bytes(16, "big"),
-            span_id=span_id.to_bytes(8, "big"),
-            trace_state=state,
-            parent_span_id=parent[1].to_bytes(8, "big") if parent is not None else b"",
-            name=name,
-            kind=kind + 1,  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-            start_time_unix_nano=start,
-            end_time_unix_nano=end,
-            attributes=self._attributes(attributes),
-            events=[
-                Span.Event(name=n, time_unix_nano=t, attributes=self._attributes(a))
-                for n, t, a in events
-            ],
-            links=[
-                Span.Link(
-                    trace_id=c[0].to_bytes(16, "big"),
-                    span_id=c[1].to_bytes(8, "big"),
-                    attributes=self._attributes(a),
-                    flags=_flags(c),
-                )
-                for c, a in links
-            ],
-            status=PbStatus(code=code, message=description or ""),
-            flags=_flags(parent),
-        )
+        span.trace_id = trace_id.to_bytes(16, "big")
+        span.span_id = span_id.to_bytes(8, "big")
+        if state:
+            span.trace_state = state
+        if parent is not None:
+            span.parent_span_id = parent[1].to_bytes(8, "big")
+        span.name = name
+        span.kind = kind + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
+        span.start_time_unix_nano = start
+        span.end_time_unix_nano = end
+        if attributes:
+            span.MergeFromString(self._span_attributes(attributes))
+        for n, t, a in events:
+            span.events.add(name=n, time_unix_nano=t, attributes=self._attributes(a))
+        for c, a in links:
+            span.links.add(
+                trace_id=c[0].to_bytes(16, "big"),
+                span_id=c[1].to_bytes(8, "big"),
+                attributes=self._attributes(a),
+                flags=_flags(c),
+            )
+        if code or description:
+            span.status.code = code
+            if description:
+                span.status.message = description
+        else:
+            span.status.SetInParent()  # present, as the SDK's encoder sends it
+        span.flags = _flags(parent)
 
     def request(self, records: Sequence[tuple[Any, ...]]) -> Encoded:
-        by_scope: dict[Any, list[Span]] = {}
+        """The request, built in place: each span is filled where it lies in
+        the message, rather than built on its own and copied into its scope's
+        list, the list into the resource's, and that into the request."""
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add(schema_url=self._schema_url)
+        resource_spans.resource.CopyFrom(self._resource)
+        by_scope: dict[Any, Any] = {}
         for record in records:
-            by_scope.setdefault(record[10], []).append(self.span(record))
-        scope_spans = []
-        for scope, spans in by_scope.items():
-            name, version, schema_url = scope if scope is not None else ("", None, None)
-            scope_spans.append(
-                ScopeSpans(
-                    scope=InstrumentationScope(name=name, version=version or ""),
-                    spans=spans,
-                    schema_url=schema_url or "",
-                )
-            )
-        request = ExportTraceServiceRequest(
-            resource_spans=[
-                ResourceSpans(
-                    resource=self._resource, scope_spans=scope_spans, schema_url=self._schema_url
-                )
-            ]
-        )
+            scope = record[10]
+            spans = by_scope.get(scope)
+            if spans is None:
+                name, version, schema_url = scope if scope is not None else ("", None, None)
+                scope_spans = resource_spans.scope_spans.add(schema_url=schema_url or "")
+                scope_spans.scope.name = name
+                scope_spans.scope.version = version or ""
+                spans = by_scope[scope] = scope_spans.spans
+            self._fill(spans.add(), record)
         return Encoded(request, len(records))
 
 

@@ -43,6 +43,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from scheduler.deferred_span import DeferredSpan, scope_of
+from scheduler.span_records import context_of
 
 __all__ = ["ServerSpans"]
 
@@ -78,7 +79,8 @@ class ServerSpans:
     def wrap(self, method: str, behaviour: Behaviour) -> Behaviour:
         """``behaviour`` under a SERVER span named ``method`` (``/service/method``)."""
         service, _, name = method.lstrip("/").partition("/")
-        base = {"rpc.system": "grpc", "rpc.method": name, "rpc.service": service}
+        base: dict[str, Any] = {"rpc.system": "grpc", "rpc.method": name, "rpc.service": service}
+        base["rpc.grpc.status_code"] = 0  # until ``_end`` says otherwise
 
         @functools.wraps(behaviour)
         async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -110,31 +112,34 @@ class ServerSpans:
         caller = propagate.extract(carrier) if carrier else None
         parent = trace.get_current_span(caller).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
-        attributes = dict(base, **{"rpc.grpc.status_code": 0})
+        attributes = base.copy()
         if user_agent is not None:
             attributes["rpc.user_agent"] = user_agent
         _add_peer(attributes, context.peer())
         sampled = self._sampler.should_sample(caller, trace_id, method, SpanKind.SERVER, attributes)
-        span_context = SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),
-            False,
-            _SAMPLED if sampled.decision is Decision.RECORD_AND_SAMPLE else _UNSAMPLED,
-            sampled.trace_state,
-        )
-        if sampled.decision is Decision.DROP:
-            return trace.NonRecordingSpan(span_context)
+        span_id = self._ids.generate_span_id()
+        state = sampled.trace_state
+        if sampled.decision is not Decision.RECORD_AND_SAMPLE:
+            # DROP (or RECORD_ONLY, which no built-in sampler returns: only
+            # sampled spans are exported): the context carries on, unsampled.
+            return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
+        # The SpanContext is made only if asked for (DeferredSpan): the answer's
+        # trace id and the backend's headers come from the span's record context.
         span = DeferredSpan(
             self._tracer,
             self._scope,
             method,
-            span_context,
-            parent if parent.is_valid else None,
+            (trace_id, span_id, int(_SAMPLED), False, state.to_header() if state else ""),
+            context_of(parent) if parent.is_valid else None,
+            state,
             time.time_ns(),
             (),
             SpanKind.SERVER,
+            parent_context=parent if parent.is_valid else None,
         )
-        if sampled.attributes:
+        # A sampler may add attributes; the SDK's own hand back those they were
+        # given, as a read-only view that is slow to copy from (a few µs).
+        if sampled.attributes and sampled.attributes != attributes:
             attributes.update(sampled.attributes)
         span.set_attributes(attributes)
         return span
@@ -151,15 +156,30 @@ class ServerSpans:
 
 def _add_peer(attributes: dict[str, Any], peer: str) -> None:
     """``net.peer.*`` from gRPC's peer string (``ipv4:127.0.0.1:57284``,
-    ``ipv6:[::1]:57284``), as the contrib instrumentation splits it."""
+    ``ipv6:[::1]:57284``), as the contrib instrumentation splits it; a
+    connection's calls share a peer, so the split is remembered."""
+    known = _PEERS.get(peer)
+    if known is None:
+        if len(_PEERS) >= _PEERS_KEPT:
+            _PEERS.clear()
+        known = _PEERS[peer] = _peer_attributes(peer)
+    attributes.update(known)
+
+
+def _peer_attributes(peer: str) -> dict[str, str]:
     if peer.startswith("unix:"):
-        return
+        return {}
     try:
         ip, port = peer.split(",")[0].split(":", 1)[1].rsplit(":", 1)
     except (IndexError, ValueError):
-        return
+        return {}
     ip = unquote(ip)
-    attributes["net.peer.ip"] = ip
-    attributes["net.peer.port"] = port
+    attributes = {"net.peer.ip": ip, "net.peer.port": port}
     if ip in ("[::1]", "127.0.0.1"):
         attributes["net.peer.name"] = "localhost"
+    return attributes
+
+
+#: Peer strings split so far (cleared when full: a bound on its memory).
+_PEERS: dict[str, dict[str, str]] = {}
+_PEERS_KEPT = 1024

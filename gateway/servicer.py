@@ -286,7 +286,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 code = "DEADLINE_EXCEEDED"
             trace_id = ""
             if self._tracing.enabled:
-                trace_id = trace_id_of(trace.get_current_span().get_span_context())
+                trace_id = trace_id_of(trace.get_current_span())
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, now - start, trace_id)
             if code != "OK" or self._request_log.ok_sample:

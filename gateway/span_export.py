@@ -3,16 +3,20 @@
 With the SDK's ``BatchSpanProcessor`` and OTLP exporter in the gateway, turning
 each finished span into OTLP protobuf (and the exporter's gRPC channel) ran on
 a thread of the gateway under its GIL: a fifth to a quarter of the gateway's
-CPU under load at 100 % sampling. Here the ``BatchSpanProcessor`` stays in the
-gateway (its queue, batch size, schedule delay and drops, from ``OTEL_BSP_*``),
-but its exporter is ``ProcessSpanExporter``: it flattens each batch of spans
-into tuples of plain values (``flatten``), pickles the batch (C code, a few
-microseconds a span) and writes it to a pipe. A child process started with
-``spawn`` reads the pipe and hands each batch to the SDK's own OTLP exporter,
-which reads the standard ``OTEL_EXPORTER_OTLP_*`` variables as it would in
-the gateway: over gRPC, as a request built straight from the tuples
-(gateway/otlp_records.py); over HTTP/protobuf, as spans rebuilt as SDK
-``ReadableSpan`` objects (``rebuild``) for its encoder.
+CPU under load at 100 % sampling. Here spans reach ``ProcessSpanExporter`` as
+plain records (scheduler/span_records.py): the spans the gateway builds
+finished (``ModelInfer``'s server, queue, batch, placement and backend-call
+spans, scheduler/deferred_span.py) as records from birth, through
+the provider's ``RecordProcessor``; any other span through the SDK's
+``BatchSpanProcessor`` (its queue, batch size, schedule delay and drops, from
+``OTEL_BSP_*``), flattened into a record (``flatten``) on its thread. Records
+are pickled in batches (C code, a few microseconds a span) and written to a
+pipe. A child process started with ``spawn`` reads the pipe and hands each
+batch to the SDK's own OTLP exporter, which reads the standard
+``OTEL_EXPORTER_OTLP_*`` variables as it would in the gateway: over gRPC, as a
+request built straight from the tuples (gateway/otlp_records.py); over
+HTTP/protobuf, as spans rebuilt as SDK ``ReadableSpan`` objects (``rebuild``)
+for its encoder.
 
 What a span carries across: name, ids, flags and trace state, parent (and
 whether it was remote), kind, times, attributes, events, links (with their
@@ -23,8 +27,9 @@ gateway's spans stay well under those limits.
 The pipe is the only channel. The child exits at the ``STOP`` message or when
 the pipe closes (the gateway exited, however it exited), after its exporter's
 own shutdown flushes what it holds. A send that blocks (the child is busy
-exporting) blocks the batch processor's thread only; the processor's bounded
-queue then drops spans, as it does when an in-process exporter is slow.
+exporting) blocks a sending thread only (the batch processor's or the
+records'); their bounded queues then drop spans, as the batch processor does
+when an in-process exporter is slow.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import os
 import pickle
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,6 +52,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from scheduler.span_records import Context, MirrorRecord, Record, context_of, expand
+
 __all__ = ["ProcessSpanExporter", "flatten", "rebuild"]
 
 log = logging.getLogger(__name__)
@@ -54,16 +62,13 @@ _STOP = b"stop"
 _FLUSH = b"flush"
 _FLUSHED = b"flushed"
 _START_TIMEOUT_S = 30.0
-
-#: (trace id, span id, flags, is remote, trace state header)
-Context = tuple[int, int, int, bool, str]
-#: A span as plain values (see ``flatten``).
-Record = tuple[Any, ...]
-
-
-def _context(context: SpanContext) -> Context:
-    state = context.trace_state.to_header() if context.trace_state else ""
-    return (context.trace_id, context.span_id, int(context.trace_flags), context.is_remote, state)
+#: How often the sender thread sends the records gathered, and at most how
+#: many go in one message (at 1,000 requests/s, a few hundred records).
+_RECORD_PERIOD_S = 0.1
+_RECORD_BATCH = 1024
+#: Records held at most while the export process is behind (then dropped);
+#: ``OTEL_BSP_MAX_QUEUE_SIZE`` when set, as for the batch span processor.
+_MAX_RECORDS = 8192
 
 
 def _span_context(values: Context) -> SpanContext:
@@ -78,20 +83,21 @@ def _span_context(values: Context) -> SpanContext:
 
 
 def flatten(span: ReadableSpan) -> Record:
-    """A finished span as a tuple of ints, strings, dicts and tuples (picklable)."""
+    """A finished span as a record (scheduler/span_records.py): a tuple of
+    ints, strings, dicts and tuples (picklable)."""
     scope = span.instrumentation_scope
     status = span.status
     assert span.context is not None  # a span the SDK finished always has one
     return (
         span.name,
-        _context(span.context),
-        _context(span.parent) if span.parent is not None else None,
+        context_of(span.context),
+        context_of(span.parent) if span.parent is not None else None,
         span.kind.value,
         span.start_time,
         span.end_time,
         dict(span.attributes) if span.attributes else None,
         tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
-        tuple((_context(k.context), dict(k.attributes or {})) for k in span.links),
+        tuple((context_of(k.context), dict(k.attributes or {})) for k in span.links),
         (status.status_code.value, status.description),
         (scope.name, scope.version, scope.schema_url) if scope is not None else None,
     )
@@ -168,7 +174,7 @@ def _child(
                 exporter.force_flush()
                 conn.send_bytes(_FLUSHED)
                 continue
-            send(pickle.loads(message))
+            send(list(expand(pickle.loads(message))))
     finally:
         exporter.shutdown()
 
@@ -176,11 +182,17 @@ def _child(
 class ProcessSpanExporter(SpanExporter):
     """A span exporter whose OTLP encoding and sending happen in a child process.
 
-    ``export`` flattens the batch, pickles it and writes it to the pipe (one
-    message per batch, under a lock shared with ``force_flush``/``shutdown``,
-    whose control messages share the pipe); the child rebuilds the spans and
-    calls the SDK's OTLP exporter with them. ``force_flush`` waits for the
-    child to say it has exported everything sent before it.
+    Two ways in, one pipe. ``export`` (the SDK's batch span processor's, for
+    ordinary spans) flattens the batch, pickles it and writes it to the pipe.
+    ``add_record`` (a ``RecordProcessor``'s sink, for the spans built
+    finished, already records) appends to a bounded deque: no lock, no
+    flattening, no ``ReadableSpan``; a sender thread wakes every
+    ``_RECORD_PERIOD_S``, pickles what has gathered as one message (at most
+    ``_RECORD_BATCH`` records each) and writes it. Writes share a lock with
+    ``force_flush``/``shutdown``, whose control messages share the pipe; the
+    child expands mirror records (``span_records.expand``) and calls the SDK's
+    OTLP exporter. ``force_flush`` sends what the deque holds, then waits for
+    the child to say it has exported everything sent before it.
     """
 
     def __init__(
@@ -188,7 +200,8 @@ class ProcessSpanExporter(SpanExporter):
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe(duplex=True)
-        otel_env = {k: v for k, v in (env or os.environ).items() if k.startswith("OTEL_")}
+        env = env or os.environ
+        otel_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         self._process = context.Process(
             target=_child,
             args=(child_conn, otel_env, protocol, dict(resource.attributes), resource.schema_url),
@@ -206,10 +219,43 @@ class ProcessSpanExporter(SpanExporter):
         if not ready:
             log.error("span export process did not start; spans are dropped")
             self._broken = True
+        self._records: deque[Record | MirrorRecord] = deque()
+        self._max_records = _int_env(env, "OTEL_BSP_MAX_QUEUE_SIZE", _MAX_RECORDS)
+        #: Records dropped because the deque was full (the export process is behind).
+        self.dropped = 0
+        self._draining = threading.Lock()
+        self._stopping = threading.Event()
+        self._sender = threading.Thread(target=self._send_records, name="span-records", daemon=True)
+        self._sender.start()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid
+
+    def add_record(self, record: Record | MirrorRecord) -> None:
+        """Queue a span record for the export process (any thread; never blocks)."""
+        if len(self._records) >= self._max_records:
+            self.dropped += 1
+            return
+        self._records.append(record)
+
+    def _send_records(self) -> None:
+        while not self._stopping.wait(_RECORD_PERIOD_S):
+            self._drain()
+
+    def _drain(self) -> None:
+        records = self._records
+        # One drainer at a time (the sender thread, a flush, the shutdown):
+        # records leave in the order they came, and none pops from an empty deque.
+        with self._draining:
+            while records:
+                batch = [records.popleft() for _ in range(min(len(records), _RECORD_BATCH))]
+                message = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+                with self._lock:
+                    if self._broken:
+                        records.clear()
+                        return
+                    self._send(message)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._broken:
@@ -229,6 +275,7 @@ class ProcessSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._drain()
         with self._lock:
             if self._broken or self._send(_FLUSH) is not SpanExportResult.SUCCESS:
                 return False
@@ -237,6 +284,11 @@ class ProcessSpanExporter(SpanExporter):
             return self._conn.recv_bytes() == _FLUSHED
 
     def shutdown(self, timeout_millis: float = 30000) -> None:
+        self._stopping.set()
+        self._sender.join(timeout_millis / 1000)
+        self._drain()
+        if self.dropped:
+            log.warning("span export: %d span records dropped (queue full)", self.dropped)
         with self._lock:
             if not self._broken:
                 self._send(_STOP)
@@ -247,3 +299,11 @@ class ProcessSpanExporter(SpanExporter):
             log.warning("span export process did not stop in time; terminating it")
             self._process.terminate()
             self._process.join(5)
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        value = int(env.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default

@@ -15,7 +15,9 @@ What is read (all standard; the SDK and exporters read most of them themselves):
   ``OTEL_BSP_*`` for the batch span processor, ``OTEL_PROPAGATORS``.
 
 With tracing on, OTLP encoding and export run in a child process
-(``gateway.span_export``) behind the SDK's batch span processor, and
+(``gateway.span_export``), which takes the spans built finished as plain
+records (``scheduler.span_records``) and others from the SDK's batch span
+processor, and
 ``ModelInfer``'s SERVER span is made at registration (``traced``,
 ``gateway.server_span``) rather than by the contrib interceptor.
 
@@ -44,6 +46,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from gateway.config import ConfigError
 from gateway.server_span import ServerSpans
 from gateway.span_export import ProcessSpanExporter
+from scheduler.span_records import RecordProcessor
+from scheduler.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +165,8 @@ def caller_trace_id(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[s
 def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
     """``(("x-trace-id", <32 hex>),)`` for the span in ``context`` (default: the
     current one), or ``()`` when there is no valid span."""
-    span_context = trace.get_current_span(context).get_span_context()
-    if not span_context.is_valid:
-        return ()
-    return ((TRACE_ID_KEY, format(span_context.trace_id, "032x")),)
+    trace_id = trace_id_of(trace.get_current_span(context))
+    return ((TRACE_ID_KEY, trace_id),) if trace_id else ()
 
 
 def _exporter_names(env: Mapping[str, str]) -> list[str]:
@@ -214,8 +216,13 @@ def configure_tracing(
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     exporters = [_exporter(name, env, resource) for name in names]
+    # Alone, the export process takes the spans built finished as records
+    # (scheduler/span_records.py); beside another exporter, all go as spans.
+    processor = None
+    if len(exporters) == 1 and isinstance(exporters[0], ProcessSpanExporter):
+        processor = RecordProcessor(exporters[0].add_record)
     # sampler=None: the SDK reads OTEL_TRACES_SAMPLER / _ARG.
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, active_span_processor=processor)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if install_global:

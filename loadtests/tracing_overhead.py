@@ -10,14 +10,18 @@ PATH, or ../shared/tools/ghz) at ``--concurrency``, enough to saturate the
 gateway. Per round: throughput, latency, and the CPU (utime + stime from
 /proc) over the round divided by the requests sent, of the gateway process
 and of its child processes (the span export process, with tracing on).
-Reported: medians over ``--rounds``, and the in-process time of the tracing
-code a request runs with tracing off (``off_path_us``).
+Reported: medians over ``--rounds``, the median of the rounds' on/off ratios
+(each pair ran back to back), and the in-process time of the tracing code a
+request runs with tracing off (``off_path_us``). ``--baseline PATH`` adds a
+third gateway running another checkout's code (``main``, say) with tracing on,
+in the same rounds: a change's effect and the cost against "off" in one run.
 
 Without ghz the project's Python generator (asyncio tritonclient callers)
 drives the load instead, and the output says so: it costs far more CPU per
 request than ghz, on the same cores as the gateway.
 
     python -m loadtests.tracing_overhead [--rounds 7] [--requests 4000] [--concurrency 32]
+        [--baseline ../main]
 
 Writes loadtests/results/tracing.md and tracing.json.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -174,7 +179,9 @@ def one_round(
     return result
 
 
-def measure(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
+def measure(
+    rounds: int, requests: int, concurrency: int, baseline: Path | None = None
+) -> dict[str, Any]:
     found = find_ghz()
     ghz = str(found) if found else None
     driver = "ghz" if ghz else "Python tritonclient callers (ghz not found)"
@@ -193,14 +200,26 @@ def measure(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
                 "OTEL_TRACES_SAMPLER": "always_on",
             }
             off_env = {"OTEL_TRACES_EXPORTER": "none"}
-            with (
-                start_gateway(work / "off", args=args, env=off_env) as off,
-                start_gateway(work / "on", args=args, env=on_env) as on,
-            ):
-                gateways = (("off", off), ("on", on))
-                for _, gateway in gateways:  # warm both (channels, first batches)
+            with contextlib.ExitStack() as stack:
+                gateways = [
+                    (
+                        "off",
+                        stack.enter_context(start_gateway(work / "off", args=args, env=off_env)),
+                    ),
+                    ("on", stack.enter_context(start_gateway(work / "on", args=args, env=on_env))),
+                ]
+                if baseline is not None:  # another checkout's code, tracing on
+                    gateways.append(
+                        (
+                            "baseline",
+                            stack.enter_context(
+                                start_gateway(work / "base", args=args, env=on_env, repo=baseline)
+                            ),
+                        )
+                    )
+                for _, gateway in gateways:  # warm them (channels, first batches)
                     one_round(ghz, gateway.pid, gateway.address, 200, concurrency)
-                runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+                runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in gateways}
                 for index in range(rounds):
                     # Alternate which goes first, so neither always follows the other.
                     order = gateways if index % 2 == 0 else gateways[::-1]
@@ -217,6 +236,14 @@ def measure(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
         for label, results in runs.items()
     }
     off_cpu = sorted(r["cpu_us_per_request"] for r in runs["off"])
+    compared = {
+        label: {
+            "overhead": 1 - _paired(runs, "rps", label),
+            "cpu_overhead": _paired(runs, "cpu_us_per_request", label) - 1,
+        }
+        for label in runs
+        if label != "off"
+    }
     return {
         "off_path_us": off_path_us(),
         "off_cpu_spread_us": [off_cpu[0], off_cpu[-1]],
@@ -232,7 +259,26 @@ def measure(rounds: int, requests: int, concurrency: int) -> dict[str, Any]:
         "overhead": 1 - medians["on"]["rps"] / medians["off"]["rps"],
         "cpu_overhead": medians["on"]["cpu_us_per_request"] / medians["off"]["cpu_us_per_request"]
         - 1,
+        # Each round's on/off pair ran back to back: the median of the pairs'
+        # ratios follows the machine's drifting load less than two medians do.
+        "paired": compared,
+        "baseline": _describe(baseline) if baseline is not None else None,
+        "baseline_path": str(baseline) if baseline is not None else None,
     }
+
+
+def _paired(runs: dict[str, list[dict[str, float]]], key: str, label: str) -> float:
+    """The median over rounds of ``label``/off for ``key``."""
+    pairs = zip(runs[label], runs["off"], strict=True)
+    return statistics.median(on[key] / off[key] for on, off in pairs)
+
+
+def _describe(tree: Path) -> str:
+    """The baseline checkout: its path, and its commit when git knows it."""
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"{tree} at {done.stdout.strip()}" if done.returncode == 0 else str(tree)
 
 
 def table(result: dict[str, Any]) -> list[str]:
@@ -242,10 +288,11 @@ def table(result: dict[str, Any]) -> list[str]:
         "| export process CPU µs/request | errors |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label in ("off", "on"):
+    for label in med:
         row = med[label]
+        name = "on, baseline tree" if label == "baseline" else label
         lines.append(
-            f"| {label} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
             f"| {row['cpu_us_per_request']:.0f} | {row['export_cpu_us_per_request']:.0f} "
             f"| {row['errors']:.0f} |"
         )
@@ -255,22 +302,39 @@ def table(result: dict[str, Any]) -> list[str]:
 def write(result: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tracing.json").write_text(json.dumps(result, indent=2) + "\n")
+    baseline_flag = f" --baseline {result['baseline_path']}" if result["baseline_path"] else ""
     lines = [
         "# Tracing overhead: gateway throughput with tracing off vs on",
         "",
         f"`python -m loadtests.tracing_overhead --rounds {result['rounds']} --requests "
-        f"{result['requests']} --concurrency {result['concurrency']}` on {result['machine']}, "
+        f"{result['requests']} --concurrency {result['concurrency']}"
+        f"{baseline_flag}`"
+        f" on {result['machine']}, "
         "shared with other engineers' tests and benchmarks while it ran.",
         f"Load: {result['driver']}, {result['requests']} ModelInfer calls per round at "
         f"concurrency {result['concurrency']}, model `{result['model']}` on one local "
-        "tritonserver (CPU, Python backend); rounds alternate off/on; medians of "
+        "tritonserver (CPU, Python backend); rounds alternate between the gateways; medians of "
         f'{result["rounds"]} rounds. "on" = OTLP/gRPC export to a local rotel, `always_on` '
         "sampler (every request: server, queue, batch, placement, backend spans).",
         "",
         *table(result),
         "",
         f"Throughput cost of tracing at 100 %: {result['overhead']:.1%}; "
-        f"gateway CPU per request: {result['cpu_overhead']:+.1%}.",
+        f"gateway CPU per request: {result['cpu_overhead']:+.1%} (from the medians above). "
+        f"Median of the rounds' on/off pairs: throughput cost "
+        f"{result['paired']['on']['overhead']:.1%}, gateway CPU per request "
+        f"{result['paired']['on']['cpu_overhead']:+.1%}.",
+        *(
+            [
+                "",
+                f"Baseline tree ({result['baseline']}), tracing on, in the same rounds: "
+                f"throughput cost {result['paired']['baseline']['overhead']:.1%}, gateway CPU "
+                f"per request {result['paired']['baseline']['cpu_overhead']:+.1%} (medians of "
+                "its rounds' pairs with the off rounds).",
+            ]
+            if result["baseline"]
+            else []
+        ),
         "",
         f"Tracing off: the tracing code a request still runs (trailer and context look-ups "
         f"in its metadata, the scheduler's four `recording` checks) takes "
@@ -289,8 +353,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. of main) whose gateway runs, tracing on, in the same rounds",
+    )
     args = parser.parse_args()
-    result = measure(args.rounds, args.requests, args.concurrency)
+    result = measure(args.rounds, args.requests, args.concurrency, args.baseline)
     write(result)
     print((RESULTS / "tracing.md").read_text())
 

@@ -8,8 +8,9 @@ batch, placement, backend call) have a sampled parent, attributes it made
 itself, and a known end, so they need none of that: ``start_deferred`` makes
 one that only holds its fields, and ``end`` builds the finished span and
 hands it to the tracer's span processor, as the SDK does for its own spans
-when they end; ``emit_span`` does both at once for a span that has already
-ended (the placement).
+when they end (to a ``RecordProcessor``, scheduler/span_records.py, as a
+plain record instead: no ``ReadableSpan`` at all); ``emit_span`` does both at
+once for a span that has already ended (the placement).
 
 Only with the SDK's tracer and a sampled parent: otherwise (no SDK, another
 SDK, an unsampled or missing parent) ``start_deferred`` returns None and the
@@ -22,18 +23,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
+
+from scheduler.span_records import Context as RecordContext
+from scheduler.span_records import RecordProcessor, context_of, record, scope_key
 
 __all__ = ["DeferredSpan", "emit_finished", "emit_span", "start_deferred"]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_RECORD = (StatusCode.UNSET.value, None)
 
 
 class DeferredSpan(trace.NonRecordingSpan):
@@ -41,7 +48,12 @@ class DeferredSpan(trace.NonRecordingSpan):
 
     It is a ``NonRecordingSpan`` to the API (so ``use_span`` makes it the
     current span and its context propagates to backends) that says it records
-    until it ends.
+    until it ends. Its context is held as a record ``Context`` tuple
+    (``own``; scheduler/span_records.py), and so is its parent's: the API's
+    ``SpanContext`` (a Python-built tuple, validated) is made only when asked
+    for (``get_span_context``: propagation to a backend, a link, the
+    ``ReadableSpan`` of a provider that takes no records), so a queue span or
+    a member's batch span never makes one, nor ends up converting one.
     """
 
     def __init__(
@@ -49,23 +61,39 @@ class DeferredSpan(trace.NonRecordingSpan):
         tracer: SdkTracer,
         scope: InstrumentationScope | None,
         name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
+        own: RecordContext,
+        parent: RecordContext | None,
+        trace_state: TraceState | None,
         start_ns: int,
         links: Sequence[Link],
         kind: SpanKind,
+        *,
+        parent_context: SpanContext | None = None,
     ) -> None:
-        super().__init__(context)
+        # Not NonRecordingSpan.__init__, which only stores a ready SpanContext.
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+        self.own = own
         self._tracer = tracer
         self._scope = scope
         self._name = name
         self._parent = parent
+        self._parent_context = parent_context
+        self.trace_state = trace_state
         self._start_ns = start_ns
-        self._links = tuple(links)
+        self._links = links
         self._kind = kind
         self._attributes: dict[str, AttributeValue] = {}
         self._status = _UNSET
         self._ended = False
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            trace_id, span_id, flags, _, _ = self.own
+            context = self._context = SpanContext(
+                trace_id, span_id, False, TraceFlags(flags), self.trace_state
+            )
+        return context
 
     def is_recording(self) -> bool:
         return not self._ended
@@ -83,19 +111,73 @@ class DeferredSpan(trace.NonRecordingSpan):
         if self._ended:
             return
         self._ended = True
+        end_ns = end_time if end_time is not None else time.time_ns()
+        processor = self._tracer.span_processor
+        if isinstance(processor, RecordProcessor):
+            status = self._status
+            processor.sink(
+                (
+                    self._name,
+                    self.own,
+                    self._parent,
+                    self._kind._value_,  # the enum's value without its property's cost
+                    self._start_ns,
+                    end_ns,
+                    self._attributes or None,
+                    (),
+                    _link_records(self._links),
+                    _UNSET_RECORD
+                    if status is _UNSET
+                    else (status.status_code._value_, status.description),
+                    scope_key(self._scope),
+                )
+            )
+            return
+        parent = self._parent_context
+        if parent is None and self._parent is not None:
+            trace_id, span_id, flags, remote, _ = self._parent
+            parent = SpanContext(trace_id, span_id, remote, TraceFlags(flags), self.trace_state)
         emit_finished(
             self._tracer,
             self._name,
             self.get_span_context(),
-            self._parent,
+            parent,
             self._attributes,
             self._links,
             self._kind,
             self._status,
             self._start_ns,
-            end_time if end_time is not None else time.time_ns(),
+            end_ns,
             self._scope,
         )
+
+
+#: The last links converted, and their records: a batch's members share one
+#: tuple of links (to the leader's batch span), converted once for all.
+_last_links: tuple[Sequence[Link], tuple[tuple[RecordContext, dict[str, Any]], ...]] = ((), ())
+
+
+def _link_records(links: Sequence[Link]) -> tuple[tuple[RecordContext, dict[str, Any]], ...]:
+    global _last_links
+    if not links:
+        return ()
+    if links is not _last_links[0]:
+        _last_links = (
+            links,
+            tuple((context_of(k.context), dict(k.attributes or {})) for k in links),
+        )
+    return _last_links[1]
+
+
+def _parent_of(span: trace.Span) -> tuple[RecordContext, TraceState | None, SpanContext | None]:
+    """A sampled parent's record context, trace state and ``SpanContext`` (if
+    made); raises LookupError when ``span`` is not a valid sampled parent."""
+    if isinstance(span, DeferredSpan):  # sampled, or it would not be one
+        return span.own, span.trace_state, span._context
+    context = span.get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        raise LookupError
+    return context_of(context), context.trace_state, context
 
 
 def child_context(tracer: SdkTracer, parent: SpanContext) -> SpanContext:
@@ -124,8 +206,15 @@ def emit_finished(
 ) -> None:
     """Hand a span that is finished from birth to the tracer's span processor,
     as the SDK does for its own spans when they end (the one place that
-    builds ``ReadableSpan`` itself)."""
-    tracer.span_processor.on_end(
+    builds ``ReadableSpan`` itself), or as a record to a ``RecordProcessor``'s
+    sink (scheduler/span_records.py), which takes no ``ReadableSpan``."""
+    processor = tracer.span_processor
+    if isinstance(processor, RecordProcessor):
+        processor.sink(
+            record(name, context, parent, attributes, links, kind, status, start_ns, end_ns, scope)
+        )
+        return
+    processor.on_end(
         ReadableSpan(
             name,
             context,
@@ -157,19 +246,21 @@ def start_deferred(
     where an ordinary span must be made instead (see the module docstring)."""
     if not isinstance(tracer, SdkTracer):
         return None
-    up = trace.get_current_span(parent).get_span_context()
-    if not up.is_valid or not up.trace_flags.sampled:
+    try:
+        up, state, up_context = _parent_of(trace.get_current_span(parent))
+    except LookupError:
         return None
-    context = child_context(tracer, up)
     return DeferredSpan(
         tracer,
         scope_of(tracer),
         name,
-        context,
+        (up[0], tracer.id_generator.generate_span_id(), up[2], False, up[4]),
         up,
+        state,
         start_ns if start_ns is not None else time.time_ns(),
         links,
         kind,
+        parent_context=up_context,
     )
 
 
@@ -191,23 +282,11 @@ def emit_span(
     """A span under the current one that already ended (``start_ns`` to
     ``end_ns``), built finished; its context, or None where an ordinary span
     must be made instead (the conditions of ``start_deferred``)."""
-    if not isinstance(tracer, SdkTracer):
+    span = start_deferred(tracer, name, None, start_ns=start_ns)
+    if span is None:
         return None
-    up = trace.get_current_span().get_span_context()
-    if not up.is_valid or not up.trace_flags.sampled:
-        return None
-    context = child_context(tracer, up)
-    emit_finished(
-        tracer,
-        name,
-        context,
-        up,
-        attributes,
-        (),
-        SpanKind.INTERNAL,
-        status,
-        start_ns,
-        end_ns,
-        scope_of(tracer),
-    )
-    return context
+    span.set_attributes(attributes)
+    if status.status_code is not StatusCode.UNSET:
+        span.set_status(status)
+    span.end(end_ns)
+    return span.get_span_context()

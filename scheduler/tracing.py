@@ -18,11 +18,14 @@ its placement and backend-call spans are real, and only they carry the
 context sent to the backend, so Triton's spans sit in the leader's trace.
 Every other member gets its own ``batch`` span, linked to the leader's, and
 when the batch ends a copy of each placement and backend call with the same
-timings and attributes, linked to the real one (``mirror``): from any
-member's trace Triton's spans are one click away, and the member's own server
-span is covered by named spans end to end. The copies cost a few spans per
-member; the alternative, one shared batch span in a trace of its own, left
-the members' traces with a hole where the backend call was.
+timings and attributes, linked to the real one (``mirror``,
+scheduler/span_mirror.py): from any member's trace Triton's spans are one
+click away, and the member's own server span is covered by named spans end
+to end. With the gateway's exporter the
+copies travel as one record per batch, made into spans in the export process
+(scheduler/span_records.py); the alternative, one shared batch span in a
+trace of its own, left the members' traces with a hole where the backend
+call was.
 
 A member's ``batch`` span ends in the member's own task, when its outputs
 reach it, so the hand-off from the batch to each waiting caller is inside it.
@@ -38,25 +41,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.deferred_span import (
-    child_context,
-    emit_finished,
-    emit_span,
-    scope_of,
-    start_deferred,
-)
+from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
+from scheduler.span_mirror import Phase, mirror
 
 __all__ = [
     "Phase",
@@ -84,20 +82,6 @@ _GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
 _UNSET = Status(StatusCode.UNSET)
 
 
-@dataclass(slots=True)
-class Phase:
-    """A step of a batch's run (a placement or a backend call) as its real span
-    recorded it, so that ``mirror`` can copy it into the other members' traces."""
-
-    name: str
-    kind: SpanKind
-    start_ns: int
-    end_ns: int
-    attributes: Mapping[str, AttributeValue]
-    span: Span
-    error: str | None = None
-
-
 def recording(tracer: Tracer) -> bool:
     """Whether spans of ``tracer`` can record, i.e. are worth making at all:
     with tracing off the scheduler makes none (even a no-op span costs a few
@@ -115,8 +99,12 @@ def default_tracer() -> Tracer:
     return provider.get_tracer(TRACER_NAME)
 
 
-def trace_id_of(span_context: SpanContext) -> str:
-    """The 32-hex-digit trace id, or "" for an invalid context."""
+def trace_id_of(span: Span) -> str:
+    """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
+    deferred span's is read from its record context: no ``SpanContext`` made)."""
+    if isinstance(span, DeferredSpan):
+        return format(span.own[0], "032x")
+    span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
@@ -270,17 +258,18 @@ def backend_call(
         tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT
     ) or tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
     error: GatewayError | None = None
+    # The span is current for the call (``use_span`` without its own context
+    # manager's cost: neither recording exceptions nor ending the span here).
+    token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        with trace.use_span(
-            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            yield carrier
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield carrier
     except GatewayError as exc:
         error = exc
         raise
     finally:
+        otel_context.detach(token)
         if endpoint:
             code = "OK" if error is None else error.code
             attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
@@ -303,56 +292,6 @@ def backend_call(
                     message,
                 )
             )
-
-
-def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span]) -> None:
-    """Copy each of the leader's ``phases`` under each of the other members'
-    ``batch_spans``: same name, kind, timings and attributes, a link to the
-    real span (under which the backend's own spans are).
-
-    The copies are finished spans from birth, so with the OpenTelemetry SDK
-    they are built as such and handed to its span processor: no sampling
-    (the member's batch span was sampled), no lock, no attribute checks (the
-    attributes are the scheduler's own strings and numbers). That costs a fraction of a live
-    span, and a batch of N makes 2(N-1) copies. Any other tracer gets live
-    spans, started and ended at the recorded times.
-    """
-    from opentelemetry.sdk.trace import Tracer as SdkTracer
-
-    scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
-    for batch in batch_spans:
-        parent = batch.get_span_context()
-        if not parent.trace_flags.sampled:
-            continue
-        for phase in phases:
-            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
-            links = (Link(phase.span.get_span_context()),)
-            if isinstance(tracer, SdkTracer):
-                emit_finished(
-                    tracer,
-                    phase.name,
-                    child_context(tracer, parent),
-                    parent,
-                    phase.attributes,
-                    links,
-                    phase.kind,
-                    status,
-                    phase.start_ns,
-                    phase.end_ns,
-                    scope,
-                )
-                continue
-            span = tracer.start_span(
-                phase.name,
-                context=trace.set_span_in_context(batch),
-                kind=phase.kind,
-                attributes=phase.attributes,
-                links=links,
-                start_time=phase.start_ns,
-            )
-            if phase.error is not None:
-                span.set_status(status)
-            span.end(end_time=phase.end_ns)
 
 
 @contextmanager

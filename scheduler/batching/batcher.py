@@ -165,7 +165,6 @@ class Batcher(SubmitsTogether):
             pending.span = tracing.start_queue_span(
                 self._tracer, pending.parent, model=name, start_ns=request.received_ns
             )
-            pending.span_context = pending.span.get_span_context()
         else:  # no spans: the caller's own context is what reaches the backend
             context = request.trace_context
             if context is None:

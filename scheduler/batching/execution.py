@@ -50,9 +50,9 @@ class Pending:
     rows: int
     future: asyncio.Future[Outputs]
     enqueued_at: float
-    #: The queue span, open from admission until the request's batch is cut;
-    #: its context (untraced: the caller's) stays behind in ``BatchInfo.trace_contexts``.
+    #: The queue span, open from admission until the request's batch is cut.
     span: Span | None = None
+    #: Untraced: the caller's span context, for ``BatchInfo.trace_contexts``.
     span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
     #: Traced: the context of the caller's server span, the member's spans' parent.
     parent: Context | None = None

@@ -42,7 +42,8 @@ class BatchInfo:
     the members' requested outputs, ``()`` meaning all. ``priority`` is the
     most urgent member's level. ``parameters`` are the members' shared
     parameters, without ``priority`` and ``timeout``. ``trace_contexts`` are
-    the members' span contexts (their queue spans; untraced, their callers').
+    the members' callers' span contexts when the gateway does not trace (it
+    sends the first on to the backend), invalid when it does.
     ``served_by`` collects the ids of the backends the batch was sent to, in
     order (the dispatcher appends; the last one ran it or failed it).
     ``wire`` is the single member's request in its encoded form, for a

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,14 @@ from opentelemetry.trace import NoOpTracerProvider
 
 from gateway.config import ConfigError
 from gateway.logs import JsonFormatter, TraceContextFilter
+from gateway.span_export import rebuild
 from gateway.telemetry import MODEL_INFER, configure_tracing, trace_id_metadata
 from scheduler.backends.base import DecodedTensorsOnly, Device, DeviceKind
 from scheduler.config import SchedulerConfig
 from scheduler.dispatcher import Scheduler
 from scheduler.placement import Tier
 from scheduler.request import InferRequest, Parameters
+from scheduler.span_records import RecordProcessor, expand
 from scheduler.spec import DataType, ModelSpec, Tensor, TensorSpec
 
 VEC = TensorSpec("X", DataType.FP32, (-1, 2))
@@ -103,10 +105,28 @@ def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
 
-async def test_one_batch_span_linked_to_every_member_and_parent_of_the_call() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def _finished_spans(
+    as_records: bool,
+) -> tuple[TracerProvider, Callable[[], tuple[ReadableSpan, ...]]]:
+    """A provider, and what it has exported: as ``ReadableSpan`` objects to an
+    in-memory exporter, or (``as_records``) as records to a ``RecordProcessor``'s
+    sink, expanded and rebuilt as the export process does."""
+    if not as_records:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        return provider, exporter.get_finished_spans
+    records: list[Any] = []
+    provider = TracerProvider(active_span_processor=RecordProcessor(records.append))
+    resource = provider.resource
+    return provider, lambda: tuple(rebuild(r, resource, {}) for r in expand(records))
+
+
+@pytest.mark.parametrize("as_records", [False, True], ids=["spans", "records"])
+async def test_one_batch_span_linked_to_every_member_and_parent_of_the_call(
+    as_records: bool,
+) -> None:
+    provider, finished = _finished_spans(as_records)
     tracer = provider.get_tracer("test")
     backend = RecordingBackend()
     scheduler = Scheduler([backend], config=CONFIG, tracer=tracer)
@@ -123,7 +143,7 @@ async def test_one_batch_span_linked_to_every_member_and_parent_of_the_call() ->
     finally:
         await scheduler.aclose()
     assert {r.backend_id for r in results} == {"b1"}
-    spans = exporter.get_finished_spans()
+    spans = finished()
     calls = _by_name(spans, "backend.infer")
     # Two batches (the first alone, then the three others), so two real calls,
     # and their context is what the backend was sent.
