@@ -54,6 +54,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from loadtests.sim_vs_real_live import FleetMs, real_run
 from scheduler.placement import Tier
@@ -74,6 +75,7 @@ def simulated_run(
     cpu: CpuStage | None = None,
     deadline_s: float = 10.0,
     path_before: float = 0.5,
+    path_span_s: float | None = None,
 ) -> dict[str, object]:
     """The same fleet in the simulator, fed the real run's arrivals
     (``sent_at_s``) with the same deadline. ``device_ms`` by device (what a
@@ -88,7 +90,12 @@ def simulated_run(
     deadline stays anchored at the send time (the client's deadline runs
     from the send: time lost on the way in is time the policy no longer has,
     which decides spills to the CPU tier), and the rest of a second, separate
-    draw is added to its reply."""
+    draw is added to its reply. With ``path_span_s``, ``path_ms`` is a time
+    series over that many seconds (the calibration run's requests in the
+    order they were answered) and the draws are not random: a request takes
+    the sample at its send time, its reply the one at its finish time (both
+    wrapped around the span), so a burst of the shared machine's noise
+    delays neighbouring requests together, as it does in a real run."""
 
     def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
         return DeviceType(name, (cost[0] + device_ms[name]) / 1e3, cost[1] / 1e3, tier=tier)
@@ -99,7 +106,16 @@ def simulated_run(
         DeviceSpec("cpu", kind("cpu", fleet.cpu, Tier.CPU), instances=fleet.cpu_workers),
     ]
     rng = np.random.default_rng(0)
-    path_s = rng.choice(np.array(path_ms), size=len(sent_at_s)) / 1e3
+    series = np.array(path_ms) / 1e3
+
+    def noise_at(times_s: list[float]) -> npt.NDArray[np.float64]:
+        if path_span_s is None:
+            return rng.choice(series, size=len(times_s))
+        at = (np.array(times_s) / path_span_s * series.size).astype(np.int64) % series.size
+        drawn: npt.NDArray[np.float64] = series[at]
+        return drawn
+
+    path_s = noise_at(sent_at_s)
     before_s = path_s * path_before
     arrivals = sorted(
         Arrival(t + ahead, "gpu_sim", 1, deadline_s - ahead)
@@ -120,10 +136,9 @@ def simulated_run(
     requests = sim.run()
     result = measure(sim, requests, 0.0)
     # The deadline is the send time plus ``deadline_s``: latency runs from the send.
-    latency_ms = np.array(
-        [(r.finished_at - (r.deadline - deadline_s)) * 1e3 for r in requests if r.outcome == "ok"]
-    )
-    after_s = rng.choice(np.array(path_ms), size=latency_ms.size) / 1e3 * (1 - path_before)
+    answered = [r for r in requests if r.outcome == "ok"]
+    latency_ms = np.array([(r.finished_at - (r.deadline - deadline_s)) * 1e3 for r in answered])
+    after_s = noise_at([r.finished_at for r in answered]) * (1 - path_before)
     latency_ms += after_s * 1e3
     # The client gives up at its deadline: a reply the path noise pushes past
     # it is a DEADLINE_EXCEEDED there, not a latency.
@@ -158,25 +173,35 @@ def _num(value: object) -> float:
 
 def overheads(
     fleet: FleetMs,
-    learnt_ms: Mapping[str, float],
-    servers: Mapping[str, Mapping[str, float]],
+    real: Mapping[str, object],
     triton_ms: float,
     how: str,
 ) -> dict[str, float]:
     """What each simulated device's call costs beyond its configured time.
 
-    ``learnt``: the larger of two figures from the measured run, less the
-    configured cost of one row: the live estimator's median service time for
-    a batch of one (what the live policy compared with the time left; it
-    includes the round trip) and, for a tritonserver, Triton's own compute
-    time a request (the floor: the estimator takes the wait it predicted off
-    each call, so under queueing it can learn less than the device spent).
-    A device with neither falls back to ``triton_ms``. ``triton``:
-    ``triton_ms`` for every device (Triton's compute less the configured
-    cost in the calibration run, as before)."""
+    ``learnt``: from the measured run ``real``, the largest of three figures
+    for a call of one row, less its configured cost: the gateway's mean call
+    time less Triton's mean queue time a request (how long the gateway sees a
+    call take once the server starts it: the round trip and the gateway's
+    own event-loop delays included — what keeps a backend's in-flight count
+    up, which is what the policy's queued time reads); the live estimator's
+    median service time (what the policy compared with the time left); and
+    Triton's compute time a request (the floor: the estimator takes the wait
+    it predicted off each call, so under queueing it can learn less than the
+    device spent). A device with none falls back to ``triton_ms``.
+    ``triton``: ``triton_ms`` for every device (Triton's compute less the
+    configured cost in the calibration run, as before)."""
+    learnt_ms: Mapping[str, float] = real.get("learnt_service_ms", {})  # type: ignore[assignment]
+    call_ms: Mapping[str, float] = real.get("call_ms", {})  # type: ignore[assignment]
+    servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
     out = {}
     for name, cost in (("fast", fleet.fast), ("slow", fleet.slow), ("cpu", fleet.cpu)):
-        seen = [learnt_ms.get(name, 0.0), servers.get(name, {}).get("compute_ms", 0.0)]
+        server = servers.get(name, {})
+        seen = [
+            learnt_ms.get(name, 0.0),
+            server.get("compute_ms", 0.0),
+            call_ms.get(name, 0.0) - server.get("queue_ms", 0.0),
+        ]
         if how == "learnt" and max(seen) > 0.0:
             out[name] = max(0.0, max(seen) - cost[0] - cost[1])
         else:
@@ -235,6 +260,12 @@ def main() -> int:
         "--fold-client", action="store_true", help="add the load generator's CPU to the stage"
     )
     parser.add_argument(
+        "--path-noise",
+        choices=("in-order", "shuffled"),
+        default="in-order",
+        help="the calibration's path noise replayed in time order, or drawn at random",
+    )
+    parser.add_argument(
         "--overhead",
         choices=("learnt", "triton"),
         default="learnt",
@@ -271,14 +302,11 @@ def main() -> int:
     load_before = os.getloadavg()[0]  # the machine is shared: how busy it was
     real = real_run(args.rate, args.duration, fleet, deadline_s=deadline_s, poisson_seed=args.seed)
     sent_at_s: list[float] = real.pop("sent_at_s")  # type: ignore[assignment]
-    device_ms = overheads(
-        fleet,
-        real["learnt_service_ms"],  # type: ignore[arg-type]
-        real["servers"],  # type: ignore[arg-type]
-        triton_ms,
-        args.overhead,
+    device_ms = overheads(fleet, real, triton_ms, args.overhead)
+    span_s = args.calibrate_s if args.path_noise == "in-order" else None
+    sim = simulated_run(
+        sent_at_s, fleet, device_ms, path_ms, stage, deadline_s, args.path_before, span_s
     )
-    sim = simulated_run(sent_at_s, fleet, device_ms, path_ms, stage, deadline_s, args.path_before)
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
         ("p99 ms", real["p99_ms"], sim["p99_ms"], False),
@@ -293,11 +321,13 @@ def main() -> int:
         f"{len(sent_at_s)} send times. Calibrated at {args.calibrate_rate:.0f} req/s for "
         f"{args.calibrate_s:.0f} s: "
         f"idle p50 {_num(idle['p50_ms']):.1f} ms (p99 {_num(idle['p99_ms']):.1f} ms), so the "
-        f"path adds {float(np.median(path_ms)):.1f} ms (median; drawn per request from the "
+        f"path adds {float(np.median(path_ms)):.1f} ms (median; {args.path_noise} from the "
         f"idle run, less the fast server's learnt service time {fast_ms:.1f} ms and the "
         f"gateway CPU). Each device call's overhead in the simulator ({args.overhead}): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in device_ms.items())
-        + ". The live estimator's service time for one row, median over the measured run: "
+        + ". The gateway's mean call time in the measured run: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in real["call_ms"].items())  # type: ignore[attr-defined]
+        + "; the live estimator's service time for one row, median over the run: "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in real["learnt_service_ms"].items())  # type: ignore[attr-defined]
         + " (calibration run: "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in idle_learnt.items())

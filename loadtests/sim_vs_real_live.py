@@ -5,7 +5,9 @@ pool serving its twin (``tests.support.cpu_sim``), driven through the gateway
 by the project's open-loop load generator. Besides latencies and each
 backend's share of the answered requests (the gateway's own
 ``gateway_requests_total`` by backend), a run records what the live
-scheduler learnt: the service time its estimator holds for each backend
+scheduler saw: each backend's mean call time as the gateway timed it
+(``gateway_backend_call_duration_seconds``), and the service time its
+estimator holds for each backend
 (``gateway_backend_service_time_seconds``, batches of one), sampled every
 second during the load, since that figure, not the configured device
 cost, is what the policy compares with the time left.
@@ -128,6 +130,27 @@ def _learnt_service_s(metrics_url: str, model: str) -> dict[str, float]:
     return learnt
 
 
+def _calls(metrics_url: str, model: str) -> dict[str, tuple[float, float]]:
+    """Backend calls so far, by backend: seconds in all, and how many
+    (``gateway_backend_call_duration_seconds``, as the gateway timed them)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    calls: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if not name.startswith("gateway_backend_call_duration_seconds_"):
+                continue
+            if labels.get("model") != model:
+                continue
+            total, count = calls.get(labels["backend"], (0.0, 0.0))
+            if name.endswith("_sum"):
+                calls[labels["backend"]] = (total + sample.value, count)
+            elif name.endswith("_count"):
+                calls[labels["backend"]] = (total, count + sample.value)
+    return calls
+
+
 class LearntSampler(threading.Thread):
     """Reads the gateway's learnt service times every ``every_s`` until
     stopped; ``medians`` are per backend over the samples. A median over the
@@ -200,6 +223,7 @@ def real_run(
                     run_load(gateway.address, "gpu_sim", inputs, concurrency=4, duration_s=2)
                 )
                 before = _served_by_backend(metrics_url, "gpu_sim")
+                calls_before = _calls(metrics_url, "gpu_sim")
                 counts = {"fast": _stats(fast.grpc_url), "slow": _stats(slow.grpc_url)}
                 sampler = LearntSampler(metrics_url, "gpu_sim")
                 sampler.start()
@@ -224,6 +248,12 @@ def real_run(
                     for backend, seconds in sampler.stop().items()
                 }
                 after = _served_by_backend(metrics_url, "gpu_sim")
+                call_ms: dict[str, float] = {}
+                for backend, (total, count) in _calls(metrics_url, "gpu_sim").items():
+                    old_total, old_count = calls_before.get(backend, (0.0, 0.0))
+                    if count > old_count:
+                        mean_ms = (total - old_total) / (count - old_count) * 1e3
+                        call_ms[names.get(backend, "cpu")] = mean_ms
                 served = {"fast": 0.0, "slow": 0.0, "cpu": 0.0}
                 for backend, value in after.items():
                     name = names.get(backend, "cpu")  # the gateway's CPU pool otherwise
@@ -248,6 +278,7 @@ def real_run(
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
         "servers": servers,
         "learnt_service_ms": {k: v * 1e3 for k, v in learnt.items()},
+        "call_ms": call_ms,
         "probe_rate": cpu_probe_rate,
         "probe_gateway_cpu_ms_per_request": probe[0],
         "probe_client_cpu_ms_per_request": probe[1],

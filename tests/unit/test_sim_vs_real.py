@@ -9,25 +9,29 @@ from loadtests.sim_vs_real import overheads, simulated_run, within
 from loadtests.sim_vs_real_live import FleetMs
 
 
-def test_overhead_is_the_larger_of_learnt_and_triton_compute() -> None:
+def test_overhead_is_the_largest_of_learnt_triton_compute_and_gateway_call() -> None:
     fleet = FleetMs()
-    got = overheads(
-        fleet,
-        {"fast": 39.9, "slow": 89.1, "cpu": 57.9},
-        {"fast": {"compute_ms": 44.2}, "slow": {"compute_ms": 86.2}},
-        2.0,
-        "learnt",
-    )
-    # fast: Triton's 44.2 ms beats the estimator's 39.9 (less its 41 ms configured);
-    # slow: the estimator's 89.1 (round trip included) beats Triton's 86.2.
-    assert got == pytest.approx({"fast": 3.2, "slow": 7.1, "cpu": 3.9})
+    real = {
+        "learnt_service_ms": {"fast": 39.9, "slow": 89.1, "cpu": 57.9},
+        "servers": {
+            "fast": {"compute_ms": 44.2, "queue_ms": 37.0},
+            "slow": {"compute_ms": 86.2, "queue_ms": 0.1},
+        },
+        "call_ms": {"fast": 84.0, "slow": 87.1, "cpu": 56.0},
+    }
+    got = overheads(fleet, real, 2.0, "learnt")
+    # fast: the gateway's 84.0 ms call less Triton's 37.0 ms queue, 47.0, beats
+    # Triton's 44.2 and the estimator's 39.9 (less the 41 ms configured);
+    # slow: the estimator's 89.1 beats the call's 87.0 and Triton's 86.2;
+    # cpu (no Triton figures): the estimator's 57.9 beats the call's 56.0.
+    assert got == pytest.approx({"fast": 6.0, "slow": 7.1, "cpu": 3.9})
 
 
 def test_overhead_falls_back_for_a_device_never_called_and_when_asked() -> None:
     fleet = FleetMs()
-    assert overheads(fleet, {}, {}, 2.5, "learnt") == {"fast": 2.5, "slow": 2.5, "cpu": 2.5}
-    learnt = {"fast": 50.0, "slow": 90.0, "cpu": 60.0}
-    assert overheads(fleet, learnt, {}, 2.5, "triton") == {"fast": 2.5, "slow": 2.5, "cpu": 2.5}
+    assert overheads(fleet, {}, 2.5, "learnt") == {"fast": 2.5, "slow": 2.5, "cpu": 2.5}
+    real = {"learnt_service_ms": {"fast": 50.0, "slow": 90.0, "cpu": 60.0}}
+    assert overheads(fleet, real, 2.5, "triton") == {"fast": 2.5, "slow": 2.5, "cpu": 2.5}
 
 
 def test_within_is_relative_to_the_larger_with_two_points_for_small_shares() -> None:
@@ -53,3 +57,15 @@ def test_simulated_run_answers_and_splits_by_backend() -> None:
     assert sum(shares.values()) == pytest.approx(1.0)
     assert shares["fast"] > shares["slow"]  # the fast server finishes soonest most often
     assert result["requests"] == len(sent)
+
+
+def test_path_noise_in_order_runs_and_answers_within_a_loose_deadline() -> None:
+    """The noise series replayed in time order (its second half a 30 ms
+    burst) still lets every request of a light load answer in time."""
+    sent = [i * 0.05 for i in range(40)]
+    quiet_then_burst = [0.0] * 10 + [30.0] * 10  # the second half of a 1 s span
+    kwargs = {"deadline_s": 0.5, "path_before": 1.0, "path_span_s": 1.0}
+    result = simulated_run(
+        sent, FleetMs(), {"fast": 0.0, "slow": 0.0, "cpu": 0.0}, quiet_then_burst, **kwargs
+    )  # type: ignore[arg-type]
+    assert result["ok"] == len(sent)
