@@ -15,33 +15,33 @@ one, and says which rule a share passed by).
 
     .venv/bin/python -m loadtests.sim_vs_real [--rate 30] [--duration 20] [--deadline-ms 160]
 
-Each simulated device's call costs what the live estimator learnt for it
-(``--overhead learnt``, see ``overheads``): the configured device time plus
-the round trip, IPC and hand-offs the real gateway measures, which is what
-its policy compares with the time left. The real half is in
+Each simulated device's call costs what the measured run saw a call of it
+take (``--overhead learnt``, see ``overheads``): the configured device time
+plus the round trip, IPC, hand-offs and event-loop delays the real gateway
+lives with, which its policy reads through its in-flight work and learnt
+service times. The calibration run's path noise is replayed in time order
+(``--path-noise in-order``). The real half is in
 ``loadtests.sim_vs_real_live``.
 
 The default fleet is slow enough (tens of ms a batch) that the devices'
 queueing and batching, not the shared machine's CPU noise, decide latency.
 The default load (30 req/s) is below the fleet's capacity and the deadline
 (160 ms) leaves the slow server time to finish whenever its last call is
-half done, so the policy, not shedding, splits the work: the fast server
-takes what it finishes soonest, the slow one what would wait longer on the
-fast one. The CPU tier takes only what no accelerator can finish in time
-(spillover), which at this load is next to nothing. Writes
+half done, so the policy, more than shedding, splits the work: the fast
+server takes what it finishes soonest, the slow one what would wait longer
+on the fast one. The CPU tier takes only what no accelerator can finish in
+time (spillover), which at this load is little (0-2% of the answers in
+most runs on the shared machine, more when it is busy). Writes
 ``loadtests/results/sim_vs_real.md`` and ``.json``. Not a CI test: it
 measures timing on a shared machine.
 
-The gateway's own CPU is modelled as the simulator's ``CpuStage``: during
-the calibration run the gateway process's utime + stime (``/proc/PID/stat``)
-is read around the load, less what it burns idle over the same time (read
-over a quiet window first), and divided by the requests served — CPU seconds
-per proxied request. ``--cpu-before`` of it is spent ahead of the batch
-queue, the rest ahead of the reply. The load generator's own CPU (this
-process's ``time.process_time``) is measured too; ``--fold-client`` adds it
-to the stage (one more serial process on the same cores), else it is only
-reported. What the stage accounts for is taken off the path noise drawn
-from the idle run, so it is not counted twice.
+The gateway's own CPU is the simulator's ``CpuStage``: the gateway
+process's utime + stime (``/proc/PID/stat``) around a load after the
+calibration run, less what it burns idle, per request served.
+``--cpu-before`` of it is spent ahead of the batch queue, the rest ahead of
+the reply. The load generator's own CPU is measured too; ``--fold-client``
+adds it to the stage, else it is only reported. What the stage accounts for
+is taken off the path noise drawn from the idle run, not counted twice.
 """
 
 from __future__ import annotations
@@ -233,7 +233,8 @@ def main() -> int:
     parser.add_argument(
         "--device-ms",
         type=float,
-        help="per-call device overhead (default: measured in the calibration run)",
+        help="per-call device overhead with --overhead triton, and where a device has no "
+        "figure (default: Triton's compute less the configured cost, calibration run)",
     )
     parser.add_argument(
         "--calibrate-rate", type=float, default=20.0, help="req/s of the run that measures the path"
@@ -275,7 +276,8 @@ def main() -> int:
     args = parser.parse_args()
     start = time.perf_counter()
     # The path's own cost (client, gRPC, gateway, Python backend) at a load
-    # that queues nothing: the idle p50 less the fast device's service time.
+    # that queues nothing: each idle latency less the fast server's learnt
+    # service time and the gateway's CPU.
     # The CPU a request costs the gateway, measured at the rate under test
     # (per-request CPU falls with rate as batches amortise the loop's wake-ups).
     fleet = FleetMs()
@@ -290,7 +292,8 @@ def main() -> int:
     stage = CpuStage(cpu_ms * args.cpu_before / 1e3, cpu_ms * (1 - args.cpu_before) / 1e3)
     # A call's overhead on the device (the Python backend's IPC, the stub's
     # wake-up): Triton's compute time a request in the calibration run (batches
-    # of one) less the cost the fast server was configured with.
+    # of one) less the cost the fast server was configured with; the fallback
+    # of ``overheads``, which reads the measured run.
     fast_seen: dict[str, float] = idle["servers"]["fast"]  # type: ignore[index]
     measured_ms = max(0.0, fast_seen["compute_ms"] - fleet.fast[0] - fleet.fast[1])
     triton_ms = measured_ms if args.device_ms is None else args.device_ms
