@@ -95,67 +95,61 @@ def _cpu_probe(address: str, pid: int, rate: float, idle_cpu_per_s: float) -> tu
     return gateway / count * 1e3, (time.process_time() - me0) / count * 1e3
 
 
-def _served_by_backend(metrics_url: str, model: str) -> dict[str, float]:
-    """Requests the gateway answered OK so far, by backend (``gateway_requests_total``)."""
+def _samples(metrics_url: str, prefix: str, model: str) -> list[tuple[str, dict[str, str], float]]:
+    """The gateway's samples for ``model`` whose name starts with ``prefix``,
+    now: (sample name, labels, value). By sample name, not family name: the
+    parser files a counter's ``_total`` samples under either, depending on
+    how its TYPE line is written."""
     with urllib.request.urlopen(metrics_url, timeout=5) as reply:
         text = reply.read().decode()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(prefix) and sample.labels.get("model") == model
+    ]
+
+
+def _served_by_backend(metrics_url: str, model: str) -> dict[str, float]:
+    """Requests the gateway answered OK so far, by backend (``gateway_requests_total``)."""
     served: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "gateway_requests_total"
-                and labels.get("model") == model
-                and labels.get("code") == "OK"
-            ):
-                backend = labels.get("backend", "")
-                served[backend] = served.get(backend, 0.0) + sample.value
+    for _, labels, value in _samples(metrics_url, "gateway_requests_total", model):
+        if labels.get("code") == "OK":
+            backend = labels.get("backend", "")
+            served[backend] = served.get(backend, 0.0) + value
     return served
 
 
 def _learnt_service_s(metrics_url: str, model: str) -> dict[str, float]:
     """The estimator's service time for a batch of one, by backend, now."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-        text = reply.read().decode()
-    learnt: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "gateway_backend_service_time_seconds"
-                and labels.get("model") == model
-                and labels.get("batch_bucket") == "1"
-            ):
-                learnt[labels["backend"]] = sample.value
-    return learnt
+    return {
+        labels["backend"]: value
+        for _, labels, value in _samples(metrics_url, "gateway_backend_service_time_seconds", model)
+        if labels.get("batch_bucket") == "1"
+    }
 
 
 def _calls(metrics_url: str, model: str) -> dict[str, tuple[float, float]]:
     """Backend calls so far, by backend: seconds in all, and how many
     (``gateway_backend_call_duration_seconds``, as the gateway timed them)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-        text = reply.read().decode()
     calls: dict[str, tuple[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels = sample.name, sample.labels
-            if not name.startswith("gateway_backend_call_duration_seconds_"):
-                continue
-            if labels.get("model") != model:
-                continue
-            total, count = calls.get(labels["backend"], (0.0, 0.0))
-            if name.endswith("_sum"):
-                calls[labels["backend"]] = (total + sample.value, count)
-            elif name.endswith("_count"):
-                calls[labels["backend"]] = (total, count + sample.value)
+    for name, labels, value in _samples(
+        metrics_url, "gateway_backend_call_duration_seconds_", model
+    ):
+        total, count = calls.get(labels["backend"], (0.0, 0.0))
+        if name.endswith("_sum"):
+            calls[labels["backend"]] = (total + value, count)
+        elif name.endswith("_count"):
+            calls[labels["backend"]] = (total, count + value)
     return calls
 
 
 class LearntSampler(threading.Thread):
     """Reads the gateway's learnt service times every ``every_s`` until
-    stopped; ``medians`` are per backend over the samples. A median over the
-    run, not the value at its end: the estimator is an EWMA that moves with
-    the last few calls, and the policy used every value it held."""
+    stopped; ``stop`` returns each backend's median over the samples. A
+    median over the run, not the value at its end: the estimator is an EWMA
+    that moves with the last few calls, and the policy used every value it
+    held. It runs in the load generator's process, one scrape a second."""
 
     def __init__(self, metrics_url: str, model: str, every_s: float = 1.0) -> None:
         super().__init__(daemon=True)

@@ -1,10 +1,15 @@
 """The simulator-vs-real comparison's own logic: device overheads, the
-15% rule, and a simulated run fed a handful of send times."""
+15% rule, a simulated run fed a handful of send times, and how the
+gateway's metrics are read."""
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import pytest
 
+from loadtests import sim_vs_real_live as live
 from loadtests.sim_vs_real import overheads, simulated_run, within
 from loadtests.sim_vs_real_live import FleetMs
 
@@ -69,3 +74,42 @@ def test_path_noise_in_order_runs_and_answers_within_a_loose_deadline() -> None:
         sent, FleetMs(), {"fast": 0.0, "slow": 0.0, "cpu": 0.0}, quiet_then_burst, **kwargs
     )  # type: ignore[arg-type]
     assert result["ok"] == len(sent)
+
+
+_METRICS = b"""# TYPE gateway_requests counter
+gateway_requests_total{model="m",backend="b",code="OK"} 3.0
+gateway_requests_total{model="m",backend="b",code="UNAVAILABLE"} 1.0
+gateway_requests_total{model="other",backend="b",code="OK"} 9.0
+# TYPE gateway_backend_call_duration_seconds histogram
+gateway_backend_call_duration_seconds_bucket{backend="b",model="m",le="+Inf"} 3
+gateway_backend_call_duration_seconds_sum{backend="b",model="m"} 1.5
+gateway_backend_call_duration_seconds_count{backend="b",model="m"} 3
+# TYPE gateway_backend_service_time_seconds gauge
+gateway_backend_service_time_seconds{backend="b",model="m",batch_bucket="1"} 0.04
+gateway_backend_service_time_seconds{backend="b",model="m",batch_bucket="2"} 0.05
+"""
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(_METRICS)
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+def test_gateway_metrics_are_read_by_sample_name_and_model() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        assert live._served_by_backend(url, "m") == {"b": 3.0}
+        assert live._learnt_service_s(url, "m") == {"b": 0.04}
+        assert live._calls(url, "m") == {"b": (1.5, 3.0)}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
