@@ -30,7 +30,7 @@ from scheduler.errors import GatewayError, ResourceExhausted
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
-from scheduler.placement import Decision
+from scheduler.placement import Decision, Verdict
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
 from scheduler.sim.cpu import CpuStage, ProcessCpu
@@ -68,6 +68,7 @@ class InFlight:
     wait_s: float
     started_at: float
     deadline: float
+    rows: int
     tried: set[str] = field(default_factory=set)
 
 
@@ -120,6 +121,11 @@ class Replica:
             config, self.fleet, self.registry, self.estimator, telemetry
         )
         self.routers = RouterTable(router, {}, seed=seed)
+        # By id, with each backend's tier as an int: read per batch, and the
+        # simulated fleet never changes.
+        self._states = {state.id: state for state in self.fleet}
+        self._tiers = {state.id: int(state.tier) for state in self.fleet}
+        self._unknown_s = config.unknown_service_s
         self.queues = {name: BatchQueue[SimRequest](p) for name, p in policies.items()}
         self.in_flight = dict.fromkeys(policies, 0)
         self._wake = dict.fromkeys(policies, math.inf)
@@ -131,16 +137,14 @@ class Replica:
             AdmissionPolicy(config.admit_fraction, config.default_slo_s) if admission else None
         )
         self.decisions = 0
-        self.verdicts: dict[str, int] = {}
+        self.verdicts: dict[Verdict, int] = {}
+        # Without a CPU stage an arrival goes straight to its queue.
+        self.submit = self.enqueue if self.cpu_stage.before_s <= 0.0 else self._through_cpu
 
     # -- the batcher ---------------------------------------------------------
-    def submit(self, request: SimRequest) -> None:
-        """A request arrives: through this process's CPU (if modelled), then queued."""
-        before = self.cpu_stage.before_s
-        if before > 0.0:
-            self._at(self.cpu.serve(self._clock.now(), before), self.enqueue, request)
-        else:
-            self.enqueue(request)
+    def _through_cpu(self, request: SimRequest) -> None:
+        """A request arrives through this process's CPU, then is queued (``submit``)."""
+        self._at(self.cpu.serve(self._clock.now(), self.cpu_stage.before_s), self.enqueue, request)
 
     def enqueue(self, request: SimRequest) -> None:
         now = self._clock.now()
@@ -187,11 +191,13 @@ class Replica:
             self._end(item.payload, now, "expired")
         for batch in step.batches:
             self.in_flight[model] += 1
-            items = batch.items  # most batches here are of one request
-            deadline = items[0].payload.deadline
-            for item in items[1:]:
-                deadline = min(deadline, item.payload.deadline)
-            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline))  # type: ignore[arg-type]
+            deadline, rows = math.inf, 0  # the batch's earliest deadline and its rows
+            for item in batch.items:
+                request = item.payload
+                rows += request.rows
+                if request.deadline < deadline:
+                    deadline = request.deadline
+            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows))  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:
             wake_at = max(wake_at, now)
@@ -200,34 +206,32 @@ class Replica:
 
     # -- the runner ------------------------------------------------------------
     def _place(self, flight: InFlight) -> None:
-        batch = flight.batch
+        batch, rows, tried = flight.batch, flight.rows, flight.tried
         model = batch.items[0].payload.model
-        rows = batch.rows
         router = self.routers.of(model)
+        gather, outstanding, verdicts = (
+            self.candidates.gather,
+            router.wants_outstanding,
+            self.verdicts,
+        )
+        now = self._clock.now()  # no event runs during a placement: the clock stands
         while True:
-            now = self._clock.now()
-            candidates = self.candidates.gather(
-                model, rows, now, flight.tried, router.wants_outstanding
-            )
+            candidates = gather(model, rows, now, tried, outstanding)
             decision = router(
-                candidates,
-                now=now,
-                deadline=flight.deadline,
-                unknown_service_s=self.config.unknown_service_s,
+                candidates, now=now, deadline=flight.deadline, unknown_service_s=self._unknown_s
             )
             self.decisions += 1
-            verdict = decision.verdict.value
-            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
-            if decision.backend_id is None:
-                outcome = "refused" if not flight.tried else "failed"
-                self._batch_over(batch, now, outcome, model)
+            verdict = decision.verdict
+            verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            backend_id = decision.backend_id
+            if backend_id is None:
+                self._batch_over(batch, now, "refused" if not tried else "failed", model)
                 return
-            state = self.fleet.get(decision.backend_id)
-            assert state is not None  # the simulated fleet never changes
-            flight.tried.add(state.id)
+            state = self._states[backend_id]
+            tried.add(backend_id)
             if state.breaker.allows(now):
                 break
-        key = (state.id, model)
+        key = (backend_id, model)
         instances = self._instances.get(key)
         if instances is None:
             spec, _ = self.registry.resolve(model)
@@ -238,7 +242,7 @@ class Replica:
         flight.started_at = now
         state.in_flight_by_model.add(model, 1)
         state.busy_s.add(model, decision.service_s)
-        self._send(state.id, Call(model, rows, now, flight), self)
+        self._send(backend_id, Call(model, rows, now, flight), self)
 
     def call_done(self, call: Call, error: GatewayError | None) -> None:
         flight: InFlight = call.token  # type: ignore[assignment]
@@ -249,17 +253,27 @@ class Replica:
         if error is None:
             elapsed = now - flight.started_at
             self.fleet.record_success(state)
+            backend_id = flight.decision.backend_id
+            assert backend_id is not None  # a call went only where a decision sent it
             self.estimator.observe(
-                state.id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
+                backend_id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
             )
             queue = self.queues[model]
             queue.record_service(elapsed)
             queue.note_completion(now)
-            tier = int(state.tier)
-            for item in flight.batch.items:
-                request = item.payload
-                request.backend, request.tier = state.id, tier
-                self._end(request, now, "ok")
+            tier = self._tiers[backend_id]
+            if self.cpu_stage.after_s > 0.0:
+                for item in flight.batch.items:
+                    request = item.payload
+                    request.backend, request.tier = backend_id, tier
+                    self._end(request, now, "ok")
+            else:  # what _end does, without a call per request
+                finished = self._finished
+                for item in flight.batch.items:
+                    request = item.payload
+                    request.backend, request.tier = backend_id, tier
+                    request.finished_at, request.outcome = now, "ok"
+                    finished(request)
             self.in_flight[model] -= 1
             self.step(model)
             return
