@@ -14,7 +14,7 @@ EstimateListener = Callable[[str, str, int | None], None]
 def bucket_of(rows: int) -> int:
     """Batch sizes are grouped in powers of two: 1, 2, 4, 8, ..."""
     # The smallest power of two >= rows, in integer arithmetic (no float log).
-    return 1 << (max(rows, 1) - 1).bit_length()
+    return 1 << (rows - 1).bit_length() if rows > 1 else 1
 
 
 @dataclass(slots=True)
