@@ -4,14 +4,17 @@ Each replica has what a gateway process has: its own ``Fleet`` (circuit
 breakers, in-flight counts), ``CandidateTables``, ``ServiceTimeEstimator``,
 one ``BatchQueue`` per model and the model's ``Router`` — all imported from
 ``scheduler``, none copied. What the live ``Batcher`` and ``BatchRunner`` do
-with asyncio is done here with events: a look at a queue (``step``) when a
-request arrives, a batch finishes or a queue's wake-up falls due — an
-arrival skips the look by the live ``Batcher._worth_a_look`` rule (every
-slot busy, its batch cannot fill, nothing it brings is due before the next
-wake-up: the look would change nothing); a batch is
-placed, counted into the backend's in-flight work, sent to its simulated
-device, and on its outcome counted out, learned from (estimator, breaker,
-queue service time) or retried on another backend while its deadline allows.
+with asyncio is done here with events: an arrival that finds its queue
+empty, no queue delay and a backend slot free is its own batch at once, past
+the queue, by the live ``Batcher._may_skip_queue`` rule; a look at a queue
+(``step``) when any other request arrives, a batch finishes or a queue's
+wake-up falls due — an arrival skips the look by the live
+``Batcher._worth_a_look`` rule (every slot busy, its batch cannot fill,
+nothing it brings is due before the next wake-up: the look would change
+nothing); a batch is placed, counted into the backend's in-flight work,
+sent to its simulated device, and on its outcome counted out, learned from
+(estimator, breaker, queue service time) or retried on another backend while
+its deadline allows.
 """
 
 from __future__ import annotations
@@ -151,15 +154,24 @@ class Replica:
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
         model = request.model
         queue = self.queues[model]
+        policy = self._policies[model]
+        if not policy.max_queue_delay_us and not len(queue):
+            parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+            if self.in_flight[model] < parallel:
+                # As the live Batcher._may_skip_queue: nothing to merge with, no
+                # delay to wait and a backend has room, so the request is its own
+                # batch at once, past the queue (and its admission check).
+                self.in_flight[model] += 1
+                alone = tuple.__new__(Batch, ((item,), "alone"))
+                flight = InFlight(alone, None, None, 0, 0.0, now, request.deadline, request.rows)  # type: ignore[arg-type]
+                self._place(flight)
+                return
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
                 parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
-                # ...unless the request skips the queue there (its own batch at once):
-                alone = not self._policies[model].max_queue_delay_us and not len(queue)
-                if not (alone and self.in_flight[model] < parallel):
-                    admit_by_deadline(
-                        queue, request, request.rows, now, lambda: parallel, self._admission
-                    )
+                admit_by_deadline(
+                    queue, request, request.rows, now, lambda: parallel, self._admission
+                )
             queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
@@ -167,7 +179,6 @@ class Replica:
         if self.in_flight[model] < self._seen_capacity[model]:
             self.step(model)
             return
-        policy = self._policies[model]
         if policy.preferred_batch_sizes or queue.group_rows(item.key) >= policy.max_batch_size:
             self.step(model)
             return
