@@ -217,8 +217,7 @@ class ModelTable:
                 self.available(now),  # available
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
-                # queued_s: Triton's queue holds other gateways' work too; ours is
-                # in it as well, so the larger of the two views counts, not the sum.
+                # queued_s: the larger view (Triton's holds ours and other gateways').
                 np.maximum(self.ours, self._theirs),
                 service,  # service_s
                 age,  # telemetry_age_s
@@ -356,9 +355,8 @@ class CandidateTables:
 
         def busy(model: str, old: float, new: float) -> None:
             cell = self._cells.get((backend_id, model))
-            if cell is not None:  # what set_busy does, without the call
-                table, row = cell
-                table.ours[row] = new / table._divisor[row]
+            if cell is not None:
+                cell[0].set_busy(cell[1], new)
 
         def in_flight(model: str, old: int, new: int) -> None:
             self._in_flight_changed(backend_id, new - old)
