@@ -141,7 +141,7 @@ class Replica:
         )
         self.decisions = 0
         self.verdicts: dict[Verdict, int] = {}
-        # Without a CPU stage an arrival goes straight to its queue.
+        # Without a CPU stage an arrival is taken in (``enqueue``) at once.
         self.submit = self.enqueue if self.cpu_stage.before_s <= 0.0 else self._through_cpu
 
     # -- the batcher ---------------------------------------------------------
