@@ -116,8 +116,8 @@ def place(
     room = c.accelerator_ok
     if room is None:
         room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
-    # The blocked rows are set to inf in place (``putmask``): ``np.where``
-    # with a scalar costs more than the add, the mask and the fill together.
+    # The blocked rows are set to inf in place (``putmask``), which costs less
+    # than ``np.where`` with a scalar operand.
     scores = c.queued_s + c.service_s
     blocked = c.available & room
     np.logical_not(blocked, out=blocked)
