@@ -151,12 +151,9 @@ class ModelTable:
         here, when a call's outcome is learned, not in the next decision."""
         backend_id = self.ids[row]
         lent = self._lent
+        known = estimator.buckets(backend_id, self.name)
         for cached, values in self._service.items():
-            if (
-                bucket is None
-                or cached == bucket
-                or not estimator.has_bucket(backend_id, self.name, cached)
-            ):
+            if bucket is None or cached == bucket or cached not in known:
                 if cached in lent:  # a Candidates holds it: write a copy
                     lent.discard(cached)
                     values = values.copy()
@@ -211,19 +208,22 @@ class ModelTable:
         age = now - self.sampled_at
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
-        # Positional, in field order (keywords cost a dict per decision).
-        return Candidates(
-            self.ids,  # backend_ids
-            self.tier,  # tier
-            self.available(now),  # available
-            self.memory_ok,  # memory_ok
-            self.load_ok,  # load_ok
-            # queued_s: Triton's queue holds other gateways' work too; ours is
-            # in it as well, so the larger of the two views counts, not the sum.
-            np.maximum(self.ours, self._theirs),
-            service,  # service_s
-            age,  # telemetry_age_s
-            self.accelerator_ok,  # accelerator_ok
+        # tuple.__new__: a named tuple's own __new__ is a Python function.
+        return tuple.__new__(
+            Candidates,
+            (
+                self.ids,  # backend_ids
+                self.tier,  # tier
+                self.available(now),  # available
+                self.memory_ok,  # memory_ok
+                self.load_ok,  # load_ok
+                # queued_s: the larger view (Triton's holds ours and other gateways').
+                np.maximum(self.ours, self._theirs),
+                service,  # service_s
+                age,  # telemetry_age_s
+                self.accelerator_ok,  # accelerator_ok
+                None,  # outstanding
+            ),
         )
 
 

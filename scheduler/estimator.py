@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 #: Told (backend id, model, bucket) after that bucket's estimate changed; the
@@ -14,13 +14,16 @@ EstimateListener = Callable[[str, str, int | None], None]
 def bucket_of(rows: int) -> int:
     """Batch sizes are grouped in powers of two: 1, 2, 4, 8, ..."""
     # The smallest power of two >= rows, in integer arithmetic (no float log).
-    return 1 << (max(rows, 1) - 1).bit_length()
+    return 1 << (rows - 1).bit_length() if rows > 1 else 1
 
 
 @dataclass(slots=True)
 class _Estimate:
     seconds: float
     observed: bool  # False while only a seed (e.g. from Triton's statistics)
+
+
+_NONE: dict[int, _Estimate] = {}  # the buckets of a pair never seen
 
 
 class ServiceTimeEstimator:
@@ -63,6 +66,10 @@ class ServiceTimeEstimator:
         """Whether ``bucket`` has an estimate of its own (seeded or observed)."""
         buckets = self._table.get((backend_id, model))
         return buckets is not None and bucket in buckets
+
+    def buckets(self, backend_id: str, model: str) -> Collection[int]:
+        """The buckets of the pair with an estimate of their own (a live view)."""
+        return self._table.get((backend_id, model), _NONE).keys()
 
     def knows(self, backend_id: str, model: str) -> bool:
         """Whether a call of ``model`` on ``backend_id`` has been measured (not only seeded)."""

@@ -104,8 +104,8 @@ def place(
     TOO_LATE, so the caller fails fast instead of queueing doomed work.
     """
     # Fast path, the common case: an accelerator finishes in time and every
-    # usable accelerator's service time is known. Five vector operations,
-    # each ~0.5-2 µs (reductions such as ``any`` or ``min`` cost several
+    # usable accelerator's service time is known. A handful of vector
+    # operations, each ~0.5-2 µs (reductions such as ``any`` or ``min`` cost several
     # times an ``argmin``, so none is used). ``argmin`` returns the first NaN
     # if there is one, which sends the decision down the general path, where
     # unknown service times are filled in.
@@ -116,7 +116,12 @@ def place(
     room = c.accelerator_ok
     if room is None:
         room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
-    scores = np.where(c.available & room, c.queued_s + c.service_s, np.inf)
+    # The blocked rows are set to inf in place (``putmask``), which costs less
+    # than ``np.where`` with a scalar operand.
+    scores = c.queued_s + c.service_s
+    blocked = c.available & room
+    np.logical_not(blocked, out=blocked)
+    np.putmask(scores, blocked, np.inf)
     best = int(scores.argmin())
     best_s = scores.item(best)
     left = np.inf if deadline is None else deadline - now
@@ -134,17 +139,20 @@ def place(
         reason += f", runner-up {runner_up} {second_s * 1e3:.2f} ms"
     else:
         runner_up, second_s = None, float("nan")
-    # Positional, in field order: keywords would cost a dict per decision.
-    return Decision(
-        Verdict.PLACED,  # verdict
-        best_id,  # backend_id
-        best_s,  # predicted_s
-        c.service_s.item(best),  # service_s
-        runner_up,  # runner_up
-        second_s,  # runner_up_s
-        reason,  # reason
-        now,  # decided_at
-        c.telemetry_age_s.item(best),  # telemetry_age_s
+    # In field order, through tuple.__new__ (as ``candidates`` makes a Candidates).
+    return tuple.__new__(
+        Decision,
+        (
+            Verdict.PLACED,  # verdict
+            best_id,  # backend_id
+            best_s,  # predicted_s
+            c.service_s.item(best),  # service_s
+            runner_up,  # runner_up
+            second_s,  # runner_up_s
+            reason,  # reason
+            now,  # decided_at
+            c.telemetry_age_s.item(best),  # telemetry_age_s
+        ),
     )
 
 

@@ -22,6 +22,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from scheduler.batching.policy import BatchingPolicy
@@ -100,8 +101,8 @@ class SimClock(ManualClock):
         self._now = when
 
 
-def _arrival_time(arrival: Arrival) -> float:
-    return arrival.at_s
+#: An arrival's time, read in C (a sort key called once per request).
+_arrival_time = attrgetter("at_s")
 
 
 class Simulation:
@@ -216,7 +217,7 @@ class Simulation:
     # -- devices -----------------------------------------------------------
     def send(self, device_id: str, call: Call, replica: Replica) -> None:
         device = self.devices[device_id]
-        now = self.clock.now()
+        now = call.sent_at  # the replica sends at once
         failure = device.failure_at(now) if device.spec.failures else None
         if failure is not None and failure.kind == "dead":
             error = BackendUnavailable(f"{device_id}: connection refused", backend_id=device_id)
@@ -229,30 +230,36 @@ class Simulation:
             return
         model = call.model
         if device.running.get(model, 0) < device.spec.instances:
-            self._start(device, call, replica)
+            self._start(device, call, replica, now)
         else:
             device.waiting.setdefault(model, collections.deque()).append((call, replica))
 
-    def _start(self, device: SimDevice, call: Call, replica: Replica) -> None:
-        now = self.clock.now()
+    def _start(self, device: SimDevice, call: Call, replica: Replica, now: float) -> None:
         device.running[call.model] = device.running.get(call.model, 0) + 1
         seconds = device.service_s(call.rows, now, next(self._noise))
         device.busy_s += seconds
-        device.started(now)
+        if device.active == 0:  # what device.started does, without the call
+            device.active_since = now
+        device.active += 1
         device.calls += 1
         device.waited_s += now - call.sent_at
         call.started_at = now
-        self.at(now + seconds, self._finish, device, call, replica)
+        heapq.heappush(
+            self._events, (now + seconds, next(self._seq), self._finish, (device, call, replica))
+        )
 
     def _finish(self, device: SimDevice, call: Call, replica: Replica) -> None:
+        now = self.clock.now()
         device.running[call.model] -= 1
-        device.finished(self.clock.now())
+        device.active -= 1  # what device.finished does, without the call
+        if device.active == 0:
+            device.occupied_s += now - device.active_since
         device.served_rows += call.rows
         replica.call_done(call, None)
         waiting = device.waiting.get(call.model)
         if waiting:
             following, owner = waiting.popleft()
-            self._start(device, following, owner)
+            self._start(device, following, owner, now)
 
     # -- telemetry -----------------------------------------------------------
     def _sample(self) -> None:

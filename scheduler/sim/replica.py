@@ -4,14 +4,17 @@ Each replica has what a gateway process has: its own ``Fleet`` (circuit
 breakers, in-flight counts), ``CandidateTables``, ``ServiceTimeEstimator``,
 one ``BatchQueue`` per model and the model's ``Router`` — all imported from
 ``scheduler``, none copied. What the live ``Batcher`` and ``BatchRunner`` do
-with asyncio is done here with events: a look at a queue (``step``) when a
-request arrives, a batch finishes or a queue's wake-up falls due — an
-arrival skips the look by the live ``Batcher._worth_a_look`` rule (every
-slot busy, its batch cannot fill, nothing it brings is due before the next
-wake-up: the look would change nothing); a batch is
-placed, counted into the backend's in-flight work, sent to its simulated
-device, and on its outcome counted out, learned from (estimator, breaker,
-queue service time) or retried on another backend while its deadline allows.
+with asyncio is done here with events: an arrival that finds its queue
+empty, no queue delay and a backend slot free is its own batch at once, past
+the queue, by the live ``Batcher._may_skip_queue`` rule; a look at a queue
+(``step``) when any other request arrives, a batch finishes or a queue's
+wake-up falls due — an arrival skips the look by the live
+``Batcher._worth_a_look`` rule (every slot busy, its batch cannot fill,
+nothing it brings is due before the next wake-up: the look would change
+nothing); a batch is placed, counted into the backend's in-flight work,
+sent to its simulated device, and on its outcome counted out, learned from
+(estimator, breaker, queue service time) or retried on another backend while
+its deadline allows.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from scheduler.errors import GatewayError, ResourceExhausted
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency, service_sample
-from scheduler.placement import Decision
+from scheduler.placement import Decision, Verdict
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
 from scheduler.sim.cpu import CpuStage, ProcessCpu
@@ -68,6 +71,7 @@ class InFlight:
     wait_s: float
     started_at: float
     deadline: float
+    rows: int
     tried: set[str] = field(default_factory=set)
 
 
@@ -120,6 +124,11 @@ class Replica:
             config, self.fleet, self.registry, self.estimator, telemetry
         )
         self.routers = RouterTable(router, {}, seed=seed)
+        # By id, with each backend's tier as an int: read per batch, and the
+        # simulated fleet never changes.
+        self._states = {state.id: state for state in self.fleet}
+        self._tiers = {state.id: int(state.tier) for state in self.fleet}
+        self._unknown_s = config.unknown_service_s
         self.queues = {name: BatchQueue[SimRequest](p) for name, p in policies.items()}
         self.in_flight = dict.fromkeys(policies, 0)
         self._wake = dict.fromkeys(policies, math.inf)
@@ -131,31 +140,38 @@ class Replica:
             AdmissionPolicy(config.admit_fraction, config.default_slo_s) if admission else None
         )
         self.decisions = 0
-        self.verdicts: dict[str, int] = {}
+        self.verdicts: dict[Verdict, int] = {}
+        # Without a CPU stage an arrival is taken in (``enqueue``) at once.
+        self.submit = self.enqueue if self.cpu_stage.before_s <= 0.0 else self._through_cpu
 
     # -- the batcher ---------------------------------------------------------
-    def submit(self, request: SimRequest) -> None:
-        """A request arrives: through this process's CPU (if modelled), then queued."""
-        before = self.cpu_stage.before_s
-        if before > 0.0:
-            self._at(self.cpu.serve(self._clock.now(), before), self.enqueue, request)
-        else:
-            self.enqueue(request)
+    def _through_cpu(self, request: SimRequest) -> None:
+        """A request arrives through this process's CPU, then is queued (``submit``)."""
+        self._at(self.cpu.serve(self._clock.now(), self.cpu_stage.before_s), self.enqueue, request)
 
     def enqueue(self, request: SimRequest) -> None:
         now = self._clock.now()
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
         model = request.model
         queue = self.queues[model]
+        policy = self._policies[model]
+        if not policy.max_queue_delay_us and not len(queue):
+            parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+            if self.in_flight[model] < parallel:
+                # As the live Batcher._may_skip_queue: nothing to merge with, no
+                # delay to wait and a backend has room, so the request is its own
+                # batch at once, past the queue (and its admission check).
+                self.in_flight[model] += 1
+                alone = tuple.__new__(Batch, ((item,), "alone"))
+                flight = InFlight(alone, None, None, 0, 0.0, now, request.deadline, request.rows)  # type: ignore[arg-type]
+                self._place(flight)
+                return
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
                 parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
-                # ...unless the request skips the queue there (its own batch at once):
-                alone = not self._policies[model].max_queue_delay_us and not len(queue)
-                if not (alone and self.in_flight[model] < parallel):
-                    admit_by_deadline(
-                        queue, request, request.rows, now, lambda: parallel, self._admission
-                    )
+                admit_by_deadline(
+                    queue, request, request.rows, now, lambda: parallel, self._admission
+                )
             queue.push(item, now)
         except ResourceExhausted:
             self._end(request, now, "shed")
@@ -163,7 +179,6 @@ class Replica:
         if self.in_flight[model] < self._seen_capacity[model]:
             self.step(model)
             return
-        policy = self._policies[model]
         if policy.preferred_batch_sizes or queue.group_rows(item.key) >= policy.max_batch_size:
             self.step(model)
             return
@@ -187,11 +202,13 @@ class Replica:
             self._end(item.payload, now, "expired")
         for batch in step.batches:
             self.in_flight[model] += 1
-            items = batch.items  # most batches here are of one request
-            deadline = items[0].payload.deadline
-            for item in items[1:]:
-                deadline = min(deadline, item.payload.deadline)
-            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline))  # type: ignore[arg-type]
+            deadline, rows = math.inf, 0  # the batch's earliest deadline and its rows
+            for item in batch.items:
+                request = item.payload
+                rows += request.rows
+                if request.deadline < deadline:
+                    deadline = request.deadline
+            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows))  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:
             wake_at = max(wake_at, now)
@@ -200,34 +217,32 @@ class Replica:
 
     # -- the runner ------------------------------------------------------------
     def _place(self, flight: InFlight) -> None:
-        batch = flight.batch
+        batch, rows, tried = flight.batch, flight.rows, flight.tried
         model = batch.items[0].payload.model
-        rows = batch.rows
         router = self.routers.of(model)
+        gather, outstanding, verdicts = (
+            self.candidates.gather,
+            router.wants_outstanding,
+            self.verdicts,
+        )
+        now = self._clock.now()  # no event runs during a placement: the clock stands
         while True:
-            now = self._clock.now()
-            candidates = self.candidates.gather(
-                model, rows, now, flight.tried, router.wants_outstanding
-            )
+            candidates = gather(model, rows, now, tried, outstanding)
             decision = router(
-                candidates,
-                now=now,
-                deadline=flight.deadline,
-                unknown_service_s=self.config.unknown_service_s,
+                candidates, now=now, deadline=flight.deadline, unknown_service_s=self._unknown_s
             )
             self.decisions += 1
-            verdict = decision.verdict.value
-            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
-            if decision.backend_id is None:
-                outcome = "refused" if not flight.tried else "failed"
-                self._batch_over(batch, now, outcome, model)
+            verdict = decision.verdict
+            verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            backend_id = decision.backend_id
+            if backend_id is None:
+                self._batch_over(batch, now, "refused" if not tried else "failed", model)
                 return
-            state = self.fleet.get(decision.backend_id)
-            assert state is not None  # the simulated fleet never changes
-            flight.tried.add(state.id)
+            state = self._states[backend_id]
+            tried.add(backend_id)
             if state.breaker.allows(now):
                 break
-        key = (state.id, model)
+        key = (backend_id, model)
         instances = self._instances.get(key)
         if instances is None:
             spec, _ = self.registry.resolve(model)
@@ -238,7 +253,7 @@ class Replica:
         flight.started_at = now
         state.in_flight_by_model.add(model, 1)
         state.busy_s.add(model, decision.service_s)
-        self._send(state.id, Call(model, rows, now, flight), self)
+        self._send(backend_id, Call(model, rows, now, flight), self)
 
     def call_done(self, call: Call, error: GatewayError | None) -> None:
         flight: InFlight = call.token  # type: ignore[assignment]
@@ -249,17 +264,27 @@ class Replica:
         if error is None:
             elapsed = now - flight.started_at
             self.fleet.record_success(state)
+            backend_id = flight.decision.backend_id
+            assert backend_id is not None  # a call went only where a decision sent it
             self.estimator.observe(
-                state.id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
+                backend_id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
             )
             queue = self.queues[model]
             queue.record_service(elapsed)
             queue.note_completion(now)
-            tier = int(state.tier)
-            for item in flight.batch.items:
-                request = item.payload
-                request.backend, request.tier = state.id, tier
-                self._end(request, now, "ok")
+            tier = self._tiers[backend_id]
+            if self.cpu_stage.after_s > 0.0:
+                for item in flight.batch.items:
+                    request = item.payload
+                    request.backend, request.tier = backend_id, tier
+                    self._end(request, now, "ok")
+            else:  # what _end does, without a call per request
+                finished = self._finished
+                for item in flight.batch.items:
+                    request = item.payload
+                    request.backend, request.tier = backend_id, tier
+                    request.finished_at, request.outcome = now, "ok"
+                    finished(request)
             self.in_flight[model] -= 1
             self.step(model)
             return

@@ -103,8 +103,12 @@ def generate(
     at = np.concatenate(times)
     who = np.concatenate(owners)
     order = np.argsort(at, kind="stable")[:limit]
+    # tuple.__new__: the named tuple's own __new__ is a Python function, and
+    # there is one Arrival a request.
+    kinds = [(load.model, load.rows, load.slo_s) for load in loads]
+    new = tuple.__new__
     return [
-        Arrival(t, loads[i].model, loads[i].rows, loads[i].slo_s)
+        new(Arrival, (t, *kinds[i]))
         for t, i in zip(at[order].tolist(), who[order].tolist(), strict=True)
     ]
 
