@@ -77,6 +77,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         outlier_factor=settings.outlier_factor,
         outlier_min_s=settings.outlier_min_s,
         probe_timeout_s=settings.probe_timeout_s,
+        stale_estimate_s=settings.stale_estimate_s,
         admit_fraction=settings.admit_fraction,
         default_slo_s=settings.default_slo_s,
         routing=settings.routing,

@@ -49,6 +49,10 @@ class SchedulerConfig:
     #: elsewhere and counted against its backend.
     outlier_factor: float = 10.0
     outlier_min_s: float = 0.5
+    #: Period of the estimator's ``relax_stale`` sweep: an estimate no call
+    #: measured for a period moves halfway toward the model's best, so a
+    #: backend that once looked slow is tried, and measured, again.
+    stale_estimate_s: float = 10.0
     #: Admission: a request is queued only if the work ahead of it is predicted
     #: to finish within this fraction of the time to its deadline.
     admit_fraction: float = 0.5

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
+import operator
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -46,11 +48,6 @@ log = logging.getLogger(__name__)
 _UNSET: Any = object()
 
 
-def default_tier(backend: Backend) -> Tier:
-    """The tier the backend declares (Triton: accelerator; CPU backends: spill tier)."""
-    return backend.tier
-
-
 class Scheduler:
     """Routes each batch to the backend that finishes it soonest within its deadline.
 
@@ -78,7 +75,7 @@ class Scheduler:
         monitor: DeviceMonitor | None = None,
         dns_groups: list[DnsEndpointGroup] | None = None,
         backend_factory: BackendFactory | None = None,
-        tier_of: Callable[[Backend], Tier] = default_tier,
+        tier_of: Callable[[Backend], Tier] = operator.attrgetter("tier"),  # as it declares
         tracer: Tracer | None = None,
         observer: SchedulerObserver | None = None,
         shared: SharedView | None = None,
@@ -151,6 +148,7 @@ class Scheduler:
             else:
                 self._every(share_every_s, self._follow, "follow")
         self._every(self.config.dns_interval_s, self.fleet.refresh_dns, "dns")
+        self._every(self.config.stale_estimate_s, self.estimator.relax_stale, "estimates")
 
     async def _publish(self) -> None:
         if self.shared is not None:
@@ -161,16 +159,19 @@ class Scheduler:
         if self.shared is not None:
             await self.shared.follow(self.fleet, self._clock.now())
 
-    def _every(self, period_s: float, job: Callable[[], Awaitable[None]], name: str) -> None:
-        async def loop() -> None:
+    def _every(self, period_s: float, job: Callable[[], object], name: str) -> None:
+        async def loop() -> None:  # ``job`` is a function, or one returning an awaitable
             while True:
                 await asyncio.sleep(period_s)
                 try:
-                    await job()
+                    if inspect.isawaitable(done := job()):
+                        await done
                 except Exception:  # a failed round must not end the loop
                     log.exception("scheduler %s round failed", name)
 
-        task = asyncio.create_task(loop(), name=f"scheduler-{name}")
+        self._keep(asyncio.create_task(loop(), name=f"scheduler-{name}"))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -199,9 +200,7 @@ class Scheduler:
             if batcher is None or name not in served or batcher.spec != served[name]:
                 del self._batchers[name]
                 if batcher is not None:
-                    task = asyncio.get_running_loop().create_task(batcher.aclose())
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._keep(asyncio.get_running_loop().create_task(batcher.aclose()))
             else:
                 batcher.notify_capacity()
 

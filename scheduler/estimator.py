@@ -45,6 +45,15 @@ class ServiceTimeEstimator:
     what changed: a prediction for a bucket with an estimate of its own
     (``has_bucket``) depends on that estimate alone; any other is
     interpolated and may move with every bucket of the pair.
+
+    ``relax_stale``, run periodically, keeps an estimate from going stale
+    for good: placement stops choosing a backend that looks slow, so nothing
+    would ever measure it again (a stall or a burst, once learnt, would bar
+    it for the rest of its life). Each sweep moves every measured estimate
+    that no call refreshed since the last one halfway toward the best
+    estimate of the same model and bucket on any backend, and makes it a
+    seed, so the first call placed there once it looks competitive again
+    replaces it with a fresh measurement. It never goes below that best one.
     """
 
     def __init__(self, alpha: float = 0.2, per_row_prior: float = 0.125) -> None:
@@ -56,6 +65,8 @@ class ServiceTimeEstimator:
         self._per_row_prior = per_row_prior
         self._table: dict[tuple[str, str], dict[int, _Estimate]] = {}
         self._observed: set[tuple[str, str]] = set()
+        #: Pairs measured since the last ``relax_stale``.
+        self._fresh: set[tuple[str, str]] = set()
         self.listeners: list[EstimateListener] = []
 
     def _changed(self, backend_id: str, model: str, bucket: int | None) -> None:
@@ -76,8 +87,10 @@ class ServiceTimeEstimator:
         return (backend_id, model) in self._observed
 
     def observe(self, backend_id: str, model: str, rows: int, seconds: float) -> None:
-        buckets = self._table.setdefault((backend_id, model), {})
-        self._observed.add((backend_id, model))
+        pair = (backend_id, model)
+        buckets = self._table.setdefault(pair, {})
+        self._observed.add(pair)
+        self._fresh.add(pair)
         bucket = bucket_of(rows)
         current = buckets.get(bucket)
         if current is None or not current.observed:
@@ -92,6 +105,28 @@ class ServiceTimeEstimator:
         if bucket_of(rows) not in buckets:
             buckets[bucket_of(rows)] = _Estimate(seconds, observed=False)
             self._changed(backend_id, model, bucket_of(rows))
+
+    def relax_stale(self) -> list[tuple[str, str]]:
+        """One sweep (see the class docstring); returns the pairs it moved."""
+        best: dict[tuple[str, int], float] = {}
+        for (_, model), buckets in self._table.items():
+            for bucket, estimate in buckets.items():
+                if estimate.seconds < best.get((model, bucket), math.inf):
+                    best[(model, bucket)] = estimate.seconds
+        moved: list[tuple[str, str]] = []
+        for pair, buckets in self._table.items():
+            if pair in self._fresh or pair not in self._observed:
+                continue
+            for bucket, estimate in buckets.items():
+                gap = estimate.seconds - best[(pair[1], bucket)]
+                if gap > 1e-6:  # above the best by more than a microsecond
+                    estimate.seconds -= gap / 2
+                    estimate.observed = False
+                    self._changed(*pair, bucket)
+                    if not moved or moved[-1] != pair:
+                        moved.append(pair)
+        self._fresh.clear()
+        return moved
 
     def forget(self, backend_id: str) -> None:
         for key in [k for k in self._table if k[0] == backend_id]:
