@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.test_observability import _request
 from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.traced_calls import int64_request
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
 LINE = re.compile(
@@ -71,7 +71,7 @@ def _call(address: str, i: int, model: str = "int64_offset") -> grpc.StatusCode:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         try:
             stub.ModelInfer(
-                _request(np.arange(4, dtype=np.int64)[None], model),
+                int64_request(np.arange(4, dtype=np.int64)[None], model),
                 metadata=[("traceparent", traceparent)],
                 timeout=30,
             )

@@ -26,7 +26,6 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.gateway.admin.v1 import admin_pb2 as admin_pb
 from gateway.api.gateway.admin.v1 import admin_pb2_grpc as admin_grpc
@@ -34,11 +33,17 @@ from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.collector import Collector, Span, start_collector
 from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.traced_calls import (
+    BACKEND_SPAN,
+    MODEL,
+    int64_request,
+    samples,
+    scrape,
+    trailing,
+    triton_trace_args,
+)
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
 
-MODEL = "int64_offset"
-#: The backend call's span, named as the OpenTelemetry RPC conventions say.
-BACKEND_SPAN = "inference.GRPCInferenceService/ModelInfer"
 TOKEN = "s3cret-admin-token"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,16 +59,6 @@ class Stack:
     @property
     def backend_id(self) -> str:
         return f"triton@{self.triton.grpc_url}"
-
-
-def triton_trace_args(collector: Collector) -> list[str]:
-    return [
-        "--trace-config=mode=opentelemetry",
-        f"--trace-config=opentelemetry,url={collector.http_endpoint}/v1/traces",
-        "--trace-config=rate=1",
-        "--trace-config=level=TIMESTAMPS",
-        "--trace-config=opentelemetry,bsp_schedule_delay=200",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +91,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
 
 
-def _request(values: np.ndarray, model: str = MODEL) -> pb.ModelInferRequest:
-    return pb.ModelInferRequest(
-        model_name=model,
-        inputs=[
-            pb.ModelInferRequest.InferInputTensor(
-                name="INPUT", datatype="INT64", shape=list(values.shape)
-            )
-        ],
-        raw_input_contents=[values.tobytes()],
-    )
-
-
-def _trailer(call: grpc.Call) -> dict[str, str]:
-    return {key: str(value) for key, value in call.trailing_metadata() or ()}
-
-
 # -- tracing -----------------------------------------------------------------
 
 
@@ -126,11 +105,11 @@ def _traced_call(stack: Stack, client: TracerProvider) -> str:
         propagate.inject(carrier)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         reply, call = stub.ModelInfer.with_call(
-            _request(values), metadata=list(carrier.items()), timeout=10
+            int64_request(values), metadata=list(carrier.items()), timeout=10
         )
     trace_id = format(root.get_span_context().trace_id, "032x")
     assert np.frombuffer(reply.raw_output_contents[0], np.int64).tolist() == [1, 2, 3, 4]
-    assert _trailer(call)["x-trace-id"] == trace_id
+    assert trailing(call)["x-trace-id"] == trace_id
     return trace_id
 
 
@@ -207,12 +186,12 @@ def test_trace_id_comes_back_on_errors_too(stack: Stack) -> None:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(
-                _request(np.zeros((1, 2), np.int64), model="no_such_model"),
+                int64_request(np.zeros((1, 2), np.int64), model="no_such_model"),
                 metadata=[("traceparent", traceparent)],
                 timeout=10,
             )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert _trailer(caught.value)["x-trace-id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert trailing(caught.value)["x-trace-id"] == "0af7651916cd43dd8448eb211c80319c"
 
 
 def test_health_checks_are_not_traced(stack: Stack) -> None:
@@ -235,7 +214,7 @@ def test_unsampled_caller_is_not_traced(stack: Stack) -> None:
     with grpc.insecure_channel(stack.gateway.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stub.ModelInfer(
-            _request(np.arange(2, dtype=np.int64)[None]),
+            int64_request(np.arange(2, dtype=np.int64)[None]),
             metadata=[("traceparent", f"00-{trace_id}-eee19b7ec3c1b174-00")],
             timeout=10,
         )
@@ -250,35 +229,18 @@ def test_unsampled_caller_is_not_traced(stack: Stack) -> None:
 # -- metrics -----------------------------------------------------------------
 
 
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-def _samples(text: str) -> Callable[[str, dict[str, str]], float]:
-    values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
-
-    def value(name: str, labels: dict[str, str]) -> float:
-        return values.get((name, frozenset(labels.items())), 0.0)
-
-    return value
-
-
 def test_metrics_count_a_short_load(stack: Stack) -> None:
-    before = _samples(_scrape(stack.metrics_url))
+    before = samples(scrape(stack.metrics_url))
     ok_requests, bad_requests = 48, 3
 
     def send(i: int) -> None:
         with grpc.insecure_channel(stack.gateway.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            stub.ModelInfer(_request(np.full((1, 3), i, np.int64)), timeout=10)
+            stub.ModelInfer(int64_request(np.full((1, 3), i, np.int64)), timeout=10)
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(send, i) for i in range(ok_requests)]
-        during = _scrape(stack.metrics_url)  # the endpoint answers while under load
+        during = scrape(stack.metrics_url)  # the endpoint answers while under load
         for future in futures:
             future.result()
     for _ in range(bad_requests):
@@ -286,8 +248,8 @@ def test_metrics_count_a_short_load(stack: Stack) -> None:
             send_bad(stack)
     with grpc.insecure_channel(stack.gateway.address) as channel, pytest.raises(grpc.RpcError):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stub.ModelInfer(_request(np.zeros((9, 1), np.int64)), timeout=10)  # batch of 9 > 8
-    after = _samples(_scrape(stack.metrics_url))
+        stub.ModelInfer(int64_request(np.zeros((9, 1), np.int64)), timeout=10)  # batch of 9 > 8
+    after = samples(scrape(stack.metrics_url))
     assert "gateway_requests_total" in during
 
     def delta(name: str, **labels: str) -> float:
@@ -323,11 +285,11 @@ def test_latency_histograms_carry_trace_ids_as_exemplars(stack: Stack) -> None:
     with grpc.insecure_channel(stack.gateway.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stub.ModelInfer(
-            _request(np.arange(2, dtype=np.int64)[None]),
+            int64_request(np.arange(2, dtype=np.int64)[None]),
             metadata=[("traceparent", traceparent)],
             timeout=10,
         )
-    plain = _scrape(stack.metrics_url)
+    plain = scrape(stack.metrics_url)
     assert "trace_id" not in plain  # the classic text format has no exemplars
     request = urllib.request.Request(
         stack.metrics_url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -341,7 +303,9 @@ def test_latency_histograms_carry_trace_ids_as_exemplars(stack: Stack) -> None:
 def send_bad(stack: Stack) -> None:
     with grpc.insecure_channel(stack.gateway.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stub.ModelInfer(_request(np.zeros((1, 1), np.int64), model="no_such_model"), timeout=10)
+        stub.ModelInfer(
+            int64_request(np.zeros((1, 1), np.int64), model="no_such_model"), timeout=10
+        )
 
 
 def test_promtool_check_metrics_is_clean(stack: Stack) -> None:
@@ -351,7 +315,7 @@ def test_promtool_check_metrics_is_clean(stack: Stack) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    text = _scrape(stack.metrics_url)
+    text = scrape(stack.metrics_url)
     result = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
@@ -403,7 +367,7 @@ def test_admin_cli_views(stack: Stack) -> None:
 def send_ok(stack: Stack) -> None:
     with grpc.insecure_channel(stack.gateway.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stub.ModelInfer(_request(np.arange(2, dtype=np.int64)[None]), timeout=10)
+        stub.ModelInfer(int64_request(np.arange(2, dtype=np.int64)[None]), timeout=10)
 
 
 def test_drain_and_undrain_a_backend(stack: Stack) -> None:

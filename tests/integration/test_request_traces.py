@@ -23,13 +23,13 @@ import pytest
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.api.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.collector import Collector, Span, start_collector
-from tests.integration.test_observability import (
+from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.traced_calls import (
     BACKEND_SPAN,
-    _request,
-    _trailer,
+    int64_request,
+    trailing,
     triton_trace_args,
 )
-from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
 
 SERVICE = "gateway-under-test"
@@ -92,8 +92,8 @@ def test_a_batched_requests_own_trace_covers_its_server_time(traced: Traced) -> 
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             for j in range(PER_CALLER):
                 values = np.full((1, 4), i * PER_CALLER + j, np.int64)
-                _, rpc = stub.ModelInfer.with_call(_request(values), timeout=30)
-                ids.append(_trailer(rpc)["x-trace-id"])
+                _, rpc = stub.ModelInfer.with_call(int64_request(values), timeout=30)
+                ids.append(trailing(rpc)["x-trace-id"])
         return ids
 
     with ThreadPoolExecutor(CALLERS) as pool:
@@ -187,7 +187,7 @@ def _answers(address: str) -> dict[str, dict[str, str]]:
         _, rpc = stub.ModelMetadata.with_call(
             pb.ModelMetadataRequest(name="int64_offset"), metadata=CALLER, timeout=10
         )
-        found["ModelMetadata"] = _trailer(rpc)
+        found["ModelMetadata"] = trailing(rpc)
         calls = {
             "ModelConfig": lambda: stub.ModelConfig(
                 pb.ModelConfigRequest(name="no_such_model"), metadata=CALLER, timeout=10
@@ -196,7 +196,7 @@ def _answers(address: str) -> dict[str, dict[str, str]]:
                 pb.SystemSharedMemoryStatusRequest(), metadata=CALLER, timeout=10
             ),
             "ModelInfer": lambda: stub.ModelInfer(
-                _request(np.zeros((1, 2), np.int64), model="no_such_model"),
+                int64_request(np.zeros((1, 2), np.int64), model="no_such_model"),
                 metadata=CALLER,
                 timeout=10,
             ),
@@ -204,7 +204,7 @@ def _answers(address: str) -> dict[str, dict[str, str]]:
         for name, call in calls.items():
             with pytest.raises(grpc.RpcError) as caught:
                 call()
-            found[name] = _trailer(caught.value)
+            found[name] = trailing(caught.value)
     return found
 
 
@@ -227,11 +227,13 @@ def test_with_tracing_off_answers_echo_the_callers_trace(
             assert trailer.get("x-trace-id") == CALLER_TRACE, rpc
         with grpc.insecure_channel(gateway.address) as channel:  # no traceparent: no id
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            _, rpc = stub.ModelInfer.with_call(_request(np.zeros((1, 2), np.int64)), timeout=10)
-            assert "x-trace-id" not in _trailer(rpc)
+            _, rpc = stub.ModelInfer.with_call(
+                int64_request(np.zeros((1, 2), np.int64)), timeout=10
+            )
+            assert "x-trace-id" not in trailing(rpc)
             # gRPC itself refuses a message over the limit; it is still counted.
             with pytest.raises(grpc.RpcError) as caught:
-                stub.ModelInfer(_request(np.zeros((1, LIMIT // 8 + 1), np.int64)), timeout=10)
+                stub.ModelInfer(int64_request(np.zeros((1, LIMIT // 8 + 1), np.int64)), timeout=10)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         url = f"http://127.0.0.1:{int((workdir / 'metrics.port').read_text())}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
