@@ -24,9 +24,9 @@ input into a request and counts it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -71,6 +71,34 @@ def _value(value: Any) -> AnyValue:
     return AnyValue(string_value=str(value))
 
 
+T = TypeVar("T")
+
+
+def _key_value(key: str, value: Any) -> KeyValue:
+    return KeyValue(key=key, value=_value(value))
+
+
+def _encoded(key: str, value: Any) -> bytes:
+    """One attribute as a span's serialized ``attributes`` field."""
+    return Span(attributes=[_key_value(key, value)]).SerializeToString()
+
+
+def _memo(
+    cache: dict[tuple[str, type, Any], T], key: str, value: Any, make: Callable[[str, Any], T]
+) -> T:
+    """``make(key, value)``, kept in ``cache`` for strings and ints (bools are
+    ints; floats rarely repeat), the cache emptied when it reaches its limit."""
+    if not isinstance(value, str | int):
+        return make(key, value)
+    cache_key = (key, type(value), value)
+    found = cache.get(cache_key)
+    if found is None:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        found = cache[cache_key] = make(key, value)
+    return found
+
+
 def _flags(context: tuple[Any, ...] | None) -> int:
     """The span flags the SDK's encoder sets from a parent or link context."""
     if context is not None and context[3]:
@@ -90,43 +118,14 @@ class RecordEncoder:
     def _attributes(self, attributes: Mapping[str, Any] | None) -> list[KeyValue]:
         if not attributes:
             return []
-        cache = self._cache
-        out = []
-        for key, value in attributes.items():
-            if isinstance(value, str | int):  # bools are ints; floats rarely repeat
-                cache_key = (key, type(value), value)
-                message = cache.get(cache_key)
-                if message is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    message = cache[cache_key] = KeyValue(key=key, value=_value(value))
-                out.append(message)
-            else:
-                out.append(KeyValue(key=key, value=_value(value)))
-        return out
+        return [_memo(self._cache, key, value, _key_value) for key, value in attributes.items()]
 
     def _span_attributes(self, attributes: Mapping[str, Any]) -> bytes:
         """A span's ``attributes`` field as serialized bytes: each repeating
         attribute's encoding is kept, and parsing the joined bytes into the span
         (C code) costs less than copying its message in from Python."""
         cache = self._encoded
-        parts = []
-        for key, value in attributes.items():
-            if isinstance(value, str | int):  # bools are ints; floats rarely repeat
-                cache_key = (key, type(value), value)
-                part = cache.get(cache_key)
-                if part is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    part = cache[cache_key] = Span(
-                        attributes=[KeyValue(key=key, value=_value(value))]
-                    ).SerializeToString()
-                parts.append(part)
-            else:
-                parts.append(
-                    Span(attributes=[KeyValue(key=key, value=_value(value))]).SerializeToString()
-                )
-        return b"".join(parts)
+        return b"".join([_memo(cache, key, value, _encoded) for key, value in attributes.items()])
 
     def _fill(self, span: Span, record: tuple[Any, ...]) -> None:
         """Set ``span`` (already in its place in the request) from ``record``."""

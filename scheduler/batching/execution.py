@@ -120,9 +120,10 @@ class BatchExecutor:
         if len(live) > 1 and self._batch_bytes:
             # Cut here rather than in the queue: the queue cuts by rows in
             # O(log n) and would have to keep every group's running bytes to
-            # cut by size as well. A request's message length bounds its
-            # tensors' bytes and is known, so this costs an attribute read a
-            # member; only one that came without it (0) has its tensors counted.
+            # cut by size as well. A request's size (the larger of its message
+            # and its fixed-shape response, set at the door) bounds its tensors'
+            # bytes both ways, so this costs an attribute read a member; only one
+            # that came without it (0) has its tensors counted.
             sizes = [m.request.size_bytes or tensor_bytes(m.request.inputs) for m in live]
             runs = byte_runs(sizes, self._batch_bytes)
             if len(runs) > 1:
