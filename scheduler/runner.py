@@ -148,7 +148,7 @@ class BatchRunner:
             # available backend, cutting a slow call only turns a late answer
             # into an error and, repeated, ejects the model's only server (as
             # Envoy's max ejection percent keeps a cluster from emptying).
-            spare = int(np.count_nonzero(candidates.available)) > 1
+            spare = len(candidates.backend_ids) > 1 and np.count_nonzero(candidates.available) > 1
             try:
                 return await self._call(
                     state, spec, inputs, info, decision, len(tried) - 1, traced, spare
