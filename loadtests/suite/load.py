@@ -80,6 +80,7 @@ class LoadRunner(Protocol):
         total: int,
         max_s: float,
         stream_messages: int | None = None,
+        connections: int | None = None,
     ) -> Shot | None: ...
 
 
@@ -147,8 +148,11 @@ class Ghz:
         concurrency: int,
         total: int,
         stream_messages: int | None = None,
+        connections: int | None = None,
     ) -> list[str]:
-        """The ghz command line for one run (as the results show it)."""
+        """The ghz command line for one run (as the results show it);
+        ``connections`` overrides the runner's own number for this run."""
+        connections = connections or self.connections
         method = "ModelStreamInfer" if stream_messages else "ModelInfer"
         command = [
             str(self.binary),
@@ -157,7 +161,7 @@ class Ghz:
             f"--call={SERVICE}/{method}",
             f"--binary-file={self._request_file(payload)}",
             f"--concurrency={concurrency}",
-            f"--connections={min(self.connections, concurrency)}",
+            f"--connections={min(connections, concurrency)}",
             f"--total={total}",
             "--timeout=30s",
             "--format=json",
@@ -175,6 +179,7 @@ class Ghz:
         total: int,
         max_s: float,
         stream_messages: int | None = None,
+        connections: int | None = None,
     ) -> Shot:
         command = self.command(
             target,
@@ -182,6 +187,7 @@ class Ghz:
             concurrency=concurrency,
             total=total,
             stream_messages=stream_messages,
+            connections=connections,
         )
         out_path = self.workdir / "ghz-out.json"
         err_path = self.workdir / "ghz-err.txt"
@@ -253,7 +259,10 @@ class PythonLoad:
         total: int,
         max_s: float,
         stream_messages: int | None = None,
+        connections: int | None = None,
     ) -> Shot | None:
+        # One channel whatever ``connections`` says: this generator is the
+        # ceiling of what it measures anyway (see the module's docstring).
         if stream_messages:
             return None
 

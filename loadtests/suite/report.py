@@ -148,7 +148,7 @@ def evaluate(medians: Medians, *, comparable: bool = True) -> list[Target]:
         _check(
             "Workers: throughput, --workers 2 vs --workers 1 (c=64)",
             ("2 workers", _get(medians, "workers2", 64, "rps")),
-            ("1 worker", _get(medians, "cpu", 64, "rps")),
+            ("1 worker", _get(medians, "workers1", 64, "rps")),
             ratio,
             "> 1.00x",
             lambda r: r > 1.0,

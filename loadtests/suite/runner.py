@@ -98,6 +98,7 @@ def measure(route: Route, concurrency: int, total: int, load: LoadRunner, max_s:
             total=total,
             max_s=max_s,
             stream_messages=route.stream_messages,
+            connections=route.connections,
         )
     except LoadError as error:
         cell.error = str(error)[:300]

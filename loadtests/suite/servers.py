@@ -8,7 +8,8 @@ one instance, max batch 64.  In front of it, or beside it:
   ``batching_layer_by_model``) and batches ``gpu_sim`` itself with the same 2 ms
   queue delay that ``gpu_sim_tb`` gives Triton's own batcher;
 - gateway C: the CPU built-in ``add_sub`` only (``--workers 1`` when the CLI has it);
-- gateway C2: the same with ``--workers 2``, when the CLI has the setting;
+- gateway C2: the same with ``--workers 2``, when the CLI has the setting; the
+  workers comparison drives C and C2 over ``WORKER_CONNECTIONS`` connections each;
 - floor A (canned reply, also the stream floor) and floor B (bytes proxy to the
   Triton), see ``floors``;
 - MLServer, when ``loadtests/.mlserver-venv`` holds it (``make mlserver``).
@@ -51,6 +52,8 @@ MLSERVER_VENV = REPO / "loadtests" / ".mlserver-venv"
 GPU_COST = {"GPU_SIM_FIXED_MS": "2", "GPU_SIM_PER_ITEM_MS": "0.02"}
 #: ghz streams open at once on the stream route; each carries ``stream_messages``.
 STREAMS = 16
+#: ghz connections on the workers routes (the kernel balances connections).
+WORKER_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Route:
     triton_pid: int | None = None  # the Triton behind the front, when there is one
     levels: tuple[int, ...] = (1, 64)
     stream_messages: int | None = None
+    #: ghz connections for this route (None: the suite's ``--connections``).
+    connections: int | None = None
 
 
 @dataclass
@@ -282,18 +287,26 @@ def start_fleet(fleet: Fleet, *, stream_messages: int) -> FleetInfo:
         gw_c2, gw_c2_pid = gateway_server(
             fleet, "gateway-cpu-w2", [*cpu_args, "--workers", "2"], {}, ADD_SUB
         )
-        info.routes.append(
+        # SO_REUSEPORT spreads connections, not calls: over one connection a
+        # second worker would sit idle. Both sides of the comparison get the
+        # same several connections, as many callers would bring.
+        info.routes += [
             Route(
-                "workers2",
-                "gateway --workers 2, CPU add_sub",
-                gw_c2,
+                key,
+                f"{label}, CPU add_sub, {WORKER_CONNECTIONS} connections",
+                address,
                 ADD_SUB,
                 "gateway",
-                gw_c2_pid,
+                pid,
                 None,
                 (64,),
+                connections=WORKER_CONNECTIONS,
             )
-        )
+            for key, label, address, pid in (
+                ("workers1", "gateway --workers 1", gw_c, gw_c_pid),
+                ("workers2", "gateway --workers 2", gw_c2, gw_c2_pid),
+            )
+        ]
     else:
         info.notes.append(
             "workers: not available (`inference-gateway serve` has no --workers option yet)"

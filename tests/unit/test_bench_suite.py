@@ -18,7 +18,7 @@ import pytest
 
 from loadtests.suite.floors import canned_handler, canned_stream_handler
 from loadtests.suite.ghz_check import localise
-from loadtests.suite.load import _shot
+from loadtests.suite.load import Ghz, _shot
 from loadtests.suite.payloads import ADD_SUB, canned_response, canned_stream_response
 from loadtests.suite.procs import Fleet, tree_cpu_s
 from loadtests.suite.report import evaluate
@@ -118,6 +118,24 @@ def test_targets_compare_with_the_strongest_reference_and_never_pass_on_missing_
     assert stream.verdict == "PASS"
     assert (to_floor.verdict, to_floor.value) == ("info", pytest.approx(1.4))
     assert workers.verdict.startswith("n/a")
+
+
+def test_workers_compare_over_the_same_several_connections(tmp_path: Path) -> None:
+    # SO_REUSEPORT balances connections: over one, a second worker idles, so
+    # the comparison is 2 workers against 1 on the same many connections.
+    medians = {
+        "cpu": {64: _summary("cpu", 64, rps=2000.0)},  # one connection: not the reference
+        "workers1": {64: _summary("workers1", 64, rps=1000.0)},
+        "workers2": {64: _summary("workers2", 64, rps=1500.0)},
+    }
+    workers = evaluate(medians)[-1]
+    assert (workers.verdict, workers.value) == ("PASS", pytest.approx(1.5))
+    ghz = Ghz.__new__(Ghz)  # no binary needed to build a command line
+    ghz.binary, ghz.workdir, ghz.connections, ghz.api = Path("/opt/ghz"), tmp_path, 1, []
+    ghz._files = {}
+    argv = ghz.command("127.0.0.1:1", ADD_SUB, concurrency=64, total=10, connections=8)
+    assert "--connections=8" in argv
+    assert "--connections=1" in ghz.command("127.0.0.1:1", ADD_SUB, concurrency=64, total=10)
 
 
 def test_documented_ghz_commands_only_reach_the_local_gateway() -> None:
