@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context as OtelContext
 
 from gateway import codec
 from gateway.front_door import SHUTTING_DOWN, FrontDoor
@@ -24,7 +25,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestLog
 from gateway.status import internal_error, short
 from gateway.stream_rpc import Decoded, header_of
-from gateway.telemetry import caller_trace_id
+from gateway.telemetry import Tracing, caller_trace_id
 from scheduler.arrived_together import infer_group
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -35,8 +36,23 @@ from scheduler.spec import ModelSpec
 Context = grpc.aio.ServicerContext[Any, Any]
 #: Takes a request's final ``ModelStreamInferResponse``.
 Answer = Callable[[bytes], None]
-#: Decodes a message (``InferenceServicer._decode``); raises GatewayError.
-Decode = Callable[[bytes, Context], Decoded]
+#: Decodes a message of a stream (``InferenceServicer._decode``); raises GatewayError.
+Decode = Callable[[bytes, "StreamCall"], Decoded]
+
+
+@dataclass(slots=True, frozen=True)
+class StreamCall:
+    """What every message of one stream shares, read from its call once: each
+    read of the call's deadline or metadata is a call into grpc, which would
+    otherwise cost every message as much as its decoding."""
+
+    context: Context
+    #: The stream's deadline (monotonic), the bound of each of its messages.
+    deadline: float | None
+    #: The caller's ``traceparent`` context (tracing is off on this path).
+    trace_context: OtelContext | None
+    #: The caller's trace id, for the request log ("" when it sent none).
+    trace_id: str
 
 
 @dataclass(slots=True)
@@ -45,7 +61,7 @@ class _Member:
 
     data: bytes
     request: InferRequest
-    context: Context
+    call: StreamCall
     answer: Answer
     start: float
 
@@ -95,7 +111,21 @@ class StreamGroups:
         self._flush_due = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def admit(self, data: bytes, context: Context, answer: Answer) -> bool | Decoded:
+    def open(self, context: Context, tracing: Tracing) -> StreamCall:
+        """What the messages of the stream of ``context`` will share."""
+        remaining = context.time_remaining()
+        metadata = context.invocation_metadata()
+        trace_id = ""
+        for _, value in caller_trace_id(metadata):
+            trace_id = value
+        return StreamCall(
+            context,
+            None if remaining is None else self._clock.now() + remaining,
+            tracing.request_context(metadata),
+            trace_id,
+        )
+
+    def admit(self, call: StreamCall, data: bytes, answer: Answer) -> bool | Decoded:
         """True: the message joined a group and ``answer`` will get its response.
         False, or its decoding: the caller runs it the usual way."""
         size = len(data)
@@ -106,7 +136,7 @@ class StreamGroups:
             return False
         start = self._clock.now()
         try:
-            request, spec = self._decode(data, context)
+            request, spec = self._decode(data, call)
         except GatewayError:
             door.leave(size)
             return False
@@ -116,7 +146,7 @@ class StreamGroups:
         gathered = self._gathered.get(id(spec))
         if gathered is None:
             gathered = self._gathered[id(spec)] = (spec, [])
-        gathered[1].append(_Member(data, request, context, answer, start))
+        gathered[1].append(_Member(data, request, call, answer, start))
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -150,7 +180,7 @@ class StreamGroups:
         code, message = "OK", ""
         try:
             if isinstance(result, InferResult):
-                answer = codec.stream_response(codec.encode_response(result, spec, self._headers))
+                answer = codec.encode_response(result, spec, self._headers, stream=True)
             else:
                 raise result
         except GatewayError as exc:
@@ -168,10 +198,7 @@ class StreamGroups:
         if self._metrics is not None:
             self._metrics.request_done(spec.name, code, backend, now - member.start)
         if code != "OK" or self._request_log.ok_sample:
-            trace_id = ""  # tracing is off here: the caller's, if it sent one
-            for _, value in caller_trace_id(member.context.invocation_metadata()):
-                trace_id = value
-            self._request_log.request_done(
-                spec.name, code, backend, now - member.start, trace_id, message
+            self._request_log.request_done(  # tracing is off here: the caller's trace id
+                spec.name, code, backend, now - member.start, member.call.trace_id, message
             )
         member.answer(answer)
