@@ -166,16 +166,26 @@ class StreamGroups:
         try:
             results = await infer_group(self._scheduler, requests, spec, self._clock)
         except asyncio.CancelledError:  # the loop is going away: every member still ends
+            now = self._clock.now()
             for member in members:
-                self._end(spec, member, Unavailable(SHUTTING_DOWN))
+                self._end(spec, member, Unavailable(SHUTTING_DOWN), now)
             raise
         except Exception as exc:  # a bug: logged once, every member answered
             results = [internal_error(exc)] * len(members)
+        now = self._clock.now()  # one reading: the group's members end together
+        done: dict[str, list[float]] = {}  # the OK members' durations, by backend
         for member, result in zip(members, results, strict=True):
-            self._end(spec, member, result)
+            if self._end(spec, member, result, now):
+                done.setdefault(member.request.served_by, []).append(now - member.start)
+        if self._metrics is not None:
+            for backend, durations in done.items():
+                self._metrics.requests_done(spec.name, backend, durations)
 
-    def _end(self, spec: ModelSpec, member: _Member, result: InferResult | Exception) -> None:
-        """Answer one member and account for it as the unary path does."""
+    def _end(
+        self, spec: ModelSpec, member: _Member, result: InferResult | Exception, now: float
+    ) -> bool:
+        """Answer one member and account for it as the unary path does; True
+        when it ended OK: the caller counts those in the metrics, a group's at once."""
         request = member.request
         code, message = "OK", ""
         try:
@@ -191,14 +201,14 @@ class StreamGroups:
             code, message = error.code, error.message
             answer = codec.stream_error(header_of(member.data), message)
         self._door.leave(len(member.data))
-        now = self._clock.now()
         if code == "OK" and request.deadline is not None and now > request.deadline:
             code = "DEADLINE_EXCEEDED"  # late: the caller has given up on it
         backend = request.served_by
-        if self._metrics is not None:
+        if code != "OK" and self._metrics is not None:
             self._metrics.request_done(spec.name, code, backend, now - member.start)
         if code != "OK" or self._request_log.ok_sample:
             self._request_log.request_done(  # tracing is off here: the caller's trace id
                 spec.name, code, backend, now - member.start, member.call.trace_id, message
             )
         member.answer(answer)
+        return code == "OK"
