@@ -85,7 +85,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             clock=clock,
             door=self.door,
             headers=self._headers,
-            decode=self._decode_on_stream,
+            decode=self._decode,
             metrics=metrics,
             request_log=self._request_log,
         )
@@ -316,9 +316,6 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             with contextlib.suppress(GatewayError):
                 return self._scheduler.model(header.model_name, header.model_version).name
         return "unknown"
-
-    def _decode_on_stream(self, data: bytes, call: StreamCall) -> tuple[InferRequest, ModelSpec]:
-        return self._decode(data, call.context, 0, call)
 
     def _decode(
         self, data: bytes, context: Context, received_ns: int = 0, call: StreamCall | None = None

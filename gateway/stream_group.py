@@ -36,8 +36,9 @@ from scheduler.spec import ModelSpec
 Context = grpc.aio.ServicerContext[Any, Any]
 #: Takes a request's final ``ModelStreamInferResponse``.
 Answer = Callable[[bytes], None]
-#: Decodes a message of a stream (``InferenceServicer._decode``); raises GatewayError.
-Decode = Callable[[bytes, "StreamCall"], Decoded]
+#: Decodes a message (``InferenceServicer._decode``: data, context, received_ns
+#: and what its stream's messages share); raises GatewayError.
+Decode = Callable[[bytes, Context, int, "StreamCall"], Decoded]
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,7 +137,7 @@ class StreamGroups:
             return False
         start = self._clock.now()
         try:
-            request, spec = self._decode(data, call)
+            request, spec = self._decode(data, call.context, 0, call)
         except GatewayError:
             door.leave(size)
             return False
