@@ -256,12 +256,15 @@ class _Plan:
     version, outputs' names, datatypes and shapes) and, per output, the
     numpy dtype its data must have (None: BYTES, framed per response) and the
     tag and length that precede its raw contents (None for BYTES); ``size``:
-    the encoded bytes of all that and the contents (None with a BYTES output)."""
+    the encoded bytes of all that and the contents (None with a BYTES output),
+    and ``stream``, the tag and length that wrap a response of that size
+    (without an id) in a ``ModelStreamInferResponse``."""
 
     header: bytes
     dtypes: tuple[np.dtype[Any] | None, ...]
     prefixes: tuple[bytes | None, ...]
     size: int | None
+    stream: bytes
 
 
 class ResponseHeaders:
@@ -315,7 +318,8 @@ def _make_plan(result: InferResult, spec: ModelSpec) -> _Plan:
             size = None if size is None else size + len(prefix) + nbytes
     header = response.SerializeToString()
     total = None if size is None else size + len(header)
-    return _Plan(header, tuple(dtypes), tuple(prefixes), total)
+    stream = b"" if total is None else wire.field_prefix(wire.STREAM_RESPONSE_FIELD, total)
+    return _Plan(header, tuple(dtypes), tuple(prefixes), total, stream)
 
 
 def encode_response(
@@ -334,15 +338,15 @@ def encode_response(
         encoded = _encode_with_parameters(result, spec) if result.wire is None else result.wire
         return stream_response(encoded) if stream else encoded
     plan = (headers or ResponseHeaders(1)).plan(result, spec)
-    parts: list[Any] = [b"", plan.header]
     size = plan.size
+    parts: list[Any] = [plan.stream if stream else b"", plan.header]  # the wrapper first
     if result.id:
         identifier = result.id.encode()
         parts.append(tag := wire.field_prefix(_ID_FIELD, len(identifier)))
         parts.append(identifier)
-        size = None if size is None else size + len(tag) + len(identifier)
-    if stream and size is not None:  # the wrapper's tag and length go first
-        parts[0] = wire.field_prefix(wire.STREAM_RESPONSE_FIELD, size)
+        if stream and size is not None:  # the wrapper's length grows with the id
+            size += len(tag) + len(identifier)
+            parts[0] = wire.field_prefix(wire.STREAM_RESPONSE_FIELD, size)
     for array, dtype, prefix in zip(
         result.outputs.values(), plan.dtypes, plan.prefixes, strict=True
     ):
