@@ -255,11 +255,16 @@ class _Plan:
     """How to encode responses of one layout: the encoded header (model,
     version, outputs' names, datatypes and shapes) and, per output, the
     numpy dtype its data must have (None: BYTES, framed per response) and the
-    tag and length that precede its raw contents (None for BYTES)."""
+    tag and length that precede its raw contents (None for BYTES); ``size``:
+    the encoded bytes of all that and the contents (None with a BYTES output),
+    and ``stream``, the tag and length that wrap a response of that size
+    (without an id) in a ``ModelStreamInferResponse``."""
 
     header: bytes
     dtypes: tuple[np.dtype[Any] | None, ...]
     prefixes: tuple[bytes | None, ...]
+    size: int | None
+    stream: bytes
 
 
 class ResponseHeaders:
@@ -297,6 +302,7 @@ def _make_plan(result: InferResult, spec: ModelSpec) -> _Plan:
     )
     dtypes: list[np.dtype[Any] | None] = []
     prefixes: list[bytes | None] = []
+    size: int | None = 0
     for name, array in result.outputs.items():
         declared = spec.output(name)
         datatype = declared.datatype if declared else DataType.of_array(array)
@@ -304,29 +310,43 @@ def _make_plan(result: InferResult, spec: ModelSpec) -> _Plan:
         if datatype is DataType.BYTES:
             dtypes.append(None)
             prefixes.append(None)
+            size = None
         else:
             nbytes = array.size * _ITEM_SIZE[datatype]
             dtypes.append(datatype.numpy_dtype)
-            prefixes.append(wire.field_prefix(wire.RAW_OUTPUT_FIELD, nbytes))
-    return _Plan(response.SerializeToString(), tuple(dtypes), tuple(prefixes))
+            prefixes.append(prefix := wire.field_prefix(wire.RAW_OUTPUT_FIELD, nbytes))
+            size = None if size is None else size + len(prefix) + nbytes
+    header = response.SerializeToString()
+    total = None if size is None else size + len(header)
+    stream = b"" if total is None else wire.field_prefix(wire.STREAM_RESPONSE_FIELD, total)
+    return _Plan(header, tuple(dtypes), tuple(prefixes), total, stream)
 
 
 def encode_response(
-    result: InferResult, spec: ModelSpec, headers: ResponseHeaders | None = None
+    result: InferResult,
+    spec: ModelSpec,
+    headers: ResponseHeaders | None = None,
+    *,
+    stream: bool = False,
 ) -> bytes:
     """The encoded ``ModelInferResponse``: the backend's own when it sent one,
     else the outputs as raw contents, in the order the result holds them,
-    each tensor copied once (into the joined message)."""
-    if result.wire is not None:
-        return result.wire
-    if result.parameters:  # rare: build the whole message
-        return _encode_with_parameters(result, spec)
+    each tensor copied once (into the joined message). ``stream``: as the
+    ``ModelStreamInferResponse`` that carries it, its size known from the plan
+    beforehand, so the tensors are still copied once."""
+    if result.wire is not None or result.parameters:  # the latter rare: a whole message
+        encoded = _encode_with_parameters(result, spec) if result.wire is None else result.wire
+        return stream_response(encoded) if stream else encoded
     plan = (headers or ResponseHeaders(1)).plan(result, spec)
-    parts: list[Any] = [plan.header]
+    size = plan.size
+    parts: list[Any] = [plan.stream if stream else b"", plan.header]  # the wrapper first
     if result.id:
         identifier = result.id.encode()
-        parts.append(wire.field_prefix(_ID_FIELD, len(identifier)))
+        parts.append(tag := wire.field_prefix(_ID_FIELD, len(identifier)))
         parts.append(identifier)
+        if stream and size is not None:  # the wrapper's length grows with the id
+            size += len(tag) + len(identifier)
+            parts[0] = wire.field_prefix(wire.STREAM_RESPONSE_FIELD, size)
     for array, dtype, prefix in zip(
         result.outputs.values(), plan.dtypes, plan.prefixes, strict=True
     ):
@@ -340,7 +360,8 @@ def encode_response(
             parts.append(array.data)  # a view: the join below is the one copy
         else:
             parts.append(wire.as_buffer(array.astype(dtype, copy=False)))
-    return b"".join(parts)
+    encoded = b"".join(parts)
+    return stream_response(encoded) if stream and size is None else encoded
 
 
 def _encode_with_parameters(result: InferResult, spec: ModelSpec) -> bytes:

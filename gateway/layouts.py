@@ -83,7 +83,8 @@ class Layout:
                     f"input '{item.name}' has {len(buffer)} bytes of raw data, but shape "
                     f"{list(item.shape)} of {item.datatype.value} needs {item.nbytes}"
                 )
-            tensors[item.name] = np.frombuffer(buffer, dtype=item.dtype).reshape(item.shape)
+            # One call where ``frombuffer`` and ``reshape`` make two: a view all the same.
+            tensors[item.name] = np.ndarray(item.shape, item.dtype, buffer)
         return tensors
 
 

@@ -202,6 +202,12 @@ class GatewayMetrics(Collector):
         self.requests.inc(labels)
         self.request_duration.observe(labels, seconds, trace_id)
 
+    def requests_done(self, model: str, backend: str, seconds: Sequence[float]) -> None:
+        """``request_done`` for several OK requests at once (a stream group's)."""
+        labels = (model, "OK", backend or "none")
+        self.requests.inc(labels, len(seconds))
+        self.request_duration.observe_many(labels, seconds)
+
     def stream_first_response(self, model: str, seconds: float) -> None:
         self.first_response.observe((model,), seconds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,8 +28,8 @@ from gateway.request_log import RequestLog
 from gateway.security import Authenticator, authenticated, visible
 from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
-from gateway.stream_group import StreamGroups
-from gateway.stream_rpc import Decoded, header_of, relay_stream
+from gateway.stream_group import StreamCall, StreamGroups
+from gateway.stream_rpc import Admit, Decoded, header_of, relay_stream
 from gateway.telemetry import MODEL_INFER, Tracing, caller_trace_id
 from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
@@ -87,6 +88,14 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             decode=self._decode,
             metrics=metrics,
             request_log=self._request_log,
+        )
+        #: ``ModelStreamInfer``'s async generator function, as gRPC is given it.
+        self.stream_handler = functools.partial(
+            relay_stream,
+            infer=self._infer,
+            limit=stream_max_in_flight,
+            door=self.door,
+            open_stream=self._open_stream,
         )
 
     @property
@@ -202,7 +211,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             await abort(context, internal_error(exc), trailer)
 
-    async def ModelStreamInfer(
+    def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
         """Requests on one stream run concurrently (up to ``stream_max_in_flight``)
@@ -213,21 +222,18 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         (``gateway.stream_group``); otherwise each runs as a task of its own
         (``gateway.stream_rpc``). A decoupled model's request pushes each of its
         responses itself, and a sequence's steps run one after another
-        (``gateway.stateful``).
+        (``gateway.stateful``). gRPC is given ``stream_handler`` itself (see
+        ``add_to_server``): no generator of ours between it and the relay.
         """
+        return self.stream_handler(request_iterator, context)
+
+    def _open_stream(self, context: Context) -> Admit | None:
+        """A stream's start: its trailer, and its lean path's ``admit`` if it has one."""
         if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
             context.set_trailing_metadata(trailer)
-        lean = self.auth is None and not self._tracing.enabled  # spans, quotas: per request
-        relay = relay_stream(
-            request_iterator,
-            context,
-            self._infer,
-            self._stream_max_in_flight,
-            self.door,
-            self._groups.admit if lean else None,
-        )
-        async for message in relay:
-            yield message
+        if self.auth is None and not self._tracing.enabled:  # spans, quotas: per request
+            return functools.partial(self._groups.admit, self._groups.open(context, self._tracing))
+        return None
 
     async def _infer(
         self,
@@ -312,8 +318,9 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         return "unknown"
 
     def _decode(
-        self, data: bytes, context: Context, received_ns: int = 0
+        self, data: bytes, context: Context, received_ns: int = 0, call: StreamCall | None = None
     ) -> tuple[InferRequest, ModelSpec]:
+        """The request and its model; ``call``: what its stream's messages share."""
         try:
             key, identifier, raw = wire.split_request(data)
             request_id = identifier.decode()
@@ -334,10 +341,12 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 pb.ModelInferRequest.FromString(key), limits=self._layouts.limits
             )
         now = self._clock.now()
-        deadline = None
-        remaining = context.time_remaining()
-        if remaining is not None:
-            deadline = now + remaining
+        if call is not None:
+            deadline, trace_context = call.deadline, call.trace_context
+        else:
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else now + remaining
+            trace_context = self._tracing.request_context(context.invocation_metadata())
         timeout_us = layout.parameters.get("timeout")
         if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
             by_parameter = now + timeout_us / 1e6
@@ -352,7 +361,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             id=request_id,
             priority=layout.priority,
             deadline=deadline,
-            trace_context=self._tracing.request_context(context.invocation_metadata()),
+            trace_context=trace_context,
             wire=data,
             checked=spec,
             received_ns=received_ns,
@@ -376,7 +385,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
             behaviour = servicer.tracing.traced(MODEL_INFER, behaviour)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         elif method.name == "ModelStreamInfer":
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(behaviour)
+            # An async generator function (a partial of one), which gRPC iterates itself.
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.stream_handler)
         else:
             request_type = getattr(pb, method.input_type.name)
             response_type = getattr(pb, method.output_type.name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context as OtelContext
 
 from gateway import codec
 from gateway.front_door import SHUTTING_DOWN, FrontDoor
@@ -24,7 +25,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestLog
 from gateway.status import internal_error, short
 from gateway.stream_rpc import Decoded, header_of
-from gateway.telemetry import caller_trace_id
+from gateway.telemetry import Tracing, caller_trace_id
 from scheduler.arrived_together import infer_group
 from scheduler.clock import Clock
 from scheduler.dispatcher import Scheduler
@@ -35,8 +36,24 @@ from scheduler.spec import ModelSpec
 Context = grpc.aio.ServicerContext[Any, Any]
 #: Takes a request's final ``ModelStreamInferResponse``.
 Answer = Callable[[bytes], None]
-#: Decodes a message (``InferenceServicer._decode``); raises GatewayError.
-Decode = Callable[[bytes, Context], Decoded]
+#: Decodes a message (``InferenceServicer._decode``: data, context, received_ns
+#: and what its stream's messages share); raises GatewayError.
+Decode = Callable[[bytes, Context, int, "StreamCall"], Decoded]
+
+
+@dataclass(slots=True, frozen=True)
+class StreamCall:
+    """What every message of one stream shares, read from its call once: each
+    read of the call's deadline or metadata is a call into grpc, which would
+    otherwise cost every message as much as its decoding."""
+
+    context: Context
+    #: The stream's deadline (monotonic), the bound of each of its messages.
+    deadline: float | None
+    #: The caller's ``traceparent`` context (tracing is off on this path).
+    trace_context: OtelContext | None
+    #: The caller's trace id, for the request log ("" when it sent none).
+    trace_id: str
 
 
 @dataclass(slots=True)
@@ -45,7 +62,7 @@ class _Member:
 
     data: bytes
     request: InferRequest
-    context: Context
+    call: StreamCall
     answer: Answer
     start: float
 
@@ -95,7 +112,21 @@ class StreamGroups:
         self._flush_due = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def admit(self, data: bytes, context: Context, answer: Answer) -> bool | Decoded:
+    def open(self, context: Context, tracing: Tracing) -> StreamCall:
+        """What the messages of the stream of ``context`` will share."""
+        remaining = context.time_remaining()
+        metadata = context.invocation_metadata()
+        trace_id = ""
+        for _, value in caller_trace_id(metadata):
+            trace_id = value
+        return StreamCall(
+            context,
+            None if remaining is None else self._clock.now() + remaining,
+            tracing.request_context(metadata),
+            trace_id,
+        )
+
+    def admit(self, call: StreamCall, data: bytes, answer: Answer) -> bool | Decoded:
         """True: the message joined a group and ``answer`` will get its response.
         False, or its decoding: the caller runs it the usual way."""
         size = len(data)
@@ -106,7 +137,7 @@ class StreamGroups:
             return False
         start = self._clock.now()
         try:
-            request, spec = self._decode(data, context)
+            request, spec = self._decode(data, call.context, 0, call)
         except GatewayError:
             door.leave(size)
             return False
@@ -116,7 +147,7 @@ class StreamGroups:
         gathered = self._gathered.get(id(spec))
         if gathered is None:
             gathered = self._gathered[id(spec)] = (spec, [])
-        gathered[1].append(_Member(data, request, context, answer, start))
+        gathered[1].append(_Member(data, request, call, answer, start))
         if not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -136,21 +167,31 @@ class StreamGroups:
         try:
             results = await infer_group(self._scheduler, requests, spec, self._clock)
         except asyncio.CancelledError:  # the loop is going away: every member still ends
+            now = self._clock.now()
             for member in members:
-                self._end(spec, member, Unavailable(SHUTTING_DOWN))
+                self._end(spec, member, Unavailable(SHUTTING_DOWN), now)
             raise
         except Exception as exc:  # a bug: logged once, every member answered
             results = [internal_error(exc)] * len(members)
+        now = self._clock.now()  # one reading: the group's members end together
+        done: dict[str, list[float]] = {}  # the OK members' durations, by backend
         for member, result in zip(members, results, strict=True):
-            self._end(spec, member, result)
+            if self._end(spec, member, result, now):
+                done.setdefault(member.request.served_by, []).append(now - member.start)
+        if self._metrics is not None:
+            for backend, durations in done.items():
+                self._metrics.requests_done(spec.name, backend, durations)
 
-    def _end(self, spec: ModelSpec, member: _Member, result: InferResult | Exception) -> None:
-        """Answer one member and account for it as the unary path does."""
+    def _end(
+        self, spec: ModelSpec, member: _Member, result: InferResult | Exception, now: float
+    ) -> bool:
+        """Answer one member and account for it as the unary path does; True
+        when it ended OK: the caller counts those in the metrics, a group's at once."""
         request = member.request
         code, message = "OK", ""
         try:
             if isinstance(result, InferResult):
-                answer = codec.stream_response(codec.encode_response(result, spec, self._headers))
+                answer = codec.encode_response(result, spec, self._headers, stream=True)
             else:
                 raise result
         except GatewayError as exc:
@@ -161,17 +202,14 @@ class StreamGroups:
             code, message = error.code, error.message
             answer = codec.stream_error(header_of(member.data), message)
         self._door.leave(len(member.data))
-        now = self._clock.now()
         if code == "OK" and request.deadline is not None and now > request.deadline:
             code = "DEADLINE_EXCEEDED"  # late: the caller has given up on it
         backend = request.served_by
-        if self._metrics is not None:
+        if code != "OK" and self._metrics is not None:
             self._metrics.request_done(spec.name, code, backend, now - member.start)
         if code != "OK" or self._request_log.ok_sample:
-            trace_id = ""  # tracing is off here: the caller's, if it sent one
-            for _, value in caller_trace_id(member.context.invocation_metadata()):
-                trace_id = value
-            self._request_log.request_done(
-                spec.name, code, backend, now - member.start, trace_id, message
+            self._request_log.request_done(  # tracing is off here: the caller's trace id
+                spec.name, code, backend, now - member.start, member.call.trace_id, message
             )
         member.answer(answer)
+        return code == "OK"

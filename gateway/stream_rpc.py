@@ -30,16 +30,17 @@ Infer = Callable[[bytes, Context, StreamSink, Decoded | None], Coroutine[Any, An
 #: Offers a message to the lean path (``gateway.stream_group``): True when taken
 #: (its final response then goes to the callback given), else the usual path runs
 #: it (with its decoding, when the offer got that far).
-Admit = Callable[[bytes, Context, Callable[[bytes], None]], bool | Decoded]
+Admit = Callable[[bytes, Callable[[bytes], None]], bool | Decoded]
 
 
 async def relay_stream(
     request_iterator: AsyncIterator[bytes],
     context: Context,
+    *,
     infer: Infer,
     limit: int,
     door: FrontDoor,
-    admit: Admit | None = None,
+    open_stream: Callable[[Context], Admit | None],
 ) -> AsyncIterator[bytes]:
     """Requests on one stream run concurrently (up to ``limit``) and their
     responses come back as they finish, matched by ``id`` as in Triton. A
@@ -50,13 +51,15 @@ async def relay_stream(
     steps run one after another (``gateway.stateful``). At shutdown the
     stream ends UNAVAILABLE (retryable), not CANCELLED.
 
-    With ``admit``, the reader first offers each message to the lean path,
+    ``open_stream`` starts the stream (its trailer) and may give an ``admit``:
+    then the reader first offers each message to the lean path,
     which runs it with messages of other streams and calls back with its
     response: no task per message; such a message counts towards ``limit``
     until it is answered. A stream the caller cancels leaves its lean
     messages to finish (their answers are dropped), as a batch outlives a
     caller who left it.
     """
+    admit = open_stream(context)
     loop = asyncio.get_running_loop()
     responses: collections.deque[bytes] = collections.deque()
     wake = asyncio.Event()  # a response is ready, or reading ended
@@ -104,7 +107,7 @@ async def relay_stream(
                     await room.wait()
                 decoded = None
                 if admit is not None:
-                    offer = admit(request, context, answered)
+                    offer = admit(request, answered)
                     if offer is True:
                         lean += 1
                         continue

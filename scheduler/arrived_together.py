@@ -51,18 +51,17 @@ async def infer_group(
             continue
         runnable.append(index)
     outcomes = await batcher.submit_group([requests[i] for i in runnable])
-    stats = scheduler.stats(spec.name)
     total_s = clock.now() - start
     version = spec.versions[-1]
+    ok = ok_rows = failed = 0  # recorded at once: every member took ``total_s``
     for index, outcome in zip(runnable, outcomes, strict=True):
         request = requests[index]
-        rows = next(iter(request.inputs.values())).shape[0] if request.inputs else 1
         if isinstance(outcome, Exception):
-            if isinstance(outcome, GatewayError):
-                stats.record_request(ok=False, total_s=total_s, rows=rows)
+            failed += isinstance(outcome, GatewayError)
             results[index] = outcome
             continue
-        stats.record_request(ok=True, total_s=total_s, rows=rows)
+        ok += 1
+        ok_rows += next(iter(request.inputs.values())).shape[0] if request.inputs else 1
         result = InferResult(
             spec.name,
             request.model_version or version,
@@ -75,6 +74,11 @@ async def infer_group(
         else:
             result.outputs = outcome
         results[index] = result
+    stats = scheduler.stats(spec.name)
+    if ok:
+        stats.record_request(ok=True, total_s=total_s, rows=ok_rows, count=ok)
+    if failed:
+        stats.record_request(ok=False, total_s=total_s, rows=0, count=failed)
     return results
 
 

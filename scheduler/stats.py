@@ -42,8 +42,11 @@ class ModelStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)
     batch_compute_s: dict[int, float] = field(default_factory=dict)
 
-    def record_request(self, *, ok: bool, total_s: float, rows: int) -> None:
-        (self.success if ok else self.fail).add(total_s)
+    def record_request(self, *, ok: bool, total_s: float, rows: int, count: int = 1) -> None:
+        """``count`` requests (``rows`` rows in all) that each took ``total_s``."""
+        duration = self.success if ok else self.fail
+        duration.count += count
+        duration.ns += int(total_s * 1e9) * count
         if ok:
             self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)

@@ -224,7 +224,10 @@ class BatchExecutor:
         if isinstance(outputs, bytes):  # the lone member's encoded response
             return [outputs]
         parts = split_outputs(outputs, rows)
-        return [self.select(r, part) for r, part in zip(requests, parts, strict=True)]
+        return [
+            self.select(r, part) if r.requested_outputs else part
+            for r, part in zip(requests, parts, strict=True)
+        ]
 
     def _start_batch_spans(
         self, live: list[Pending], trigger: BatchTrigger, attempt: int, size: int

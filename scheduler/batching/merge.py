@@ -37,10 +37,14 @@ def shape_key(inputs: Mapping[str, Tensor]) -> ShapeKey:
 
 def rows_of(inputs: Mapping[str, Tensor]) -> int:
     """The batch size (first dimension) a request's inputs agree on."""
-    if len(inputs) == 1:  # the common case: nothing to agree with
-        for array in inputs.values():
-            if array.ndim and array.shape[0] >= 1:
-                return int(array.shape[0])
+    rows = 0
+    for array in inputs.values():  # the common case, agreeing, without lists
+        if not array.ndim or array.shape[0] < 1 or (rows and array.shape[0] != rows):
+            break
+        rows = array.shape[0]
+    else:
+        if rows:
+            return int(rows)
     sizes = [a.shape[0] if a.ndim else -1 for a in inputs.values()]
     rows = sizes[0] if sizes else 0
     if rows < 1 or sizes.count(rows) != len(sizes):

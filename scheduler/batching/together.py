@@ -114,6 +114,7 @@ class SubmitsTogether:
         limit = self._policy.max_batch_size
         members: list[Pending] = []
         runs: dict[Hashable, list[list[Pending]]] = {}
+        filled: dict[Hashable, int] = {}  # rows in each key's last batch
         for request in requests:
             member = Pending(request, 0, loop.create_future(), now)
             members.append(member)
@@ -129,10 +130,14 @@ class SubmitsTogether:
             if request.trace_context is not None:  # the caller's, passed on to the backend
                 span = trace.get_current_span(request.trace_context)
                 member.span_context = span.get_span_context()
-            batches = runs.setdefault(self._key(request), [[]])
-            if sum(m.rows for m in batches[-1]) + member.rows > limit:
+            key = self._key(request)
+            batches = runs.setdefault(key, [[]])
+            rows = filled.get(key, 0)
+            if rows + member.rows > limit:
                 batches.append([])
+                rows = 0
             batches[-1].append(member)
+            filled[key] = rows + member.rows
         return members, [batch for batches in runs.values() for batch in batches if batch]
 
 

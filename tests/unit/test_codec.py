@@ -356,3 +356,23 @@ def test_stream_responses_wrap_the_encoded_response() -> None:
     error = pb.ModelStreamInferResponse.FromString(codec.stream_error(header, "bad"))
     assert error.error_message == "bad"
     assert (error.infer_response.model_name, error.infer_response.id) == ("m", "9")
+
+
+@pytest.mark.parametrize("request_id", ["", "r-7"])
+def test_a_stream_response_is_encoded_in_one_go_as_wrapping_would(request_id: str) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    text = np.array([b"ab", b""], dtype=np.object_)
+    cases = [
+        (InferResult("m", "1", {"y": x}, request_id), _spec({"y": DataType.FP32})),
+        (
+            InferResult("m", "1", {"y": x, "s": text}, request_id),
+            _spec({"y": DataType.FP32, "s": DataType.BYTES}),
+        ),
+        (InferResult("m", "1", {"y": x}, request_id, {"p": 1}), _spec({"y": DataType.FP32})),
+    ]
+    headers = codec.ResponseHeaders()
+    for result, spec in cases:
+        wrapped = codec.stream_response(codec.encode_response(result, spec, headers))
+        assert codec.encode_response(result, spec, headers, stream=True) == wrapped
+        stream = pb.ModelStreamInferResponse.FromString(wrapped)
+        assert stream.infer_response.id == request_id

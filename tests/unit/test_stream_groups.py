@@ -77,3 +77,47 @@ async def test_streams_share_batches_and_each_message_gets_its_own_answer() -> N
     assert batcher is not None and batcher.counters.batches_by_trigger["stream"] >= 1
     assert metrics.requests.values[("double", "OK", "b1")] == 27.0
     assert servicer.door.in_flight == 0 and servicer.door.bytes_in_flight == 0
+
+
+class _CountingContext(Context):
+    """A call whose deadline and metadata reads are counted (each is a call into grpc)."""
+
+    def __init__(self, time_remaining_s: float | None) -> None:
+        super().__init__(time_remaining_s)
+        self.reads = 0
+
+    def time_remaining(self) -> float | None:
+        self.reads += 1
+        return super().time_remaining()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        self.reads += 1
+        return (("traceparent", f"00-{'ab' * 16}-{'cd' * 8}-01"),)
+
+
+async def test_a_stream_reads_its_deadline_and_metadata_once_and_each_message_keeps_them() -> None:
+    clock = ManualClock()
+    scheduler = Scheduler(
+        [FakeBackend("b1", DOUBLE, clock=clock)],
+        clock=clock,
+        config=SchedulerConfig(health_interval_s=3600),
+    )
+    await scheduler.start()
+    servicer = InferenceServicer(scheduler, clock=clock, server_name="t", server_version="0")
+    items = [_message(i, f"m{i}") for i in range(20)]
+    live, expired = _CountingContext(5.0), _CountingContext(-1.0)
+    try:
+        answers = [
+            [pb.ModelStreamInferResponse.FromString(raw) async for raw in call]
+            for call in (
+                servicer.ModelStreamInfer(_messages(items), live),  # type: ignore[arg-type]
+                servicer.ModelStreamInfer(_messages(items), expired),  # type: ignore[arg-type]
+            )
+        ]
+    finally:
+        await scheduler.aclose()
+    assert [r.infer_response.id for r in answers[0]] == [f"m{i}" for i in range(20)]
+    assert not any(r.error_message for r in answers[0])
+    # The stream's deadline bounds every one of its messages: here, already past.
+    assert all("deadline" in r.error_message for r in answers[1]) and len(answers[1]) == 20
+    assert live.reads <= 3 and expired.reads <= 3  # per stream, not per message
