@@ -95,6 +95,7 @@ class ModelTable:
         self.load_ok: Bools = np.ones(n, np.bool_)
         self.accelerator_ok: Bools = self.tier == int(Tier.ACCELERATOR)
         self.sampled_at: Floats = np.full(n, np.nan)
+        self._minus_sampled_at: Floats = -self.sampled_at  # see ``candidates``
         self.future_readings = False
         self._pending: Floats = np.zeros(n)
         self._has_pending = False
@@ -179,6 +180,7 @@ class ModelTable:
         """Re-gather the telemetry columns after the index moved to a new epoch."""
         slots = self.slots
         self.sampled_at = index.sampled_at[slots]
+        self._minus_sampled_at = -self.sampled_at
         free = index.free_bytes[slots]
         self.memory_ok = (
             np.ones(len(slots), np.bool_) if need_bytes is None else ~(free < need_bytes)
@@ -205,7 +207,10 @@ class ModelTable:
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        age = now - self.sampled_at
+        # ``-sampled_at + now`` is ``now - sampled_at`` bit for bit (negation is
+        # exact), but an array's own ``+`` with a float costs about half of a
+        # float's ``-`` with an array (which fails over to the array's ``__rsub__``).
+        age = self._minus_sampled_at + now
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
         # tuple.__new__: a named tuple's own __new__ is a Python function.
@@ -218,7 +223,9 @@ class ModelTable:
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
                 # queued_s: the larger view (Triton's holds ours and other gateways').
-                np.maximum(self.ours, self._theirs),
+                # With nothing pending in the telemetry theirs is all zeros and
+                # ours is never negative, so a copy is the same array, for less.
+                np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
                 service,  # service_s
                 age,  # telemetry_age_s
                 self.accelerator_ok,  # accelerator_ok
@@ -263,19 +270,24 @@ class CandidateTables:
             max_age_s=config.telemetry_max_age_s, max_gpu_utilization=config.max_gpu_utilization
         )
         self._tables: dict[str, ModelTable] = {}
-        self._cells: dict[tuple[str, str], tuple[ModelTable, int]] = {}
+        #: backend id -> model -> (its table, its row). Per backend, so a hook
+        #: (a backend's own closure) looks a model up in a dict of a few
+        #: entries, without making a key tuple per call.
+        self._cells: dict[str, dict[str, tuple[ModelTable, int]]] = {}
         self._rows_of: dict[str, list[tuple[ModelTable, int]]] = {}
         self._slot_of: dict[str, int] = {}
         self._in_flight: list[int] = []
         self._in_flight_ok: Bools = np.ones(0, np.bool_)
         self._bound = False
+        self._binds = 0  # binds so far: a hook knows the slot it was bound to
         estimator.listeners.append(self._estimate_changed)
 
     def invalidate(self) -> None:
         """Backends or models changed: rebuild the tables on next use."""
         self._bound = False
         self._tables.clear()
-        self._cells.clear()
+        for cells in self._cells.values():  # emptied, not dropped: the hooks hold them
+            cells.clear()
         self._rows_of.clear()
 
     # -- reads ----------------------------------------------------------------
@@ -317,6 +329,7 @@ class CandidateTables:
         states = list(self._fleet)
         limit = self._config.max_in_flight_per_backend
         self._slot_of = {s.id: slot for slot, s in enumerate(states)}
+        self._binds += 1
         self._in_flight = [s.in_flight for s in states]
         self._in_flight_ok = np.array([n < limit for n in self._in_flight], np.bool_)
         self._index.bind(
@@ -342,24 +355,26 @@ class CandidateTables:
             [concurrency(s, spec) for s in states],
         )
         for row, state in enumerate(states):
-            self._cells[(state.id, model)] = (table, row)
+            self._cells.setdefault(state.id, {})[model] = (table, row)
             self._rows_of.setdefault(state.id, []).append((table, row))
         self._tables[model] = table
         return table
 
     def _hook(self, state: BackendState) -> None:
         backend_id = state.id
+        cells = self._cells.setdefault(backend_id, {})
+        slot, bind = self._slot_of[backend_id], self._binds
 
         def availability() -> None:
             self._availability_changed(state)
 
         def busy(model: str, old: float, new: float) -> None:
-            cell = self._cells.get((backend_id, model))
+            cell = cells.get(model)
             if cell is not None:
                 cell[0].set_busy(cell[1], new)
 
         def in_flight(model: str, old: int, new: int) -> None:
-            self._in_flight_changed(backend_id, new - old)
+            self._in_flight_changed(slot, bind, backend_id, new - old)
 
         state.watch = self._availability_changed
         state.breaker.on_change = availability
@@ -372,10 +387,9 @@ class CandidateTables:
         for table, row in self._rows_of.get(state.id, ()):
             table.set_available_from(row, available_from)
 
-    def _in_flight_changed(self, backend_id: str, delta: int) -> None:
-        slot = self._slot_of.get(backend_id)
-        if slot is None or not self._bound:
-            return
+    def _in_flight_changed(self, slot: int, bind: int, backend_id: str, delta: int) -> None:
+        if bind != self._binds or not self._bound:
+            return  # hooked by an earlier bind: its slot may now be another backend's
         total = self._in_flight[slot] + delta
         self._in_flight[slot] = total
         limit = self._config.max_in_flight_per_backend
@@ -388,7 +402,7 @@ class CandidateTables:
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
-        cell = self._cells.get((backend_id, model))
+        cell = self._cells.get(backend_id, {}).get(model)
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
 

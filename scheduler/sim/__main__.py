@@ -38,7 +38,9 @@ def run_one(scenario_name: str, router: str, **options: object) -> Result:
         sim = Simulation(scenario, router)
         requests = sim.run()
         scale = float(options.get("scale", 1.0))  # type: ignore[arg-type]
-        return measure(sim, requests, time.perf_counter() - start, scale)
+        result = measure(sim, requests, time.perf_counter() - start, scale)
+        sim.release()  # the records go by reference counting, not the collector
+        return result
     finally:
         if enabled:
             gc.enable()
