@@ -10,7 +10,9 @@ endpoint reports them (queue length per model, memory); the sample becomes
 visible to every replica ``telemetry_lag_s`` later — the shared signal next
 to each replica's own in-flight counts. With ``gateway_cpu`` set, each
 replica's process CPU is a FIFO stage in front of its batch queue and ahead
-of each reply (``scheduler.sim.cpu``).
+of each reply (``scheduler.sim.cpu``). Every ``stale_estimate_s`` each
+replica's estimator runs its ``relax_stale`` sweep, as the live dispatcher's
+timer does (``Scenario.stale_sweep``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ class Scenario:
     #: ``Batcher`` does (``batching.admission``); off by default: the named
     #: scenarios' recorded results were made without it.
     admission: bool = False
+    #: Run each replica's estimator sweep (``relax_stale``) every
+    #: ``config.stale_estimate_s`` of virtual time, as the live dispatcher does.
+    stale_sweep: bool = True
+    #: How long the live scheduler had been up when the run began: its sweeps
+    #: fall at whole periods from its start, so the first here is at
+    #: ``stale_estimate_s - sweep_phase_s`` (modulo the period).
+    sweep_phase_s: float = 0.0
 
 
 class SimClock(ManualClock):
@@ -189,6 +198,12 @@ class Simulation:
         while t < scenario.duration_s:
             self.at(t, self._sample)
             t += scenario.telemetry_interval_s
+        period = scenario.config.stale_estimate_s
+        if scenario.stale_sweep and period > 0:
+            t = period - scenario.sweep_phase_s % period
+            while t < scenario.duration_s:
+                self.at(t, self._sweep)
+                t += period
         events, clock, pop = self._events, self.clock, heapq.heappop
         n, total = 0, len(arrivals)
         due = arrivals[0].at_s if total else math.inf
@@ -271,6 +286,11 @@ class Simulation:
         if waiting:
             following, owner = waiting.popleft()
             self._start(device, following, owner, now)
+
+    def _sweep(self) -> None:
+        """The live dispatcher's periodic ``relax_stale``, on each replica's estimator."""
+        for replica in self.replicas:
+            replica.estimator.relax_stale()
 
     # -- telemetry -----------------------------------------------------------
     def _sample(self) -> None:
