@@ -202,6 +202,7 @@ def real_run(
                     "GATEWAY_METRICS_PORT_FILE": str(port_file),
                 },
             ) as gateway:
+                up_at = time.perf_counter()  # its dispatcher's timers started before this
                 while not port_file.exists() or not port_file.read_text().strip():
                     time.sleep(0.05)  # written as the metrics server starts
                 metrics_url = f"http://127.0.0.1:{int(port_file.read_text())}/metrics"
@@ -278,4 +279,7 @@ def real_run(
         "probe_client_cpu_ms_per_request": probe[1],
         "latencies_ms": [x * 1e3 for x in result.latencies_s],
         "sent_at_s": result.sent_at_s,
+        # When the load began, from the gateway's start: its estimator's
+        # stale sweeps fall at whole ``stale_estimate_s`` from there.
+        "gateway_up_s": began - up_at,
     }
