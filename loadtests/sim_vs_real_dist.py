@@ -54,13 +54,20 @@ def one_run(
     load_after = os.getloadavg()[0]
     sent_at_s: list[float] = real.pop("sent_at_s")  # type: ignore[assignment]
     real.pop("latencies_ms", None)
-    device_ms = overheads(fleet, real, cal.triton_ms, "learnt")
     phase = float(real["gateway_up_s"])  # type: ignore[arg-type]
+    start: dict[str, float] = real["learnt_at_start_ms"]  # type: ignore[assignment]
+    device_ms = {how: overheads(fleet, real, cal.triton_ms, how) for how in ("measured", "learnt")}
+    # (name, overhead rule, sweep, the live estimator's state at the start)
+    models = (
+        ("sim", "measured", True, True),
+        ("sim_no_sweep", "measured", False, True),
+        ("sim_before", "learnt", False, False),  # the model before this round
+    )
     sims = {
         name: simulated_run(
             sent_at_s,
             fleet,
-            device_ms,
+            device_ms[how],
             cal.path_ms,
             cal.stage,
             args.deadline_ms / 1e3,
@@ -68,8 +75,9 @@ def one_run(
             args.calibrate_s,
             sweep_phase_s=phase,
             stale_sweep=sweep,
+            estimates=start if from_live else None,
         )
-        for name, sweep in (("sim", True), ("sim_no_sweep", False))
+        for name, how, sweep, from_live in models
     }
     return {
         "seed": seed,
@@ -131,26 +139,33 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
         f"for {args.calibrate_s:.0f} s (path noise in order, gateway CPU "
         f"{cal.cpu_ms:.2f} ms a request); then {n} real runs with Poisson seeds "
         f"{', '.join(str(r['seed']) for r in runs)}, each simulated from its own send times and "
-        "its own measured call costs, with the estimator's stale sweep at the gateway's phase "
-        "(`sim`) and without it (`no sweep`). Machine: 2 shared x86_64 cores; load average "
+        "its own measured call costs (the gateway's call time less Triton's queue, or "
+        "Triton's compute if more), its estimator starting from the live one's state as the "
+        "load began, with the estimator's stale sweep at the gateway's phase (`sim`) and "
+        "without it (`no sweep`); `model before`: as this check simulated before, each "
+        "device also costing at least the live estimator's median belief, the estimator "
+        "starting from the devices' seeds, no sweep (same path noise). "
+        "Machine: 2 shared x86_64 cores; load average "
         "(1 min) before / after each real run: "
         + ", ".join(f"{r['load'][0]:.1f} / {r['load'][1]:.1f}" for r in runs)  # type: ignore[index]
         + ".",
         "",
         "## Each run",
         "",
-        "| run | measure | real | sim | sim - real | no sweep | within the rule |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| run | measure | real | sim | sim - real | no sweep | model before | within the rule |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for i, run in enumerate(runs):
         for measure in MEASURES:
             r = _value(run["real"], measure)  # type: ignore[arg-type]
             s = _value(run["sim"], measure)  # type: ignore[arg-type]
             ns = _value(run["sim_no_sweep"], measure)  # type: ignore[arg-type]
+            old = _value(run["sim_before"], measure)  # type: ignore[arg-type]
             ok = within(r, s, not measure.endswith("_ms"))
             lines.append(
                 f"| {i + 1} | {measure} | {_fmt(measure, r)} | {_fmt(measure, s)} | "
-                f"{_diff(measure, s - r)} | {_fmt(measure, ns)} | {'yes' if ok else 'NO'} |"
+                f"{_diff(measure, s - r)} | {_fmt(measure, ns)} | {_fmt(measure, old)} | "
+                f"{'yes' if ok else 'NO'} |"
             )
     lines += [
         "",
@@ -162,10 +177,11 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
         "",
         "| measure | real mean | real sd | real range | sampling SE | sim mean error | "
         "sim mean abs error | abs error / real sd | no sweep: mean abs error "
-        "| runs within the rule |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model before: mean abs error | runs within the rule |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     no_sweep = {row["measure"]: row for row in summary(runs, "sim_no_sweep")}
+    before = {row["measure"]: row for row in summary(runs, "sim_before")}
     for row in summary(runs):
         m = str(row["measure"])
         sd = float(row["real_sd"])  # type: ignore[arg-type]
@@ -178,6 +194,7 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
             f"{_diff(m, float(row['mean_error']))} | "  # type: ignore[arg-type]
             f"{_diff(m, float(row['mean_abs_error'])).lstrip('+')} | {ratio:.1f} | "  # type: ignore[arg-type]
             f"{_diff(m, float(no_sweep[m]['mean_abs_error'])).lstrip('+')} | "  # type: ignore[arg-type]
+            f"{_diff(m, float(before[m]['mean_abs_error'])).lstrip('+')} | "  # type: ignore[arg-type]
             f"{row['passed']}/{n} |"
         )
     return "\n".join(lines) + "\n"

@@ -220,6 +220,7 @@ def real_run(
                 before = _served_by_backend(metrics_url, "gpu_sim")
                 calls_before = _calls(metrics_url, "gpu_sim")
                 counts = {"fast": _stats(fast.grpc_url), "slow": _stats(slow.grpc_url)}
+                at_start = _learnt_service_s(metrics_url, "gpu_sim")
                 sampler = LearntSampler(metrics_url, "gpu_sim")
                 sampler.start()
                 began, gw0, me0 = time.perf_counter(), _cpu_s(gateway.pid), time.process_time()
@@ -273,6 +274,8 @@ def real_run(
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
         "servers": servers,
         "learnt_service_ms": {k: v * 1e3 for k, v in learnt.items()},
+        # The estimator's state as the load began (after the warm-up).
+        "learnt_at_start_ms": {names.get(b, "cpu"): v * 1e3 for b, v in at_start.items()},
         "call_ms": call_ms,
         "probe_rate": cpu_probe_rate,
         "probe_gateway_cpu_ms_per_request": probe[0],

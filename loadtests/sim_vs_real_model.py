@@ -41,6 +41,7 @@ def simulated_run(
     path_span_s: float | None = None,
     sweep_phase_s: float = 0.0,
     stale_sweep: bool = True,
+    estimates: Mapping[str, float] | None = None,
 ) -> dict[str, object]:
     """The same fleet in the simulator, fed the real run's arrivals
     (``sent_at_s``) with the same deadline. ``device_ms`` by device (what a
@@ -63,7 +64,9 @@ def simulated_run(
     delays neighbouring requests together, as it does in a real run.
     ``sweep_phase_s``: how long the live gateway had been up when its load
     began, so the estimator's stale sweeps fall where the gateway's did
-    (``stale_sweep=False`` leaves them out)."""
+    (``stale_sweep=False`` leaves them out). ``estimates``: ms by device, the
+    live estimator's service times for a batch of one when the load began;
+    the simulated estimator starts from them (as measured, not as seeds)."""
 
     def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
         return DeviceType(name, (cost[0] + device_ms[name]) / 1e3, cost[1] / 1e3, tier=tier)
@@ -101,6 +104,7 @@ def simulated_run(
         admission=True,  # the live gateway refuses what its queue would make late
         sweep_phase_s=sweep_phase_s,
         stale_sweep=stale_sweep,
+        estimates=tuple((name, "gpu_sim", 1, ms / 1e3) for name, ms in (estimates or {}).items()),
     )
     sim = Simulation(scenario, "predicted_finish_time")
     requests = sim.run()
@@ -154,7 +158,15 @@ def overheads(
     it predicted off each call, so under queueing it can learn less than the
     device spent). A device with none falls back to ``triton_ms``.
     ``triton``: ``triton_ms`` for every device (Triton's compute less the
-    configured cost in the calibration run, as before)."""
+    configured cost in the calibration run, as before).
+    ``measured``: as ``learnt`` without the estimator's figure, which is the
+    gateway's belief about the device, not what the device costs: a live
+    estimate inflated by one slow call (a stall of the shared machine at the
+    end of the warm-up) made a 92 ms server a 254 ms one in the simulator,
+    which then sent it nothing where the real gateway, once the belief was
+    relaxed and re-measured, sent it 5%. The simulated gateway starts from the
+    live estimator's state instead (``simulated_run``'s ``estimates``) and
+    learns from there, as the live one did."""
     learnt_ms: Mapping[str, float] = real.get("learnt_service_ms", {})  # type: ignore[assignment]
     call_ms: Mapping[str, float] = real.get("call_ms", {})  # type: ignore[assignment]
     servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
@@ -162,11 +174,11 @@ def overheads(
     for name, cost in (("fast", fleet.fast), ("slow", fleet.slow), ("cpu", fleet.cpu)):
         server = servers.get(name, {})
         seen = [
-            learnt_ms.get(name, 0.0),
+            learnt_ms.get(name, 0.0) if how == "learnt" else 0.0,
             server.get("compute_ms", 0.0),
             call_ms.get(name, 0.0) - server.get("queue_ms", 0.0),
         ]
-        if how == "learnt" and max(seen) > 0.0:
+        if how != "triton" and max(seen) > 0.0:
             out[name] = max(0.0, max(seen) - cost[0] - cost[1])
         else:
             out[name] = triton_ms

@@ -239,6 +239,10 @@ def _predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucke
     return np.nan if predicted is None else predicted
 
 
+#: The cells of a backend no table has a row for.
+_NO_CELLS: dict[str, tuple[ModelTable, int]] = {}
+
+
 def _known(seconds: float) -> float:
     return 0.0 if seconds != seconds else seconds  # NaN (unknown) adds no queue
 
@@ -402,7 +406,7 @@ class CandidateTables:
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
-        cell = self._cells.get(backend_id, {}).get(model)
+        cell = self._cells.get(backend_id, _NO_CELLS).get(model)
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
 

@@ -95,6 +95,10 @@ class Scenario:
     #: fall at whole periods from its start, so the first here is at
     #: ``stale_estimate_s - sweep_phase_s`` (modulo the period).
     sweep_phase_s: float = 0.0
+    #: (device, model, rows, seconds) each replica's estimator has measured
+    #: when the run begins, as a live gateway's after its warm-up: they
+    #: replace the devices' seeds (``service_time_hints``) for those buckets.
+    estimates: tuple[tuple[str, str, int, float], ...] = ()
 
 
 class SimClock(ManualClock):
@@ -157,6 +161,9 @@ class Simulation:
             )
             for i in range(scenario.replicas)
         ]
+        for replica in self.replicas:
+            for device_id, model, rows, seconds in scenario.estimates:
+                replica.estimator.observe(device_id, model, rows, seconds)
 
     def _telemetry(self) -> TelemetrySnapshot | None:
         return self.snapshot
