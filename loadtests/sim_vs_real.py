@@ -16,12 +16,15 @@ one, and says which rule a share passed by).
     .venv/bin/python -m loadtests.sim_vs_real [--rate 30] [--duration 20] [--deadline-ms 160]
 
 Each simulated device's call costs what the measured run saw a call of it
-take (``--overhead learnt``, see ``overheads``): the configured device time
-plus the round trip, IPC, hand-offs and event-loop delays the real gateway
-lives with, which its policy reads through its in-flight work and learnt
-service times. The calibration run's path noise is replayed in time order
-(``--path-noise in-order``). The real half is in
-``loadtests.sim_vs_real_live``.
+take (``--overhead measured``, see ``overheads``): the configured device
+time plus the round trip, IPC, hand-offs and event-loop delays the real
+gateway lives with, which its policy reads through its in-flight work and
+learnt service times; the simulated estimator starts from the live one's
+state as the load began. The calibration run's path noise is replayed in
+time order (``--path-noise in-order``). The real half is in
+``loadtests.sim_vs_real_live``, the simulated half in
+``loadtests.sim_vs_real_model``; ``loadtests.sim_vs_real_dist`` runs the
+check N times.
 
 The default fleet is slow enough (tens of ms a batch) that the devices'
 queueing and batching, not the shared machine's CPU noise, decide latency.
@@ -79,7 +82,7 @@ class Calibration:
     cpu_ms: float
     measured_ms: float  # Triton's compute a request less the fast server's configured cost
     triton_ms: float  # each device call's overhead where no measured figure is used
-    fast_ms: float  # the fast server's learnt service time (or configured + triton_ms)
+    fast_ms: float  # the fast server's call as simulated: configured + its overhead
     idle_learnt: dict[str, float]
     path_ms: list[float]  # the path's noise, in the order the requests were answered
 
@@ -98,8 +101,8 @@ def calibrate(
 ) -> Calibration:
     """The calibration run at ``calibrate_rate`` (queueing nothing) and a
     CPU probe at ``rate``: the path's own cost (client, gRPC, gateway, Python
-    backend), each idle latency less the fast server's learnt service time
-    and the gateway's CPU; and the CPU a request costs the gateway at the
+    backend), each idle latency less the fast server's call and the
+    gateway's CPU; and the CPU a request costs the gateway at the
     rate under test (per-request CPU falls with rate as batches amortise the
     loop's wake-ups). The fast server's time taken off each latency is its
     call's cost as the simulator will model it (``overheads`` of the
