@@ -81,9 +81,8 @@ class ModelTable:
         self._divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
-        # Who takes work is a step function of ``now``: the same between the
-        # nearest ``avail_from`` at or before the last look and the next one
-        # after it, until an ``avail_from`` changes (``set_available_from``).
+        # Who takes work is a step function of ``now``: the same between the nearest
+        # ``avail_from`` at or before the last look and the next, until one changes.
         self._available: Bools = np.zeros(n, np.bool_)
         self._capacity = 0
         self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
@@ -102,8 +101,7 @@ class ModelTable:
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service: dict[int, Floats] = {}
-        #: Buckets whose array went out in a ``Candidates`` since it was last
-        #: written: the next write copies it first; the others are written in place.
+        #: Buckets lent in a ``Candidates`` since last written: copied before the next write.
         self._lent: set[int] = set()
 
     # -- O(1) updates -------------------------------------------------------
@@ -147,9 +145,8 @@ class ModelTable:
     def estimate_changed(
         self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Re-predict the cached buckets of ``row`` that ``bucket``'s new
-        estimate can move: that bucket, and those interpolated from it. Done
-        here, when a call's outcome is learned, not in the next decision."""
+        """Re-predict the cached buckets of ``row`` that ``bucket``'s new estimate can
+        move (it, and those interpolated), when a call's outcome is learned."""
         backend_id = self.ids[row]
         lent = self._lent
         known = estimator.buckets(backend_id, self.name)
@@ -165,9 +162,8 @@ class ModelTable:
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """Predicted service time per row for a batch-size bucket (NaN:
-        unknown): predicted for every row on first use, then kept current by
-        ``estimate_changed``."""
+        """Predicted service time per row for a batch-size bucket (NaN: unknown),
+        for every row on first use, then kept current by ``estimate_changed``."""
         cached = self._service.get(bucket)
         if cached is None:
             cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
@@ -207,9 +203,7 @@ class ModelTable:
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        # ``-sampled_at + now`` is ``now - sampled_at`` bit for bit (negation is
-        # exact), but an array's own ``+`` with a float costs about half of a
-        # float's ``-`` with an array (which fails over to the array's ``__rsub__``).
+        # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
         age = self._minus_sampled_at + now
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
@@ -222,9 +216,8 @@ class ModelTable:
                 self.available(now),  # available
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
-                # queued_s: the larger view (Triton's holds ours and other gateways').
-                # With nothing pending in the telemetry theirs is all zeros and
-                # ours is never negative, so a copy is the same array, for less.
+                # queued_s: the larger view (Triton's holds ours and other gateways'); with
+                # nothing pending theirs is zeros and ours >= 0, so a copy is the same, for less.
                 np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
                 service,  # service_s
                 age,  # telemetry_age_s
@@ -237,10 +230,6 @@ class ModelTable:
 def _predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
     predicted = estimator.predict(backend_id, model, bucket)
     return np.nan if predicted is None else predicted
-
-
-#: The cells of a backend no table has a row for.
-_NO_CELLS: dict[str, tuple[ModelTable, int]] = {}
 
 
 def _known(seconds: float) -> float:
@@ -274,24 +263,19 @@ class CandidateTables:
             max_age_s=config.telemetry_max_age_s, max_gpu_utilization=config.max_gpu_utilization
         )
         self._tables: dict[str, ModelTable] = {}
-        #: backend id -> model -> (its table, its row). Per backend, so a hook
-        #: (a backend's own closure) looks a model up in a dict of a few
-        #: entries, without making a key tuple per call.
-        self._cells: dict[str, dict[str, tuple[ModelTable, int]]] = {}
+        self._cells: dict[tuple[str, str], tuple[ModelTable, int]] = {}
         self._rows_of: dict[str, list[tuple[ModelTable, int]]] = {}
         self._slot_of: dict[str, int] = {}
         self._in_flight: list[int] = []
         self._in_flight_ok: Bools = np.ones(0, np.bool_)
         self._bound = False
-        self._binds = 0  # binds so far: a hook knows the slot it was bound to
         estimator.listeners.append(self._estimate_changed)
 
     def invalidate(self) -> None:
         """Backends or models changed: rebuild the tables on next use."""
         self._bound = False
         self._tables.clear()
-        for cells in self._cells.values():  # emptied, not dropped: the hooks hold them
-            cells.clear()
+        self._cells.clear()
         self._rows_of.clear()
 
     # -- reads ----------------------------------------------------------------
@@ -333,7 +317,6 @@ class CandidateTables:
         states = list(self._fleet)
         limit = self._config.max_in_flight_per_backend
         self._slot_of = {s.id: slot for slot, s in enumerate(states)}
-        self._binds += 1
         self._in_flight = [s.in_flight for s in states]
         self._in_flight_ok = np.array([n < limit for n in self._in_flight], np.bool_)
         self._index.bind(
@@ -359,26 +342,24 @@ class CandidateTables:
             [concurrency(s, spec) for s in states],
         )
         for row, state in enumerate(states):
-            self._cells.setdefault(state.id, {})[model] = (table, row)
+            self._cells[(state.id, model)] = (table, row)
             self._rows_of.setdefault(state.id, []).append((table, row))
         self._tables[model] = table
         return table
 
     def _hook(self, state: BackendState) -> None:
         backend_id = state.id
-        cells = self._cells.setdefault(backend_id, {})
-        slot, bind = self._slot_of[backend_id], self._binds
 
         def availability() -> None:
             self._availability_changed(state)
 
         def busy(model: str, old: float, new: float) -> None:
-            cell = cells.get(model)
+            cell = self._cells.get((backend_id, model))
             if cell is not None:
                 cell[0].set_busy(cell[1], new)
 
         def in_flight(model: str, old: int, new: int) -> None:
-            self._in_flight_changed(slot, bind, backend_id, new - old)
+            self._in_flight_changed(backend_id, new - old)
 
         state.watch = self._availability_changed
         state.breaker.on_change = availability
@@ -391,9 +372,10 @@ class CandidateTables:
         for table, row in self._rows_of.get(state.id, ()):
             table.set_available_from(row, available_from)
 
-    def _in_flight_changed(self, slot: int, bind: int, backend_id: str, delta: int) -> None:
-        if bind != self._binds or not self._bound:
-            return  # hooked by an earlier bind: its slot may now be another backend's
+    def _in_flight_changed(self, backend_id: str, delta: int) -> None:
+        slot = self._slot_of.get(backend_id)
+        if slot is None or not self._bound:
+            return
         total = self._in_flight[slot] + delta
         self._in_flight[slot] = total
         limit = self._config.max_in_flight_per_backend
@@ -406,7 +388,7 @@ class CandidateTables:
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
-        cell = self._cells.get(backend_id, _NO_CELLS).get(model)
+        cell = self._cells.get((backend_id, model))
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
 

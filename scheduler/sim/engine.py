@@ -240,9 +240,10 @@ class Simulation:
 
         The simulation's own objects form reference cycles (``run``), so only
         the cyclic collector frees them, and its first passes once it is back
-        on would walk everything they still hold: at a million requests, a
-        few seconds. Let go here, the records are freed by reference counting
-        and the cycles left are the small ones of the simulated fleet.
+        on would walk everything they still hold: 0.45 s of CPU at 300,000
+        requests against 0.05 s (``loadtests/sim_run_cpu.py``). Let go here,
+        the records are freed by reference counting and the cycles left are
+        the small ones of the simulated fleet.
         """
         self.finished.clear()
         self.scenario = replace(self.scenario, arrivals=())
