@@ -16,12 +16,15 @@ one, and says which rule a share passed by).
     .venv/bin/python -m loadtests.sim_vs_real [--rate 30] [--duration 20] [--deadline-ms 160]
 
 Each simulated device's call costs what the measured run saw a call of it
-take (``--overhead learnt``, see ``overheads``): the configured device time
-plus the round trip, IPC, hand-offs and event-loop delays the real gateway
-lives with, which its policy reads through its in-flight work and learnt
-service times. The calibration run's path noise is replayed in time order
-(``--path-noise in-order``). The real half is in
-``loadtests.sim_vs_real_live``.
+take (``--overhead measured``, see ``overheads``): the configured device
+time plus the round trip, IPC, hand-offs and event-loop delays the real
+gateway lives with, which its policy reads through its in-flight work and
+learnt service times; the simulated estimator starts from the live one's
+state as the load began. The calibration run's path noise is replayed in
+time order (``--path-noise in-order``). The real half is in
+``loadtests.sim_vs_real_live``, the simulated half in
+``loadtests.sim_vs_real_model``; ``loadtests.sim_vs_real_dist`` runs the
+check N times.
 
 The default fleet is slow enough (tens of ms a batch) that the devices'
 queueing and batching, not the shared machine's CPU noise, decide latency.
@@ -50,119 +53,18 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from loadtests.sim_vs_real_live import FleetMs, real_run
-from scheduler.placement import Tier
+from loadtests.sim_vs_real_model import overheads, simulated_run, within
 from scheduler.sim.cpu import CpuStage
-from scheduler.sim.devices import DeviceSpec, DeviceType
-from scheduler.sim.engine import Scenario, SimModel, Simulation
-from scheduler.sim.report import measure
-from scheduler.sim.workload import Arrival
+
+__all__ = ["overheads", "simulated_run", "within"]  # the model's, kept importable from here
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def simulated_run(
-    sent_at_s: list[float],
-    fleet: FleetMs,
-    device_ms: Mapping[str, float],
-    path_ms: list[float],
-    cpu: CpuStage | None = None,
-    deadline_s: float = 10.0,
-    path_before: float = 0.5,
-    path_span_s: float | None = None,
-) -> dict[str, object]:
-    """The same fleet in the simulator, fed the real run's arrivals
-    (``sent_at_s``) with the same deadline. ``device_ms`` by device (what a
-    call costs beyond the configured device time: the round trip, the Python
-    backend's IPC, the thread hand-off) is added to that device's fixed cost,
-    where it occupies the device (the gateway sends a backend its next batch
-    only when the last one is back, so the device is taken for the whole
-    call); each request also gets a draw from
-    ``path_ms``, what the path (client, gRPC, the gateway, a shared machine's
-    scheduling noise) added to requests that queued nowhere. ``path_before``
-    of that draw delays the request's arrival at the batch queue while its
-    deadline stays anchored at the send time (the client's deadline runs
-    from the send: time lost on the way in is time the policy no longer has,
-    which decides spills to the CPU tier), and the rest of a second, separate
-    draw is added to its reply. With ``path_span_s``, ``path_ms`` is a time
-    series over that many seconds (the calibration run's requests in the
-    order they were answered) and the draws are not random: a request takes
-    the sample at its send time, its reply the one at its finish time (both
-    wrapped around the span), so a burst of the shared machine's noise
-    delays neighbouring requests together, as it does in a real run."""
-
-    def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
-        return DeviceType(name, (cost[0] + device_ms[name]) / 1e3, cost[1] / 1e3, tier=tier)
-
-    devices = [
-        DeviceSpec("fast", kind("fast", fleet.fast, Tier.ACCELERATOR)),
-        DeviceSpec("slow", kind("slow", fleet.slow, Tier.ACCELERATOR)),
-        DeviceSpec("cpu", kind("cpu", fleet.cpu, Tier.CPU), instances=fleet.cpu_workers),
-    ]
-    rng = np.random.default_rng(0)
-    series = np.array(path_ms) / 1e3
-
-    def noise_at(times_s: list[float]) -> npt.NDArray[np.float64]:
-        if path_span_s is None:
-            return rng.choice(series, size=len(times_s))
-        at = (np.array(times_s) / path_span_s * series.size).astype(np.int64) % series.size
-        drawn: npt.NDArray[np.float64] = series[at]
-        return drawn
-
-    path_s = noise_at(sent_at_s)
-    before_s = path_s * path_before
-    arrivals = sorted(
-        Arrival(t + ahead, "gpu_sim", 1, deadline_s - ahead)
-        for t, ahead in zip(sent_at_s, before_s.tolist(), strict=True)
-    )
-    duration_s = max((a.at_s for a in arrivals), default=0.0) + 0.001
-    scenario = Scenario(
-        "sim_vs_real",
-        devices,
-        [SimModel("gpu_sim", max_batch_size=64)],
-        arrivals,
-        duration_s,
-        noise_sigma=0.05,
-        gateway_cpu=cpu or CpuStage(),
-        admission=True,  # the live gateway refuses what its queue would make late
-    )
-    sim = Simulation(scenario, "predicted_finish_time")
-    requests = sim.run()
-    result = measure(sim, requests, 0.0)
-    # The deadline is the send time plus ``deadline_s``: latency runs from the send.
-    answered = [r for r in requests if r.outcome == "ok"]
-    latency_ms = np.array([(r.finished_at - (r.deadline - deadline_s)) * 1e3 for r in answered])
-    after_s = noise_at([r.finished_at for r in answered]) * (1 - path_before)
-    latency_ms += after_s * 1e3
-    # The client gives up at its deadline: a reply the path noise pushes past
-    # it is a DEADLINE_EXCEEDED there, not a latency.
-    latency_ms = latency_ms[latency_ms <= deadline_s * 1e3]
-    outcomes: dict[str, int] = {}
-    for r in requests:
-        outcomes[r.outcome] = outcomes.get(r.outcome, 0) + 1
-    return {
-        "requests": result.requests,
-        "ok": int(latency_ms.size),
-        "outcomes": outcomes,
-        "p50_ms": float(np.percentile(latency_ms, 50)),
-        "p99_ms": float(np.percentile(latency_ms, 99)),
-        "share": {k: result.share.get(k, 0.0) for k in ("fast", "slow", "cpu")},
-        "gateway_cpu_utilisation": sim.replicas[0].cpu.utilisation(duration_s),
-        "servers": {
-            name: {
-                "rows_per_batch": d.served_rows / max(1, d.calls),
-                "queue_ms": d.waited_s / max(1, d.calls) * 1e3,
-            }
-            for name, d in sim.devices.items()
-            if name != "cpu"
-        },
-    }
 
 
 def _num(value: object) -> float:
@@ -171,48 +73,57 @@ def _num(value: object) -> float:
     return float(value)
 
 
-def overheads(
+@dataclass
+class Calibration:
+    """What the calibration run measured, as the simulated runs use it."""
+
+    idle: dict[str, object]  # the calibration run's records
+    stage: CpuStage  # the gateway's CPU per request, before and after the backend
+    cpu_ms: float
+    measured_ms: float  # Triton's compute a request less the fast server's configured cost
+    triton_ms: float  # each device call's overhead where no measured figure is used
+    fast_ms: float  # the fast server's call as simulated: configured + its overhead
+    idle_learnt: dict[str, float]
+    path_ms: list[float]  # the path's noise, in the order the requests were answered
+
+
+def calibrate(
     fleet: FleetMs,
-    real: Mapping[str, object],
-    triton_ms: float,
-    how: str,
-) -> dict[str, float]:
-    """What each simulated device's call costs beyond its configured time.
-
-    ``learnt``: from the measured run ``real``, the largest of three figures
-    for a call of one row, less its configured cost: the gateway's mean call
-    time less Triton's mean queue time a request (how long the gateway sees a
-    call take once the server starts it: the round trip and the gateway's
-    own event-loop delays included — what keeps a backend's in-flight count
-    up, which is what the policy's queued time reads); the live estimator's
-    median service time (what the policy compared with the time left); and
-    Triton's compute time a request (the floor: the estimator takes the wait
-    it predicted off each call, so under queueing it can learn less than the
-    device spent). A device with none falls back to ``triton_ms``.
-    ``triton``: ``triton_ms`` for every device (Triton's compute less the
-    configured cost in the calibration run, as before)."""
-    learnt_ms: Mapping[str, float] = real.get("learnt_service_ms", {})  # type: ignore[assignment]
-    call_ms: Mapping[str, float] = real.get("call_ms", {})  # type: ignore[assignment]
-    servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
-    out = {}
-    for name, cost in (("fast", fleet.fast), ("slow", fleet.slow), ("cpu", fleet.cpu)):
-        server = servers.get(name, {})
-        seen = [
-            learnt_ms.get(name, 0.0),
-            server.get("compute_ms", 0.0),
-            call_ms.get(name, 0.0) - server.get("queue_ms", 0.0),
-        ]
-        if how == "learnt" and max(seen) > 0.0:
-            out[name] = max(0.0, max(seen) - cost[0] - cost[1])
-        else:
-            out[name] = triton_ms
-    return out
-
-
-def within(real: float, sim: float, share: bool = False) -> bool:
-    if share and max(real, sim) < 0.10:
-        return abs(real - sim) <= 0.02
-    return abs(real - sim) <= 0.15 * max(abs(real), abs(sim), 1e-9)
+    rate: float,
+    calibrate_rate: float,
+    calibrate_s: float,
+    *,
+    cpu_stage: bool = True,
+    fold_client: bool = False,
+    cpu_before: float = 0.5,
+    device_ms: float | None = None,
+    overhead: str = "measured",
+) -> Calibration:
+    """The calibration run at ``calibrate_rate`` (queueing nothing) and a
+    CPU probe at ``rate``: the path's own cost (client, gRPC, gateway, Python
+    backend), each idle latency less the fast server's call and the
+    gateway's CPU; and the CPU a request costs the gateway at the
+    rate under test (per-request CPU falls with rate as batches amortise the
+    loop's wake-ups). The fast server's time taken off each latency is its
+    call's cost as the simulator will model it (``overheads`` of the
+    calibration run): with its learnt service time instead, the round trip
+    the simulated device is charged for was counted again as path noise."""
+    idle = real_run(calibrate_rate, calibrate_s, fleet, cpu_probe_rate=rate)
+    cpu_ms = _num(idle["probe_gateway_cpu_ms_per_request"]) if cpu_stage else 0.0
+    if fold_client and cpu_stage:
+        cpu_ms += _num(idle["probe_client_cpu_ms_per_request"])
+    stage = CpuStage(cpu_ms * cpu_before / 1e3, cpu_ms * (1 - cpu_before) / 1e3)
+    # A call's overhead on the device (the Python backend's IPC, the stub's
+    # wake-up): Triton's compute time a request in the calibration run (batches
+    # of one) less the cost the fast server was configured with; the fallback
+    # of ``overheads``, which reads the measured run.
+    fast_seen: dict[str, float] = idle["servers"]["fast"]  # type: ignore[index]
+    measured_ms = max(0.0, fast_seen["compute_ms"] - fleet.fast[0] - fleet.fast[1])
+    triton_ms = measured_ms if device_ms is None else device_ms
+    idle_learnt: dict[str, float] = idle["learnt_service_ms"]  # type: ignore[assignment]
+    fast_ms = fleet.fast[0] + fleet.fast[1] + overheads(fleet, idle, triton_ms, overhead)["fast"]
+    path_ms = [max(0.0, x - fast_ms - cpu_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
+    return Calibration(idle, stage, cpu_ms, measured_ms, triton_ms, fast_ms, idle_learnt, path_ms)
 
 
 def main() -> int:
@@ -268,47 +179,49 @@ def main() -> int:
     )
     parser.add_argument(
         "--overhead",
-        choices=("learnt", "triton"),
-        default="learnt",
-        help="each device call's overhead: from the live estimator, or Triton's compute",
+        choices=("measured", "learnt", "triton"),
+        default="measured",
+        help="each device call's overhead: the gateway's call time and Triton's compute, "
+        "those and the live estimator's belief (as before), or Triton's compute only",
     )
     parser.add_argument("--out", default="sim_vs_real", help="results file stem")
     args = parser.parse_args()
     start = time.perf_counter()
-    # The path's own cost (client, gRPC, gateway, Python backend) at a load
-    # that queues nothing: each idle latency less the fast server's learnt
-    # service time and the gateway's CPU.
-    # The CPU a request costs the gateway, measured at the rate under test
-    # (per-request CPU falls with rate as batches amortise the loop's wake-ups).
     fleet = FleetMs()
     if args.fleet_ms is not None:
         f = args.fleet_ms
         fleet = FleetMs((f[0], f[1]), (f[2], f[3]), (f[4], f[5]))
     deadline_s = args.deadline_ms / 1e3
-    idle = real_run(args.calibrate_rate, args.calibrate_s, fleet, cpu_probe_rate=args.rate)
-    cpu_ms = 0.0 if args.no_cpu_stage else _num(idle["probe_gateway_cpu_ms_per_request"])
-    if args.fold_client and not args.no_cpu_stage:
-        cpu_ms += _num(idle["probe_client_cpu_ms_per_request"])
-    stage = CpuStage(cpu_ms * args.cpu_before / 1e3, cpu_ms * (1 - args.cpu_before) / 1e3)
-    # A call's overhead on the device (the Python backend's IPC, the stub's
-    # wake-up): Triton's compute time a request in the calibration run (batches
-    # of one) less the cost the fast server was configured with; the fallback
-    # of ``overheads``, which reads the measured run.
-    fast_seen: dict[str, float] = idle["servers"]["fast"]  # type: ignore[index]
-    measured_ms = max(0.0, fast_seen["compute_ms"] - fleet.fast[0] - fleet.fast[1])
-    triton_ms = measured_ms if args.device_ms is None else args.device_ms
-    idle_learnt: dict[str, float] = idle["learnt_service_ms"]  # type: ignore[assignment]
-    fast_ms = idle_learnt.get("fast", fleet.fast[0] + fleet.fast[1] + triton_ms)
-    if args.overhead == "triton":
-        fast_ms = fleet.fast[0] + fleet.fast[1] + triton_ms
-    path_ms = [max(0.0, x - fast_ms - cpu_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
+    cal = calibrate(
+        fleet,
+        args.rate,
+        args.calibrate_rate,
+        args.calibrate_s,
+        cpu_stage=not args.no_cpu_stage,
+        fold_client=args.fold_client,
+        cpu_before=args.cpu_before,
+        device_ms=args.device_ms,
+        overhead=args.overhead,
+    )
+    idle, stage, path_ms = cal.idle, cal.stage, cal.path_ms
+    measured_ms, triton_ms, fast_ms = cal.measured_ms, cal.triton_ms, cal.fast_ms
+    idle_learnt = cal.idle_learnt
     load_before = os.getloadavg()[0]  # the machine is shared: how busy it was
     real = real_run(args.rate, args.duration, fleet, deadline_s=deadline_s, poisson_seed=args.seed)
     sent_at_s: list[float] = real.pop("sent_at_s")  # type: ignore[assignment]
     device_ms = overheads(fleet, real, triton_ms, args.overhead)
     span_s = args.calibrate_s if args.path_noise == "in-order" else None
     sim = simulated_run(
-        sent_at_s, fleet, device_ms, path_ms, stage, deadline_s, args.path_before, span_s
+        sent_at_s,
+        fleet,
+        device_ms,
+        path_ms,
+        stage,
+        deadline_s,
+        args.path_before,
+        span_s,
+        sweep_phase_s=_num(real["gateway_up_s"]),
+        estimates=None if args.overhead == "learnt" else real["learnt_at_start_ms"],  # type: ignore[arg-type]
     )
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
@@ -325,7 +238,7 @@ def main() -> int:
         f"{args.calibrate_s:.0f} s: "
         f"idle p50 {_num(idle['p50_ms']):.1f} ms (p99 {_num(idle['p99_ms']):.1f} ms), so the "
         f"path adds {float(np.median(path_ms)):.1f} ms (median; {args.path_noise} from the "
-        f"idle run, less the fast server's learnt service time {fast_ms:.1f} ms and the "
+        f"idle run, less the fast server's call as simulated, {fast_ms:.1f} ms, and the "
         f"gateway CPU). Each device call's overhead in the simulator ({args.overhead}): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in device_ms.items())
         + ". The gateway's mean call time in the measured run: "

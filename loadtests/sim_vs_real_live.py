@@ -202,6 +202,7 @@ def real_run(
                     "GATEWAY_METRICS_PORT_FILE": str(port_file),
                 },
             ) as gateway:
+                up_at = time.perf_counter()  # its dispatcher's timers started before this
                 while not port_file.exists() or not port_file.read_text().strip():
                     time.sleep(0.05)  # written as the metrics server starts
                 metrics_url = f"http://127.0.0.1:{int(port_file.read_text())}/metrics"
@@ -219,6 +220,7 @@ def real_run(
                 before = _served_by_backend(metrics_url, "gpu_sim")
                 calls_before = _calls(metrics_url, "gpu_sim")
                 counts = {"fast": _stats(fast.grpc_url), "slow": _stats(slow.grpc_url)}
+                at_start = _learnt_service_s(metrics_url, "gpu_sim")
                 sampler = LearntSampler(metrics_url, "gpu_sim")
                 sampler.start()
                 began, gw0, me0 = time.perf_counter(), _cpu_s(gateway.pid), time.process_time()
@@ -272,10 +274,15 @@ def real_run(
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
         "servers": servers,
         "learnt_service_ms": {k: v * 1e3 for k, v in learnt.items()},
+        # The estimator's state as the load began (after the warm-up).
+        "learnt_at_start_ms": {names.get(b, "cpu"): v * 1e3 for b, v in at_start.items()},
         "call_ms": call_ms,
         "probe_rate": cpu_probe_rate,
         "probe_gateway_cpu_ms_per_request": probe[0],
         "probe_client_cpu_ms_per_request": probe[1],
         "latencies_ms": [x * 1e3 for x in result.latencies_s],
         "sent_at_s": result.sent_at_s,
+        # When the load began, from the gateway's start: its estimator's
+        # stale sweeps fall at whole ``stale_estimate_s`` from there.
+        "gateway_up_s": began - up_at,
     }

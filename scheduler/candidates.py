@@ -81,9 +81,8 @@ class ModelTable:
         self._divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
-        # Who takes work is a step function of ``now``: the same between the
-        # nearest ``avail_from`` at or before the last look and the next one
-        # after it, until an ``avail_from`` changes (``set_available_from``).
+        # Who takes work is a step function of ``now``: the same between the nearest
+        # ``avail_from`` at or before the last look and the next, until one changes.
         self._available: Bools = np.zeros(n, np.bool_)
         self._capacity = 0
         self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
@@ -95,14 +94,14 @@ class ModelTable:
         self.load_ok: Bools = np.ones(n, np.bool_)
         self.accelerator_ok: Bools = self.tier == int(Tier.ACCELERATOR)
         self.sampled_at: Floats = np.full(n, np.nan)
+        self._minus_sampled_at: Floats = -self.sampled_at  # see ``candidates``
         self.future_readings = False
         self._pending: Floats = np.zeros(n)
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service: dict[int, Floats] = {}
-        #: Buckets whose array went out in a ``Candidates`` since it was last
-        #: written: the next write copies it first; the others are written in place.
+        #: Buckets lent in a ``Candidates`` since last written: copied before the next write.
         self._lent: set[int] = set()
 
     # -- O(1) updates -------------------------------------------------------
@@ -146,9 +145,8 @@ class ModelTable:
     def estimate_changed(
         self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Re-predict the cached buckets of ``row`` that ``bucket``'s new
-        estimate can move: that bucket, and those interpolated from it. Done
-        here, when a call's outcome is learned, not in the next decision."""
+        """Re-predict the cached buckets of ``row`` that ``bucket``'s new estimate can
+        move (it, and those interpolated), when a call's outcome is learned."""
         backend_id = self.ids[row]
         lent = self._lent
         known = estimator.buckets(backend_id, self.name)
@@ -164,9 +162,8 @@ class ModelTable:
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """Predicted service time per row for a batch-size bucket (NaN:
-        unknown): predicted for every row on first use, then kept current by
-        ``estimate_changed``."""
+        """Predicted service time per row for a batch-size bucket (NaN: unknown),
+        for every row on first use, then kept current by ``estimate_changed``."""
         cached = self._service.get(bucket)
         if cached is None:
             cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
@@ -179,6 +176,7 @@ class ModelTable:
         """Re-gather the telemetry columns after the index moved to a new epoch."""
         slots = self.slots
         self.sampled_at = index.sampled_at[slots]
+        self._minus_sampled_at = -self.sampled_at
         free = index.free_bytes[slots]
         self.memory_ok = (
             np.ones(len(slots), np.bool_) if need_bytes is None else ~(free < need_bytes)
@@ -205,7 +203,8 @@ class ModelTable:
             single = self.service(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        age = now - self.sampled_at
+        # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
+        age = self._minus_sampled_at + now
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
         # tuple.__new__: a named tuple's own __new__ is a Python function.
@@ -217,8 +216,9 @@ class ModelTable:
                 self.available(now),  # available
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
-                # queued_s: the larger view (Triton's holds ours and other gateways').
-                np.maximum(self.ours, self._theirs),
+                # queued_s: the larger view (Triton's holds ours and other gateways'); with
+                # nothing pending theirs is zeros and ours >= 0, so a copy is the same, for less.
+                np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
                 service,  # service_s
                 age,  # telemetry_age_s
                 self.accelerator_ok,  # accelerator_ok

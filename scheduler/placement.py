@@ -35,6 +35,11 @@ class Verdict(enum.Enum):
     NO_CAPACITY = "no_capacity"  # nothing available: down, ejected, full or over limits
     TOO_LATE = "too_late"  # something is available, but nothing can finish in time
 
+    # Members are singletons compared by identity, so identity hashing is
+    # consistent with equality; ``Enum.__hash__`` is a Python function (it
+    # hashes the name), and verdicts are counted in dicts once per decision.
+    __hash__ = object.__hash__
+
 
 class Candidates(NamedTuple):
     """One row per backend that serves the model, as the policy sees it now.

@@ -71,6 +71,7 @@ class BatchQueue(Generic[T]):
         self._policy = policy
         self._levels = range(1, policy.priority_levels + 1)
         self._count = dict.fromkeys(self._levels, 0)
+        self._total = 0  # the counts summed: read per arrival (``len``) and per look
         self._rows = dict.fromkeys(self._levels, 0)
         self._index: GroupIndex[T] = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
         self._cancelled: dict[int, QueueItem[T]] = {}
@@ -81,8 +82,7 @@ class BatchQueue(Generic[T]):
         self._delay_s = policy.max_queue_delay_s
         self._quiet_s = min(IDLE_QUIET_S, self._delay_s)
         self._service_s: float | None = None
-        #: The last arrival or batch completion: callers whose batch just
-        #: finished tend to send their next request within a moment.
+        #: The last arrival or completion: callers whose batch finished soon send again.
         self._last_event_at = -_INF
         self._last_completion_at = -_INF
 
@@ -93,7 +93,7 @@ class BatchQueue(Generic[T]):
         return 0 if group is None else group.total
 
     def __len__(self) -> int:
-        return sum(self._count.values())
+        return self._total
 
     def depth(self) -> dict[int, int]:
         """Queued requests by priority level."""
@@ -118,8 +118,7 @@ class BatchQueue(Generic[T]):
         self._service_s = seconds if prev is None else prev + _SERVICE_SMOOTHING * (seconds - prev)
 
     def _moment(self, now: float, idle: bool) -> Moment:
-        # tuple.__new__ directly: the named tuple's own __new__ is a Python
-        # function, and one Moment is made per pop and per wake-up.
+        # tuple.__new__: a named tuple's __new__ is Python; one per pop and wake-up.
         return tuple.__new__(
             Moment,
             (
@@ -161,6 +160,7 @@ class BatchQueue(Generic[T]):
             item.timeout_at = now + queue_policy.default_timeout_us / 1e6
         item._queue = self
         self._count[level] += 1
+        self._total += 1
         self._rows[level] += item.rows
         self._file(item)
         if item.deadline is not None:
@@ -188,6 +188,7 @@ class BatchQueue(Generic[T]):
         item._queue = None
         item.entry = None  # the entry holds the item: no cycle left for the GC to find
         self._count[item.level] -= 1
+        self._total -= 1
         self._rows[item.level] -= item.rows
 
     def _cancel_changed(self, item: QueueItem[T]) -> None:
@@ -214,8 +215,7 @@ class BatchQueue(Generic[T]):
         return [entry[5] for entry in entries]
 
     def _retry_after_ms(self, level: int) -> int:
-        # Time to drain what is ahead of a new request at this level, one batch
-        # at a time; before any batch was timed, guess with the queue delay.
+        # Time to drain what is ahead at this level, a batch at a time (untimed: the delay).
         rows_ahead = sum(rows for lvl, rows in self._rows.items() if lvl <= level)
         batches = math.ceil(rows_ahead / self._policy.max_batch_size)
         per_batch_s = self._service_s or max(self._policy.max_queue_delay_s, 0.001)
@@ -318,8 +318,7 @@ class BatchQueue(Generic[T]):
         assert popped is not None  # first_due found a rule that holds
         entries, trigger, _ = popped
         self._fair.served([entry[1] for entry in entries])
-        # What _gone does, in one pass, the per-level sums added up locally
-        # (entries are in level order): a batch is many items.
+        # What _gone does, in one pass, per-level sums kept locally (entries are in level order).
         items: list[QueueItem[T]] = []
         level, count, rows = entries[0][0], 0, 0
         for entry in entries:
@@ -334,6 +333,7 @@ class BatchQueue(Generic[T]):
             rows += entry[4]
         self._count[level] -= count
         self._rows[level] -= rows
+        self._total -= len(items)
         return tuple.__new__(Batch, (tuple(items), trigger))  # as in _moment
 
     def next_wakeup(self, now: float, *, triggers: bool = True, idle: bool = False) -> float | None:
@@ -380,7 +380,7 @@ class BatchQueue(Generic[T]):
         before a batch finishes (which wakes the batcher), so the wake-up
         leaves the delay triggers out: waking for them would spin.
         """
-        if not any(self._count.values()):
+        if not self._total:
             # Nothing queued (a batch finished with nothing waiting: common
             # under light load): nothing to expire, cut or wake for.
             return tuple.__new__(Step, ([], [], None))

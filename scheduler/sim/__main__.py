@@ -38,7 +38,9 @@ def run_one(scenario_name: str, router: str, **options: object) -> Result:
         sim = Simulation(scenario, router)
         requests = sim.run()
         scale = float(options.get("scale", 1.0))  # type: ignore[arg-type]
-        return measure(sim, requests, time.perf_counter() - start, scale)
+        result = measure(sim, requests, time.perf_counter() - start, scale)
+        sim.release()  # the records go by reference counting, not the collector
+        return result
     finally:
         if enabled:
             gc.enable()
@@ -72,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("BEFORE", "AFTER"),
         help="model each replica's CPU: ms of work per request before / after the backend",
     )
+    parser.add_argument(
+        "--no-stale-sweep",
+        action="store_true",
+        help="do not run the estimator's stale-estimate sweep (the live gateway does)",
+    )
     parser.add_argument("--name", help="output file stem (default sim_SCENARIO)")
     parser.add_argument("--out", type=Path, help="write NAME.md, NAME.json, NAME.png here")
     parser.add_argument("--verbose", action="store_true", help="log ejections and readmissions")
@@ -88,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["telemetry_lag_s"] = args.lag
     if args.cold:
         options["cold"] = True
+    if args.no_stale_sweep:
+        options["stale_sweep"] = False
     if args.gateway_cpu_ms is not None:
         before, after = args.gateway_cpu_ms
         options["gateway_cpu"] = CpuStage(before / 1e3, after / 1e3)

@@ -5,6 +5,9 @@ The base fleet mixes two GPU generations and a CPU pool: ``fast`` GPUs
 and CPU workers (20 ms + 4 ms a row). Three models share it with different
 SLOs and arrival shapes: ``vision`` (Poisson, 100 ms), ``text`` (bursty
 on/off, 60 ms), ``rank`` (diurnal ramp, 4 rows a request, 250 ms).
+``stall``: one fast GPU runs eight times slower from 2 s to 6 s, then
+recovers, over 30 s: the estimate learnt during the stall bars it until the
+estimator's stale sweep (every ``stale_estimate_s``, 10 s) relaxes it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from scheduler.sim.workload import ModelLoad, generate, read_trace
 FAST = DeviceType("fast-gpu", fixed_s=0.006, per_row_s=0.0004)
 SLOW = DeviceType("slow-gpu", fixed_s=0.015, per_row_s=0.0015)
 CPU = DeviceType("cpu", fixed_s=0.020, per_row_s=0.004, tier=Tier.CPU)
+
+#: ``--scenario stall``: when gpu0000 stalls (start and end, virtual seconds), and how slow.
+STALL_S = (2.0, 6.0)
+STALL_FACTOR = 8.0
 
 MODELS = (
     SimModel("vision", max_batch_size=16),
@@ -85,6 +92,8 @@ def build(
     cold: bool = False,
     gateway_cpu: CpuStage | None = None,
     requests: int | None = None,
+    stall: bool = False,
+    stale_sweep: bool = True,
 ) -> Scenario:
     """A scenario of the base mix; ``trace`` replays a recorded workload instead;
     ``requests`` runs exactly that many: the traffic is drawn over a doubling
@@ -104,10 +113,12 @@ def build(
             arrivals = arrivals[:requests]
             duration_s = arrivals[-1].at_s + 0.001
     devices = fleet(gpus, failures=failures)
+    if stall:  # the first fast GPU runs STALL_FACTOR times slower for a while, then recovers
+        devices[0] = replace(devices[0], failures=(Failure("slow", *STALL_S, STALL_FACTOR),))
     if cold:  # servers that start with the run: no statistics to seed estimates from
         devices = [replace(d, warm=False) for d in devices]
     return Scenario(
-        name=name + ("_cold" if cold else ""),
+        name=name + ("_cold" if cold else "") + ("" if stale_sweep else "_nosweep"),
         devices=devices,
         models=MODELS,
         arrivals=arrivals,
@@ -118,6 +129,7 @@ def build(
         seed=seed,
         config=SchedulerConfig(),
         gateway_cpu=gateway_cpu or CpuStage(),
+        stale_sweep=stale_sweep,
     )
 
 
@@ -126,6 +138,9 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "default": lambda **kw: build("default", **kw),
     "failures": lambda **kw: build("failures", failures=True, **kw),
     "replicas": lambda **kw: build("replicas", **{"replicas": 4, "telemetry_lag_s": 0.25, **kw}),
+    # One GPU stalls and recovers: what the estimator's stale sweep gives back
+    # (compare with ``--no-stale-sweep``).
+    "stall": lambda **kw: build("stall", **{"stall": True, "duration_s": 30.0, **kw}),
     "large": lambda **kw: build("large", **{"gpus": 1000, "duration_s": 2.0, **kw}),
     # The scale check: 1,000 GPUs and exactly 1,000,000 requests (~4 s of traffic).
     "million": lambda **kw: build("million", **{"gpus": 1000, "requests": 1_000_000, **kw}),

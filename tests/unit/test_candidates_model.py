@@ -233,3 +233,29 @@ def test_candidate_tables_match_a_rebuild_from_scratch(
         )
         instances = sum(concurrency(s, spec) for s in states if s.usable(now))
         assert tables.capacity("double", now) == instances
+
+
+def test_a_removed_backends_late_call_counts_against_no_other_backend() -> None:
+    """A call still in flight on a backend that left the fleet ends after the
+    tables were rebound: its hook, from the earlier bind, must not count it
+    out of the slot another backend holds now."""
+    backends = [UrlBackend(i, "10.0.0.9", 1) for i in range(3)]
+    config = SchedulerConfig(max_in_flight_per_backend=1)
+    fleet = Fleet(list(backends), clock=ManualClock(0.0), tier_of=lambda b: Tier.ACCELERATOR)
+    for state in fleet:
+        state.discovered = True
+    registry = ModelRegistry()
+    registry.rebuild(fleet.backends())
+    tables = CandidateTables(config, fleet, registry, ServiceTimeEstimator(), lambda: None)
+    tables.gather("double", 1, 0.0)  # bound: one slot per backend
+    leaving = next(iter(fleet))
+    leaving.in_flight_by_model.add("double", 1)
+    fleet._states.pop(leaving.id)  # as Fleet.remove does, without awaiting the close
+    registry.rebuild(fleet.backends())
+    tables.invalidate()
+    before = tables.gather("double", 1, 0.0)  # rebound: the slots shifted down by one
+    assert bool(before.load_ok.all())
+    leaving.in_flight_by_model.add("double", -1)  # its late call ends
+    after = tables.gather("double", 1, 0.0)
+    assert bool(after.load_ok.all())
+    assert tables._in_flight == [0, 0]

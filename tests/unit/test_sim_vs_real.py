@@ -113,3 +113,31 @@ def test_gateway_metrics_are_read_by_sample_name_and_model() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_measured_overhead_leaves_out_the_estimators_belief() -> None:
+    # The live estimator held 254 ms for a server whose calls took 92 ms.
+    real = {
+        "learnt_service_ms": {"fast": 38.1, "slow": 253.8, "cpu": 52.8},
+        "servers": {
+            "fast": {"compute_ms": 42.0, "queue_ms": 50.6},
+            "slow": {"compute_ms": 84.3, "queue_ms": 0.1},
+        },
+        "call_ms": {"fast": 97.7, "slow": 92.1, "cpu": 61.5},
+    }
+    got = overheads(FleetMs(), real, 2.0, "measured")
+    assert got == pytest.approx({"fast": 6.1, "slow": 10.0, "cpu": 7.5})
+    assert overheads(FleetMs(), real, 2.0, "learnt")["slow"] == pytest.approx(171.8)
+
+
+def test_the_simulated_estimator_starts_from_the_live_ones_state() -> None:
+    """A slow server the live estimator believed at 300 ms, past the 160 ms
+    deadline, is never tried: its belief, not its cost, decides."""
+    sent = [i * 0.02 for i in range(60)]  # 50 req/s: more than the fast server takes
+    costs = {"fast": 2.0, "slow": 2.0, "cpu": 2.0}
+    fresh = simulated_run(sent, FleetMs(), costs, [0.0], deadline_s=0.16)
+    believed = simulated_run(
+        sent, FleetMs(), costs, [0.0], deadline_s=0.16, estimates={"slow": 300.0}
+    )
+    assert fresh["share"]["slow"] > 0.0  # type: ignore[index]
+    assert believed["share"]["slow"] == 0.0  # type: ignore[index]
