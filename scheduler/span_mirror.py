@@ -56,16 +56,20 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     (no sampling: the member's batch span was sampled). Any other tracer gets
     live spans, started and ended at the recorded times.
     """
-    scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
-    if isinstance(tracer, SdkTracer) and isinstance(tracer.span_processor, RecordProcessor):
+    # ``type() is`` first: the ABC checks of ``isinstance`` are Python calls.
+    sdk: SdkTracer | None = None
+    if type(tracer) is SdkTracer or isinstance(tracer, SdkTracer):
+        sdk = tracer
+    scope = scope_of(sdk) if sdk is not None else None
+    if sdk is not None and isinstance(sdk.span_processor, RecordProcessor):
         # One record for all the copies, made in the export process.
         parents = [
-            b.own if isinstance(b, DeferredSpan) else context_of(b.get_span_context())
+            b.own if type(b) is DeferredSpan else context_of(b.get_span_context())
             for b in batch_spans
         ]
         parents = [p for p in parents if p[2] & TraceFlags.SAMPLED]
         if parents:
-            tracer.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
+            sdk.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
         return
     for batch in batch_spans:
         parent = batch.get_span_context()

@@ -45,12 +45,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from scheduler.current_span import make_current, restore
 from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
@@ -86,7 +87,8 @@ def recording(tracer: Tracer) -> bool:
     """Whether spans of ``tracer`` can record, i.e. are worth making at all:
     with tracing off the scheduler makes none (even a no-op span costs a few
     microseconds of context switching per request)."""
-    return not isinstance(tracer, trace.NoOpTracer)
+    # The SDK's tracer first: the ABC check of NoOpTracer is a Python call.
+    return type(tracer) is SdkTracer or not isinstance(tracer, trace.NoOpTracer)
 
 
 def default_tracer() -> Tracer:
@@ -102,7 +104,7 @@ def default_tracer() -> Tracer:
 def trace_id_of(span: Span) -> str:
     """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
     deferred span's is read from its record context: no ``SpanContext`` made)."""
-    if isinstance(span, DeferredSpan):
+    if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
         return format(span.own[0], "032x")
     span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
@@ -113,12 +115,11 @@ def start_queue_span(
 ) -> Span:
     """Opened at admission (or at ``start_ns``, when the front end received the
     request), ended by ``end_queue_span`` when the batch is cut."""
-    span = start_deferred(tracer, "queue", parent, start_ns=start_ns or None) or tracer.start_span(
-        "queue", context=parent, start_time=start_ns or None
-    )
-    if span.is_recording():
-        span.set_attribute("gateway.model", model)
-    return span
+    attributes: dict[str, AttributeValue] = {"gateway.model": model}
+    start = start_ns or None
+    return start_deferred(
+        tracer, "queue", parent, start_ns=start, attributes=attributes
+    ) or tracer.start_span("queue", context=parent, start_time=start, attributes=attributes)
 
 
 def end_queue_span(span: Span, *, end_ns: int | None = None, error: str | None = None) -> None:
@@ -142,20 +143,19 @@ def start_batch_span(
 ) -> Span:
     """A member's ``batch`` span, a child of ``parent`` (the member's server
     span); ``links`` lead to the leader's batch span (none for the leader's)."""
-    span = start_deferred(
-        tracer, "batch", parent, start_ns=start_ns, links=links
-    ) or tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
-    if span.is_recording():
-        attributes: dict[str, AttributeValue] = {
-            "gateway.model": model,
-            "gateway.batch.size": size,
-            "gateway.batch.members": members,
-            "gateway.batch.trigger": trigger,
-        }
-        if attempt:
-            attributes["gateway.batch.attempt"] = attempt
-        span.set_attributes(attributes)
-    return span
+    attributes: dict[str, AttributeValue] = {
+        "gateway.model": model,
+        "gateway.batch.size": size,
+        "gateway.batch.members": members,
+        "gateway.batch.trigger": trigger,
+    }
+    if attempt:
+        attributes["gateway.batch.attempt"] = attempt
+    return start_deferred(
+        tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
+    ) or tracer.start_span(
+        "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
+    )
 
 
 @contextmanager
@@ -198,13 +198,10 @@ def placement_span(
     error = decision.reason if decision.backend_id is None else None
     status = _UNSET if error is None else Status(StatusCode.ERROR, error)
     end_ns = time.time_ns()
-    context = emit_span(
+    span: Span | None = emit_span(
         tracer, "placement", values, start_ns=start_ns, end_ns=end_ns, status=status
     )
-    span: Span
-    if context is not None:
-        span = trace.NonRecordingSpan(context)
-    else:
+    if span is None:
         span = tracer.start_span("placement", start_time=start_ns, attributes=values)
         if error is not None:
             span.set_status(status)
@@ -260,7 +257,7 @@ def backend_call(
     error: GatewayError | None = None
     # The span is current for the call (``use_span`` without its own context
     # manager's cost: neither recording exceptions nor ending the span here).
-    token = otel_context.attach(trace.set_span_in_context(span))
+    token = make_current(span)
     try:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
@@ -269,7 +266,7 @@ def backend_call(
         error = exc
         raise
     finally:
-        otel_context.detach(token)
+        restore(token)
         if endpoint:
             code = "OK" if error is None else error.code
             attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)

@@ -1,0 +1,135 @@
+"""The traced request path's shortcuts do what the calls they replace do:
+``scheduler.current_span`` (the API's current span and context), the SERVER
+span made without asking the SDK's always-on samplers (``gateway.server_span``),
+and ``Refusals`` handing tracing's interceptor every rpc but ``ModelInfer``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision, StaticSampler
+
+from gateway.metrics import Refusals
+from gateway.server_span import ServerSpans
+from gateway.telemetry import MODEL_INFER
+from scheduler.current_span import current_context, current_span, make_current, restore, span_in
+
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_the_current_span_is_read_and_set_as_the_api_does() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    assert current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    outer = tracer.start_span("outer")
+    token = make_current(outer)
+    try:
+        assert current_span() is trace.get_current_span() is outer
+        assert current_context() is otel_context.get_current()
+        assert span_in(None) is outer and span_in(current_context()) is outer
+        inner = tracer.start_span("inner")
+        assert span_in(trace.set_span_in_context(inner)) is inner
+        assert span_in(otel_context.Context()) is trace.INVALID_SPAN
+        with trace.use_span(inner):  # the API's own way, seen by ours
+            assert current_span() is inner
+        assert current_span() is outer
+    finally:
+        restore(token)
+    assert current_span() is trace.INVALID_SPAN
+
+
+@dataclass
+class _Call:
+    """What the SERVER span reads of a gRPC servicer context."""
+
+    metadata: tuple[tuple[str, str], ...]
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50123"
+
+    def code(self) -> grpc.StatusCode | None:
+        return None
+
+    def details(self) -> str | None:
+        return None
+
+
+async def _server_span(sampler: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        assert current_span().is_recording()  # the SERVER span is current in the rpc
+        return request
+
+    traced = ServerSpans(provider).wrap(MODEL_INFER, behaviour)
+    call: Any = _Call(metadata)
+    assert await traced(b"x", call) == b"x"
+    assert current_span() is trace.INVALID_SPAN
+    (span,) = exporter.get_finished_spans()
+    return span
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_ON, DEFAULT_ON])
+@pytest.mark.parametrize("traceparent", [False, True])
+async def test_server_spans_of_the_always_on_samplers_match_those_of_an_asked_sampler(
+    sampler: Any, traceparent: bool
+) -> None:
+    metadata: tuple[tuple[str, str], ...] = (("user-agent", "grpc-go/1.0"),)
+    if traceparent:
+        metadata += (("traceparent", CALLER),)
+    # A sampler of the same decision that is not the SDK's own object is asked.
+    asked = StaticSampler(Decision.RECORD_AND_SAMPLE)
+    ours, theirs = await _server_span(sampler, metadata), await _server_span(asked, metadata)
+    assert ours.name == theirs.name == MODEL_INFER and ours.kind is trace.SpanKind.SERVER
+    assert dict(ours.attributes or {}) == dict(theirs.attributes or {})
+    assert dict(ours.attributes or {})["net.peer.name"] == "localhost"
+    assert ours.context.trace_flags.sampled and theirs.context.trace_flags.sampled
+    assert ours.context.trace_state == theirs.context.trace_state
+    if traceparent:
+        assert format(ours.context.trace_id, "032x") == CALLER.split("-")[1]
+        assert ours.parent is not None and ours.parent.is_remote
+    else:
+        assert ours.parent is None and theirs.parent is None
+
+
+@dataclass
+class _Details:
+    method: str
+
+
+class _Seen(grpc.aio.ServerInterceptor):
+    """An interceptor that remembers the rpcs it saw."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.methods.append(details.method)
+        return await continuation(details)
+
+
+async def test_model_infer_never_enters_the_interceptor_the_other_rpcs_go_through() -> None:
+    refusals, seen = Refusals(), _Seen()
+    refusals.others = seen
+
+    async def continuation(details: Any) -> Any:
+        return f"handler of {details.method}"
+
+    ready = "/inference.GRPCInferenceService/ModelReady"
+    for method in (MODEL_INFER, ready, MODEL_INFER):
+        details: Any = _Details(method)
+        handler: Any = await refusals.intercept_service(continuation, details)
+        assert handler == f"handler of {method}"
+    assert seen.methods == [ready] and refusals.arrived == 2
