@@ -45,6 +45,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -272,7 +273,9 @@ class ProcessSpanExporter(SpanExporter):
         # records leave in the order they came, and none pops from an empty deque.
         with self._draining:
             while records:
-                batch = [records.popleft() for _ in range(min(len(records), _RECORD_BATCH))]
+                # ``popleft`` called from C until ``islice`` has enough (the
+                # deque holds at least that many: only one drainer takes).
+                batch = list(islice(iter(records.popleft, None), min(len(records), _RECORD_BATCH)))
                 message = encode(batch)
                 with self._lock:
                     if self._broken:
