@@ -102,6 +102,9 @@ class DeferredSpan(trace.NonRecordingSpan):
         self._attributes: dict[str, AttributeValue] = {} if attributes is None else attributes
         self._status = _UNSET
         self._ended = False
+        #: The trace id in hex, once asked for (``tracing.trace_id_of``); a
+        #: child started under a deferred span takes its parent's.
+        self.hex_trace_id = ""
 
     def get_span_context(self) -> SpanContext:
         context = self._context
@@ -291,7 +294,7 @@ def start_deferred(
             up, state, up_context = _parent_of(span)
         except LookupError:
             return None
-    return DeferredSpan(
+    child = DeferredSpan(
         tracer,
         known[1],
         name,
@@ -304,6 +307,9 @@ def start_deferred(
         parent_context=up_context,
         attributes=attributes,
     )
+    if type(span) is DeferredSpan:
+        child.hex_trace_id = span.hex_trace_id
+    return child
 
 
 def scope_of(tracer: SdkTracer) -> InstrumentationScope | None:

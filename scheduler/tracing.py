@@ -46,12 +46,17 @@ from contextlib import contextmanager
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.current_span import make_current, restore
+from scheduler.current_span import current_context, make_current, restore
 from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
@@ -105,7 +110,10 @@ def trace_id_of(span: Span) -> str:
     """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
     deferred span's is read from its record context: no ``SpanContext`` made)."""
     if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
-        return format(span.own[0], "032x")
+        text = span.hex_trace_id  # formatted once per trace (a request's spans share it)
+        if not text:
+            text = span.hex_trace_id = format(span.own[0], "032x")
+        return text
     span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
@@ -259,9 +267,7 @@ def backend_call(
     # manager's cost: neither recording exceptions nor ending the span here).
     token = make_current(span)
     try:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        yield carrier
+        yield w3c_headers(span)
     except GatewayError as exc:
         error = exc
         raise
@@ -289,6 +295,40 @@ def backend_call(
                     message,
                 )
             )
+
+
+def w3c_headers(span: Span) -> dict[str, str]:
+    """``propagate.inject`` into a new dict, ``span`` being current. With the
+    API's default propagators (W3C trace context, and W3C baggage when no
+    baggage is current) a deferred span's ``traceparent`` and ``tracestate``
+    are written from its record context, as the W3C propagator writes them,
+    without making a ``SpanContext`` or calling each propagator."""
+    global _w3c
+    textmap = propagate.get_global_textmap()
+    if textmap is not _w3c[0]:
+        _w3c = (textmap, _plain_w3c(textmap))
+    if _w3c[1] and type(span) is DeferredSpan and not current_context().get(_BAGGAGE_KEY):
+        _, span_id, flags, _, state = span.own
+        carrier = {"traceparent": f"00-{trace_id_of(span)}-{span_id:016x}-{flags:02x}"}
+        if state:
+            carrier["tracestate"] = state
+        return carrier
+    carrier = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def _plain_w3c(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` is W3C trace context, with or without W3C baggage
+    (the API's default, ``OTEL_PROPAGATORS=tracecontext,baggage``)."""
+    parts = getattr(textmap, "_propagators", ()) if type(textmap) is CompositePropagator else ()
+    kinds = {type(p) for p in parts or (textmap,)}
+    return TraceContextTextMapPropagator in kinds and kinds <= _W3C
+
+
+_W3C = {TraceContextTextMapPropagator, W3CBaggagePropagator}
+#: The global propagator last seen by ``w3c_headers``, and whether it is ``_plain_w3c``.
+_w3c: tuple[TextMapPropagator | None, bool] = (None, False)
 
 
 @contextmanager

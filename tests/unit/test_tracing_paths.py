@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,6 +21,8 @@ from gateway.metrics import Refusals
 from gateway.server_span import ServerSpans
 from gateway.telemetry import MODEL_INFER
 from scheduler.current_span import current_context, current_span, make_current, restore, span_in
+from scheduler.span_records import RecordProcessor
+from scheduler.tracing import backend_call, start_queue_span, trace_id_of
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -43,6 +45,29 @@ def test_the_current_span_is_read_and_set_as_the_api_does() -> None:
     finally:
         restore(token)
     assert current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.parametrize("caller_state", ["", "vendor=x"])
+@pytest.mark.parametrize("bags", [False, True])
+def test_a_backend_calls_headers_are_the_w3c_propagators(caller_state: str, bags: bool) -> None:
+    tracer = TracerProvider(active_span_processor=RecordProcessor(lambda record: None)).get_tracer(
+        "test"
+    )
+    carrier = {"traceparent": CALLER, "tracestate": caller_state}
+    context = propagate.extract(carrier)
+    if bags:
+        context = baggage.set_baggage("tenant", "a", context)
+    queue = start_queue_span(tracer, context, model="m")  # a deferred span, as in the gateway
+    token = otel_context.attach(trace.set_span_in_context(queue, context))
+    try:
+        with backend_call(tracer, backend_id="b", endpoint="h:1", retries=0, phases=None) as sent:
+            expected: dict[str, str] = {}
+            propagate.inject(expected)
+            assert sent == expected and sent["traceparent"].startswith("00-0af76519")
+            assert ("baggage" in sent) is bags and ("tracestate" in sent) is bool(caller_state)
+            assert trace_id_of(current_span()) == CALLER.split("-")[1] == trace_id_of(queue)
+    finally:
+        otel_context.detach(token)
 
 
 @dataclass
