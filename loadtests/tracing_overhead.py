@@ -78,6 +78,16 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def on_env(collector: str) -> dict[str, str]:
+    """A gateway's environment for tracing on: OTLP/gRPC to ``collector``, all sampled."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+
+
 def off_path_us(calls: int = 200_000) -> float:
     """Microseconds per request of the tracing code a request runs with tracing
     off: the trailer and context look-ups in the metadata (a caller that sent
@@ -194,12 +204,7 @@ def measure(
             start_triton(MODEL_REPOSITORY, work / "triton") as triton,
         ):
             args = ["--triton", triton.grpc_url, "--no-cpu-models", "--log-level", "WARNING"]
-            on_env = {
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_SAMPLER": "always_on",
-            }
+            on = on_env(collector.grpc_endpoint)
             off_env = {"OTEL_TRACES_EXPORTER": "none"}
             with contextlib.ExitStack() as stack:
                 gateways = [
@@ -207,14 +212,14 @@ def measure(
                         "off",
                         stack.enter_context(start_gateway(work / "off", args=args, env=off_env)),
                     ),
-                    ("on", stack.enter_context(start_gateway(work / "on", args=args, env=on_env))),
+                    ("on", stack.enter_context(start_gateway(work / "on", args=args, env=on))),
                 ]
                 if baseline is not None:  # another checkout's code, tracing on
                     gateways.append(
                         (
                             "baseline",
                             stack.enter_context(
-                                start_gateway(work / "base", args=args, env=on_env, repo=baseline)
+                                start_gateway(work / "base", args=args, env=on, repo=baseline)
                             ),
                         )
                     )
