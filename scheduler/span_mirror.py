@@ -22,11 +22,19 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceF
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.deferred_span import DeferredSpan, child_context, emit_finished, scope_of
-from scheduler.span_records import Record, RecordProcessor, context_of, mirror_record, record
+from scheduler.span_records import (
+    Record,
+    RecordProcessor,
+    context_of,
+    mirror_record,
+    record,
+    scope_key,
+)
 
 __all__ = ["Phase", "mirror"]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_RECORD = (StatusCode.UNSET._value_, None)
 
 
 @dataclass(slots=True)
@@ -107,6 +115,22 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
 
 
 def _record(phase: Phase, scope: InstrumentationScope | None) -> Record:
+    span = phase.span
+    if type(span) is DeferredSpan:  # its record context as it is: no SpanContext made
+        # What ``record`` makes of the span's ``SpanContext``, without one.
+        return (
+            phase.name,
+            span.own,
+            None,
+            phase.kind._value_,
+            phase.start_ns,
+            phase.end_ns,
+            dict(phase.attributes) if phase.attributes else None,
+            (),
+            (),
+            _UNSET_RECORD if phase.error is None else (StatusCode.ERROR._value_, phase.error),
+            scope_key(scope),
+        )
     status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
     return record(
         phase.name,

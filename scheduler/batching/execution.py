@@ -62,7 +62,10 @@ class Pending:
 
     def end_queue_span(self, *, end_ns: int | None = None, error: str | None = None) -> None:
         if self.span is not None:
-            tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
+            if error is None:  # the common end, without ``tracing.end_queue_span``'s call
+                self.span.end(end_time=end_ns)
+            else:
+                tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
             self.span = None
 
     def hold_batch_span(self, span: Span, now_ns: int) -> None:

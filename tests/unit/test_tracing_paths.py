@@ -16,12 +16,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision, StaticSampler
+from opentelemetry.trace import Status, StatusCode
 
 from gateway.metrics import Refusals
 from gateway.server_span import ServerSpans
 from gateway.telemetry import MODEL_INFER
+from scheduler import span_mirror
 from scheduler.current_span import current_context, current_span, make_current, restore, span_in
-from scheduler.span_records import RecordProcessor
+from scheduler.deferred_span import DeferredSpan, scope_of
+from scheduler.span_mirror import Phase
+from scheduler.span_records import RecordProcessor, record
 from scheduler.tracing import backend_call, start_queue_span, trace_id_of
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -68,6 +72,23 @@ def test_a_backend_calls_headers_are_the_w3c_propagators(caller_state: str, bags
             assert trace_id_of(current_span()) == CALLER.split("-")[1] == trace_id_of(queue)
     finally:
         otel_context.detach(token)
+
+
+@pytest.mark.parametrize("error", [None, "it broke"])
+def test_a_mirrored_phase_is_recorded_as_from_its_span_context(error: str | None) -> None:
+    tracer = TracerProvider(active_span_processor=RecordProcessor(lambda record: None)).get_tracer(
+        "test"
+    )
+    context = propagate.extract({"traceparent": CALLER, "tracestate": "vendor=x"})
+    span = start_queue_span(tracer, context, model="m")
+    assert type(span) is DeferredSpan
+    span.end()
+    phase = Phase("placement", trace.SpanKind.INTERNAL, 1, 2, {"a": 1}, span, error)
+    scope = scope_of(tracer)  # type: ignore[arg-type]
+    status = Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET)
+    expected = record("placement", span.get_span_context(), None, {"a": 1}, (), phase.kind,
+                      status, 1, 2, scope)  # fmt: skip
+    assert span_mirror._record(phase, scope) == expected
 
 
 @dataclass
