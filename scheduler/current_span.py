@@ -81,5 +81,5 @@ def restore(token: Token[Context]) -> None:
         return
     try:
         _CURRENT.reset(token)
-    except ValueError:  # made in another context: the API logs it and goes on
+    except (ValueError, RuntimeError):  # another context's, or used: the API logs it
         otel_context.detach(token)
