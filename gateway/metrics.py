@@ -27,16 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.metric_series import CounterSeries, HistogramSeries, families
 from scheduler.clock import Clock
+from scheduler.current_span import current_span
 from scheduler.dispatcher import Scheduler
 from scheduler.health import BreakerState
 from scheduler.placement import Decision, Verdict
+from scheduler.tracing import trace_id_of
 
 _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -58,12 +59,16 @@ class Refusals(grpc.aio.ServerInterceptor):
     points at the moment of a scrape. One comparison and an addition per rpc:
     ``intercept_service`` is a plain function that hands gRPC the
     continuation's own awaitable, so the interceptor adds no coroutine of its
-    own to an rpc (gRPC awaits whatever it returns).
+    own to an rpc (gRPC awaits whatever it returns). ``others``, when set, is
+    an interceptor that every other rpc goes through (tracing's, the contrib
+    one): in gRPC's chain each interceptor is a step of every rpc, even one
+    that lets it pass, so ``ModelInfer`` skips it here instead.
     """
 
     def __init__(self) -> None:
         self.arrived = 0
         self.handled = 0
+        self.others: grpc.aio.ServerInterceptor | None = None
 
     def intercept_service(  # type: ignore[override]
         self,
@@ -74,6 +79,8 @@ class Refusals(grpc.aio.ServerInterceptor):
     ) -> Awaitable[grpc.RpcMethodHandler[Any, Any] | None]:
         if handler_call_details.method == _MODEL_INFER:
             self.arrived += 1
+        elif self.others is not None:
+            return self.others.intercept_service(continuation, handler_call_details)
         return continuation(handler_call_details)
 
     @property
@@ -229,16 +236,14 @@ class GatewayMetrics(Collector):
             self.spillovers.inc((model, backend))
         trace_id = ""
         if self._trace_ids:
-            span_context = trace.get_current_span().get_span_context()
-            trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+            trace_id = trace_id_of(current_span())
         self.recent_decisions.append(DecisionRecord(model, rows, decision, trace_id))
 
     def backend_called(self, model: str, backend_id: str, seconds: float, code: str) -> None:
         self.backend_calls.inc((backend_id, model, code))
         trace_id = ""
         if self._trace_ids:  # the batch's (its first member's) trace
-            span_context = trace.get_current_span().get_span_context()
-            trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+            trace_id = trace_id_of(current_span())
         self.backend_call_duration.observe((backend_id, model), seconds, trace_id)
 
 

@@ -208,10 +208,15 @@ class GatewayServer:
             # started on a port in use must fail, not quietly take half the calls.
             ("grpc.so_reuseport", 1 if worker is not None else 0),
         ]
+        refusals = self.metrics.refusals
+        # Tracing's interceptor (none when off) is for the rpcs other than
+        # ModelInfer, which makes its own SERVER span (``Tracing.traced``):
+        # Refusals hands it those, so ModelInfer's calls never enter it.
+        refusals.others = next(iter(self.tracing.server_interceptors()), None)
         self.server = grpc.aio.server(
             options=options,
             # Refusals first: it counts what gRPC accepts, before anything else runs.
-            interceptors=[self.metrics.refusals, *self.tracing.server_interceptors()],
+            interceptors=[refusals],
             # Past this many rpcs at once gRPC itself answers RESOURCE_EXHAUSTED:
             # the last guard against overload growing memory without bound.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

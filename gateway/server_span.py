@@ -34,15 +34,22 @@ from typing import Any
 from urllib.parse import unquote
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc.version import __version__ as CONTRIB_VERSION
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Decision
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
-from scheduler.deferred_span import DeferredSpan, scope_of
+from scheduler.current_span import make_current, restore
+from scheduler.deferred_span import DeferredSpan, scope_pair, span_ids
 from scheduler.span_records import context_of
 
 __all__ = ["ServerSpans"]
@@ -72,9 +79,14 @@ class ServerSpans:
         tracer = provider.get_tracer(INSTRUMENTATION, CONTRIB_VERSION, SCHEMA_URL)
         assert isinstance(tracer, SdkTracer)
         self._tracer = tracer
-        self._scope = scope_of(tracer)
+        self._scope = scope_pair(tracer)
         self._sampler = provider.sampler
         self._ids = provider.id_generator
+        self._new_span_id = span_ids(provider.id_generator)
+        # The SDK's always_on and parentbased_always_on samplers sample a span
+        # without a parent, add no attributes and give it no trace state: for
+        # a caller that sent no ``traceparent`` there is nothing to ask them.
+        self._roots_sampled = provider.sampler is ALWAYS_ON or provider.sampler is DEFAULT_ON
 
     def wrap(self, method: str, behaviour: Behaviour) -> Behaviour:
         """``behaviour`` under a SERVER span named ``method`` (``/service/method``)."""
@@ -85,12 +97,12 @@ class ServerSpans:
         @functools.wraps(behaviour)
         async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             span = self._start(method, base, context)
-            token = otel_context.attach(trace.set_span_in_context(span))
+            token = make_current(span)
             try:
                 return await behaviour(request, context)
             finally:
-                otel_context.detach(token)
-                if isinstance(span, DeferredSpan):
+                restore(token)
+                if type(span) is DeferredSpan:  # not isinstance: an ABC's check is slow
                     self._end(span, context)
 
         return traced
@@ -109,20 +121,46 @@ class ServerSpans:
                 carrier[key] = str(value)
             elif key == "user-agent":
                 user_agent = str(value)
+        # A call's context is empty when its handler starts: without a
+        # ``traceparent`` the span is a root.
         caller = propagate.extract(carrier) if carrier else None
-        parent = trace.get_current_span(caller).get_span_context()
-        trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
+        parent = (
+            trace.get_current_span(caller).get_span_context()
+            if caller is not None
+            else INVALID_SPAN_CONTEXT
+        )
+        valid = parent.is_valid
+        trace_id = parent.trace_id if valid else self._ids.generate_trace_id()
         attributes = base.copy()
         if user_agent is not None:
             attributes["rpc.user_agent"] = user_agent
         _add_peer(attributes, context.peer())
+        span_id = self._new_span_id() or self._ids.generate_span_id()
+        if not valid and self._roots_sampled:
+            return self._sampled(method, trace_id, span_id, None, None, attributes)
         sampled = self._sampler.should_sample(caller, trace_id, method, SpanKind.SERVER, attributes)
-        span_id = self._ids.generate_span_id()
         state = sampled.trace_state
         if sampled.decision is not Decision.RECORD_AND_SAMPLE:
             # DROP (or RECORD_ONLY, which no built-in sampler returns: only
             # sampled spans are exported): the context carries on, unsampled.
             return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
+        # A sampler may add attributes; the SDK's own hand back those they were
+        # given, as a read-only view that is slow to copy from (a few µs).
+        if sampled.attributes and sampled.attributes != attributes:
+            attributes.update(sampled.attributes)
+        return self._sampled(
+            method, trace_id, span_id, state, parent if valid else None, attributes
+        )
+
+    def _sampled(
+        self,
+        method: str,
+        trace_id: int,
+        span_id: int,
+        state: trace.TraceState | None,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> DeferredSpan:
         # The SpanContext is made only if asked for (DeferredSpan): the answer's
         # trace id and the backend's headers come from the span's record context.
         span = DeferredSpan(
@@ -130,17 +168,13 @@ class ServerSpans:
             self._scope,
             method,
             (trace_id, span_id, int(_SAMPLED), False, state.to_header() if state else ""),
-            context_of(parent) if parent.is_valid else None,
+            context_of(parent) if parent is not None else None,
             state,
             time.time_ns(),
             (),
             SpanKind.SERVER,
-            parent_context=parent if parent.is_valid else None,
+            parent_context=parent,
         )
-        # A sampler may add attributes; the SDK's own hand back those they were
-        # given, as a read-only view that is slow to copy from (a few µs).
-        if sampled.attributes and sampled.attributes != attributes:
-            attributes.update(sampled.attributes)
         span.set_attributes(attributes)
         return span
 

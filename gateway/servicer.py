@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from opentelemetry import trace
 
 from gateway import codec, metadata
 from gateway.api.inference import grpc_service_pb2 as pb
@@ -34,6 +33,7 @@ from gateway.telemetry import MODEL_INFER, Tracing, caller_trace_id
 from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
+from scheduler.current_span import current_span
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import GatewayError, InvalidArgument, Unavailable
 from scheduler.quota import TenantQuota
@@ -292,7 +292,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
                 code = "DEADLINE_EXCEEDED"
             trace_id = ""
             if self._tracing.enabled:
-                trace_id = trace_id_of(trace.get_current_span())
+                trace_id = trace_id_of(current_span())
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, now - start, trace_id)
             if code != "OK" or self._request_log.ok_sample:

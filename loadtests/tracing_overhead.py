@@ -23,7 +23,8 @@ request than ghz, on the same cores as the gateway.
     python -m loadtests.tracing_overhead [--rounds 7] [--requests 4000] [--concurrency 32]
         [--baseline ../main]
 
-Writes loadtests/results/tracing.md and tracing.json.
+Writes tracing.md and tracing.json into ``--out`` (default loadtests/results;
+a scratch directory for a run on a busy machine).
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return found
+
+
+def on_env(collector: str) -> dict[str, str]:
+    """A gateway's environment for tracing on: OTLP/gRPC to ``collector``, all sampled."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
 
 
 def off_path_us(calls: int = 200_000) -> float:
@@ -193,12 +204,7 @@ def measure(
             start_triton(MODEL_REPOSITORY, work / "triton") as triton,
         ):
             args = ["--triton", triton.grpc_url, "--no-cpu-models", "--log-level", "WARNING"]
-            on_env = {
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_SAMPLER": "always_on",
-            }
+            on = on_env(collector.grpc_endpoint)
             off_env = {"OTEL_TRACES_EXPORTER": "none"}
             with contextlib.ExitStack() as stack:
                 gateways = [
@@ -206,14 +212,14 @@ def measure(
                         "off",
                         stack.enter_context(start_gateway(work / "off", args=args, env=off_env)),
                     ),
-                    ("on", stack.enter_context(start_gateway(work / "on", args=args, env=on_env))),
+                    ("on", stack.enter_context(start_gateway(work / "on", args=args, env=on))),
                 ]
                 if baseline is not None:  # another checkout's code, tracing on
                     gateways.append(
                         (
                             "baseline",
                             stack.enter_context(
-                                start_gateway(work / "base", args=args, env=on_env, repo=baseline)
+                                start_gateway(work / "base", args=args, env=on, repo=baseline)
                             ),
                         )
                     )
@@ -299,9 +305,9 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tracing.json").write_text(json.dumps(result, indent=2) + "\n")
+def write(result: dict[str, Any], out: Path = RESULTS) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tracing.json").write_text(json.dumps(result, indent=2) + "\n")
     baseline_flag = f" --baseline {result['baseline_path']}" if result["baseline_path"] else ""
     lines = [
         "# Tracing overhead: gateway throughput with tracing off vs on",
@@ -345,7 +351,7 @@ def write(result: dict[str, Any]) -> None:
         "`test_with_tracing_off_no_span_is_made_per_request`).",
         "",
     ]
-    (RESULTS / "tracing.md").write_text("\n".join(lines))
+    (out / "tracing.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -358,10 +364,13 @@ def main() -> None:
         type=Path,
         help="another checkout (e.g. of main) whose gateway runs, tracing on, in the same rounds",
     )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="where tracing.md and tracing.json go"
+    )
     args = parser.parse_args()
     result = measure(args.rounds, args.requests, args.concurrency, args.baseline)
-    write(result)
-    print((RESULTS / "tracing.md").read_text())
+    write(result, args.out)
+    print((args.out / "tracing.md").read_text())
 
 
 if __name__ == "__main__":

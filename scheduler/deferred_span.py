@@ -21,23 +21,38 @@ samplers do.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
+from scheduler.current_span import span_in
 from scheduler.span_records import Context as RecordContext
-from scheduler.span_records import RecordProcessor, context_of, record, scope_key
+from scheduler.span_records import RecordProcessor, ScopeKey, context_of, record, scope_key
 
-__all__ = ["DeferredSpan", "emit_finished", "emit_span", "start_deferred"]
+__all__ = [
+    "DeferredSpan",
+    "Scope",
+    "emit_finished",
+    "emit_span",
+    "scope_pair",
+    "span_ids",
+    "start_deferred",
+]
+
+#: A tracer's instrumentation scope and its record form (``scope_pair``).
+Scope = tuple[InstrumentationScope | None, ScopeKey | None]
 
 _UNSET = Status(StatusCode.UNSET)
 _UNSET_RECORD = (StatusCode.UNSET.value, None)
@@ -59,7 +74,7 @@ class DeferredSpan(trace.NonRecordingSpan):
     def __init__(
         self,
         tracer: SdkTracer,
-        scope: InstrumentationScope | None,
+        scope: Scope,
         name: str,
         own: RecordContext,
         parent: RecordContext | None,
@@ -69,6 +84,7 @@ class DeferredSpan(trace.NonRecordingSpan):
         kind: SpanKind,
         *,
         parent_context: SpanContext | None = None,
+        attributes: dict[str, AttributeValue] | None = None,
     ) -> None:
         # Not NonRecordingSpan.__init__, which only stores a ready SpanContext.
         self._context: SpanContext | None = None  # type: ignore[assignment]
@@ -82,9 +98,13 @@ class DeferredSpan(trace.NonRecordingSpan):
         self._start_ns = start_ns
         self._links = links
         self._kind = kind
-        self._attributes: dict[str, AttributeValue] = {}
+        # The caller's dict, kept as it is (it gives a new one per span).
+        self._attributes: dict[str, AttributeValue] = {} if attributes is None else attributes
         self._status = _UNSET
         self._ended = False
+        #: The trace id in hex, once asked for (``tracing.trace_id_of``); a
+        #: child started under a deferred span takes its parent's.
+        self.hex_trace_id = ""
 
     def get_span_context(self) -> SpanContext:
         context = self._context
@@ -125,11 +145,11 @@ class DeferredSpan(trace.NonRecordingSpan):
                     end_ns,
                     self._attributes or None,
                     (),
-                    _link_records(self._links),
+                    _link_records(self._links) if self._links else (),
                     _UNSET_RECORD
                     if status is _UNSET
                     else (status.status_code._value_, status.description),
-                    scope_key(self._scope),
+                    self._scope[1],
                 )
             )
             return
@@ -148,7 +168,7 @@ class DeferredSpan(trace.NonRecordingSpan):
             self._status,
             self._start_ns,
             end_ns,
-            self._scope,
+            self._scope[0],
         )
 
 
@@ -172,12 +192,27 @@ def _link_records(links: Sequence[Link]) -> tuple[tuple[RecordContext, dict[str,
 def _parent_of(span: trace.Span) -> tuple[RecordContext, TraceState | None, SpanContext | None]:
     """A sampled parent's record context, trace state and ``SpanContext`` (if
     made); raises LookupError when ``span`` is not a valid sampled parent."""
-    if isinstance(span, DeferredSpan):  # sampled, or it would not be one
+    if type(span) is DeferredSpan:  # sampled, or it would not be one
         return span.own, span.trace_state, span._context
     context = span.get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         raise LookupError
     return context_of(context), context.trace_state, context
+
+
+def span_ids(generator: IdGenerator) -> Callable[[], int]:
+    """``generator.generate_span_id``, or for the SDK's ``RandomIdGenerator``
+    what it calls, ``random.getrandbits(64)``, as a C callable (no Python
+    frame); that one may return the invalid id 0 (one time in 2**64): callers
+    write ``new_id() or generator.generate_span_id()``."""
+    if type(generator) is RandomIdGenerator:
+        return partial(random.getrandbits, 64)
+    return generator.generate_span_id
+
+
+#: Per tracer (by id; tracers live as long as their provider): the tracer, its
+#: scope (``scope_pair``) and its span id source (``span_ids``).
+_TRACERS: dict[int, tuple[SdkTracer, Scope, Callable[[], int]]] = {}
 
 
 def child_context(tracer: SdkTracer, parent: SpanContext) -> SpanContext:
@@ -241,27 +276,40 @@ def start_deferred(
     start_ns: int | None = None,
     links: Sequence[Link] = (),
     kind: SpanKind = SpanKind.INTERNAL,
+    attributes: dict[str, AttributeValue] | None = None,
 ) -> DeferredSpan | None:
-    """A deferred span under ``parent`` (None: the current context), or None
-    where an ordinary span must be made instead (see the module docstring)."""
-    if not isinstance(tracer, SdkTracer):
-        return None
-    try:
-        up, state, up_context = _parent_of(trace.get_current_span(parent))
-    except LookupError:
-        return None
-    return DeferredSpan(
+    """A deferred span under ``parent`` (None: the current context), with
+    ``attributes`` (a dict of the caller's, kept), or None where an ordinary
+    span must be made instead (see the module docstring)."""
+    known = _TRACERS.get(id(tracer))
+    if known is None or known[0] is not tracer:
+        if not isinstance(tracer, SdkTracer):
+            return None
+        known = _TRACERS[id(tracer)] = (tracer, scope_pair(tracer), span_ids(tracer.id_generator))
+    span = span_in(parent)
+    if type(span) is DeferredSpan:  # the common parent, sampled (``_parent_of``)
+        up, state, up_context = span.own, span.trace_state, span._context
+    else:
+        try:
+            up, state, up_context = _parent_of(span)
+        except LookupError:
+            return None
+    child = DeferredSpan(
         tracer,
-        scope_of(tracer),
+        known[1],
         name,
-        (up[0], tracer.id_generator.generate_span_id(), up[2], False, up[4]),
+        (up[0], known[2]() or tracer.id_generator.generate_span_id(), up[2], False, up[4]),
         up,
         state,
         start_ns if start_ns is not None else time.time_ns(),
         links,
         kind,
         parent_context=up_context,
+        attributes=attributes,
     )
+    if type(span) is DeferredSpan:
+        child.hex_trace_id = span.hex_trace_id
+    return child
 
 
 def scope_of(tracer: SdkTracer) -> InstrumentationScope | None:
@@ -270,23 +318,30 @@ def scope_of(tracer: SdkTracer) -> InstrumentationScope | None:
     return scope
 
 
+def scope_pair(tracer: SdkTracer) -> Scope:
+    """The tracer's scope (``scope_of``) and its record form (``scope_key``):
+    a ``DeferredSpan``'s ``scope``."""
+    scope = scope_of(tracer)
+    return scope, scope_key(scope)
+
+
 def emit_span(
     tracer: Tracer,
     name: str,
-    attributes: Mapping[str, AttributeValue],
+    attributes: dict[str, AttributeValue],
     *,
     start_ns: int,
     end_ns: int,
     status: Status = _UNSET,
-) -> SpanContext | None:
+) -> DeferredSpan | None:
     """A span under the current one that already ended (``start_ns`` to
-    ``end_ns``), built finished; its context, or None where an ordinary span
-    must be made instead (the conditions of ``start_deferred``)."""
-    span = start_deferred(tracer, name, None, start_ns=start_ns)
+    ``end_ns``), built finished, with ``attributes`` (the caller's dict,
+    kept); the span, ended, or None where an ordinary span must be made
+    instead (the conditions of ``start_deferred``)."""
+    span = start_deferred(tracer, name, None, start_ns=start_ns, attributes=attributes)
     if span is None:
         return None
-    span.set_attributes(attributes)
-    if status.status_code is not StatusCode.UNSET:
+    if status is not _UNSET and status.status_code is not StatusCode.UNSET:
         span.set_status(status)
     span.end(end_ns)
-    return span.get_span_context()
+    return span

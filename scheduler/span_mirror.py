@@ -22,11 +22,19 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceF
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.deferred_span import DeferredSpan, child_context, emit_finished, scope_of
-from scheduler.span_records import Record, RecordProcessor, context_of, mirror_record, record
+from scheduler.span_records import (
+    Record,
+    RecordProcessor,
+    context_of,
+    mirror_record,
+    record,
+    scope_key,
+)
 
 __all__ = ["Phase", "mirror"]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_RECORD = (StatusCode.UNSET._value_, None)
 
 
 @dataclass(slots=True)
@@ -56,16 +64,20 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
     (no sampling: the member's batch span was sampled). Any other tracer gets
     live spans, started and ended at the recorded times.
     """
-    scope = scope_of(tracer) if isinstance(tracer, SdkTracer) else None
-    if isinstance(tracer, SdkTracer) and isinstance(tracer.span_processor, RecordProcessor):
+    # ``type() is`` first: the ABC checks of ``isinstance`` are Python calls.
+    sdk: SdkTracer | None = None
+    if type(tracer) is SdkTracer or isinstance(tracer, SdkTracer):
+        sdk = tracer
+    scope = scope_of(sdk) if sdk is not None else None
+    if sdk is not None and isinstance(sdk.span_processor, RecordProcessor):
         # One record for all the copies, made in the export process.
         parents = [
-            b.own if isinstance(b, DeferredSpan) else context_of(b.get_span_context())
+            b.own if type(b) is DeferredSpan else context_of(b.get_span_context())
             for b in batch_spans
         ]
         parents = [p for p in parents if p[2] & TraceFlags.SAMPLED]
         if parents:
-            tracer.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
+            sdk.span_processor.sink(mirror_record([_record(p, scope) for p in phases], parents))
         return
     for batch in batch_spans:
         parent = batch.get_span_context()
@@ -103,6 +115,22 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
 
 
 def _record(phase: Phase, scope: InstrumentationScope | None) -> Record:
+    span = phase.span
+    if type(span) is DeferredSpan:  # its record context as it is: no SpanContext made
+        # What ``record`` makes of the span's ``SpanContext``, without one.
+        return (
+            phase.name,
+            span.own,
+            None,
+            phase.kind._value_,
+            phase.start_ns,
+            phase.end_ns,
+            dict(phase.attributes) if phase.attributes else None,
+            (),
+            (),
+            _UNSET_RECORD if phase.error is None else (StatusCode.ERROR._value_, phase.error),
+            scope_key(scope),
+        )
     status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
     return record(
         phase.name,

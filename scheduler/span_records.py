@@ -98,7 +98,7 @@ def record(
         name,
         context_of(context),
         context_of(parent) if parent is not None else None,
-        kind.value,
+        kind._value_,  # the enum's value without its property's cost
         start_ns,
         end_ns,
         dict(attributes) if attributes else None,

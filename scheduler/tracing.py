@@ -45,12 +45,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage import _BAGGAGE_KEY
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from scheduler.current_span import current_context, make_current, restore
 from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
@@ -86,7 +92,8 @@ def recording(tracer: Tracer) -> bool:
     """Whether spans of ``tracer`` can record, i.e. are worth making at all:
     with tracing off the scheduler makes none (even a no-op span costs a few
     microseconds of context switching per request)."""
-    return not isinstance(tracer, trace.NoOpTracer)
+    # The SDK's tracer first: the ABC check of NoOpTracer is a Python call.
+    return type(tracer) is SdkTracer or not isinstance(tracer, trace.NoOpTracer)
 
 
 def default_tracer() -> Tracer:
@@ -102,8 +109,11 @@ def default_tracer() -> Tracer:
 def trace_id_of(span: Span) -> str:
     """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
     deferred span's is read from its record context: no ``SpanContext`` made)."""
-    if isinstance(span, DeferredSpan):
-        return format(span.own[0], "032x")
+    if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
+        text = span.hex_trace_id  # formatted once per trace (a request's spans share it)
+        if not text:
+            text = span.hex_trace_id = format(span.own[0], "032x")
+        return text
     span_context = span.get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
@@ -113,12 +123,11 @@ def start_queue_span(
 ) -> Span:
     """Opened at admission (or at ``start_ns``, when the front end received the
     request), ended by ``end_queue_span`` when the batch is cut."""
-    span = start_deferred(tracer, "queue", parent, start_ns=start_ns or None) or tracer.start_span(
-        "queue", context=parent, start_time=start_ns or None
-    )
-    if span.is_recording():
-        span.set_attribute("gateway.model", model)
-    return span
+    attributes: dict[str, AttributeValue] = {"gateway.model": model}
+    start = start_ns or None
+    return start_deferred(
+        tracer, "queue", parent, start_ns=start, attributes=attributes
+    ) or tracer.start_span("queue", context=parent, start_time=start, attributes=attributes)
 
 
 def end_queue_span(span: Span, *, end_ns: int | None = None, error: str | None = None) -> None:
@@ -142,20 +151,19 @@ def start_batch_span(
 ) -> Span:
     """A member's ``batch`` span, a child of ``parent`` (the member's server
     span); ``links`` lead to the leader's batch span (none for the leader's)."""
-    span = start_deferred(
-        tracer, "batch", parent, start_ns=start_ns, links=links
-    ) or tracer.start_span("batch", context=parent, links=links, start_time=start_ns)
-    if span.is_recording():
-        attributes: dict[str, AttributeValue] = {
-            "gateway.model": model,
-            "gateway.batch.size": size,
-            "gateway.batch.members": members,
-            "gateway.batch.trigger": trigger,
-        }
-        if attempt:
-            attributes["gateway.batch.attempt"] = attempt
-        span.set_attributes(attributes)
-    return span
+    attributes: dict[str, AttributeValue] = {
+        "gateway.model": model,
+        "gateway.batch.size": size,
+        "gateway.batch.members": members,
+        "gateway.batch.trigger": trigger,
+    }
+    if attempt:
+        attributes["gateway.batch.attempt"] = attempt
+    return start_deferred(
+        tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
+    ) or tracer.start_span(
+        "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
+    )
 
 
 @contextmanager
@@ -198,13 +206,10 @@ def placement_span(
     error = decision.reason if decision.backend_id is None else None
     status = _UNSET if error is None else Status(StatusCode.ERROR, error)
     end_ns = time.time_ns()
-    context = emit_span(
+    span: Span | None = emit_span(
         tracer, "placement", values, start_ns=start_ns, end_ns=end_ns, status=status
     )
-    span: Span
-    if context is not None:
-        span = trace.NonRecordingSpan(context)
-    else:
+    if span is None:
         span = tracer.start_span("placement", start_time=start_ns, attributes=values)
         if error is not None:
             span.set_status(status)
@@ -260,16 +265,14 @@ def backend_call(
     error: GatewayError | None = None
     # The span is current for the call (``use_span`` without its own context
     # manager's cost: neither recording exceptions nor ending the span here).
-    token = otel_context.attach(trace.set_span_in_context(span))
+    token = make_current(span)
     try:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        yield carrier
+        yield w3c_headers(span)
     except GatewayError as exc:
         error = exc
         raise
     finally:
-        otel_context.detach(token)
+        restore(token)
         if endpoint:
             code = "OK" if error is None else error.code
             attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
@@ -292,6 +295,40 @@ def backend_call(
                     message,
                 )
             )
+
+
+def w3c_headers(span: Span) -> dict[str, str]:
+    """``propagate.inject`` into a new dict, ``span`` being current. With the
+    API's default propagators (W3C trace context, and W3C baggage when no
+    baggage is current) a deferred span's ``traceparent`` and ``tracestate``
+    are written from its record context, as the W3C propagator writes them,
+    without making a ``SpanContext`` or calling each propagator."""
+    global _w3c
+    textmap = propagate.get_global_textmap()
+    if textmap is not _w3c[0]:
+        _w3c = (textmap, _plain_w3c(textmap))
+    if _w3c[1] and type(span) is DeferredSpan and not current_context().get(_BAGGAGE_KEY):
+        _, span_id, flags, _, state = span.own
+        carrier = {"traceparent": f"00-{trace_id_of(span)}-{span_id:016x}-{flags:02x}"}
+        if state:
+            carrier["tracestate"] = state
+        return carrier
+    carrier = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def _plain_w3c(textmap: TextMapPropagator) -> bool:
+    """Whether ``textmap`` is W3C trace context, with or without W3C baggage
+    (the API's default, ``OTEL_PROPAGATORS=tracecontext,baggage``)."""
+    parts = getattr(textmap, "_propagators", ()) if type(textmap) is CompositePropagator else ()
+    kinds = {type(p) for p in parts or (textmap,)}
+    return TraceContextTextMapPropagator in kinds and kinds <= _W3C
+
+
+_W3C = {TraceContextTextMapPropagator, W3CBaggagePropagator}
+#: The global propagator last seen by ``w3c_headers``, and whether it is ``_plain_w3c``.
+_w3c: tuple[TextMapPropagator | None, bool] = (None, False)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from scheduler.batching.queue import Batch, BatchQueue, QueueItem
 from scheduler.batching.together import SubmitsTogether
 from scheduler.batching.waker import Waker
 from scheduler.clock import Clock, MonotonicClock
+from scheduler.current_span import current_context
 from scheduler.errors import (
     BackendError,
     DeadlineExceeded,
@@ -161,7 +162,7 @@ class Batcher(SubmitsTogether):
         pending = Pending(request, rows, future, now)
         if traced:
             # The caller's server span (current here) parents all its spans.
-            pending.parent = request.trace_context or otel_context.get_current()
+            pending.parent = request.trace_context or current_context()
             pending.span = tracing.start_queue_span(
                 self._tracer, pending.parent, model=name, start_ns=request.received_ns
             )

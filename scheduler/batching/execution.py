@@ -29,6 +29,7 @@ from scheduler.batching.merge import byte_runs, merge_inputs, split_outputs, ten
 from scheduler.batching.policy import BatchingPolicy, batch_bytes_for
 from scheduler.batching.queue import BatchQueue
 from scheduler.clock import Clock
+from scheduler.current_span import make_current, restore
 from scheduler.errors import (
     BackendError,
     Cancelled,
@@ -61,7 +62,10 @@ class Pending:
 
     def end_queue_span(self, *, end_ns: int | None = None, error: str | None = None) -> None:
         if self.span is not None:
-            tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
+            if error is None:  # the common end, without ``tracing.end_queue_span``'s call
+                self.span.end(end_time=end_ns)
+            else:
+                tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
             self.span = None
 
     def hold_batch_span(self, span: Span, now_ns: int) -> None:
@@ -208,8 +212,16 @@ class BatchExecutor:
                 outputs = await self._run_batch(self._spec, merged, info)
             else:
                 info.phases = []
-                with trace.use_span(batch_span, end_on_exit=False):
+                # ``trace.use_span(batch_span)`` without its generator's calls.
+                token = make_current(batch_span)
+                try:
                     outputs = await self._run_batch(self._spec, merged, info)
+                except Exception as exc:
+                    batch_span.record_exception(exc)
+                    batch_span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                    raise
+                finally:
+                    restore(token)
         finally:
             for r, m in zip(requests, live, strict=True):
                 r.served_by = info.served_by[-1] if info.served_by else r.served_by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import pickle
 
 from opentelemetry import trace
@@ -14,7 +15,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from gateway.otlp_records import RecordEncoder
-from gateway.span_export import flatten, rebuild
+from gateway.span_export import decode, encode, flatten, rebuild
 
 RESOURCE = Resource({"service.name": "gw", "host.name": "h"}, "https://example.test/schema")
 
@@ -65,3 +66,13 @@ def test_requests_built_from_records_match_the_sdks_encoder() -> None:
         ours = encoder.request([flatten(s) for s in spans])
         assert ours.spans == len(spans)
         assert ours.request == encode_spans(spans)
+
+
+def test_record_batches_cross_the_pipe_with_marshal_else_pickle() -> None:
+    records = [flatten(span) for span in _spans()]
+    message = encode(records)
+    assert message[:1] == b"m" and decode(message) == records
+    # An attribute of a type marshal cannot write: the batch goes as a pickle.
+    odd = (*records[0][:6], {"at": datetime.date(2026, 11, 29)}, *records[0][7:])
+    message = encode([odd, *records])
+    assert message[:1] == b"p" and decode(message) == [odd, *records]
