@@ -290,9 +290,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if code == "OK" and deadline is not None and now > deadline:
                 # The caller has given up: gRPC answers DEADLINE_EXCEEDED, so do we.
                 code = "DEADLINE_EXCEEDED"
-            trace_id = ""
-            if self._tracing.enabled:
-                trace_id = trace_id_of(current_span())
+            trace_id = trace_id_of(current_span()) if self._tracing.enabled else ""
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, now - start, trace_id)
             if code != "OK" or self._request_log.ok_sample:
