@@ -25,14 +25,18 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.trace import INVALID_SPAN, Span
-from opentelemetry.trace.propagation import _SPAN_KEY
+
+try:  # a private name of the API's: without it, the API's own functions
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover - another opentelemetry-api
+    _SPAN_KEY = ""
 
 __all__ = ["current_context", "current_span", "make_current", "restore", "span_in"]
 
 
 def _variable() -> ContextVar[Context] | None:
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    if type(runtime) is not ContextVarsRuntimeContext:
+    if not _SPAN_KEY or type(runtime) is not ContextVarsRuntimeContext:
         return None
     variable = getattr(runtime, "_current_context", None)
     return variable if isinstance(variable, ContextVar) else None
