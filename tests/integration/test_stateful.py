@@ -232,7 +232,14 @@ def test_one_trace_covers_the_whole_stream(stack: Stack) -> None:
         stream = [s for s in mine if s.name == "backend.stream"]
         return bool(stream) and any(s.parent_id == stream[0].span_id for s in mine)
 
-    spans = [s for s in stack.collector.wait_for(complete) if s.trace_id == trace_id]
+    try:
+        spans = [s for s in stack.collector.wait_for(complete, 30) if s.trace_id == trace_id]
+    except TimeoutError as timeout:  # say which of the trace's spans came (seen once in CI)
+        received = stack.collector.spans()
+        mine = [
+            (s.name, s.service, s.span_id, s.parent_id) for s in received if s.trace_id == trace_id
+        ]
+        raise AssertionError(f"{timeout}; of trace {trace_id}: {mine}") from None
     [server] = [s for s in spans if s.parent_id == parent_id]
     assert server.name.endswith("ModelStreamInfer") and server.service == "stateful-gateway"
     [stream] = [s for s in spans if s.name == "backend.stream"]
