@@ -38,8 +38,16 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.current_span import span_in
+from scheduler.span_records import (
+    UNSET,
+    UNSET_RECORD,
+    RecordProcessor,
+    ScopeKey,
+    context_of,
+    record,
+    scope_key,
+)
 from scheduler.span_records import Context as RecordContext
-from scheduler.span_records import RecordProcessor, ScopeKey, context_of, record, scope_key
 
 __all__ = [
     "DeferredSpan",
@@ -53,9 +61,6 @@ __all__ = [
 
 #: A tracer's instrumentation scope and its record form (``scope_pair``).
 Scope = tuple[InstrumentationScope | None, ScopeKey | None]
-
-_UNSET = Status(StatusCode.UNSET)
-_UNSET_RECORD = (StatusCode.UNSET.value, None)
 
 
 class DeferredSpan(trace.NonRecordingSpan):
@@ -100,7 +105,7 @@ class DeferredSpan(trace.NonRecordingSpan):
         self._kind = kind
         # The caller's dict, kept as it is (it gives a new one per span).
         self._attributes: dict[str, AttributeValue] = {} if attributes is None else attributes
-        self._status = _UNSET
+        self._status = UNSET
         self._ended = False
         #: The trace id in hex, once asked for (``tracing.trace_id_of``); a
         #: child started under a deferred span takes its parent's.
@@ -146,8 +151,8 @@ class DeferredSpan(trace.NonRecordingSpan):
                     self._attributes or None,
                     (),
                     _link_records(self._links) if self._links else (),
-                    _UNSET_RECORD
-                    if status is _UNSET
+                    UNSET_RECORD
+                    if status is UNSET
                     else (status.status_code._value_, status.description),
                     self._scope[1],
                 )
@@ -287,13 +292,10 @@ def start_deferred(
             return None
         known = _TRACERS[id(tracer)] = (tracer, scope_pair(tracer), span_ids(tracer.id_generator))
     span = span_in(parent)
-    if type(span) is DeferredSpan:  # the common parent, sampled (``_parent_of``)
-        up, state, up_context = span.own, span.trace_state, span._context
-    else:
-        try:
-            up, state, up_context = _parent_of(span)
-        except LookupError:
-            return None
+    try:
+        up, state, up_context = _parent_of(span)
+    except LookupError:
+        return None
     child = DeferredSpan(
         tracer,
         known[1],
@@ -332,7 +334,7 @@ def emit_span(
     *,
     start_ns: int,
     end_ns: int,
-    status: Status = _UNSET,
+    status: Status = UNSET,
 ) -> DeferredSpan | None:
     """A span under the current one that already ended (``start_ns`` to
     ``end_ns``), built finished, with ``attributes`` (the caller's dict,
@@ -341,7 +343,7 @@ def emit_span(
     span = start_deferred(tracer, name, None, start_ns=start_ns, attributes=attributes)
     if span is None:
         return None
-    if status is not _UNSET and status.status_code is not StatusCode.UNSET:
+    if status is not UNSET and status.status_code is not StatusCode.UNSET:
         span.set_status(status)
     span.end(end_ns)
     return span

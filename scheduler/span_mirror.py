@@ -23,6 +23,8 @@ from opentelemetry.util.types import AttributeValue
 
 from scheduler.deferred_span import DeferredSpan, child_context, emit_finished, scope_of
 from scheduler.span_records import (
+    UNSET,
+    UNSET_RECORD,
     Record,
     RecordProcessor,
     context_of,
@@ -32,9 +34,6 @@ from scheduler.span_records import (
 )
 
 __all__ = ["Phase", "mirror"]
-
-_UNSET = Status(StatusCode.UNSET)
-_UNSET_RECORD = (StatusCode.UNSET._value_, None)
 
 
 @dataclass(slots=True)
@@ -84,7 +83,7 @@ def mirror(tracer: Tracer, phases: Sequence[Phase], batch_spans: Sequence[Span])
         if not parent.trace_flags.sampled:
             continue
         for phase in phases:
-            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
+            status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else UNSET
             links = (Link(phase.span.get_span_context()),)
             if isinstance(tracer, SdkTracer):
                 emit_finished(
@@ -128,10 +127,10 @@ def _record(phase: Phase, scope: InstrumentationScope | None) -> Record:
             dict(phase.attributes) if phase.attributes else None,
             (),
             (),
-            _UNSET_RECORD if phase.error is None else (StatusCode.ERROR._value_, phase.error),
+            UNSET_RECORD if phase.error is None else (StatusCode.ERROR._value_, phase.error),
             scope_key(scope),
         )
-    status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else _UNSET
+    status = Status(StatusCode.ERROR, phase.error) if phase.error is not None else UNSET
     return record(
         phase.name,
         phase.span.get_span_context(),

@@ -27,10 +27,12 @@ from typing import Any
 from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
+    "UNSET",
+    "UNSET_RECORD",
     "Context",
     "MirrorRecord",
     "Record",
@@ -50,6 +52,9 @@ Record = tuple[Any, ...]
 #: of ``parents`` (the members' batch span contexts), linked to the original.
 MirrorRecord = tuple[None, tuple[Record, ...], tuple[Context, ...]]
 ScopeKey = tuple[str, str | None, str | None]
+#: A span's status before anything sets it, and that status in a record.
+UNSET = Status(StatusCode.UNSET)
+UNSET_RECORD = (StatusCode.UNSET.value, None)
 
 _SCOPES: dict[int, tuple[InstrumentationScope, ScopeKey]] = {}
 

@@ -62,10 +62,7 @@ class Pending:
 
     def end_queue_span(self, *, end_ns: int | None = None, error: str | None = None) -> None:
         if self.span is not None:
-            if error is None:  # the common end, without ``tracing.end_queue_span``'s call
-                self.span.end(end_time=end_ns)
-            else:
-                tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
+            tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
             self.span = None
 
     def hold_batch_span(self, span: Span, now_ns: int) -> None:
@@ -236,10 +233,7 @@ class BatchExecutor:
         if isinstance(outputs, bytes):  # the lone member's encoded response
             return [outputs]
         parts = split_outputs(outputs, rows)
-        return [
-            self.select(r, part) if r.requested_outputs else part
-            for r, part in zip(requests, parts, strict=True)
-        ]
+        return [self.select(r, part) for r, part in zip(requests, parts, strict=True)]
 
     def _start_batch_spans(
         self, live: list[Pending], trigger: BatchTrigger, attempt: int, size: int
