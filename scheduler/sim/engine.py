@@ -289,11 +289,14 @@ class Simulation:
         if device.active == 0:
             device.occupied_s += now - device.active_since
         device.served_rows += call.rows
-        replica.call_done(call, None)
+        # The freed instance takes the next call waiting before the answer
+        # reaches the replica: a call the replica sends on hearing it must
+        # queue behind those, not start beside them on one instance.
         waiting = device.waiting.get(call.model)
         if waiting:
             following, owner = waiting.popleft()
             self._start(device, following, owner, now)
+        replica.call_done(call, None)
 
     def _sweep(self) -> None:
         """The live dispatcher's periodic ``relax_stale``, on each replica's estimator."""

@@ -156,3 +156,20 @@ def test_sweeps_fall_at_whole_periods_from_the_live_schedulers_start() -> None:
     sim._sweep = lambda: swept.append(sim.clock.now())  # type: ignore[method-assign]
     sim.run()
     assert swept == [7.0, 17.0]
+
+
+def test_a_device_runs_no_more_calls_of_a_model_at_once_than_its_instances() -> None:
+    # A call the replica sends on hearing an answer used to start on the
+    # instance that answer freed, beside the call that was waiting for it.
+    scenario = build(gpus=2, duration_s=0.5, scale=1.0)
+    sim = Simulation(scenario, "predicted_finish_time")
+    start, over = sim._start, []
+
+    def checked(device, call, replica, now):  # type: ignore[no-untyped-def]
+        start(device, call, replica, now)
+        if device.running[call.model] > device.spec.instances:
+            over.append(call)
+
+    sim._start = checked  # type: ignore[method-assign]
+    sim.run()
+    assert sim.devices["gpu0000"].calls > 100 and not over
