@@ -31,7 +31,7 @@ from scheduler.errors import (
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.health import outlier_needs_s
-from scheduler.load import concurrency, service_sample
+from scheduler.load import Departures, concurrency, service_sample
 from scheduler.observer import NullObserver, SchedulerObserver
 from scheduler.placement import Candidates, Decision, Verdict
 from scheduler.routing import RouterTable
@@ -80,6 +80,8 @@ class BatchRunner:
         self.decisions: deque[Decision] = deque(maxlen=config.decision_log_size)
         #: Model instances per (backend, model), read per call: cleared when the fleet changes.
         self.concurrency: dict[tuple[str, str], int] = {}
+        #: When calls last left each (backend, model): bounds what a call learns.
+        self._departures = Departures()
         #: Bytes per row of the calls each (backend, model)'s estimate learnt from
         #: (moving average, each call weighing 0.2), for the outlier bound.
         self._row_bytes: dict[tuple[str, str], float] = {}
@@ -359,10 +361,12 @@ class BatchRunner:
             took_s = self._clock.now() - start
             info.backend_s += took_s
             self.observer.backend_called(name, state.id, took_s, code)
-        elapsed = self._clock.now() - start
+        now = self._clock.now()
+        elapsed = now - start
         self.fleet.record_success(state)
+        held_s = self._departures.held_s(state.id, name, instances, start, now)
         self.estimator.observe(
-            state.id, spec.name, info.size, service_sample(elapsed, wait_s, ahead)
+            state.id, name, info.size, service_sample(elapsed, wait_s, ahead, held_s)
         )
         usual = self._row_bytes.setdefault((state.id, name), row_bytes)
         self._row_bytes[(state.id, name)] = usual + 0.2 * (row_bytes - usual)

@@ -32,7 +32,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.errors import GatewayError, ResourceExhausted
 from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
-from scheduler.load import concurrency, service_sample
+from scheduler.load import Departures, concurrency, service_sample
 from scheduler.placement import Decision, Verdict
 from scheduler.registry import ModelRegistry
 from scheduler.routing import RouterTable
@@ -135,6 +135,7 @@ class Replica:
         self._policies = policies
         self._seen_capacity = dict.fromkeys(policies, 1)  # at the last look, as the batcher keeps
         self._instances: dict[tuple[str, str], int] = {}
+        self._departures = Departures()  # as the live runner's
         #: The live batcher's admission by predicted wait, when modelled.
         self._admission = (
             AdmissionPolicy(config.admit_fraction, config.default_slo_s) if admission else None
@@ -266,9 +267,10 @@ class Replica:
             self.fleet.record_success(state)
             backend_id = flight.decision.backend_id
             assert backend_id is not None  # a call went only where a decision sent it
-            self.estimator.observe(
-                backend_id, model, call.rows, service_sample(elapsed, flight.wait_s, flight.ahead)
-            )
+            instances = self._instances[(backend_id, model)]
+            held_s = self._departures.held_s(backend_id, model, instances, flight.started_at, now)
+            sample = service_sample(elapsed, flight.wait_s, flight.ahead, held_s)
+            self.estimator.observe(backend_id, model, call.rows, sample)
             queue = self.queues[model]
             queue.record_service(elapsed)
             queue.note_completion(now)

@@ -146,8 +146,8 @@ def test_learned_service_time_does_not_absorb_backend_queueing() -> None:
     from scheduler.load import service_sample as _service_s
 
     # Alone: the whole latency is service.
-    assert _service_s(0.020, 0.0, 0) == pytest.approx(0.020)
+    assert _service_s(0.020, 0.0, 0, 0.020) == pytest.approx(0.020)
     # Behind 3 calls predicted at 60 ms of work: 80 ms latency is 20 ms of service.
-    assert _service_s(0.080, 0.060, 3) == pytest.approx(0.020)
+    assert _service_s(0.080, 0.060, 3, 0.080) == pytest.approx(0.020)
     # A wait overestimated at dispatch cannot push the sample below a fair share.
-    assert _service_s(0.080, 0.079, 3) == pytest.approx(0.020)
+    assert _service_s(0.080, 0.079, 3, 0.080) == pytest.approx(0.020)
