@@ -134,8 +134,11 @@ def test_the_gateway_cpu_stage_adds_its_work_and_its_queueing() -> None:
 def _late_share(sweep: bool) -> float:
     """gpu0000's share of the answers that arrived 20 s or more into a run
     where it stalled from 2 s to 6 s."""
+    # Eight GPUs: on four, the others are busy enough that the slowed GPU's
+    # honest estimate (eight times its usual) still wins some placements, and
+    # it earns its way back without the sweep.
     sim = Simulation(
-        build("stall", gpus=4, stall=True, duration_s=30.0, stale_sweep=sweep),
+        build("stall", gpus=8, stall=True, duration_s=30.0, stale_sweep=sweep),
         "predicted_finish_time",
     )
     late = [r for r in sim.run() if r.arrived_at >= 20.0 and r.outcome == "ok"]
@@ -145,8 +148,9 @@ def _late_share(sweep: bool) -> float:
 def test_the_stale_sweep_gives_a_recovered_gpu_its_work_back() -> None:
     # Without the sweep the estimate learnt in the stall bars the GPU for
     # good; the live dispatcher's sweep, run on the virtual clock, relaxes it.
-    assert _late_share(sweep=False) == 0.0
-    assert _late_share(sweep=True) > 0.05
+    # (A trickle without it: a burst that finds the others busy still goes there.)
+    assert _late_share(sweep=False) < 0.02
+    assert _late_share(sweep=True) > 0.1
 
 
 def test_sweeps_fall_at_whole_periods_from_the_live_schedulers_start() -> None:
