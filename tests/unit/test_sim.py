@@ -169,7 +169,9 @@ def test_a_reply_on_its_way_back_leaves_the_device_free() -> None:
 
     def run(reply_s: float) -> tuple[list[float], float]:
         spec = DeviceSpec("gpu", gpu, reply_s=reply_s)
-        sim = Simulation(Scenario("reply", [spec], [model], arrivals, 0.1, noise_sigma=0.0), "round_robin")
+        sim = Simulation(
+            Scenario("reply", [spec], [model], arrivals, 0.1, noise_sigma=0.0), "round_robin"
+        )
         done = sorted(r.finished_at for r in sim.run())
         return done, sim.devices["gpu"].occupied_s
 
