@@ -28,6 +28,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from loadtests.sim_vs_real import Calibration, calibrate
 from loadtests.sim_vs_real_live import FleetMs, real_run
@@ -133,6 +134,49 @@ def summary(runs: list[dict[str, object]], sim_key: str = "sim") -> list[dict[st
     return rows
 
 
+def per_call_lines(runs: list[dict[str, object]]) -> list[str]:
+    """The fast server's calls, per run: what its Triton trace says the server
+    did with them, and the gateway's mean call time and Triton's queue, real
+    and simulated (``sim``, and ``held`` with the reply on the device); and
+    the requests refused at the door."""
+    lines = [
+        "",
+        "## The fast server's calls",
+        "",
+        "Triton's trace of each call of the load (`loadtests.triton_trace`): the "
+        "model's compute, the share of calls queued when the one before them ended, and "
+        "the gap between that end and their start; reply: the gateway's mean call time "
+        "less Triton's queue and compute. Then the gateway's mean call time and Triton's "
+        "queue a call, real and simulated; and the requests refused at the door "
+        "(RESOURCE_EXHAUSTED; the simulator's `shed`).",
+        "",
+        "| run | compute ms (p99) | queued | gap ms (p99) | reply ms | call ms: real "
+        "| sim | held | queue ms: real | sim | held | refused: real | sim | held |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, run in enumerate(runs):
+        real: dict[str, Any] = run["real"]  # type: ignore[assignment]
+        sim: dict[str, Any] = run["sim"]  # type: ignore[assignment]
+        held: dict[str, Any] = run["sim_held"]  # type: ignore[assignment]
+        trace = real.get("triton_calls", {}).get("fast", {})
+        traced = (
+            f"{trace['compute_ms']:.1f} ({trace['compute_p99_ms']:.1f}) | "
+            f"{trace['queued_share']:.0%} | {trace['gap_ms']:.2f} ({trace['gap_p99_ms']:.2f})"
+            if trace
+            else " | | "
+        )
+        lines.append(
+            f"| {i + 1} | {traced} | {run['reply_ms']['fast']:.1f} | "  # type: ignore[index]
+            f"{real['call_ms']['fast']:.1f} | {sim['call_ms']['fast']:.1f} | "
+            f"{held['call_ms']['fast']:.1f} | {real['servers']['fast']['queue_ms']:.1f} | "
+            f"{sim['servers']['fast']['queue_ms']:.1f} | "
+            f"{held['servers']['fast']['queue_ms']:.1f} | "
+            f"{real['statuses'].get('RESOURCE_EXHAUSTED', 0)} | "
+            f"{sim['outcomes'].get('shed', 0)} | {held['outcomes'].get('shed', 0)} |"
+        )
+    return lines
+
+
 def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibration) -> str:
     n = len(runs)
     lines = [
@@ -175,6 +219,7 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
                 f"{_diff(measure, s - r)} | {_fmt(measure, ns)} | {_fmt(measure, old)} | "
                 f"{'yes' if ok else 'NO'} |"
             )
+    lines += per_call_lines(runs)
     lines += [
         "",
         "## Error against the noise floor",

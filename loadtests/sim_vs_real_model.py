@@ -148,6 +148,12 @@ def simulated_run(
             for name, d in sim.devices.items()
             if name != "cpu"
         },
+        # A call as the simulated gateway times it: queued, run, and its reply.
+        "call_ms": {
+            name: (d.waited_s + d.busy_s) / d.calls * 1e3 + reply_s(name) * 1e3
+            for name, d in sim.devices.items()
+            if d.calls
+        },
     }
 
 
