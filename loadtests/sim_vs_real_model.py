@@ -16,7 +16,7 @@ errors there; at 10% the relative rule allows 1.5 points, ~1.2 of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ def simulated_run(
     stale_sweep: bool = True,
     estimates: Mapping[str, float] | None = None,
     reply_ms: Mapping[str, float] | None = None,
+    simulation: Callable[[Scenario, str], Simulation] = Simulation,
 ) -> dict[str, object]:
     """The same fleet in the simulator, fed the real run's arrivals
     (``sent_at_s``) with the same deadline. ``device_ms`` by device (what a
@@ -70,7 +71,8 @@ def simulated_run(
     the simulated estimator starts from them (as measured, not as seeds).
     ``reply_ms``: ms by device, how long after the device is done with a
     call the gateway has its answer, the device free meanwhile
-    (``DeviceSpec.reply_s``; see ``replies``)."""
+    (``DeviceSpec.reply_s``; see ``replies``). ``simulation`` makes the
+    simulation (a subclass that counts what it does, for a diagnosis)."""
 
     def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
         return DeviceType(name, (cost[0] + device_ms[name]) / 1e3, cost[1] / 1e3, tier=tier)
@@ -118,7 +120,7 @@ def simulated_run(
         stale_sweep=stale_sweep,
         estimates=tuple((name, "gpu_sim", 1, ms / 1e3) for name, ms in (estimates or {}).items()),
     )
-    sim = Simulation(scenario, "predicted_finish_time")
+    sim = simulation(scenario, "predicted_finish_time")
     requests = sim.run()
     result = measure(sim, requests, 0.0)
     # The deadline is the send time plus ``deadline_s``: latency runs from the send.
