@@ -15,12 +15,16 @@ one, and says which rule a share passed by).
 
     .venv/bin/python -m loadtests.sim_vs_real [--rate 30] [--duration 20] [--deadline-ms 160]
 
-Each simulated device's call costs what the measured run saw a call of it
-take (``--overhead measured``, see ``overheads``): the configured device
-time plus the round trip, IPC, hand-offs and event-loop delays the real
-gateway lives with, which its policy reads through its in-flight work and
-learnt service times; the simulated estimator starts from the live one's
-state as the load began. The calibration run's path noise is replayed in
+Each simulated call takes what the measured run saw a call of that device
+take (``--overhead split``, see ``overheads`` and ``replies``): the device
+is held for Triton's compute time a request (the CPU pool for its
+configured time), and the rest of the gateway's call time beyond Triton's
+queue (the round trip, hand-offs and event-loop delays the real gateway
+lives with, which its policy reads through its in-flight work and learnt
+service times) is the call's reply, which leaves the device free for the
+call queued behind it, as Triton runs it; ``measured`` holds the device for
+that rest too. The simulated estimator starts from the live one's state as
+the load began. The calibration run's path noise is replayed in
 time order (``--path-noise in-order``). The real half is in
 ``loadtests.sim_vs_real_live``, the simulated half in
 ``loadtests.sim_vs_real_model``; ``loadtests.sim_vs_real_dist`` runs the
@@ -59,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.sim_vs_real_live import FleetMs, real_run
-from loadtests.sim_vs_real_model import overheads, simulated_run, within
+from loadtests.sim_vs_real_model import overheads, replies, simulated_run, within
 from scheduler.sim.cpu import CpuStage
 
 __all__ = ["overheads", "simulated_run", "within"]  # the model's, kept importable from here
@@ -97,7 +101,7 @@ def calibrate(
     fold_client: bool = False,
     cpu_before: float = 0.5,
     device_ms: float | None = None,
-    overhead: str = "measured",
+    overhead: str = "split",
 ) -> Calibration:
     """The calibration run at ``calibrate_rate`` (queueing nothing) and a
     CPU probe at ``rate``: the path's own cost (client, gRPC, gateway, Python
@@ -122,6 +126,8 @@ def calibrate(
     triton_ms = measured_ms if device_ms is None else device_ms
     idle_learnt: dict[str, float] = idle["learnt_service_ms"]  # type: ignore[assignment]
     fast_ms = fleet.fast[0] + fleet.fast[1] + overheads(fleet, idle, triton_ms, overhead)["fast"]
+    if overhead == "split":  # and its reply, which the simulated call takes too
+        fast_ms += replies(fleet, idle)["fast"]
     path_ms = [max(0.0, x - fast_ms - cpu_ms) for x in idle["latencies_ms"]]  # type: ignore[attr-defined]
     return Calibration(idle, stage, cpu_ms, measured_ms, triton_ms, fast_ms, idle_learnt, path_ms)
 
@@ -179,10 +185,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--overhead",
-        choices=("measured", "learnt", "triton"),
-        default="measured",
-        help="each device call's overhead: the gateway's call time and Triton's compute, "
-        "those and the live estimator's belief (as before), or Triton's compute only",
+        choices=("split", "measured", "learnt", "triton"),
+        default="split",
+        help="each device call's overhead: Triton's compute on the device and the rest of "
+        "the gateway's call time as its reply; all of that on the device; that and the live "
+        "estimator's belief (as before); or Triton's compute only",
     )
     parser.add_argument("--out", default="sim_vs_real", help="results file stem")
     args = parser.parse_args()
@@ -210,6 +217,7 @@ def main() -> int:
     real = real_run(args.rate, args.duration, fleet, deadline_s=deadline_s, poisson_seed=args.seed)
     sent_at_s: list[float] = real.pop("sent_at_s")  # type: ignore[assignment]
     device_ms = overheads(fleet, real, triton_ms, args.overhead)
+    reply_ms = replies(fleet, real) if args.overhead == "split" else {}
     span_s = args.calibrate_s if args.path_noise == "in-order" else None
     sim = simulated_run(
         sent_at_s,
@@ -222,6 +230,7 @@ def main() -> int:
         span_s,
         sweep_phase_s=_num(real["gateway_up_s"]),
         estimates=None if args.overhead == "learnt" else real["learnt_at_start_ms"],  # type: ignore[arg-type]
+        reply_ms=reply_ms,
     )
     rows = [
         ("p50 ms", real["p50_ms"], sim["p50_ms"], False),
@@ -241,6 +250,12 @@ def main() -> int:
         f"idle run, less the fast server's call as simulated, {fast_ms:.1f} ms, and the "
         f"gateway CPU). Each device call's overhead in the simulator ({args.overhead}): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in device_ms.items())
+        + (
+            "; each call's reply, the device free meanwhile: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in reply_ms.items())
+            if reply_ms
+            else ""
+        )
         + ". The gateway's mean call time in the measured run: "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in real["call_ms"].items())  # type: ignore[attr-defined]
         + "; the live estimator's service time for one row, median over the run: "

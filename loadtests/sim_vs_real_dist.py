@@ -7,9 +7,10 @@ live estimator learnt in the first seconds). Here the check is N real runs,
 each simulated from its own send times and its own measured call costs
 (``sim_vs_real_model``), and per measure the simulator's error is set next to
 the spread between the real runs: the noise floor a simulator cannot be asked
-to beat. Each run is simulated twice, with the estimator's stale sweep (as the
-live gateway runs it, at the gateway's own phase) and without, to show what
-that part of the model changes. One calibration run, first, gives the path's
+to beat. Each run is simulated three times: as the model stands (each device
+held for its own compute, the rest of a call its reply, which leaves the
+device free: ``replies``), with that rest held on the device (the model of
+the pass before), and as the check first simulated. One calibration run, first, gives the path's
 noise and the gateway's CPU per request to every simulation, as in
 ``loadtests.sim_vs_real``.
 
@@ -27,10 +28,11 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from loadtests.sim_vs_real import Calibration, calibrate
 from loadtests.sim_vs_real_live import FleetMs, real_run
-from loadtests.sim_vs_real_model import overheads, share_noise, simulated_run, within
+from loadtests.sim_vs_real_model import overheads, replies, share_noise, simulated_run, within
 
 RESULTS = Path(__file__).parent / "results"
 MEASURES = ("p50_ms", "p99_ms", "fast", "slow", "cpu")
@@ -46,7 +48,7 @@ def _value(record: dict[str, object], measure: str) -> float:
 def one_run(
     seed: int, args: argparse.Namespace, fleet: FleetMs, cal: Calibration
 ) -> dict[str, object]:
-    """A real run with Poisson ``seed``, and its simulations with and without the sweep."""
+    """A real run with Poisson ``seed``, and its simulations under three models."""
     load_before = os.getloadavg()[0]
     real = real_run(
         args.rate, args.duration, fleet, deadline_s=args.deadline_ms / 1e3, poisson_seed=seed
@@ -57,12 +59,14 @@ def one_run(
     real.pop("latencies_ms", None)
     phase = float(real["gateway_up_s"])  # type: ignore[arg-type]
     start: dict[str, float] = real["learnt_at_start_ms"]  # type: ignore[assignment]
-    device_ms = {how: overheads(fleet, real, cal.triton_ms, how) for how in ("measured", "learnt")}
+    rules = ("split", "measured", "learnt")
+    device_ms = {how: overheads(fleet, real, cal.triton_ms, how) for how in rules}
+    reply_ms = replies(fleet, real)
     # (name, overhead rule, sweep, the live estimator's state at the start)
     models = (
-        ("sim", "measured", True, True),
-        ("sim_no_sweep", "measured", False, True),
-        ("sim_before", "learnt", False, False),  # the model before this round
+        ("sim", "split", True, True),
+        ("sim_held", "measured", True, True),  # the round trip held the device
+        ("sim_before", "learnt", False, False),  # the model before that
     )
     sims = {
         name: simulated_run(
@@ -77,6 +81,7 @@ def one_run(
             sweep_phase_s=phase,
             stale_sweep=sweep,
             estimates=start if from_live else None,
+            reply_ms=reply_ms if how == "split" else None,
         )
         for name, how, sweep, from_live in models
     }
@@ -84,6 +89,7 @@ def one_run(
         "seed": seed,
         "load": [load_before, load_after],
         "device_ms": device_ms,
+        "reply_ms": reply_ms,
         "real": real,
         **sims,
     }
@@ -128,6 +134,49 @@ def summary(runs: list[dict[str, object]], sim_key: str = "sim") -> list[dict[st
     return rows
 
 
+def per_call_lines(runs: list[dict[str, object]]) -> list[str]:
+    """The fast server's calls, per run: what its Triton trace says the server
+    did with them, and the gateway's mean call time and Triton's queue, real
+    and simulated (``sim``, and ``held`` with the reply on the device); and
+    the requests refused at the door."""
+    lines = [
+        "",
+        "## The fast server's calls",
+        "",
+        "Triton's trace of each call of the load (`loadtests.triton_trace`): the "
+        "model's compute, the share of calls queued when the one before them ended, and "
+        "the gap between that end and their start; reply: the gateway's mean call time "
+        "less Triton's queue and compute. Then the gateway's mean call time and Triton's "
+        "queue a call, real and simulated; and the requests refused at the door "
+        "(RESOURCE_EXHAUSTED; the simulator's `shed`).",
+        "",
+        "| run | compute ms (p99) | queued | gap ms (p99) | reply ms | call ms: real "
+        "| sim | held | queue ms: real | sim | held | refused: real | sim | held |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, run in enumerate(runs):
+        real: dict[str, Any] = run["real"]  # type: ignore[assignment]
+        sim: dict[str, Any] = run["sim"]  # type: ignore[assignment]
+        held: dict[str, Any] = run["sim_held"]  # type: ignore[assignment]
+        trace = real.get("triton_calls", {}).get("fast", {})
+        traced = (
+            f"{trace['compute_ms']:.1f} ({trace['compute_p99_ms']:.1f}) | "
+            f"{trace['queued_share']:.0%} | {trace['gap_ms']:.2f} ({trace['gap_p99_ms']:.2f})"
+            if trace
+            else " | | "
+        )
+        lines.append(
+            f"| {i + 1} | {traced} | {run['reply_ms']['fast']:.1f} | "  # type: ignore[index]
+            f"{real['call_ms']['fast']:.1f} | {sim['call_ms']['fast']:.1f} | "
+            f"{held['call_ms']['fast']:.1f} | {real['servers']['fast']['queue_ms']:.1f} | "
+            f"{sim['servers']['fast']['queue_ms']:.1f} | "
+            f"{held['servers']['fast']['queue_ms']:.1f} | "
+            f"{real['statuses'].get('RESOURCE_EXHAUSTED', 0)} | "
+            f"{sim['outcomes'].get('shed', 0)} | {held['outcomes'].get('shed', 0)} |"
+        )
+    return lines
+
+
 def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibration) -> str:
     n = len(runs)
     lines = [
@@ -140,12 +189,14 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
         f"for {args.calibrate_s:.0f} s (path noise in order, gateway CPU "
         f"{cal.cpu_ms:.2f} ms a request); then {n} real runs with Poisson seeds "
         f"{', '.join(str(r['seed']) for r in runs)}, each simulated from its own send times and "
-        "its own measured call costs (the gateway's call time less Triton's queue, or "
-        "Triton's compute if more), its estimator starting from the live one's state as the "
-        "load began, with the estimator's stale sweep at the gateway's phase (`sim`) and "
-        "without it (`no sweep`); `model before`: as this check simulated before, each "
-        "device also costing at least the live estimator's median belief, the estimator "
-        "starting from the devices' seeds, no sweep (same path noise). "
+        "its own measured call costs, its estimator starting from the live one's state as "
+        "the load began, with the estimator's stale sweep at the gateway's phase: `sim`, "
+        "each device held for Triton's compute time a request (the CPU pool for its "
+        "configured time) and the rest of the gateway's call time (less Triton's queue) "
+        "a reply that leaves the device free; `held`: that rest held the device too, as "
+        "the previous model had it; `model before`: as this check simulated before that, "
+        "each device also costing at least the live estimator's median belief, the "
+        "estimator starting from the devices' seeds, no sweep (same path noise). "
         "Machine: 2 shared x86_64 cores; load average "
         "(1 min) before / after each real run: "
         + ", ".join(f"{r['load'][0]:.1f} / {r['load'][1]:.1f}" for r in runs)  # type: ignore[index]
@@ -153,14 +204,14 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
         "",
         "## Each run",
         "",
-        "| run | measure | real | sim | sim - real | no sweep | model before | within the rule |",
+        "| run | measure | real | sim | sim - real | held | model before | within the rule |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for i, run in enumerate(runs):
         for measure in MEASURES:
             r = _value(run["real"], measure)  # type: ignore[arg-type]
             s = _value(run["sim"], measure)  # type: ignore[arg-type]
-            ns = _value(run["sim_no_sweep"], measure)  # type: ignore[arg-type]
+            ns = _value(run["sim_held"], measure)  # type: ignore[arg-type]
             old = _value(run["sim_before"], measure)  # type: ignore[arg-type]
             ok = within(r, s, not measure.endswith("_ms"))
             lines.append(
@@ -168,6 +219,7 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
                 f"{_diff(measure, s - r)} | {_fmt(measure, ns)} | {_fmt(measure, old)} | "
                 f"{'yes' if ok else 'NO'} |"
             )
+    lines += per_call_lines(runs)
     lines += [
         "",
         "## Error against the noise floor",
@@ -177,11 +229,11 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
         "count. Errors are simulated less real, per run.",
         "",
         "| measure | real mean | real sd | real range | sampling SE | sim mean error | "
-        "sim mean abs error | abs error / real sd | no sweep: mean abs error "
+        "sim mean abs error | abs error / real sd | held: mean abs error "
         "| model before: mean abs error | runs within the rule |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    no_sweep = {row["measure"]: row for row in summary(runs, "sim_no_sweep")}
+    held = {row["measure"]: row for row in summary(runs, "sim_held")}
     before = {row["measure"]: row for row in summary(runs, "sim_before")}
     for row in summary(runs):
         m = str(row["measure"])
@@ -194,7 +246,7 @@ def report(runs: list[dict[str, object]], args: argparse.Namespace, cal: Calibra
             f"{'' if se is None else _diff(m, float(se)).lstrip('+')} | "  # type: ignore[arg-type]
             f"{_diff(m, float(row['mean_error']))} | "  # type: ignore[arg-type]
             f"{_diff(m, float(row['mean_abs_error'])).lstrip('+')} | {ratio:.1f} | "  # type: ignore[arg-type]
-            f"{_diff(m, float(no_sweep[m]['mean_abs_error'])).lstrip('+')} | "  # type: ignore[arg-type]
+            f"{_diff(m, float(held[m]['mean_abs_error'])).lstrip('+')} | "  # type: ignore[arg-type]
             f"{_diff(m, float(before[m]['mean_abs_error'])).lstrip('+')} | "  # type: ignore[arg-type]
             f"{row['passed']}/{n} |"
         )

@@ -10,7 +10,9 @@ scheduler saw: each backend's mean call time as the gateway timed it
 estimator holds for each backend
 (``gateway_backend_service_time_seconds``, batches of one), sampled every
 second during the load, since that figure, not the configured device
-cost, is what the policy compares with the time left.
+cost, is what the policy compares with the time left; and, from each Triton
+server's own trace, how long it held each call and how soon it started the
+next one queued (``loadtests.triton_trace``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.loadgen import fp32_inputs, run_load
+from loadtests.triton_trace import per_call, trace_args
 from tests.support.gateway import start_gateway
 from tests.support.triton import MODEL_REPOSITORY, start_triton
 
@@ -183,8 +186,18 @@ def real_run(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with (
-            start_triton(MODEL_REPOSITORY, work / "fast", env=_env(*fleet.fast, "GPU_SIM")) as fast,
-            start_triton(MODEL_REPOSITORY, work / "slow", env=_env(*fleet.slow, "GPU_SIM")) as slow,
+            start_triton(
+                MODEL_REPOSITORY,
+                work / "fast",
+                env=_env(*fleet.fast, "GPU_SIM"),
+                extra_args=trace_args(work / "fast.trace.json"),
+            ) as fast,
+            start_triton(
+                MODEL_REPOSITORY,
+                work / "slow",
+                env=_env(*fleet.slow, "GPU_SIM"),
+                extra_args=trace_args(work / "slow.trace.json"),
+            ) as slow,
         ):
             metrics = {t.grpc_url: t.metrics_url for t in (fast, slow)}
             port_file = work / "metrics.port"
@@ -261,6 +274,12 @@ def real_run(
                 probe = (math.nan, math.nan)
                 if cpu_probe_rate > 0:
                     probe = _cpu_probe(gateway.address, gateway.pid, cpu_probe_rate, idle_cpu_per_s)
+        # The servers have stopped and written their traces: each call of the load.
+        traced = {
+            name: per_call(work / f"{name}.trace.json", began, began + took)
+            for name in ("fast", "slow")
+            if (work / f"{name}.trace.json").exists()
+        }
     total = max(1.0, sum(served.values()))
     return {
         "requests": result.count,
@@ -274,6 +293,8 @@ def real_run(
         "gateway_idle_cpu_per_s": idle_cpu_per_s,
         "servers": servers,
         "learnt_service_ms": {k: v * 1e3 for k, v in learnt.items()},
+        # Triton's own trace, per call (``loadtests.triton_trace.per_call``).
+        "triton_calls": traced,
         # The estimator's state as the load began (after the warm-up).
         "learnt_at_start_ms": {names.get(b, "cpu"): v * 1e3 for b, v in at_start.items()},
         "call_ms": call_ms,

@@ -16,7 +16,7 @@ errors there; at 10% the relative rule allows 1.5 points, ~1.2 of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,8 @@ def simulated_run(
     sweep_phase_s: float = 0.0,
     stale_sweep: bool = True,
     estimates: Mapping[str, float] | None = None,
+    reply_ms: Mapping[str, float] | None = None,
+    simulation: Callable[[Scenario, str], Simulation] = Simulation,
 ) -> dict[str, object]:
     """The same fleet in the simulator, fed the real run's arrivals
     (``sent_at_s``) with the same deadline. ``device_ms`` by device (what a
@@ -66,15 +68,27 @@ def simulated_run(
     began, so the estimator's stale sweeps fall where the gateway's did
     (``stale_sweep=False`` leaves them out). ``estimates``: ms by device, the
     live estimator's service times for a batch of one when the load began;
-    the simulated estimator starts from them (as measured, not as seeds)."""
+    the simulated estimator starts from them (as measured, not as seeds).
+    ``reply_ms``: ms by device, how long after the device is done with a
+    call the gateway has its answer, the device free meanwhile
+    (``DeviceSpec.reply_s``; see ``replies``). ``simulation`` makes the
+    simulation (a subclass that counts what it does, for a diagnosis)."""
 
     def kind(name: str, cost: tuple[float, float], tier: Tier) -> DeviceType:
         return DeviceType(name, (cost[0] + device_ms[name]) / 1e3, cost[1] / 1e3, tier=tier)
 
+    def reply_s(name: str) -> float:
+        return (reply_ms or {}).get(name, 0.0) / 1e3
+
     devices = [
-        DeviceSpec("fast", kind("fast", fleet.fast, Tier.ACCELERATOR)),
-        DeviceSpec("slow", kind("slow", fleet.slow, Tier.ACCELERATOR)),
-        DeviceSpec("cpu", kind("cpu", fleet.cpu, Tier.CPU), instances=fleet.cpu_workers),
+        DeviceSpec("fast", kind("fast", fleet.fast, Tier.ACCELERATOR), reply_s=reply_s("fast")),
+        DeviceSpec("slow", kind("slow", fleet.slow, Tier.ACCELERATOR), reply_s=reply_s("slow")),
+        DeviceSpec(
+            "cpu",
+            kind("cpu", fleet.cpu, Tier.CPU),
+            instances=fleet.cpu_workers,
+            reply_s=reply_s("cpu"),
+        ),
     ]
     rng = np.random.default_rng(0)
     series = np.array(path_ms) / 1e3
@@ -106,7 +120,7 @@ def simulated_run(
         stale_sweep=stale_sweep,
         estimates=tuple((name, "gpu_sim", 1, ms / 1e3) for name, ms in (estimates or {}).items()),
     )
-    sim = Simulation(scenario, "predicted_finish_time")
+    sim = simulation(scenario, "predicted_finish_time")
     requests = sim.run()
     result = measure(sim, requests, 0.0)
     # The deadline is the send time plus ``deadline_s``: latency runs from the send.
@@ -135,6 +149,12 @@ def simulated_run(
             }
             for name, d in sim.devices.items()
             if name != "cpu"
+        },
+        # A call as the simulated gateway times it: queued, run, and its reply.
+        "call_ms": {
+            name: (d.waited_s + d.busy_s) / d.calls * 1e3 + reply_s(name) * 1e3
+            for name, d in sim.devices.items()
+            if d.calls
         },
     }
 
@@ -166,7 +186,14 @@ def overheads(
     which then sent it nothing where the real gateway, once the belief was
     relaxed and re-measured, sent it 5%. The simulated gateway starts from the
     live estimator's state instead (``simulated_run``'s ``estimates``) and
-    learns from there, as the live one did."""
+    learns from there, as the live one did.
+    ``split``: the device's own part of ``measured`` only, Triton's compute
+    time a request (the CPU pool, which has no server statistics, its
+    configured time); the rest of the call is its reply (``replies``)."""
+    if how == "split":
+        return {
+            name: max(0.0, ms - _cost(fleet, name)) for name, ms in _compute_ms(fleet, real).items()
+        }
     learnt_ms: Mapping[str, float] = real.get("learnt_service_ms", {})  # type: ignore[assignment]
     call_ms: Mapping[str, float] = real.get("call_ms", {})  # type: ignore[assignment]
     servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
@@ -182,6 +209,42 @@ def overheads(
             out[name] = max(0.0, max(seen) - cost[0] - cost[1])
         else:
             out[name] = triton_ms
+    return out
+
+
+def _cost(fleet: FleetMs, name: str) -> float:
+    """A device's configured cost for a call of one row, ms."""
+    fixed, per_row = getattr(fleet, name)
+    return float(fixed + per_row)
+
+
+def _compute_ms(fleet: FleetMs, real: Mapping[str, object]) -> dict[str, float]:
+    """What a call of one row occupies each device, ms: Triton's compute time
+    a request; the CPU pool's configured time (a worker sleeps it)."""
+    servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
+    out = {"cpu": _cost(fleet, "cpu")}
+    for name in ("fast", "slow"):
+        compute = servers.get(name, {}).get("compute_ms", 0.0)
+        out[name] = compute if compute > 0.0 else _cost(fleet, name)
+    return out
+
+
+def replies(fleet: FleetMs, real: Mapping[str, object]) -> dict[str, float]:
+    """Each device's reply time, ms: the gateway's mean call time less the
+    server's queue and compute time a request (the CPU pool: less its
+    configured time). A Triton server runs a call queued behind another as
+    soon as the first is done, so this part of the call (the answer's way
+    back, the gateway's wake-up on it, and the request's way in, which the
+    simulator charges here too) does not hold the device. 0 for a device the
+    run never called."""
+    call_ms: Mapping[str, float] = real.get("call_ms", {})  # type: ignore[assignment]
+    servers: Mapping[str, Mapping[str, float]] = real.get("servers", {})  # type: ignore[assignment]
+    compute = _compute_ms(fleet, real)
+    out = {}
+    for name in ("fast", "slow", "cpu"):
+        queue = servers.get(name, {}).get("queue_ms", 0.0)
+        call = call_ms.get(name, 0.0)
+        out[name] = max(0.0, call - queue - compute[name]) if call > 0.0 else 0.0
     return out
 
 

@@ -5,7 +5,11 @@ A device runs at most ``instances`` calls at once (Triton's instance_group
 count, or CPU worker threads); later calls wait in its FIFO queue — the
 queue Triton reports as ``pending_requests``. A call of ``rows`` takes
 ``(fixed_s + per_row_s * rows) / speed``, times log-normal noise, times the
-``slow`` factor of a failure window that covers its start.
+``slow`` factor of a failure window that covers its start. With
+``reply_s``, the gateway has a call's answer that long after the device is
+done with it (the reply's way back and the gateway's wake-up on it): the
+device starts its next call at once, while the gateway still counts the
+last one in flight.
 
 Failures are windows of virtual time: ``dead`` refuses every call at once
 (connection refused: retryable elsewhere), ``hung`` accepts calls and never
@@ -69,6 +73,9 @@ class DeviceSpec:
     #: Whether its server reports service-time statistics from before the run
     #: (``service_time_hints``), as a Triton server that has been serving does.
     warm: bool = True
+    #: Seconds from the device finishing a call to the gateway having its
+    #: answer; the device is free meanwhile (0: the answer is there at once).
+    reply_s: float = 0.0
 
 
 class SimBackend(DecodedTensorsOnly):

@@ -10,7 +10,8 @@ endpoint reports them (queue length per model, memory); the sample becomes
 visible to every replica ``telemetry_lag_s`` later — the shared signal next
 to each replica's own in-flight counts. With ``gateway_cpu`` set, each
 replica's process CPU is a FIFO stage in front of its batch queue and ahead
-of each reply (``scheduler.sim.cpu``). Every ``stale_estimate_s`` each
+of each reply (``scheduler.sim.cpu``). A device with ``reply_s`` answers
+that long after it is done with a call, and is free meanwhile. Every ``stale_estimate_s`` each
 replica's estimator runs its ``relax_stale`` sweep, as the live dispatcher's
 timer does (``Scenario.stale_sweep``).
 """
@@ -289,14 +290,20 @@ class Simulation:
         if device.active == 0:
             device.occupied_s += now - device.active_since
         device.served_rows += call.rows
-        # The freed instance takes the next call waiting before the answer
-        # reaches the replica: a call the replica sends on hearing it must
-        # queue behind those, not start beside them on one instance.
         waiting = device.waiting.get(call.model)
         if waiting:
             following, owner = waiting.popleft()
             self._start(device, following, owner, now)
-        replica.call_done(call, None)
+        # The freed instance took the next call waiting before the answer
+        # reaches the replica: a call the replica sends on hearing it must
+        # queue behind those, not start beside them on one instance.
+        reply_s = device.spec.reply_s
+        if reply_s > 0.0:  # the answer is on its way back; the device is free now
+            heapq.heappush(
+                self._events, (now + reply_s, next(self._seq), replica.call_done, (call, None))
+            )
+        else:
+            replica.call_done(call, None)
 
     def _sweep(self) -> None:
         """The live dispatcher's periodic ``relax_stale``, on each replica's estimator."""

@@ -12,7 +12,7 @@ import pytest
 from scheduler.routing import ROUTERS
 from scheduler.sim.__main__ import main
 from scheduler.sim.cpu import CpuStage, ProcessCpu
-from scheduler.sim.devices import DeviceSpec, Failure
+from scheduler.sim.devices import DeviceSpec, DeviceType, Failure
 from scheduler.sim.engine import Scenario, SimModel, Simulation
 from scheduler.sim.report import measure
 from scheduler.sim.scenarios import FAST, SLOW, build
@@ -177,3 +177,24 @@ def test_a_device_runs_no_more_calls_of_a_model_at_once_than_its_instances() -> 
     sim._start = checked  # type: ignore[method-assign]
     sim.run()
     assert sim.devices["gpu0000"].calls > 100 and not over
+
+
+def test_a_reply_on_its_way_back_leaves_the_device_free() -> None:
+    """Two calls sent together to one device (the second waits in its FIFO,
+    as a call sent ahead waits in Triton's queue): the device runs them back
+    to back, and each answer reaches the gateway ``reply_s`` after the device
+    is done with it, not a device turn later."""
+    gpu = DeviceType("gpu", fixed_s=0.0096, per_row_s=0.0004)  # 10 ms a row
+    model = SimModel("m", max_batch_size=1)
+    arrivals = [Arrival(0.0, "m", 1, 10.0), Arrival(0.0, "m", 1, 10.0)]
+
+    def run(reply_s: float) -> tuple[list[float], float]:
+        spec = DeviceSpec("gpu", gpu, reply_s=reply_s)
+        sim = Simulation(
+            Scenario("reply", [spec], [model], arrivals, 0.1, noise_sigma=0.0), "round_robin"
+        )
+        done = sorted(r.finished_at for r in sim.run())
+        return done, sim.devices["gpu"].occupied_s
+
+    assert run(0.0) == (pytest.approx([0.010, 0.020]), pytest.approx(0.020))
+    assert run(0.003) == (pytest.approx([0.013, 0.023]), pytest.approx(0.020))

@@ -12,6 +12,7 @@ import pytest
 from loadtests import sim_vs_real_live as live
 from loadtests.sim_vs_real import overheads, simulated_run, within
 from loadtests.sim_vs_real_live import FleetMs
+from loadtests.sim_vs_real_model import replies
 
 
 def test_overhead_is_the_largest_of_learnt_triton_compute_and_gateway_call() -> None:
@@ -141,3 +142,33 @@ def test_the_simulated_estimator_starts_from_the_live_ones_state() -> None:
     )
     assert fresh["share"]["slow"] > 0.0  # type: ignore[index]
     assert believed["share"]["slow"] == 0.0  # type: ignore[index]
+
+
+def test_split_holds_each_device_for_its_compute_and_makes_the_rest_its_reply() -> None:
+    real = {
+        "servers": {
+            "fast": {"compute_ms": 42.9, "queue_ms": 37.1},
+            "slow": {"compute_ms": 83.4, "queue_ms": 0.1},
+        },
+        "call_ms": {"fast": 82.0, "slow": 86.0, "cpu": 60.9},
+    }
+    # fast: 42.9 ms of Triton's compute on the device (1.9 over the configured
+    # 41), and the gateway's 82.0 ms less 37.1 queued and 42.9 computed as its
+    # reply; the CPU pool (no server statistics) its configured 54 ms, the rest reply.
+    assert overheads(FleetMs(), real, 2.0, "split") == pytest.approx(
+        {"fast": 1.9, "slow": 1.4, "cpu": 0.0}
+    )
+    assert replies(FleetMs(), real) == pytest.approx({"fast": 2.0, "slow": 2.5, "cpu": 6.9})
+    assert replies(FleetMs(), {}) == {"fast": 0.0, "slow": 0.0, "cpu": 0.0}
+
+
+def test_a_devices_reply_reaches_the_simulated_device() -> None:
+    """At a light load (nothing queues), each call's reply adds its time to
+    the latency of the requests the device served; the device itself runs
+    in the engine (``DeviceSpec.reply_s``, tested in ``test_sim``)."""
+    sent = [i * 0.2 for i in range(20)]
+    costs = {"fast": 0.0, "slow": 0.0, "cpu": 0.0}
+    base = simulated_run(sent, FleetMs(), costs, [0.0], deadline_s=10.0)
+    reply = simulated_run(sent, FleetMs(), costs, [0.0], deadline_s=10.0, reply_ms={"fast": 5.0})
+    assert base["share"] == reply["share"] == {"fast": 1.0, "slow": 0.0, "cpu": 0.0}
+    assert float(reply["p50_ms"]) == pytest.approx(float(base["p50_ms"]) + 5.0)  # type: ignore[arg-type]

@@ -9,6 +9,10 @@ import pytest
 
 from loadtests.sim_vs_real_dist import summary
 from loadtests.sim_vs_real_model import share_noise
+from loadtests.sim_vs_real_why import CountingSimulation
+from scheduler.sim.devices import DeviceSpec, DeviceType
+from scheduler.sim.engine import Scenario, SimModel
+from scheduler.sim.workload import Arrival
 
 
 def _record(p50: float, cpu: float, ok: int = 500) -> dict[str, object]:
@@ -43,3 +47,23 @@ def test_a_small_shares_sampling_noise_is_about_a_point() -> None:
     assert share_noise(0.05, 550) == pytest.approx(math.sqrt(0.05 * 0.95 / 550))
     assert 0.008 < share_noise(0.05, 550) < 0.01
     assert share_noise(0.0, 550) == 0.0
+
+
+def _overlapping_run() -> tuple[int, list[float]]:
+    """One 10 ms one-instance device; two calls at 0 (the second sent ahead,
+    queued on the device) and a third at 1 ms, held in the batch queue until
+    a slot frees: sent as the first call ends. Overlaps counted, finish times."""
+    gpu = DeviceType("gpu", fixed_s=0.0096, per_row_s=0.0004)
+    arrivals = [Arrival(t, "m", 1, 10.0) for t in (0.0, 0.0, 0.001)]
+    scenario = Scenario(
+        "overlap", [DeviceSpec("gpu", gpu)], [SimModel("m", 1)], arrivals, 0.1, noise_sigma=0.0
+    )
+    sim = CountingSimulation(scenario, "round_robin")
+    done = sorted(r.finished_at for r in sim.run())
+    return sim.overlaps, done
+
+
+def test_the_diagnosis_counts_a_call_started_beside_the_one_queued() -> None:
+    # The engine tells the replica before it starts the queued call: the
+    # third call, sent then, starts beside the second and ends with it.
+    assert _overlapping_run() == (1, pytest.approx([0.010, 0.020, 0.020]))
