@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import multiprocessing
 import pickle
+import threading
+import time
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -15,7 +19,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from gateway.otlp_records import RecordEncoder
-from gateway.span_export import decode, encode, flatten, rebuild
+from gateway.span_export import decode, encode, flatten, rebuild, serve
 
 RESOURCE = Resource({"service.name": "gw", "host.name": "h"}, "https://example.test/schema")
 
@@ -76,3 +80,65 @@ def test_record_batches_cross_the_pipe_with_marshal_else_pickle() -> None:
     odd = (*records[0][:6], {"at": datetime.date(2026, 11, 29)}, *records[0][7:])
     message = encode([odd, *records])
     assert message[:1] == b"p" and decode(message) == [odd, *records]
+
+
+def _until(condition: Any, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+class _Serving:
+    """``serve`` on a thread, at the far end of a pipe, recording its exports."""
+
+    def __init__(self, period_s: float) -> None:
+        self.pipe, theirs = multiprocessing.Pipe(duplex=True)
+        self.sent: list[list[Any]] = []
+        self.flushes = 0
+        self.loop = threading.Thread(
+            target=serve, args=(theirs, self.sent.append, self._flush),
+            kwargs={"period_s": period_s, "most": 5},
+        )  # fmt: skip
+        self.loop.start()
+
+    def _flush(self) -> None:
+        self.flushes += 1
+
+    def close(self) -> None:
+        self.pipe.close()
+        self.loop.join(10)
+
+
+RECORDS = [flatten(span) for span in _spans()]  # two records a message
+
+
+def test_the_export_process_gathers_messages_for_a_period() -> None:
+    serving = _Serving(period_s=0.2)
+    try:
+        for _ in range(2):  # two messages within the period: one export, after it
+            serving.pipe.send_bytes(encode(RECORDS))
+        _until(lambda: serving.sent)
+        assert serving.sent == [RECORDS * 2]
+    finally:
+        serving.close()
+
+
+def test_the_export_process_sends_early_when_full_flushed_or_stopped() -> None:
+    serving = _Serving(period_s=60)
+    try:
+        for _ in range(2):
+            serving.pipe.send_bytes(encode(RECORDS))
+        serving.pipe.send_bytes(b"flush")  # a flush sends what has gathered first
+        assert serving.pipe.poll(10) and serving.pipe.recv_bytes() == b"flushed"
+        assert serving.sent == [RECORDS * 2] and serving.flushes == 1
+        for _ in range(3):  # ``most`` (5) records gathered: sent, long before the period
+            serving.pipe.send_bytes(encode(RECORDS))
+        _until(lambda: len(serving.sent) == 2)
+        assert serving.sent[1] == RECORDS * 3
+        serving.pipe.send_bytes(encode(RECORDS))  # what has gathered at the stop is sent too
+        serving.pipe.send_bytes(b"stop")
+        serving.loop.join(10)
+        assert not serving.loop.is_alive() and serving.sent[2:] == [RECORDS]
+    finally:
+        serving.close()
