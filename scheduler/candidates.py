@@ -23,16 +23,19 @@ available          breaker / drain / discovery, as the instant  O(1) per change
 queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
                                                                 (``Tally.watch``)
 queued (theirs)    Triton's pending requests x the 1-row        per telemetry
-                   prediction                                   epoch, and per
-                                                                changed estimate
+                   prediction                                   epoch, and rows
+                                                                whose prediction
+                                                                went stale, when
+                                                                read
 memory_ok,         fresh device readings (``TelemetryIndex``)   per telemetry
 load_ok, age       and total calls in flight per backend        epoch; load_ok
                                                                 also when a
                                                                 backend crosses
                                                                 its in-flight cap
 service            the estimator, per batch-size bucket         rows whose value
-                                                                may have moved,
-                                                                when it observes
+                   (``ServiceColumns``)                         may have moved
+                                                                since it observed,
+                                                                when read
 =================  ===========================================  ==================
 
 A decision then costs a few vector operations (``maximum(ours, theirs)``,
@@ -55,6 +58,7 @@ from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier, accelerators_with_room
 from scheduler.registry import ModelRegistry
+from scheduler.service_columns import ServiceColumns
 from scheduler.telemetry.snapshot import TelemetrySnapshot
 from scheduler.telemetry_index import BackendSlot, TelemetryIndex, is_local
 
@@ -100,9 +104,7 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
-        self._service: dict[int, Floats] = {}
-        #: Buckets lent in a ``Candidates`` since last written: copied before the next write.
-        self._lent: set[int] = set()
+        self._service = ServiceColumns(name, self.ids)
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
@@ -145,30 +147,14 @@ class ModelTable:
     def estimate_changed(
         self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Re-predict the cached buckets of ``row`` that ``bucket``'s new estimate can
-        move (it, and those interpolated), when a call's outcome is learned."""
-        backend_id = self.ids[row]
-        lent = self._lent
-        known = estimator.buckets(backend_id, self.name)
-        for cached, values in self._service.items():
-            if bucket is None or cached == bucket or cached not in known:
-                if cached in lent:  # a Candidates holds it: write a copy
-                    lent.discard(cached)
-                    values = values.copy()
-                    self._service[cached] = values  # same key: the dict keeps its shape
-                values[row] = _predict(estimator, backend_id, self.name, cached)
-                if cached == 1:
-                    self._theirs[row] = self._pending[row] * _known(values[row])
+        """A call's outcome was learned: the predictions of ``row`` that ``bucket``'s
+        new estimate can move go stale (re-predicted when read: ``ServiceColumns``)."""
+        self._service.changed(row, bucket, estimator)
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """Predicted service time per row for a batch-size bucket (NaN: unknown),
-        for every row on first use, then kept current by ``estimate_changed``."""
-        cached = self._service.get(bucket)
-        if cached is None:
-            cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
-            self._service[bucket] = cached
-        return cached
+        """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
+        return self._service.read(bucket, estimator)
 
     def apply_telemetry(
         self, index: TelemetryIndex, in_flight_ok: Bools, need_bytes: int | None
@@ -195,14 +181,25 @@ class ModelTable:
         self._theirs_valid = not self._has_pending
         self.epoch = index.epoch
 
-    def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        bucket = bucket_of(rows)
-        service = self.service(bucket, estimator)
-        self._lent.add(bucket)
-        if not self._theirs_valid:  # kept current by estimate_changed from here on
-            single = self.service(1, estimator)
+    def _refresh_theirs(self, estimator: ServiceTimeEstimator) -> None:
+        """Triton's queue x the 1-row prediction: all rows after a telemetry epoch,
+        then the rows whose 1-row prediction went stale."""
+        if not self._theirs_valid:
+            single = self._service.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
+        elif stale := self._service.stale(1):
+            rows = list(stale)
+            single = self._service.read(1, estimator)
+            for row in rows:
+                self._theirs[row] = self._pending[row] * _known(single[row])
+
+    def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
+        bucket = bucket_of(rows)
+        if self._has_pending:
+            self._refresh_theirs(estimator)
+        service = self._service.read(bucket, estimator)
+        self._service.lend(bucket)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
         age = self._minus_sampled_at + now
         if self.future_readings:
@@ -225,11 +222,6 @@ class ModelTable:
                 None,  # outstanding
             ),
         )
-
-
-def _predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
-    predicted = estimator.predict(backend_id, model, bucket)
-    return np.nan if predicted is None else predicted
 
 
 def _known(seconds: float) -> float:

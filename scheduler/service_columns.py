@@ -1,0 +1,89 @@
+"""The predicted service time column of a model's candidate table, per batch-size bucket.
+
+Split from ``scheduler.candidates``: a ``ModelTable`` keeps one of these for
+its ``service_s`` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from scheduler.estimator import ServiceTimeEstimator
+
+Floats = npt.NDArray[np.float64]
+
+
+class ServiceColumns:
+    """One array of predictions per batch-size bucket, a row per backend, kept
+    equal to what the estimator predicts now, re-predicted lazily.
+
+    A changed estimate can move the prediction of its own bucket and of every
+    bucket of the pair without an estimate of its own (those are interpolated
+    from all of the pair's buckets); ``changed`` only marks those rows of the
+    cached buckets as stale. ``read`` re-predicts a bucket's stale rows before
+    it hands the array out. A row changed several times between two reads of
+    a bucket is predicted once, and a bucket no decision reads costs nothing.
+    The value read is the same as if every change had been applied at once:
+    a prediction depends only on the estimator's state, which ``changed`` is
+    told of at every change (``ServiceTimeEstimator.listeners``), and a row
+    that no change marked predicts as it did at its last refresh.
+
+    An array handed out (``lend``) is never written afterwards: the next
+    refresh of its bucket writes a copy.
+    """
+
+    def __init__(self, model: str, ids: Sequence[str]) -> None:
+        self._model = model
+        self._ids = tuple(ids)
+        self._arrays: dict[int, Floats] = {}
+        #: Per cached bucket, the rows whose prediction may have moved since computed.
+        self._stale: dict[int, set[int]] = {}
+        #: Buckets lent since last written: copied before the next write.
+        self._lent: set[int] = set()
+
+    def changed(self, row: int, bucket: int | None, estimator: ServiceTimeEstimator) -> None:
+        """``bucket``'s estimate of ``row`` changed (None: all of the pair's went)."""
+        known = estimator.buckets(self._ids[row], self._model)
+        for cached, stale in self._stale.items():
+            if bucket is None or cached == bucket or cached not in known:
+                stale.add(row)
+
+    def read(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
+        """The predictions for ``bucket`` (NaN: unknown), current; the first read
+        predicts every row."""
+        values = self._arrays.get(bucket)
+        if values is None:
+            values = np.array([predict(estimator, b, self._model, bucket) for b in self._ids])
+            self._arrays[bucket] = values
+            self._stale[bucket] = set()
+        elif self._stale[bucket]:
+            values = self._refresh(bucket, estimator)
+        return values
+
+    def stale(self, bucket: int) -> Collection[int]:
+        """The rows of ``bucket`` the next ``read`` re-predicts (a live view)."""
+        return self._stale.get(bucket, ())
+
+    def _refresh(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
+        values = self._arrays[bucket]
+        if bucket in self._lent:  # a Candidates holds it: write a copy
+            self._lent.discard(bucket)
+            values = self._arrays[bucket] = values.copy()  # same key: the dict keeps its shape
+        stale, ids, model = self._stale[bucket], self._ids, self._model
+        for row in stale:
+            values[row] = predict(estimator, ids[row], model, bucket)
+        stale.clear()
+        return values
+
+    def lend(self, bucket: int) -> None:
+        """The array of ``bucket`` is handed out: never write it again."""
+        self._lent.add(bucket)
+
+
+def predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
+    """The estimator's prediction as an array's cell: NaN when unknown."""
+    predicted = estimator.predict(backend_id, model, bucket)
+    return np.nan if predicted is None else predicted
