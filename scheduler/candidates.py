@@ -58,7 +58,7 @@ from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier, accelerators_with_room
 from scheduler.registry import ModelRegistry
-from scheduler.service_columns import ServiceColumns
+from scheduler.service_columns import ServiceColumns, known_or_zero
 from scheduler.telemetry.snapshot import TelemetrySnapshot
 from scheduler.telemetry_index import BackendSlot, TelemetryIndex, is_local
 
@@ -105,6 +105,9 @@ class ModelTable:
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         self._service = ServiceColumns(name, self.ids)
+        #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
+        self._blocked: Bools = np.zeros(0, np.bool_)
+        self._blocked_of: tuple[Bools, Bools] | None = None
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
@@ -192,7 +195,7 @@ class ModelTable:
             rows = list(stale)
             single = self._service.read(1, estimator)
             for row in rows:
-                self._theirs[row] = self._pending[row] * _known(single[row])
+                self._theirs[row] = self._pending[row] * known_or_zero(single[row])
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
         bucket = bucket_of(rows)
@@ -200,6 +203,12 @@ class ModelTable:
             self._refresh_theirs(estimator)
         service = self._service.read(bucket, estimator)
         self._service.lend(bucket)
+        available, room = self.available(now), self.accelerator_ok
+        # Both are replaced, never written, when they change: identity tells.
+        of = self._blocked_of
+        if of is None or of[0] is not available or of[1] is not room:
+            self._blocked = ~(available & room)
+            self._blocked_of = (available, room)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
         age = self._minus_sampled_at + now
         if self.future_readings:
@@ -210,7 +219,7 @@ class ModelTable:
             (
                 self.ids,  # backend_ids
                 self.tier,  # tier
-                self.available(now),  # available
+                available,  # available
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
                 # queued_s: the larger view (Triton's holds ours and other gateways'); with
@@ -218,14 +227,11 @@ class ModelTable:
                 np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
                 service,  # service_s
                 age,  # telemetry_age_s
-                self.accelerator_ok,  # accelerator_ok
+                room,  # accelerator_ok
                 None,  # outstanding
+                self._blocked,  # blocked
             ),
         )
-
-
-def _known(seconds: float) -> float:
-    return 0.0 if seconds != seconds else seconds  # NaN (unknown) adds no queue
 
 
 class CandidateTables:

@@ -87,3 +87,8 @@ def predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket
     """The estimator's prediction as an array's cell: NaN when unknown."""
     predicted = estimator.predict(backend_id, model, bucket)
     return np.nan if predicted is None else predicted
+
+
+def known_or_zero(seconds: float) -> float:
+    """A prediction as work: NaN (unknown) adds none."""
+    return 0.0 if seconds != seconds else seconds
