@@ -56,7 +56,7 @@ class ServiceColumns:
         predicts every row."""
         values = self._arrays.get(bucket)
         if values is None:
-            values = np.array([predict(estimator, b, self._model, bucket) for b in self._ids])
+            values = np.array([cell(estimator, b, self._model, bucket) for b in self._ids])
             self._arrays[bucket] = values
             self._stale[bucket] = set()
         elif self._stale[bucket]:
@@ -72,9 +72,10 @@ class ServiceColumns:
         if bucket in self._lent:  # a Candidates holds it: write a copy
             self._lent.discard(bucket)
             values = self._arrays[bucket] = values.copy()  # same key: the dict keeps its shape
-        stale, ids, model = self._stale[bucket], self._ids, self._model
-        for row in stale:
-            values[row] = predict(estimator, ids[row], model, bucket)
+        stale, ids, model, predict = self._stale[bucket], self._ids, self._model, estimator.predict
+        for row in stale:  # as ``cell`` does, without a call per row
+            predicted = predict(ids[row], model, bucket)
+            values[row] = np.nan if predicted is None else predicted
         stale.clear()
         return values
 
@@ -83,7 +84,7 @@ class ServiceColumns:
         self._lent.add(bucket)
 
 
-def predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
+def cell(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
     """The estimator's prediction as an array's cell: NaN when unknown."""
     predicted = estimator.predict(backend_id, model, bucket)
     return np.nan if predicted is None else predicted
