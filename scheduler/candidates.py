@@ -104,7 +104,8 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
-        self._service = ServiceColumns(name, self.ids)
+        #: service_s per bucket, made stale by the estimator's changes (``_estimate_changed``).
+        self.service_columns = ServiceColumns(name, self.ids)
         #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
         self._blocked: Bools = np.zeros(0, np.bool_)
         self._blocked_of: tuple[Bools, Bools] | None = None
@@ -147,17 +148,10 @@ class ModelTable:
     def _room_changed(self) -> None:
         self.accelerator_ok = accelerators_with_room(self.tier, self.memory_ok, self.load_ok)
 
-    def estimate_changed(
-        self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
-    ) -> None:
-        """A call's outcome was learned: the predictions of ``row`` that ``bucket``'s
-        new estimate can move go stale (re-predicted when read: ``ServiceColumns``)."""
-        self._service.changed(row, bucket, estimator)
-
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
         """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
-        return self._service.read(bucket, estimator)
+        return self.service_columns.read(bucket, estimator)
 
     def apply_telemetry(
         self, index: TelemetryIndex, in_flight_ok: Bools, need_bytes: int | None
@@ -188,12 +182,12 @@ class ModelTable:
         """Triton's queue x the 1-row prediction: all rows after a telemetry epoch,
         then the rows whose 1-row prediction went stale."""
         if not self._theirs_valid:
-            single = self._service.read(1, estimator)
+            single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        elif stale := self._service.stale(1):
+        elif stale := self.service_columns.stale(1):
             rows = list(stale)
-            single = self._service.read(1, estimator)
+            single = self.service_columns.read(1, estimator)
             for row in rows:
                 self._theirs[row] = self._pending[row] * known_or_zero(single[row])
 
@@ -201,8 +195,8 @@ class ModelTable:
         bucket = bucket_of(rows)
         if self._has_pending:
             self._refresh_theirs(estimator)
-        service = self._service.read(bucket, estimator)
-        self._service.lend(bucket)
+        service = self.service_columns.read(bucket, estimator)
+        self.service_columns.lend(bucket)
         available, room = self.available(now), self.accelerator_ok
         # Both are replaced, never written, when they change: identity tells.
         of = self._blocked_of
@@ -261,7 +255,8 @@ class CandidateTables:
             max_age_s=config.telemetry_max_age_s, max_gpu_utilization=config.max_gpu_utilization
         )
         self._tables: dict[str, ModelTable] = {}
-        self._cells: dict[tuple[str, str], tuple[ModelTable, int]] = {}
+        #: backend id -> model -> (table, row): a hook's lookup makes no key tuple.
+        self._cells: dict[str, dict[str, tuple[ModelTable, int]]] = {}
         self._rows_of: dict[str, list[tuple[ModelTable, int]]] = {}
         self._slot_of: dict[str, int] = {}
         self._in_flight: list[int] = []
@@ -273,7 +268,8 @@ class CandidateTables:
         """Backends or models changed: rebuild the tables on next use."""
         self._bound = False
         self._tables.clear()
-        self._cells.clear()
+        for cells in self._cells.values():  # each is held by its backend's hook
+            cells.clear()
         self._rows_of.clear()
 
     # -- reads ----------------------------------------------------------------
@@ -340,19 +336,20 @@ class CandidateTables:
             [concurrency(s, spec) for s in states],
         )
         for row, state in enumerate(states):
-            self._cells[(state.id, model)] = (table, row)
+            self._cells.setdefault(state.id, {})[model] = (table, row)
             self._rows_of.setdefault(state.id, []).append((table, row))
         self._tables[model] = table
         return table
 
     def _hook(self, state: BackendState) -> None:
         backend_id = state.id
+        cells = self._cells.setdefault(backend_id, {})
 
         def availability() -> None:
             self._availability_changed(state)
 
         def busy(model: str, old: float, new: float) -> None:
-            cell = self._cells.get((backend_id, model))
+            cell = cells.get(model)
             if cell is not None:
                 cell[0].set_busy(cell[1], new)
 
@@ -386,9 +383,10 @@ class CandidateTables:
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
-        cell = self._cells.get((backend_id, model))
-        if cell is not None:
-            cell[0].estimate_changed(cell[1], bucket, self._estimator)
+        cells = self._cells.get(backend_id)
+        cell = cells.get(model) if cells is not None else None
+        if cell is not None:  # its predictions that the change can move go stale
+            cell[0].service_columns.changed(cell[1], bucket, self._estimator)
 
 
 def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
