@@ -128,7 +128,9 @@ class ModelTable:
 
     def capacity(self, now: float) -> int:
         """Instances, summed over the rows that take work at ``now``."""
-        self.available(now)
+        low, high = self._available_in  # as ``available`` does: a look per arrival
+        if not low <= now < high:
+            self._look(now)
         return self._capacity
 
     def _look(self, now: float) -> None:
@@ -304,7 +306,8 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        return self.table(model).capacity(now)
+        table = self._tables.get(model)  # as ``table`` does, without the call
+        return (table if table is not None else self._build(model)).capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
