@@ -17,19 +17,20 @@ Floats = npt.NDArray[np.float64]
 
 
 class ServiceColumns:
-    """One array of predictions per batch-size bucket, a row per backend, kept
-    equal to what the estimator predicts now, re-predicted lazily.
+    """One array of predictions per batch-size bucket, a row per backend; what
+    ``read`` returns is what the estimator predicts at that moment.
 
     A changed estimate can move the prediction of its own bucket and of every
     bucket of the pair without an estimate of its own (those are interpolated
-    from all of the pair's buckets); ``changed`` only marks those rows of the
-    cached buckets as stale. ``read`` re-predicts a bucket's stale rows before
-    it hands the array out. A row changed several times between two reads of
-    a bucket is predicted once, and a bucket no decision reads costs nothing.
-    The value read is the same as if every change had been applied at once:
-    a prediction depends only on the estimator's state, which ``changed`` is
-    told of at every change (``ServiceTimeEstimator.listeners``), and a row
-    that no change marked predicts as it did at its last refresh.
+    from the pair's nearest buckets, so any of them may move them); ``changed``
+    only marks those rows of the cached buckets as stale, and ``read``
+    re-predicts a bucket's stale rows before it hands the array out. A row
+    changed several times between two reads of a bucket is predicted once, and
+    a bucket no decision reads costs a set insertion per change, no prediction.
+    The values are those an immediate re-prediction at every change would give:
+    a prediction depends only on the estimator's state, every change of which
+    ``changed`` is told of (``ServiceTimeEstimator.listeners``), and a row no
+    change marked predicts as at its last refresh.
 
     An array handed out (``lend``) is never written afterwards: the next
     refresh of its bucket writes a copy.
