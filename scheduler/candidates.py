@@ -23,19 +23,16 @@ available          breaker / drain / discovery, as the instant  O(1) per change
 queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
                                                                 (``Tally.watch``)
 queued (theirs)    Triton's pending requests x the 1-row        per telemetry
-                   prediction                                   epoch, and rows
-                                                                whose prediction
-                                                                went stale, when
-                                                                read
+                   prediction                                   epoch, and per
+                                                                changed estimate
 memory_ok,         fresh device readings (``TelemetryIndex``)   per telemetry
 load_ok, age       and total calls in flight per backend        epoch; load_ok
                                                                 also when a
                                                                 backend crosses
                                                                 its in-flight cap
 service            the estimator, per batch-size bucket         rows whose value
-                   (``ServiceColumns``)                         may have moved
-                                                                since it observed,
-                                                                when read
+                   (``ServiceColumns``)                         may have moved,
+                                                                when it observes
 =================  ===========================================  ==================
 
 A decision then costs a few vector operations (``maximum(ours, theirs)``,
@@ -104,7 +101,7 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
-        #: service_s per bucket, made stale by the estimator's changes (``_estimate_changed``).
+        #: service_s per bucket, kept current by ``estimate_changed``.
         self.service_columns = ServiceColumns(name, self.ids)
         #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
         self._blocked: Bools = np.zeros(0, np.bool_)
@@ -150,6 +147,15 @@ class ModelTable:
     def _room_changed(self) -> None:
         self.accelerator_ok = accelerators_with_room(self.tier, self.memory_ok, self.load_ok)
 
+    def estimate_changed(
+        self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
+    ) -> None:
+        """Re-predict the cells of ``row`` that ``bucket``'s new estimate can move."""
+        self.service_columns.changed(row, bucket, estimator)
+        # Triton's queue x the 1-row prediction follows it (all zeros with none queued).
+        if self._has_pending and (single := self.service_columns.cached(1)) is not None:
+            self._theirs[row] = self._pending[row] * known_or_zero(single[row])
+
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
         """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
@@ -180,25 +186,14 @@ class ModelTable:
         self._theirs_valid = not self._has_pending
         self.epoch = index.epoch
 
-    def _refresh_theirs(self, estimator: ServiceTimeEstimator) -> None:
-        """Triton's queue x the 1-row prediction: all rows after a telemetry epoch,
-        then the rows whose 1-row prediction went stale."""
-        if not self._theirs_valid:
+    def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
+        bucket = bucket_of(rows)
+        service = self.service_columns.read(bucket, estimator)
+        self.service_columns.lend(bucket)
+        if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
-        elif stale := self.service_columns.stale(1):
-            rows = list(stale)
-            single = self.service_columns.read(1, estimator)
-            for row in rows:
-                self._theirs[row] = self._pending[row] * known_or_zero(single[row])
-
-    def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        bucket = bucket_of(rows)
-        if self._has_pending:
-            self._refresh_theirs(estimator)
-        service = self.service_columns.read(bucket, estimator)
-        self.service_columns.lend(bucket)
         available, room = self.available(now), self.accelerator_ok
         # Both are replaced, never written, when they change: identity tells.
         of = self._blocked_of
@@ -388,8 +383,8 @@ class CandidateTables:
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
         cells = self._cells.get(backend_id)
         cell = cells.get(model) if cells is not None else None
-        if cell is not None:  # its predictions that the change can move go stale
-            cell[0].service_columns.changed(cell[1], bucket, self._estimator)
+        if cell is not None:
+            cell[0].estimate_changed(cell[1], bucket, self._estimator)
 
 
 def _without(c: Candidates, exclude: Collection[str]) -> Candidates:

@@ -6,7 +6,7 @@ its ``service_s`` column.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -17,68 +17,54 @@ Floats = npt.NDArray[np.float64]
 
 
 class ServiceColumns:
-    """One array of predictions per batch-size bucket, a row per backend; what
-    ``read`` returns is what the estimator predicts at that moment.
+    """One array of predictions per batch-size bucket, a row per backend, each
+    predicted for every row on first use and then kept equal to what the
+    estimator predicts.
 
     A changed estimate can move the prediction of its own bucket and of every
     bucket of the pair without an estimate of its own (those are interpolated
     from the pair's nearest buckets, so any of them may move them); ``changed``
-    only marks those rows of the cached buckets as stale, and ``read``
-    re-predicts a bucket's stale rows before it hands the array out. A row
-    changed several times between two reads of a bucket is predicted once, and
-    a bucket no decision reads costs a set insertion per change, no prediction.
-    The values are those an immediate re-prediction at every change would give:
-    a prediction depends only on the estimator's state, every change of which
-    ``changed`` is told of (``ServiceTimeEstimator.listeners``), and a row no
-    change marked predicts as at its last refresh.
+    re-predicts those cells of the cached buckets at once, at the completion
+    that taught the estimator, so a decision (``read``) finds them current.
+    (Deferring them to the read was tried: the simulator then predicted ~5%
+    fewer cells, but the live decision paid for them on its critical path.)
 
     An array handed out (``lend``) is never written afterwards: the next
-    refresh of its bucket writes a copy.
+    change of its bucket writes a copy.
     """
 
     def __init__(self, model: str, ids: Sequence[str]) -> None:
         self._model = model
         self._ids = tuple(ids)
         self._arrays: dict[int, Floats] = {}
-        #: Per cached bucket, the rows whose prediction may have moved since computed.
-        self._stale: dict[int, set[int]] = {}
         #: Buckets lent since last written: copied before the next write.
         self._lent: set[int] = set()
 
     def changed(self, row: int, bucket: int | None, estimator: ServiceTimeEstimator) -> None:
         """``bucket``'s estimate of ``row`` changed (None: all of the pair's went)."""
-        known = estimator.buckets(self._ids[row], self._model)
-        for cached, stale in self._stale.items():
+        backend_id, model, lent = self._ids[row], self._model, self._lent
+        known = estimator.buckets(backend_id, model)
+        for cached, values in self._arrays.items():
             if bucket is None or cached == bucket or cached not in known:
-                stale.add(row)
+                if cached in lent:  # a Candidates holds it: write a copy
+                    lent.discard(cached)
+                    values = values.copy()
+                    self._arrays[cached] = values  # same key: the dict keeps its shape
+                # As ``cell`` does, without a call per cell.
+                predicted = estimator.predict(backend_id, model, cached)
+                values[row] = np.nan if predicted is None else predicted
 
     def read(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """The predictions for ``bucket`` (NaN: unknown), current; the first read
-        predicts every row."""
+        """The predictions for ``bucket`` (NaN: unknown); the first read predicts every row."""
         values = self._arrays.get(bucket)
         if values is None:
             values = np.array([cell(estimator, b, self._model, bucket) for b in self._ids])
             self._arrays[bucket] = values
-            self._stale[bucket] = set()
-        elif self._stale[bucket]:
-            values = self._refresh(bucket, estimator)
         return values
 
-    def stale(self, bucket: int) -> Collection[int]:
-        """The rows of ``bucket`` the next ``read`` re-predicts (a live view)."""
-        return self._stale.get(bucket, ())
-
-    def _refresh(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        values = self._arrays[bucket]
-        if bucket in self._lent:  # a Candidates holds it: write a copy
-            self._lent.discard(bucket)
-            values = self._arrays[bucket] = values.copy()  # same key: the dict keeps its shape
-        stale, ids, model, predict = self._stale[bucket], self._ids, self._model, estimator.predict
-        for row in stale:  # as ``cell`` does, without a call per row
-            predicted = predict(ids[row], model, bucket)
-            values[row] = np.nan if predicted is None else predicted
-        stale.clear()
-        return values
+    def cached(self, bucket: int) -> Floats | None:
+        """The predictions for ``bucket`` if any read asked for them yet."""
+        return self._arrays.get(bucket)
 
     def lend(self, bucket: int) -> None:
         """The array of ``bucket`` is handed out: never write it again."""

@@ -1,6 +1,7 @@
-"""The service-time column re-predicts lazily (``scheduler.service_columns``):
-what a read returns is what the estimator predicts now, and a row changed
-several times between two reads is predicted once."""
+"""The service-time column (``scheduler.service_columns``): what a read returns
+is what the estimator predicts now, re-predicted at the change, so a read
+(a decision) predicts nothing once a bucket is cached; a lent array is never
+written."""
 
 from __future__ import annotations
 
@@ -54,16 +55,14 @@ def test_reads_what_the_estimator_predicts_now() -> None:
         np.testing.assert_array_equal(columns.read(bucket, estimator), current(estimator, bucket))
 
 
-def test_a_row_changed_twice_between_reads_is_predicted_once() -> None:
+def test_a_read_predicts_nothing_once_cached() -> None:
     estimator, columns = wired()
     estimator.seed("a", "m", 1, 0.010)
     columns.read(2, estimator)
+    estimator.observe("a", "m", 1, 0.012)  # bucket 2 of "a" is interpolated: re-predicted
     estimator.predictions = 0
-    for seconds in (0.011, 0.012, 0.013):
-        estimator.observe("a", "m", 1, seconds)  # bucket 2 of "a" is interpolated: stale
-    assert estimator.predictions == 0  # nothing re-predicted until read
     values = columns.read(2, estimator)
-    assert estimator.predictions == 1
+    assert estimator.predictions == 0
     assert values[0] == estimator.predict("a", "m", 2)
 
 
