@@ -156,3 +156,21 @@ def test_sweeps_fall_at_whole_periods_from_the_live_schedulers_start() -> None:
     sim._sweep = lambda: swept.append(sim.clock.now())  # type: ignore[method-assign]
     sim.run()
     assert swept == [7.0, 17.0]
+
+
+def test_events_run_in_time_order_and_one_time_in_the_order_scheduled() -> None:
+    scenario = dataclasses.replace(build(gpus=1, duration_s=0.01), arrivals=())
+    sim = Simulation(scenario, "predicted_finish_time")
+    ran: list[str] = []
+
+    def event(name: str, *more: tuple[float, str]) -> None:
+        ran.append(name)
+        for when, follower in more:  # scheduled while a time's events run
+            sim.at(when, event, follower)
+
+    sim.at(0.002, event, "c")
+    sim.at(0.001, event, "a", (0.001, "b2"), (0.003, "d"))
+    sim.at(0.001, event, "b1")
+    sim.at(0.003, event, "e", (0.003, "f"))
+    sim.run()
+    assert ran == ["a", "b1", "b2", "c", "e", "d", "f"]  # e was scheduled before d
