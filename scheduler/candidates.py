@@ -31,7 +31,7 @@ load_ok, age       and total calls in flight per backend        epoch; load_ok
                                                                 backend crosses
                                                                 its in-flight cap
 service            the estimator, per batch-size bucket         rows whose value
-                                                                may have moved,
+                   (``ServiceColumns``)                         may have moved,
                                                                 when it observes
 =================  ===========================================  ==================
 
@@ -55,6 +55,7 @@ from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier, accelerators_with_room
 from scheduler.registry import ModelRegistry
+from scheduler.service_columns import ServiceColumns, known_or_zero
 from scheduler.telemetry.snapshot import TelemetrySnapshot
 from scheduler.telemetry_index import BackendSlot, TelemetryIndex, is_local
 
@@ -100,9 +101,11 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
-        self._service: dict[int, Floats] = {}
-        #: Buckets lent in a ``Candidates`` since last written: copied before the next write.
-        self._lent: set[int] = set()
+        #: service_s per bucket, kept current by ``estimate_changed``.
+        self.service_columns = ServiceColumns(name, self.ids)
+        #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
+        self._blocked: Bools = np.zeros(0, np.bool_)
+        self._blocked_of: tuple[Bools, Bools] | None = None
 
     # -- O(1) updates -------------------------------------------------------
     def set_busy(self, row: int, seconds: float) -> None:
@@ -122,7 +125,9 @@ class ModelTable:
 
     def capacity(self, now: float) -> int:
         """Instances, summed over the rows that take work at ``now``."""
-        self.available(now)
+        low, high = self._available_in  # as ``available`` does: a look per arrival
+        if not low <= now < high:
+            self._look(now)
         return self._capacity
 
     def _look(self, now: float) -> None:
@@ -145,30 +150,16 @@ class ModelTable:
     def estimate_changed(
         self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Re-predict the cached buckets of ``row`` that ``bucket``'s new estimate can
-        move (it, and those interpolated), when a call's outcome is learned."""
-        backend_id = self.ids[row]
-        lent = self._lent
-        known = estimator.buckets(backend_id, self.name)
-        for cached, values in self._service.items():
-            if bucket is None or cached == bucket or cached not in known:
-                if cached in lent:  # a Candidates holds it: write a copy
-                    lent.discard(cached)
-                    values = values.copy()
-                    self._service[cached] = values  # same key: the dict keeps its shape
-                values[row] = _predict(estimator, backend_id, self.name, cached)
-                if cached == 1:
-                    self._theirs[row] = self._pending[row] * _known(values[row])
+        """Re-predict the cells of ``row`` that ``bucket``'s new estimate can move."""
+        self.service_columns.changed(row, bucket, estimator)
+        # Triton's queue x the 1-row prediction follows it (all zeros with none queued).
+        if self._has_pending and (single := self.service_columns.cached(1)) is not None:
+            self._theirs[row] = self._pending[row] * known_or_zero(single[row])
 
     # -- reads ----------------------------------------------------------------
     def service(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
-        """Predicted service time per row for a batch-size bucket (NaN: unknown),
-        for every row on first use, then kept current by ``estimate_changed``."""
-        cached = self._service.get(bucket)
-        if cached is None:
-            cached = np.array([_predict(estimator, b, self.name, bucket) for b in self.ids])
-            self._service[bucket] = cached
-        return cached
+        """Predicted service time per row for a batch-size bucket (NaN: unknown)."""
+        return self.service_columns.read(bucket, estimator)
 
     def apply_telemetry(
         self, index: TelemetryIndex, in_flight_ok: Bools, need_bytes: int | None
@@ -197,12 +188,18 @@ class ModelTable:
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
         bucket = bucket_of(rows)
-        service = self.service(bucket, estimator)
-        self._lent.add(bucket)
+        service = self.service_columns.read(bucket, estimator)
+        self.service_columns.lend(bucket)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
-            single = self.service(1, estimator)
+            single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
             self._theirs_valid = True
+        available, room = self.available(now), self.accelerator_ok
+        # Both are replaced, never written, when they change: identity tells.
+        of = self._blocked_of
+        if of is None or of[0] is not available or of[1] is not room:
+            self._blocked = ~(available & room)
+            self._blocked_of = (available, room)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
         age = self._minus_sampled_at + now
         if self.future_readings:
@@ -213,7 +210,7 @@ class ModelTable:
             (
                 self.ids,  # backend_ids
                 self.tier,  # tier
-                self.available(now),  # available
+                available,  # available
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
                 # queued_s: the larger view (Triton's holds ours and other gateways'); with
@@ -221,19 +218,11 @@ class ModelTable:
                 np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
                 service,  # service_s
                 age,  # telemetry_age_s
-                self.accelerator_ok,  # accelerator_ok
+                room,  # accelerator_ok
                 None,  # outstanding
+                self._blocked,  # blocked
             ),
         )
-
-
-def _predict(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
-    predicted = estimator.predict(backend_id, model, bucket)
-    return np.nan if predicted is None else predicted
-
-
-def _known(seconds: float) -> float:
-    return 0.0 if seconds != seconds else seconds  # NaN (unknown) adds no queue
 
 
 class CandidateTables:
@@ -263,7 +252,8 @@ class CandidateTables:
             max_age_s=config.telemetry_max_age_s, max_gpu_utilization=config.max_gpu_utilization
         )
         self._tables: dict[str, ModelTable] = {}
-        self._cells: dict[tuple[str, str], tuple[ModelTable, int]] = {}
+        #: backend id -> model -> (table, row): a hook's lookup makes no key tuple.
+        self._cells: dict[str, dict[str, tuple[ModelTable, int]]] = {}
         self._rows_of: dict[str, list[tuple[ModelTable, int]]] = {}
         self._slot_of: dict[str, int] = {}
         self._in_flight: list[int] = []
@@ -275,7 +265,8 @@ class CandidateTables:
         """Backends or models changed: rebuild the tables on next use."""
         self._bound = False
         self._tables.clear()
-        self._cells.clear()
+        for cells in self._cells.values():  # each is held by its backend's hook
+            cells.clear()
         self._rows_of.clear()
 
     # -- reads ----------------------------------------------------------------
@@ -310,7 +301,8 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        return self.table(model).capacity(now)
+        table = self._tables.get(model)  # as ``table`` does, without the call
+        return (table if table is not None else self._build(model)).capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
@@ -342,19 +334,20 @@ class CandidateTables:
             [concurrency(s, spec) for s in states],
         )
         for row, state in enumerate(states):
-            self._cells[(state.id, model)] = (table, row)
+            self._cells.setdefault(state.id, {})[model] = (table, row)
             self._rows_of.setdefault(state.id, []).append((table, row))
         self._tables[model] = table
         return table
 
     def _hook(self, state: BackendState) -> None:
         backend_id = state.id
+        cells = self._cells.setdefault(backend_id, {})
 
         def availability() -> None:
             self._availability_changed(state)
 
         def busy(model: str, old: float, new: float) -> None:
-            cell = self._cells.get((backend_id, model))
+            cell = cells.get(model)
             if cell is not None:
                 cell[0].set_busy(cell[1], new)
 
@@ -388,7 +381,8 @@ class CandidateTables:
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
     def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
-        cell = self._cells.get((backend_id, model))
+        cells = self._cells.get(backend_id)
+        cell = cells.get(model) if cells is not None else None
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
 

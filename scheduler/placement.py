@@ -57,6 +57,11 @@ class Candidates(NamedTuple):
     ``outstanding``, optional, is the calls in flight on each backend (all
     models), filled in only for routers that count calls (``scheduler.routing``).
 
+    ``blocked``, optional, is ``~(available & accelerator_ok)``, the rows the
+    fast path leaves out, from a producer that keeps it between changes of
+    those columns (the candidate tables); ``place`` computes it when it is
+    None. It must agree with the other columns.
+
     ``Candidates`` and ``Decision`` are named tuples (immutable, read by
     attribute) rather than frozen dataclasses: one of each is made per
     decision, and a frozen dataclass costs four times as much to make (its
@@ -73,6 +78,7 @@ class Candidates(NamedTuple):
     telemetry_age_s: npt.NDArray[np.float64]
     accelerator_ok: npt.NDArray[np.bool_] | None = None
     outstanding: npt.NDArray[np.int64] | None = None
+    blocked: npt.NDArray[np.bool_] | None = None
 
 
 def accelerators_with_room(
@@ -118,14 +124,16 @@ def place(
         return _place_one(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
     if not c.backend_ids:
         return _place(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
-    room = c.accelerator_ok
-    if room is None:
-        room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
+    blocked = c.blocked
+    if blocked is None:
+        room = c.accelerator_ok
+        if room is None:
+            room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
+        blocked = c.available & room
+        np.logical_not(blocked, out=blocked)
     # The blocked rows are set to inf in place (``putmask``), which costs less
     # than ``np.where`` with a scalar operand.
     scores = c.queued_s + c.service_s
-    blocked = c.available & room
-    np.logical_not(blocked, out=blocked)
     np.putmask(scores, blocked, np.inf)
     best = int(scores.argmin())
     best_s = scores.item(best)

@@ -85,6 +85,8 @@ def same(a: Candidates, b: Candidates) -> None:
     assert a.accelerator_ok is not None
     room = accelerators_with_room(a.tier, a.memory_ok, a.load_ok)
     np.testing.assert_array_equal(a.accelerator_ok, room, err_msg="accelerator_ok")
+    assert a.blocked is not None
+    np.testing.assert_array_equal(a.blocked, ~(b.available & room), err_msg="blocked")
     for name in ("tier", "available", "memory_ok", "load_ok", "queued_s", "service_s"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     np.testing.assert_array_equal(a.telemetry_age_s, b.telemetry_age_s, err_msg="age")

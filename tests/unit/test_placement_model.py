@@ -1,5 +1,5 @@
 """``place``'s fast path against its general path (hypothesis): on random
-candidates, with and without the precomputed ``accelerator_ok`` column, the
+candidates, with and without the precomputed ``accelerator_ok`` and ``blocked`` columns, the
 decision must be the same in every field."""
 
 from __future__ import annotations
@@ -44,5 +44,9 @@ def test_the_fast_path_decides_as_the_general_one(data: st.DataObject, n: int) -
     room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
     kept = c._replace(accelerator_ok=room)
     assert fields(place(kept, now=now, deadline=deadline, unknown_service_s=unknown)) == fields(
+        fast
+    )
+    both = kept._replace(blocked=~(c.available & room))
+    assert fields(place(both, now=now, deadline=deadline, unknown_service_s=unknown)) == fields(
         fast
     )

@@ -35,6 +35,24 @@ def test_the_same_seed_gives_the_same_run() -> None:
     assert [(r.backend, r.finished_at) for r in a] == [(r.backend, r.finished_at) for r in b]
 
 
+def test_events_run_in_time_order_and_one_time_in_the_order_scheduled() -> None:
+    scenario = dataclasses.replace(build(gpus=1, duration_s=0.01), arrivals=())
+    sim = Simulation(scenario, "predicted_finish_time")
+    ran: list[str] = []
+
+    def event(name: str, *more: tuple[float, str]) -> None:
+        ran.append(name)
+        for when, follower in more:  # scheduled while a time's events run
+            sim.at(when, event, follower)
+
+    sim.at(0.002, event, "c")
+    sim.at(0.001, event, "a", (0.001, "b2"), (0.003, "d"))
+    sim.at(0.001, event, "b1")
+    sim.at(0.003, event, "e", (0.003, "f"))
+    sim.run()
+    assert ran == ["a", "b1", "b2", "c", "e", "d", "f"]  # e was scheduled before d
+
+
 def test_predicted_finish_time_prefers_the_fast_gpu() -> None:
     scenario = build(gpus=2, duration_s=1.0, scale=0.5)
     sim = Simulation(scenario, "predicted_finish_time")

@@ -1,0 +1,78 @@
+"""The service-time column (``scheduler.service_columns``): what a read returns
+is what the estimator predicts now, re-predicted at the change, so a read
+(a decision) predicts nothing once a bucket is cached; a lent array is never
+written."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from scheduler.estimator import ServiceTimeEstimator
+from scheduler.service_columns import ServiceColumns
+
+IDS = ("a", "b", "c")
+
+
+class CountingEstimator(ServiceTimeEstimator):
+    """The real estimator, counting its predictions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.predictions = 0
+
+    def predict(self, backend_id: str, model: str, rows: int) -> float | None:
+        self.predictions += 1
+        return super().predict(backend_id, model, rows)
+
+
+def wired() -> tuple[CountingEstimator, ServiceColumns]:
+    estimator = CountingEstimator()
+    columns = ServiceColumns("m", IDS)
+
+    def changed(backend_id: str, model: str, bucket: int | None) -> None:
+        columns.changed(IDS.index(backend_id), bucket, estimator)
+
+    estimator.listeners.append(changed)
+    return estimator, columns
+
+
+def current(estimator: ServiceTimeEstimator, bucket: int) -> list[float]:
+    return [math.nan if (p := estimator.predict(b, "m", bucket)) is None else p for b in IDS]
+
+
+def test_reads_what_the_estimator_predicts_now() -> None:
+    estimator, columns = wired()
+    estimator.seed("a", "m", 1, 0.010)
+    for bucket in (1, 2, 8):
+        columns.read(bucket, estimator)
+    estimator.observe("a", "m", 1, 0.012)  # moves 1 and the interpolated 2 and 8
+    estimator.observe("b", "m", 8, 0.030)  # b's 8, and its 1 and 2 from it
+    estimator.forget("a")
+    estimator.observe("c", "m", 2, 0.020)
+    for bucket in (1, 2, 8):
+        np.testing.assert_array_equal(columns.read(bucket, estimator), current(estimator, bucket))
+
+
+def test_a_read_predicts_nothing_once_cached() -> None:
+    estimator, columns = wired()
+    estimator.seed("a", "m", 1, 0.010)
+    columns.read(2, estimator)
+    estimator.observe("a", "m", 1, 0.012)  # bucket 2 of "a" is interpolated: re-predicted
+    estimator.predictions = 0
+    values = columns.read(2, estimator)
+    assert estimator.predictions == 0
+    assert values[0] == estimator.predict("a", "m", 2)
+
+
+def test_a_lent_array_is_never_written() -> None:
+    estimator, columns = wired()
+    estimator.seed("a", "m", 1, 0.010)
+    lent = columns.read(1, estimator)
+    columns.lend(1)
+    kept = lent.copy()
+    estimator.observe("a", "m", 1, 0.050)
+    fresh = columns.read(1, estimator)
+    np.testing.assert_array_equal(lent, kept)
+    assert fresh[0] == 0.050 and fresh is not lent
