@@ -9,10 +9,10 @@ a call its reply, as ``sim_vs_real_dist`` simulates now; ``held``: that rest
 held on the device, as it simulated before): the requests refused at the
 door, the CPU tier's share, p99, the fast server's call as the gateway times
 it and its queue, next to the real run's; the call starts that put a call on
-a device already running as many as it has instances (``overlaps``:
-``Simulation._finish`` tells the replica a call is done before it starts the
-call queued on the device, so a call the replica sends in that step can
-start beside the queued one); and the median of the batch queue's average
+a device already running as many as it has instances (``overlaps``: 0
+since ``Simulation._finish`` starts the call queued on the device before it
+tells the replica; before that, a call the replica sent in that step started
+beside the queued one, which is how this tool found it); and the median of the batch queue's average
 batch time when each call was sent (what admission compares with half the
 time left). Reads the file only: no real run, a few seconds.
 """
