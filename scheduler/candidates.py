@@ -35,10 +35,12 @@ service            the estimator, per batch-size bucket         rows whose value
                                                                 when it observes
 =================  ===========================================  ==================
 
-A decision then costs a few vector operations (``maximum(ours, theirs)``,
-``now - sampled_at``) plus ``place``. Arrays
-handed out in a ``Candidates`` are never written afterwards (columns that are
-updated in place are copied first), so a caller may keep one.
+A decision then costs a few vector operations (``now - sampled_at`` into a
+buffer the table keeps, ``maximum(ours, theirs)`` only while Triton reports
+pending requests) plus ``place``. The ``queued_s``, ``service_s`` and
+``telemetry_age_s`` of a ``Candidates`` are borrowed: the table's own
+arrays, written in place by the next hook or decision, so a caller reads them
+during its decision and copies what it keeps (see ``Candidates``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
+        # Written by each decision (borrowed by its Candidates, see ``candidates``).
+        self._age: Floats = np.empty(n)
+        self._queued: Floats = np.empty(n)
         #: service_s per bucket, kept current by ``estimate_changed``.
         self.service_columns = ServiceColumns(name, self.ids)
         #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
@@ -189,7 +194,6 @@ class ModelTable:
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
         bucket = bucket_of(rows)
         service = self.service_columns.read(bucket, estimator)
-        self.service_columns.lend(bucket)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
@@ -201,7 +205,7 @@ class ModelTable:
             self._blocked = ~(available & room)
             self._blocked_of = (available, room)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
-        age = self._minus_sampled_at + now
+        age = np.add(self._minus_sampled_at, now, out=self._age)
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
         # tuple.__new__: a named tuple's own __new__ is a Python function.
@@ -214,8 +218,10 @@ class ModelTable:
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
                 # queued_s: the larger view (Triton's holds ours and other gateways'); with
-                # nothing pending theirs is zeros and ours >= 0, so a copy is the same, for less.
-                np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
+                # nothing pending theirs is zeros and ours >= 0: ours itself, borrowed.
+                np.maximum(self.ours, self._theirs, out=self._queued)
+                if self._has_pending
+                else self.ours,
                 service,  # service_s
                 age,  # telemetry_age_s
                 room,  # accelerator_ok
