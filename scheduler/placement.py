@@ -62,6 +62,12 @@ class Candidates(NamedTuple):
     those columns (the candidate tables); ``place`` computes it when it is
     None. It must agree with the other columns.
 
+    Borrowed, not owned: a producer may hand out its own arrays and write
+    them again after the decision (the candidate tables lend ``queued_s``,
+    ``service_s`` and ``telemetry_age_s`` so, saving two arrays a decision).
+    A consumer reads the columns while it decides and copies what it keeps
+    past that (a ``Decision`` holds plain floats); nothing writes into them.
+
     ``Candidates`` and ``Decision`` are named tuples (immutable, read by
     attribute) rather than frozen dataclasses: one of each is made per
     decision, and a frozen dataclass costs four times as much to make (its
