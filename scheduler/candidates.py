@@ -36,11 +36,10 @@ service            the estimator, per batch-size bucket         rows whose value
 =================  ===========================================  ==================
 
 A decision then costs a few vector operations (``now - sampled_at`` into a
-buffer the table keeps, ``maximum(ours, theirs)`` only while Triton reports
-pending requests) plus ``place``. The ``queued_s``, ``service_s`` and
-``telemetry_age_s`` of a ``Candidates`` are borrowed: the table's own
-arrays, written in place by the next hook or decision, so a caller reads them
-during its decision and copies what it keeps (see ``Candidates``).
+buffer the table keeps, ``maximum(ours, theirs)`` while Triton reports pending
+requests) plus ``place``. A ``Candidates``' ``queued_s``, ``service_s`` and
+``telemetry_age_s`` are borrowed: the table's own arrays, written in place by
+the next hook or decision; a caller copies what it keeps (see ``Candidates``).
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ class ModelTable:
         self.ids = tuple(s.id for s in states)
         self.slots = np.array(slots, np.intp)
         self.concurrency = np.array(instances, np.int64)
-        self._divisor = [max(1, c) for c in instances]
+        self.divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
         # Who takes work is a step function of ``now``: the same between the nearest
@@ -90,7 +89,7 @@ class ModelTable:
         self._capacity = 0
         self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
         self.ours = np.array(
-            [s.busy_s[name] / d for s, d in zip(states, self._divisor, strict=True)]
+            [s.busy_s[name] / d for s, d in zip(states, self.divisor, strict=True)]
         )
         self.epoch = -1  # of the telemetry the columns below were gathered from
         self.memory_ok: Bools = np.ones(n, np.bool_)
@@ -112,10 +111,7 @@ class ModelTable:
         self._blocked: Bools = np.zeros(0, np.bool_)
         self._blocked_of: tuple[Bools, Bools] | None = None
 
-    # -- O(1) updates -------------------------------------------------------
-    def set_busy(self, row: int, seconds: float) -> None:
-        self.ours[row] = seconds / self._divisor[row]
-
+    # -- O(1) updates (``ours`` too: ``CandidateTables._hook`` writes its cells) --
     def set_available_from(self, row: int, available_from: float) -> None:
         self.avail_from[row] = available_from
         self._available_in = (math.inf, -math.inf)
@@ -308,7 +304,10 @@ class CandidateTables:
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
         table = self._tables.get(model)  # as ``table`` does, without the call
-        return (table if table is not None else self._build(model)).capacity(now)
+        if table is None:
+            table = self._build(model)
+        low, high = table._available_in  # as ``ModelTable.capacity``, without the call
+        return table._capacity if low <= now < high else table.capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
@@ -352,13 +351,22 @@ class CandidateTables:
         def availability() -> None:
             self._availability_changed(state)
 
+        # Run at every call placed and ended: ``ours`` and the in-flight count inline.
         def busy(model: str, old: float, new: float) -> None:
             cell = cells.get(model)
             if cell is not None:
-                cell[0].set_busy(cell[1], new)
+                table, row = cell
+                table.ours[row] = new / table.divisor[row]
 
         def in_flight(model: str, old: int, new: int) -> None:
-            self._in_flight_changed(backend_id, new - old)
+            slot = self._slot_of.get(backend_id)
+            if slot is None or not self._bound:
+                return
+            total = self._in_flight[slot] + new - old
+            self._in_flight[slot] = total
+            limit = self._config.max_in_flight_per_backend
+            if (total < limit) != (total - new + old < limit):  # else no cap crossed
+                self._in_flight_capped(backend_id, slot, total < limit)
 
         state.watch = self._availability_changed
         state.breaker.on_change = availability
@@ -371,16 +379,8 @@ class CandidateTables:
         for table, row in self._rows_of.get(state.id, ()):
             table.set_available_from(row, available_from)
 
-    def _in_flight_changed(self, backend_id: str, delta: int) -> None:
-        slot = self._slot_of.get(backend_id)
-        if slot is None or not self._bound:
-            return
-        total = self._in_flight[slot] + delta
-        self._in_flight[slot] = total
-        limit = self._config.max_in_flight_per_backend
-        ok = total < limit
-        if ok == (total - delta < limit):
-            return  # the common case: no cap crossed (in plain ints, not the array)
+    def _in_flight_capped(self, backend_id: str, slot: int, ok: bool) -> None:
+        """The backend's calls in flight crossed the cap (``ok``: now below it)."""
         self._in_flight_ok[slot] = ok
         for table, row in self._rows_of.get(backend_id, ()):
             if table.epoch == self._index.epoch:  # others re-gather before their next read
