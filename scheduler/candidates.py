@@ -54,7 +54,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.estimator import ServiceTimeEstimator, bucket_of
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
-from scheduler.placement import Candidates, Tier, accelerators_with_room
+from scheduler.placement import Candidates, Tier, accelerators_with_room, without
 from scheduler.registry import ModelRegistry
 from scheduler.service_columns import ServiceColumns, known_or_zero
 from scheduler.telemetry.snapshot import TelemetrySnapshot
@@ -109,6 +109,7 @@ class ModelTable:
         self.service_columns = ServiceColumns(name, self.ids)
         #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
         self._blocked: Bools = np.zeros(0, np.bool_)
+        self._penalty: Floats = np.zeros(0)  # inf where blocked, NaN elsewhere
         self._blocked_of: tuple[Bools, Bools] | None = None
 
     # -- O(1) updates (``ours`` too: ``CandidateTables._hook`` writes its cells) --
@@ -198,7 +199,8 @@ class ModelTable:
         # Both are replaced, never written, when they change: identity tells.
         of = self._blocked_of
         if of is None or of[0] is not available or of[1] is not room:
-            self._blocked = ~(available & room)
+            self._blocked = blocked = ~(available & room)
+            self._penalty = np.where(blocked, np.inf, np.nan)
             self._blocked_of = (available, room)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
         age = np.add(self._minus_sampled_at, now, out=self._age)
@@ -223,6 +225,7 @@ class ModelTable:
                 room,  # accelerator_ok
                 None,  # outstanding
                 self._blocked,  # blocked
+                self._penalty,  # penalty
             ),
         )
 
@@ -299,7 +302,7 @@ class CandidateTables:
         if outstanding:
             in_flight = np.array(self._in_flight, np.int64)[table.slots]
             candidates = candidates._replace(outstanding=in_flight)
-        return _without(candidates, exclude) if exclude else candidates
+        return without(candidates, exclude) if exclude else candidates
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
@@ -392,9 +395,3 @@ class CandidateTables:
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
 
-
-def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
-    keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
-    rows = np.array(keep, np.intp)
-    columns = (None if column is None else column[rows] for column in c[1:])
-    return Candidates._make([tuple(c.backend_ids[i] for i in keep), *columns])
