@@ -394,4 +394,3 @@ class CandidateTables:
         cell = cells.get(model) if cells is not None else None
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
-
