@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scheduler.config import SchedulerConfig
-from scheduler.estimator import ServiceTimeEstimator, bucket_of
+from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier, accelerators_with_room, without
@@ -189,7 +189,7 @@ class ModelTable:
         self.epoch = index.epoch
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        bucket = bucket_of(rows)
+        bucket = 1 << (rows - 1).bit_length() if rows > 1 else 1  # bucket_of, inline
         service = self.service_columns.read(bucket, estimator)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service_columns.read(1, estimator)
