@@ -35,10 +35,11 @@ service            the estimator, per batch-size bucket         rows whose value
                                                                 when it observes
 =================  ===========================================  ==================
 
-A decision then costs a few vector operations (``maximum(ours, theirs)``,
-``now - sampled_at``) plus ``place``. Arrays
-handed out in a ``Candidates`` are never written afterwards (columns that are
-updated in place are copied first), so a caller may keep one.
+A decision then costs a few vector operations (``now - sampled_at`` into a
+buffer the table keeps, ``maximum(ours, theirs)`` while Triton reports pending
+requests) plus ``place``. A ``Candidates``' ``queued_s``, ``service_s`` and
+``telemetry_age_s`` are borrowed: the table's own arrays, written in place by
+the next hook or decision; a caller copies what it keeps (see ``Candidates``).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ import numpy as np
 import numpy.typing as npt
 
 from scheduler.config import SchedulerConfig
-from scheduler.estimator import ServiceTimeEstimator, bucket_of
+from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
-from scheduler.placement import Candidates, Tier, accelerators_with_room
+from scheduler.placement import Candidates, Tier, accelerators_with_room, without
 from scheduler.registry import ModelRegistry
 from scheduler.service_columns import ServiceColumns, known_or_zero
 from scheduler.telemetry.snapshot import TelemetrySnapshot
@@ -79,7 +80,7 @@ class ModelTable:
         self.ids = tuple(s.id for s in states)
         self.slots = np.array(slots, np.intp)
         self.concurrency = np.array(instances, np.int64)
-        self._divisor = [max(1, c) for c in instances]
+        self.divisor = [max(1, c) for c in instances]
         self.tier = np.array([s.tier for s in states], np.int8)
         self.avail_from = np.array([s.available_from() for s in states], np.float64)
         # Who takes work is a step function of ``now``: the same between the nearest
@@ -88,7 +89,7 @@ class ModelTable:
         self._capacity = 0
         self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
         self.ours = np.array(
-            [s.busy_s[name] / d for s, d in zip(states, self._divisor, strict=True)]
+            [s.busy_s[name] / d for s, d in zip(states, self.divisor, strict=True)]
         )
         self.epoch = -1  # of the telemetry the columns below were gathered from
         self.memory_ok: Bools = np.ones(n, np.bool_)
@@ -101,16 +102,17 @@ class ModelTable:
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
+        # Written by each decision (borrowed by its Candidates, see ``candidates``).
+        self._age: Floats = np.empty(n)
+        self._queued: Floats = np.empty(n)
         #: service_s per bucket, kept current by ``estimate_changed``.
         self.service_columns = ServiceColumns(name, self.ids)
         #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
         self._blocked: Bools = np.zeros(0, np.bool_)
+        self._penalty: Floats = np.zeros(0)  # inf where blocked, NaN elsewhere
         self._blocked_of: tuple[Bools, Bools] | None = None
 
-    # -- O(1) updates -------------------------------------------------------
-    def set_busy(self, row: int, seconds: float) -> None:
-        self.ours[row] = seconds / self._divisor[row]
-
+    # -- O(1) updates (``ours`` too: ``CandidateTables._hook`` writes its cells) --
     def set_available_from(self, row: int, available_from: float) -> None:
         self.avail_from[row] = available_from
         self._available_in = (math.inf, -math.inf)
@@ -187,9 +189,8 @@ class ModelTable:
         self.epoch = index.epoch
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        bucket = bucket_of(rows)
+        bucket = 1 << (rows - 1).bit_length() if rows > 1 else 1  # bucket_of, inline
         service = self.service_columns.read(bucket, estimator)
-        self.service_columns.lend(bucket)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
@@ -198,10 +199,11 @@ class ModelTable:
         # Both are replaced, never written, when they change: identity tells.
         of = self._blocked_of
         if of is None or of[0] is not available or of[1] is not room:
-            self._blocked = ~(available & room)
+            self._blocked = blocked = ~(available & room)
+            self._penalty = np.where(blocked, np.inf, np.nan)
             self._blocked_of = (available, room)
         # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
-        age = self._minus_sampled_at + now
+        age = np.add(self._minus_sampled_at, now, out=self._age)
         if self.future_readings:
             np.maximum(age, 0.0, out=age)  # a reading is never from the future
         # tuple.__new__: a named tuple's own __new__ is a Python function.
@@ -214,13 +216,16 @@ class ModelTable:
                 self.memory_ok,  # memory_ok
                 self.load_ok,  # load_ok
                 # queued_s: the larger view (Triton's holds ours and other gateways'); with
-                # nothing pending theirs is zeros and ours >= 0, so a copy is the same, for less.
-                np.maximum(self.ours, self._theirs) if self._has_pending else self.ours.copy(),
+                # nothing pending theirs is zeros and ours >= 0: ours itself, borrowed.
+                np.maximum(self.ours, self._theirs, out=self._queued)
+                if self._has_pending
+                else self.ours,
                 service,  # service_s
                 age,  # telemetry_age_s
                 room,  # accelerator_ok
                 None,  # outstanding
                 self._blocked,  # blocked
+                self._penalty,  # penalty
             ),
         )
 
@@ -297,12 +302,15 @@ class CandidateTables:
         if outstanding:
             in_flight = np.array(self._in_flight, np.int64)[table.slots]
             candidates = candidates._replace(outstanding=in_flight)
-        return _without(candidates, exclude) if exclude else candidates
+        return without(candidates, exclude) if exclude else candidates
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
         table = self._tables.get(model)  # as ``table`` does, without the call
-        return (table if table is not None else self._build(model)).capacity(now)
+        if table is None:
+            table = self._build(model)
+        low, high = table._available_in  # as ``ModelTable.capacity``, without the call
+        return table._capacity if low <= now < high else table.capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:
@@ -346,13 +354,22 @@ class CandidateTables:
         def availability() -> None:
             self._availability_changed(state)
 
+        # Run at every call placed and ended: ``ours`` and the in-flight count inline.
         def busy(model: str, old: float, new: float) -> None:
             cell = cells.get(model)
             if cell is not None:
-                cell[0].set_busy(cell[1], new)
+                table, row = cell
+                table.ours[row] = new / table.divisor[row]
 
         def in_flight(model: str, old: int, new: int) -> None:
-            self._in_flight_changed(backend_id, new - old)
+            slot = self._slot_of.get(backend_id)
+            if slot is None or not self._bound:
+                return
+            total = self._in_flight[slot] + new - old
+            self._in_flight[slot] = total
+            limit = self._config.max_in_flight_per_backend
+            if (total < limit) != (total - new + old < limit):  # else no cap crossed
+                self._in_flight_capped(backend_id, slot, total < limit)
 
         state.watch = self._availability_changed
         state.breaker.on_change = availability
@@ -365,16 +382,8 @@ class CandidateTables:
         for table, row in self._rows_of.get(state.id, ()):
             table.set_available_from(row, available_from)
 
-    def _in_flight_changed(self, backend_id: str, delta: int) -> None:
-        slot = self._slot_of.get(backend_id)
-        if slot is None or not self._bound:
-            return
-        total = self._in_flight[slot] + delta
-        self._in_flight[slot] = total
-        limit = self._config.max_in_flight_per_backend
-        ok = total < limit
-        if ok == (total - delta < limit):
-            return  # the common case: no cap crossed (in plain ints, not the array)
+    def _in_flight_capped(self, backend_id: str, slot: int, ok: bool) -> None:
+        """The backend's calls in flight crossed the cap (``ok``: now below it)."""
         self._in_flight_ok[slot] = ok
         for table, row in self._rows_of.get(backend_id, ()):
             if table.epoch == self._index.epoch:  # others re-gather before their next read
@@ -385,10 +394,3 @@ class CandidateTables:
         cell = cells.get(model) if cells is not None else None
         if cell is not None:
             cell[0].estimate_changed(cell[1], bucket, self._estimator)
-
-
-def _without(c: Candidates, exclude: Collection[str]) -> Candidates:
-    keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
-    rows = np.array(keep, np.intp)
-    columns = (None if column is None else column[rows] for column in c[1:])
-    return Candidates._make([tuple(c.backend_ids[i] for i in keep), *columns])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Collection
 from typing import NamedTuple
 
 import numpy as np
@@ -60,7 +61,15 @@ class Candidates(NamedTuple):
     ``blocked``, optional, is ``~(available & accelerator_ok)``, the rows the
     fast path leaves out, from a producer that keeps it between changes of
     those columns (the candidate tables); ``place`` computes it when it is
-    None. It must agree with the other columns.
+    None. It must agree with the other columns. ``penalty``, optional, is the
+    same rows as floats, inf where blocked and NaN elsewhere, which ``place``
+    applies with one ``fmax`` instead of ``putmask``-ing ``blocked``.
+
+    Borrowed, not owned: a producer may hand out its own arrays and write
+    them again after the decision (the candidate tables lend ``queued_s``,
+    ``service_s`` and ``telemetry_age_s`` so, saving two arrays a decision).
+    A consumer reads the columns while it decides and copies what it keeps
+    past that (a ``Decision`` holds plain floats); nothing writes into them.
 
     ``Candidates`` and ``Decision`` are named tuples (immutable, read by
     attribute) rather than frozen dataclasses: one of each is made per
@@ -79,6 +88,7 @@ class Candidates(NamedTuple):
     accelerator_ok: npt.NDArray[np.bool_] | None = None
     outstanding: npt.NDArray[np.int64] | None = None
     blocked: npt.NDArray[np.bool_] | None = None
+    penalty: npt.NDArray[np.float64] | None = None
 
 
 def accelerators_with_room(
@@ -124,17 +134,23 @@ def place(
         return _place_one(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
     if not c.backend_ids:
         return _place(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
-    blocked = c.blocked
-    if blocked is None:
-        room = c.accelerator_ok
-        if room is None:
-            room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
-        blocked = c.available & room
-        np.logical_not(blocked, out=blocked)
-    # The blocked rows are set to inf in place (``putmask``), which costs less
-    # than ``np.where`` with a scalar operand.
     scores = c.queued_s + c.service_s
-    np.putmask(scores, blocked, np.inf)
+    penalty = c.penalty
+    if penalty is not None:
+        # fmax takes the non-NaN one: a usable row keeps its score (NaN too),
+        # a blocked one becomes inf; ~30% fewer instructions than putmask.
+        np.fmax(scores, penalty, out=scores)
+    else:
+        blocked = c.blocked
+        if blocked is None:
+            room = c.accelerator_ok
+            if room is None:
+                room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
+            blocked = c.available & room
+            np.logical_not(blocked, out=blocked)
+        # The blocked rows are set to inf in place (``putmask``), which costs less
+        # than ``np.where`` with a scalar operand.
+        np.putmask(scores, blocked, np.inf)
     best = int(scores.argmin())
     best_s = scores.item(best)
     left = np.inf if deadline is None else deadline - now
@@ -286,3 +302,11 @@ def _refusal(
         decided_at=now,
         telemetry_age_s=float("nan"),
     )
+
+
+def without(c: Candidates, exclude: Collection[str]) -> Candidates:
+    """``c`` less the rows of the backends in ``exclude`` (copies of the columns)."""
+    keep = [i for i, backend_id in enumerate(c.backend_ids) if backend_id not in exclude]
+    rows = np.array(keep, np.intp)
+    columns = (None if column is None else column[rows] for column in c[1:])
+    return Candidates._make([tuple(c.backend_ids[i] for i in keep), *columns])

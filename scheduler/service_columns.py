@@ -29,27 +29,21 @@ class ServiceColumns:
     (Deferring them to the read was tried: the simulator then predicted ~5%
     fewer cells, but the live decision paid for them on its critical path.)
 
-    An array handed out (``lend``) is never written afterwards: the next
-    change of its bucket writes a copy.
+    ``read`` hands out the bucket's own array, written in place by the next
+    ``changed``: a ``Candidates`` borrows it for one decision.
     """
 
     def __init__(self, model: str, ids: Sequence[str]) -> None:
         self._model = model
         self._ids = tuple(ids)
         self._arrays: dict[int, Floats] = {}
-        #: Buckets lent since last written: copied before the next write.
-        self._lent: set[int] = set()
 
     def changed(self, row: int, bucket: int | None, estimator: ServiceTimeEstimator) -> None:
         """``bucket``'s estimate of ``row`` changed (None: all of the pair's went)."""
-        backend_id, model, lent = self._ids[row], self._model, self._lent
+        backend_id, model = self._ids[row], self._model
         known = estimator.buckets(backend_id, model)
         for cached, values in self._arrays.items():
             if bucket is None or cached == bucket or cached not in known:
-                if cached in lent:  # a Candidates holds it: write a copy
-                    lent.discard(cached)
-                    values = values.copy()
-                    self._arrays[cached] = values  # same key: the dict keeps its shape
                 # As ``cell`` does, without a call per cell.
                 predicted = estimator.predict(backend_id, model, cached)
                 values[row] = np.nan if predicted is None else predicted
@@ -65,10 +59,6 @@ class ServiceColumns:
     def cached(self, bucket: int) -> Floats | None:
         """The predictions for ``bucket`` if any read asked for them yet."""
         return self._arrays.get(bucket)
-
-    def lend(self, bucket: int) -> None:
-        """The array of ``bucket`` is handed out: never write it again."""
-        self._lent.add(bucket)
 
 
 def cell(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:

@@ -87,6 +87,9 @@ def same(a: Candidates, b: Candidates) -> None:
     np.testing.assert_array_equal(a.accelerator_ok, room, err_msg="accelerator_ok")
     assert a.blocked is not None
     np.testing.assert_array_equal(a.blocked, ~(b.available & room), err_msg="blocked")
+    assert a.penalty is not None
+    penalty = np.where(~(b.available & room), np.inf, np.nan)
+    np.testing.assert_array_equal(a.penalty, penalty, err_msg="penalty")
     for name in ("tier", "available", "memory_ok", "load_ok", "queued_s", "service_s"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     np.testing.assert_array_equal(a.telemetry_age_s, b.telemetry_age_s, err_msg="age")

@@ -1,6 +1,6 @@
 """``place``'s fast path against its general path (hypothesis): on random
-candidates, with and without the precomputed ``accelerator_ok`` and ``blocked`` columns, the
-decision must be the same in every field."""
+candidates, with and without the precomputed ``accelerator_ok``, ``blocked``
+and ``penalty`` columns, the decision must be the same in every field."""
 
 from __future__ import annotations
 
@@ -49,4 +49,9 @@ def test_the_fast_path_decides_as_the_general_one(data: st.DataObject, n: int) -
     both = kept._replace(blocked=~(c.available & room))
     assert fields(place(both, now=now, deadline=deadline, unknown_service_s=unknown)) == fields(
         fast
+    )
+    penalty = np.where(both.blocked, np.inf, np.nan)  # as the candidate tables keep it
+    applied = both._replace(penalty=penalty)
+    assert fields(place(applied, now=now, deadline=deadline, unknown_service_s=unknown)) == (
+        fields(fast)
     )
