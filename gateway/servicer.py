@@ -196,7 +196,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         # client's log line leads to the trace (with tracing off: the caller's own).
         if self._metrics is not None:
             self._metrics.refusals.handled += 1
-        trailer = self._tracing.answer_metadata(context.invocation_metadata())
+        trailer = self._tracing.call_trailer(context)
         if trailer:
             context.set_trailing_metadata(trailer)
         try:
@@ -229,7 +229,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
 
     def _open_stream(self, context: Context) -> Admit | None:
         """A stream's start: its trailer, and its lean path's ``admit`` if it has one."""
-        if trailer := self._tracing.answer_metadata(context.invocation_metadata()):
+        if trailer := self._tracing.call_trailer(context):
             context.set_trailing_metadata(trailer)
         if self.auth is None and not self._tracing.enabled:  # spans, quotas: per request
             return functools.partial(self._groups.admit, self._groups.open(context, self._tracing))
@@ -344,7 +344,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         else:
             remaining = context.time_remaining()
             deadline = None if remaining is None else now + remaining
-            trace_context = self._tracing.request_context(context.invocation_metadata())
+            trace_context = self._tracing.call_context(context)
         timeout_us = layout.parameters.get("timeout")
         if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
             by_parameter = now + timeout_us / 1e6

@@ -6,11 +6,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from gateway.api.inference import grpc_service_pb2 as pb
 from gateway.metrics import GatewayMetrics
 from gateway.servicer import InferenceServicer
+from gateway.telemetry import MODEL_INFER, Tracing
 from scheduler.clock import ManualClock
 from tests.unit.test_scheduler import DOUBLE, FakeBackend, running
 
@@ -73,3 +77,39 @@ async def test_a_bad_request_of_a_served_model_is_labelled_with_it() -> None:
         with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
             await servicer.ModelInfer(_request(9), Context(None))  # type: ignore[arg-type]
     assert metrics.requests.values == {("double", "INVALID_ARGUMENT", "none"): 1.0}
+
+
+class _Counted(Context):
+    """A context that counts reads of its metadata (grpc builds it anew at each)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.reads = 0
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        self.reads += 1
+        return (("user-agent", "grpc-go/1.0"),)
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50123"
+
+    def code(self) -> None:
+        return None
+
+
+async def test_a_traced_model_infer_reads_its_calls_metadata_once() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    clock = ManualClock()
+    async with running(FakeBackend("b1", DOUBLE, clock=clock), clock=clock) as scheduler:
+        tracing = Tracing(provider)
+        servicer = InferenceServicer(
+            scheduler, clock=clock, server_name="t", server_version="0", tracing=tracing
+        )
+        call = _Counted()
+        await tracing.traced(MODEL_INFER, servicer.ModelInfer)(_request(1), call)
+    (server,) = [s for s in exporter.get_finished_spans() if s.name == MODEL_INFER]
+    assert dict(server.attributes or {})["rpc.user_agent"] == "grpc-go/1.0"
+    assert call.trailers == (("x-trace-id", format(server.context.trace_id, "032x")),)
+    assert call.reads == 1  # by the SERVER span; the trailer and the request's context need none

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from gateway.otlp_records import RecordEncoder
+from gateway.otlp_records import RecordEncoder, _key_value
 from gateway.span_export import decode, encode, flatten, rebuild, serve
 
 RESOURCE = Resource({"service.name": "gw", "host.name": "h"}, "https://example.test/schema")
@@ -70,6 +71,19 @@ def test_requests_built_from_records_match_the_sdks_encoder() -> None:
         ours = encoder.request([flatten(s) for s in spans])
         assert ours.spans == len(spans)
         assert ours.request == encode_spans(spans)
+
+
+def test_a_repeated_attribute_set_is_encoded_once_and_equal_values_by_type() -> None:
+    encoder = RecordEncoder({}, None)
+    queue = {"gateway.model": "m", "gateway.batch.size": 8, "ok": True}
+    first = encoder._span_attributes(queue)
+    assert encoder._span_attributes(dict(queue)) is first  # kept: one look-up
+    # ``True == 1`` and ``0.0 == -0.0``, but each encodes as its own type and sign.
+    pairs: list[list[dict[str, Any]]] = [[{"a": True}, {"a": 1}], [{"a": 0.0}, {"a": -0.0}]]
+    for pair in pairs:
+        for attributes in pair:
+            span = Span(attributes=[_key_value("a", attributes["a"])])
+            assert encoder._span_attributes(attributes) == span.SerializeToString()
 
 
 def test_record_batches_cross_the_pipe_with_marshal_else_pickle() -> None:
