@@ -121,15 +121,16 @@ class Tracing:
         self, context: grpc.aio.ServicerContext[Any, Any]
     ) -> tuple[tuple[str, str], ...]:
         """``answer_metadata`` of a call, its metadata read only if needed."""
-        if self.provider is not None:
-            return trace_id_metadata()
-        return self.answer_metadata(context.invocation_metadata())
+        return self.answer_metadata(self._metadata_if_off(context))
 
     def call_context(self, context: grpc.aio.ServicerContext[Any, Any]) -> Context | None:
         """``request_context`` of a call, its metadata read only if needed."""
-        if self.provider is not None:
-            return None
-        return self.request_context(context.invocation_metadata())
+        return self.request_context(self._metadata_if_off(context))
+
+    def _metadata_if_off(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Iterable[tuple[str, Any]] | None:
+        return None if self.provider is not None else context.invocation_metadata()
 
     def answering_with_trace_id(self, behaviour: Any) -> Any:
         """An rpc's ``behaviour`` whose answers, errors included, carry

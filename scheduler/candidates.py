@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scheduler.config import SchedulerConfig
-from scheduler.estimator import ServiceTimeEstimator
+from scheduler.estimator import ServiceTimeEstimator, bucket_of
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
 from scheduler.placement import Candidates, Tier, accelerators_with_room, without
@@ -127,9 +127,7 @@ class ModelTable:
 
     def capacity(self, now: float) -> int:
         """Instances, summed over the rows that take work at ``now``."""
-        low, high = self._available_in  # as ``available`` does: a look per arrival
-        if not low <= now < high:
-            self._look(now)
+        self.available(now)
         return self._capacity
 
     def _look(self, now: float) -> None:
@@ -189,8 +187,7 @@ class ModelTable:
         self.epoch = index.epoch
 
     def candidates(self, rows: int, now: float, estimator: ServiceTimeEstimator) -> Candidates:
-        bucket = 1 << (rows - 1).bit_length() if rows > 1 else 1  # bucket_of, inline
-        service = self.service_columns.read(bucket, estimator)
+        service = self.service_columns.read(bucket_of(rows), estimator)
         if not self._theirs_valid:  # kept current by estimate_changed from here on
             single = self.service_columns.read(1, estimator)
             self._theirs = self._pending * np.nan_to_num(single, nan=0.0)
@@ -306,11 +303,7 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        table = self._tables.get(model)  # as ``table`` does, without the call
-        if table is None:
-            table = self._build(model)
-        low, high = table._available_in  # as ``ModelTable.capacity``, without the call
-        return table._capacity if low <= now < high else table.capacity(now)
+        return self.table(model).capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:

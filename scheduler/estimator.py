@@ -91,7 +91,7 @@ class ServiceTimeEstimator:
         buckets = self._table.setdefault(pair, {})
         self._observed.add(pair)
         self._fresh.add(pair)
-        bucket = 1 << (rows - 1).bit_length() if rows > 1 else 1  # bucket_of, inline
+        bucket = bucket_of(rows)
         current = buckets.get(bucket)
         if current is None or not current.observed:
             buckets[bucket] = _Estimate(seconds, observed=True)
@@ -138,8 +138,7 @@ class ServiceTimeEstimator:
         buckets = self._table.get((backend_id, model))
         if not buckets:
             return None
-        # bucket_of without the call: the tables re-predict cells at every completion.
-        bucket = 1 << (rows - 1).bit_length() if rows > 1 else 1
+        bucket = bucket_of(rows)
         exact = buckets.get(bucket)
         if exact is not None:
             return exact.seconds

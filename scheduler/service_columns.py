@@ -44,9 +44,7 @@ class ServiceColumns:
         known = estimator.buckets(backend_id, model)
         for cached, values in self._arrays.items():
             if bucket is None or cached == bucket or cached not in known:
-                # As ``cell`` does, without a call per cell.
-                predicted = estimator.predict(backend_id, model, cached)
-                values[row] = np.nan if predicted is None else predicted
+                values[row] = cell(estimator, backend_id, model, cached)
 
     def read(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
         """The predictions for ``bucket`` (NaN: unknown); the first read predicts every row."""

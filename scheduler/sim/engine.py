@@ -217,16 +217,17 @@ class Simulation:
         due = arrivals[0].at_s if total else math.inf
         current = clock.now()  # only this loop moves the clock
         while True:
-            # ``clock.set`` without the call (an event's each): these only move it forward.
             if events and events[0][0] < due:
                 when, _, callback, args = pop(events)
                 if when > current:
-                    clock._now = current = when
+                    clock.set(when)
+                    current = when
                 callback(*args)
             elif n < total:
                 a = arrivals[n]
                 if due > current:
-                    clock._now = current = due
+                    clock.set(due)
+                    current = due
                 submit = submits[n % count]
                 n += 1
                 due = arrivals[n].at_s if n < total else math.inf
