@@ -22,78 +22,43 @@ probes) counts for more than at full speed. Needs ``valgrind`` and ghz.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from loadtests.suite.load import find_ghz
-from loadtests.tracing_overhead import ROOT, on_env, run_ghz
+from loadtests.callgrind_load import count_per_request, tools_missing
+from loadtests.tracing_overhead import ROOT, on_env
 from tests.collector import start_collector
 from tests.support.triton import MODEL_REPOSITORY, start_triton
-
-_START_TIMEOUT_S = 300
-
-
-def totals(out: Path) -> tuple[int, int]:
-    """Instructions of the main thread and of all threads, from callgrind's
-    per-thread files ``out-01``, ``out-02``, ... (``--separate-threads``)."""
-    main = every = 0
-    for part in sorted(out.parent.glob(f"{out.name}-*")):
-        for line in part.read_text(errors="replace").splitlines():
-            if line.startswith("totals:"):
-                count = int(line.split()[1])
-                every += count
-                main += count if part.name.endswith("-01") else 0
-                break
-    return main, every
 
 
 def measure_one(
     label: str, tree: Path, env: dict[str, str], args: argparse.Namespace, work: Path
 ) -> dict[str, float]:
-    ghz = str(find_ghz())
     port_file = work / f"{label}.port"
-    out = work / f"{label}.cg"
     command = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
-        f"--callgrind-out-file={out}", sys.executable, "-m", "gateway", "serve",
+        sys.executable, "-m", "gateway", "serve",
         "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
         "--triton", args.triton, "--no-cpu-models", "--log-level", "WARNING",
     ]  # fmt: skip
     # A health probe is slow under callgrind: one that timed out would mark the
     # Triton down, and its requests would fail instead of being counted.
-    env = {**os.environ, "GATEWAY_PROBE_TIMEOUT_S": "30", **env}
-    with (work / f"{label}.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{label}: the gateway did not start (log in {work})")
-            time.sleep(0.5)
-        address = f"127.0.0.1:{port_file.read_text().strip()}"
-        run_ghz(ghz, address, 200, args.concurrency)  # warm: channels, layouts, estimates
-        control = ["callgrind_control", "-i"]
-        subprocess.run([*control, "on", str(process.pid)], check=True, capture_output=True)
-        result = run_ghz(ghz, address, args.requests, args.concurrency)
-        subprocess.run([*control, "off", str(process.pid)], check=True, capture_output=True)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    main, every = totals(out)
+    env = {"GATEWAY_PROBE_TIMEOUT_S": "30", **env}
+    counted = count_per_request(
+        label,
+        command,
+        port_file=port_file,
+        work=work,
+        cwd=tree,
+        env=env,
+        requests=args.requests,
+        concurrency=args.concurrency,
+    )
     return {
-        "main_per_request": main / args.requests,
-        "all_per_request": every / args.requests,
-        "errors": result["errors"],
+        "main_per_request": counted.main_per_request,
+        "all_per_request": counted.all_per_request,
+        "errors": counted.errors,
     }
 
 
@@ -104,8 +69,8 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, help="another checkout, traced in the same run")
     parser.add_argument("--keep", type=Path, help="copy callgrind's files here")
     args = parser.parse_args()
-    if shutil.which("valgrind") is None or find_ghz() is None:
-        raise SystemExit("needs valgrind and ghz ($GHZ, PATH or ../shared/tools/ghz)")
+    if missing := tools_missing():
+        raise SystemExit(missing)
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

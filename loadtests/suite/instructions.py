@@ -1,0 +1,138 @@
+"""Instructions per passthrough request: the gateway beside floor B, under callgrind.
+
+    python -m loadtests.suite.instructions [--requests 2000] [--concurrency 8]
+        [--rounds 1] [--idle-s 0] [--baseline ../main] [--keep DIR]
+
+The load-proof form of the suite's first target (gateway CPU per request <= 1.1x
+floor B on the passthrough path). One ``tritonserver`` (tests/models/triton)
+serves ``add_sub``; in front of it, one at a time and under callgrind
+(``loadtests.callgrind_load``): floor B (``loadtests.suite.floors proxy``, the
+bare ``grpc.aio`` bytes proxy) and the gateway as the suite starts it
+(``--triton`` only, ``add_sub`` not batched, Triton's metrics polled), and with
+``--baseline`` another checkout's gateway the same way. Each is warmed with
+200 ghz calls, then counted over ``--requests`` calls at ``--concurrency``.
+Reported per request: instructions of the event loop's thread and of all
+threads, and each as a ratio to floor B's; with ``--idle-s`` (default 10),
+also net of the timed work (health probes, telemetry polls, gRPC's timers):
+the instructions per second each spends idle, counted apart, times the
+load's duration, taken off (under callgrind the load lasts some 50 times
+longer than at full speed, so that work would otherwise weigh 50 times more).
+``--rounds`` repeats the whole sequence, alternating the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from loadtests.callgrind_load import Counted, count_per_request, tools_missing
+from loadtests.suite.servers import REPO, gateway_triton_env
+from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
+
+
+def _floor_b(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[str, str]]:
+    command = [sys.executable, "-m", "loadtests.suite.floors", "proxy"]
+    return [*command, "--target", triton.grpc_url, "--port-file", str(port_file)], {}
+
+
+def _gateway(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[str, str]]:
+    command = [
+        sys.executable, "-m", "gateway", "serve",
+        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+        "--triton", triton.grpc_url, "--no-cpu-models", "--log-level", "WARNING",
+    ]  # fmt: skip
+    # A health probe is slow under callgrind: one that timed out would mark the
+    # Triton down, and its requests would fail instead of being counted.
+    env = {**gateway_triton_env(triton), "GATEWAY_PROBE_TIMEOUT_S": "30"}
+    return command, env
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--idle-s", type=float, default=10.0, help="count this long idle")
+    parser.add_argument("--baseline", type=Path, help="another checkout's gateway, in the same run")
+    parser.add_argument("--keep", type=Path, help="copy callgrind's files and logs here")
+    parser.add_argument("--json", type=Path, help="write every count here")
+    args = parser.parse_args()
+    if missing := tools_missing():
+        raise SystemExit(missing)
+    servers = [("floor B", REPO, _floor_b), ("gateway", REPO, _gateway)]
+    if args.baseline is not None:
+        servers.append(("gateway, baseline tree", args.baseline.resolve(), _gateway))
+    counts: dict[str, list[Counted]] = {label: [] for label, _, _ in servers}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with start_triton(MODEL_REPOSITORY, work / "triton") as triton:
+            for round_ in range(args.rounds):
+                for label, tree, how in servers:
+                    name = f"{label.split(',')[0].replace(' ', '_')}{len(counts[label])}r{round_}"
+                    port_file = work / f"{name}.port"
+                    command, env = how(triton, port_file)
+                    counted = count_per_request(
+                        name,
+                        command,
+                        port_file=port_file,
+                        work=work,
+                        cwd=tree,
+                        env=env,
+                        requests=args.requests,
+                        concurrency=args.concurrency,
+                        idle_s=args.idle_s,
+                    )
+                    counts[label].append(counted)
+                    print(f"round {round_} {label}: {counted}", flush=True)
+        if args.keep is not None:
+            shutil.copytree(
+                work, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("triton")
+            )
+    if args.json is not None:
+        rows = {k: [_row(c) for c in v] for k, v in counts.items()}
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(
+        f"instructions per request ({args.requests} calls at concurrency {args.concurrency}, "
+        f"median of {args.rounds} round(s)):"
+    )
+    fields = ["main_per_request", "all_per_request"]
+    if args.idle_s > 0:
+        fields = ["net_main_per_request", "net_all_per_request", *fields]
+    floor = {name: _median(counts["floor B"], name) for name in fields}
+    for label, rows in counts.items():
+        print(f"  {label} (errors {sum(c.errors for c in rows):.0f}):")
+        for name in fields:
+            value = _median(rows, name)
+            print(f"    {_WORDS[name]}: {value:,.0f} ({value / floor[name]:.2f}x floor B)")
+        if args.idle_s > 0:
+            idle = _median(rows, "idle_main_per_s"), _median(rows, "idle_all_per_s")
+            print(f"    idle, per second: event loop's thread {idle[0]:,.0f}, all {idle[1]:,.0f}")
+    return 0
+
+
+def _row(counted: Counted) -> dict[str, float]:
+    fields = {**vars(counted)}
+    fields["net_main_per_request"] = counted.net_main_per_request
+    fields["net_all_per_request"] = counted.net_all_per_request
+    return fields
+
+
+_WORDS = {
+    "net_main_per_request": "event loop's thread, net of idle",
+    "net_all_per_request": "all threads, net of idle",
+    "main_per_request": "event loop's thread",
+    "all_per_request": "all threads",
+}
+
+
+def _median(rows: list[Counted], field: str) -> float:
+    return statistics.median(float(getattr(c, field)) for c in rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
