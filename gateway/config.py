@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     )
     onnx_workers: int | None = Field(None, gt=0, description="ONNX Runtime worker threads")
     health_interval_s: float = Field(2.0, gt=0, description="backend health probe period")
+    rediscover_interval_s: float = Field(
+        30.0, gt=0, description="re-read each backend's models this often"
+    )
     dns_interval_s: float = Field(10.0, gt=0, description="re-resolve dns:/// endpoints this often")
     triton_metrics_port: int | None = Field(
         8002, ge=1, le=65535, description="Triton's metrics port on each endpoint's host"

@@ -58,6 +58,7 @@ def _version() -> str:
 def scheduler_config(settings: Settings) -> SchedulerConfig:
     return SchedulerConfig(
         health_interval_s=settings.health_interval_s,
+        rediscover_interval_s=settings.rediscover_interval_s,
         dns_interval_s=settings.dns_interval_s,
         breaker=BreakerConfig(
             failure_threshold=settings.breaker_failure_threshold,

@@ -1,6 +1,6 @@
 """Instructions per passthrough request: the gateway beside floor B, under callgrind.
 
-    python -m loadtests.suite.instructions [--requests 2000] [--concurrency 8]
+    python -m loadtests.suite.instructions [--requests 1000] [--concurrency 8] [--slowdown 50]
         [--rounds 1] [--idle-s 0] [--baseline ../main] [--keep DIR]
 
 The load-proof form of the suite's first target (gateway CPU per request <= 1.1x
@@ -12,17 +12,23 @@ bare ``grpc.aio`` bytes proxy) and the gateway as the suite starts it
 ``--baseline`` another checkout's gateway the same way. Each is warmed with
 200 ghz calls, then counted over ``--requests`` calls at ``--concurrency``.
 Reported per request: instructions of the event loop's thread and of all
-threads, and each as a ratio to floor B's; with ``--idle-s`` (default 10),
-also net of the timed work (health probes, telemetry polls, gRPC's timers):
-the instructions per second each spends idle, counted apart, times the
-load's duration, taken off (under callgrind the load lasts some 50 times
-longer than at full speed, so that work would otherwise weigh 50 times more).
+threads, and each as a ratio to floor B's.
+
+Under callgrind the gateway runs some 50 times slower than at full speed, so
+its timed work (health probes, telemetry polls, model rediscovery) would
+weigh some 50 times more per request than it does at full speed: the
+gateway's periods (``_PERIODS``) are stretched by ``--slowdown`` (default 50)
+so that it weighs about as much as at full speed. With ``--idle-s`` the tool
+also counts that long a stretch with no load and reports the counts net of
+that idle rate over the load's duration (a check that what is left of the
+timed work is small; the idle rate is a noisy estimate).
 ``--rounds`` repeats the whole sequence, alternating the servers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -30,6 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gateway.config import Settings
 from loadtests.callgrind_load import Counted, count_per_request, tools_missing
 from loadtests.suite.servers import REPO, gateway_triton_env
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
@@ -40,7 +47,20 @@ def _floor_b(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[st
     return [*command, "--target", triton.grpc_url, "--port-file", str(port_file)], {}
 
 
-def _gateway(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[str, str]]:
+#: The gateway's timed work: each period is stretched by ``--slowdown``.
+_PERIODS = (
+    "health_interval_s",
+    "rediscover_interval_s",
+    "dns_interval_s",
+    "telemetry_interval_s",
+    "telemetry_max_age_s",
+    "stale_estimate_s",
+)
+
+
+def _gateway(
+    triton: TritonProcess, port_file: Path, slowdown: float = 1.0
+) -> tuple[list[str], dict[str, str]]:
     command = [
         sys.executable, "-m", "gateway", "serve",
         "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
@@ -49,24 +69,34 @@ def _gateway(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[st
     # A health probe is slow under callgrind: one that timed out would mark the
     # Triton down, and its requests would fail instead of being counted.
     env = {**gateway_triton_env(triton), "GATEWAY_PROBE_TIMEOUT_S": "30"}
+    fields = Settings.model_fields
+    for name in _PERIODS:
+        env[f"GATEWAY_{name.upper()}"] = str(float(fields[name].default) * slowdown)
     return command, env
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--idle-s", type=float, default=10.0, help="count this long idle")
+    parser.add_argument("--idle-s", type=float, default=0.0, help="count this long idle")
+    parser.add_argument(
+        "--slowdown",
+        type=float,
+        default=50.0,
+        help="the gateway's periods are this many times longer",
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout's gateway, in the same run")
     parser.add_argument("--keep", type=Path, help="copy callgrind's files and logs here")
     parser.add_argument("--json", type=Path, help="write every count here")
     args = parser.parse_args()
     if missing := tools_missing():
         raise SystemExit(missing)
-    servers = [("floor B", REPO, _floor_b), ("gateway", REPO, _gateway)]
+    gateway = functools.partial(_gateway, slowdown=args.slowdown)
+    servers = [("floor B", REPO, _floor_b), ("gateway", REPO, gateway)]
     if args.baseline is not None:
-        servers.append(("gateway, baseline tree", args.baseline.resolve(), _gateway))
+        servers.append(("gateway, baseline tree", args.baseline.resolve(), gateway))
     counts: dict[str, list[Counted]] = {label: [] for label, _, _ in servers}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
