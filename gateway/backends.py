@@ -59,7 +59,12 @@ def cpu_backend(settings: Settings) -> CpuBackend:
 
 def triton_backend(settings: Settings, target: str) -> TritonBackend:
     tls = security.triton_tls(settings)
-    return TritonBackend(target, max_message_bytes=settings.max_message_bytes, tls=tls)
+    return TritonBackend(
+        target,
+        max_message_bytes=settings.max_message_bytes,
+        tls=tls,
+        control_timeout_s=settings.control_timeout_s,
+    )
 
 
 def metrics_url(settings: Settings, endpoint: str) -> str | None:

@@ -216,6 +216,9 @@ class Settings(BaseSettings):
         0.5, gt=0, description="...plus this much: an outlier call is retried elsewhere"
     )
     probe_timeout_s: float = Field(1.0, gt=0, description="how long a health probe may take")
+    control_timeout_s: float = Field(
+        5.0, gt=0, description="how long a Triton control call (discovery, statistics) may take"
+    )
     stale_estimate_s: float = Field(
         10.0, gt=0, description="an estimate unmeasured this long moves toward the best (retried)"
     )

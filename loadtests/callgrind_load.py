@@ -4,7 +4,8 @@ CPU time per request on a shared machine moves by tens of percent between
 rounds; the instructions a request costs move by a few. ``count_per_request``
 starts a server (any command that writes its port to a file once it serves)
 under valgrind's callgrind with instrumentation off, warms it with ghz calls
-(channels, layouts, estimates, the interpreter's specialising), then counts
+(channels, layouts, estimates, the interpreter's specialising) until a round
+of them all succeed, then counts
 (``callgrind_control -i on``) while ``ghz`` sends a fixed number of
 ``add_sub`` calls, and stops the server. The count is split by thread
 (``--separate-threads``): the first thread is the event loop's, the one that
@@ -128,7 +129,12 @@ def count_per_request(
                 raise RuntimeError(f"{label}: the server did not start (log in {work})")
             time.sleep(0.5)
         address = f"127.0.0.1:{port_file.read_text().strip()}"
-        run_ghz(ghz, address, _WARM_CALLS, concurrency)
+        # Warm until a whole round succeeds: a server slowed by callgrind may
+        # have missed its backend at start and be waiting for its next probe.
+        while run_ghz(ghz, address, _WARM_CALLS, concurrency)["errors"]:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: the server's calls keep failing (log in {work})")
+            time.sleep(2)
         _toggle(process.pid, True)
         began = time.monotonic()
         result = run_ghz(ghz, address, requests, concurrency)

@@ -9,7 +9,7 @@ serves ``add_sub``; in front of it, one at a time and under callgrind
 (``loadtests.callgrind_load``): floor B (``loadtests.suite.floors proxy``, the
 bare ``grpc.aio`` bytes proxy) and the gateway as the suite starts it
 (``--triton`` only, ``add_sub`` not batched, Triton's metrics polled), and with
-``--baseline`` another checkout's gateway the same way. Each is warmed with
+each ``--baseline`` (repeatable) another checkout's gateway the same way. Each is warmed with
 200 ghz calls, then counted over ``--requests`` calls at ``--concurrency``.
 Reported per request: instructions of the event loop's thread and of all
 threads, and each as a ratio to floor B's.
@@ -68,7 +68,13 @@ def _gateway(
     ]  # fmt: skip
     # A health probe is slow under callgrind: one that timed out would mark the
     # Triton down, and its requests would fail instead of being counted.
-    env = {**gateway_triton_env(triton), "GATEWAY_PROBE_TIMEOUT_S": "30"}
+    # Discovery likewise: one that timed out at start would leave the gateway
+    # serving no model until its next (stretched) health probe.
+    env = {
+        **gateway_triton_env(triton),
+        "GATEWAY_PROBE_TIMEOUT_S": "30",
+        "GATEWAY_CONTROL_TIMEOUT_S": "60",
+    }
     fields = Settings.model_fields
     for name in _PERIODS:
         env[f"GATEWAY_{name.upper()}"] = str(float(fields[name].default) * slowdown)
@@ -87,7 +93,9 @@ def main() -> int:
         default=50.0,
         help="the gateway's periods are this many times longer",
     )
-    parser.add_argument("--baseline", type=Path, help="another checkout's gateway, in the same run")
+    parser.add_argument(
+        "--baseline", type=Path, action="append", default=[], help="another checkout's gateway"
+    )
     parser.add_argument("--keep", type=Path, help="copy callgrind's files and logs here")
     parser.add_argument("--json", type=Path, help="write every count here")
     args = parser.parse_args()
@@ -95,15 +103,15 @@ def main() -> int:
         raise SystemExit(missing)
     gateway = functools.partial(_gateway, slowdown=args.slowdown)
     servers = [("floor B", REPO, _floor_b), ("gateway", REPO, gateway)]
-    if args.baseline is not None:
-        servers.append(("gateway, baseline tree", args.baseline.resolve(), gateway))
+    for tree in args.baseline:
+        servers.append((f"gateway, tree {tree.resolve()}", tree.resolve(), gateway))
     counts: dict[str, list[Counted]] = {label: [] for label, _, _ in servers}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with start_triton(MODEL_REPOSITORY, work / "triton") as triton:
             for round_ in range(args.rounds):
-                for label, tree, how in servers:
-                    name = f"{label.split(',')[0].replace(' ', '_')}{len(counts[label])}r{round_}"
+                for number, (label, tree, how) in enumerate(servers):
+                    name = f"server{number}-round{round_}"
                     port_file = work / f"{name}.port"
                     command, env = how(triton, port_file)
                     counted = count_per_request(
