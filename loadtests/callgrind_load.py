@@ -26,15 +26,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.suite.load import find_ghz
 from loadtests.tracing_overhead import run_ghz
 
-__all__ = ["Counted", "count_per_request", "thread_totals", "tools_missing"]
+__all__ = [
+    "GATEWAY_ENV",
+    "Counted",
+    "Load",
+    "count_per_request",
+    "gateway_command",
+    "thread_totals",
+    "tools_missing",
+]
 
 _START_TIMEOUT_S = 300
 _WARM_CALLS = 200
@@ -97,21 +106,41 @@ def _dump(pid: int) -> None:
     subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
 
 
+@dataclass(frozen=True)
+class Load:
+    """The calls counted: ``requests`` at ``concurrency``, and ``idle_s`` of no load after."""
+
+    requests: int
+    concurrency: int
+    idle_s: float = 0.0
+
+
+#: A server's command line, given the file it writes its port to.
+Command = Callable[[Path], Sequence[str]]
+
+#: The gateway's settings under callgrind: a health probe or a discovery call
+#: is slow there, and one that timed out would mark the Triton down or leave
+#: the gateway serving no model, so that calls fail instead of being counted.
+GATEWAY_ENV = {"GATEWAY_PROBE_TIMEOUT_S": "30", "GATEWAY_CONTROL_TIMEOUT_S": "60"}
+
+
+def gateway_command(triton_url: str, port_file: Path) -> list[str]:
+    """``python -m gateway serve`` in front of one Triton, as a user starts it."""
+    return [
+        sys.executable, "-m", "gateway", "serve",
+        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+        "--triton", triton_url, "--no-cpu-models", "--log-level", "WARNING",
+    ]  # fmt: skip
+
+
 def count_per_request(
-    label: str,
-    command: Sequence[str],
-    *,
-    port_file: Path,
-    work: Path,
-    cwd: Path,
-    env: Mapping[str, str],
-    requests: int,
-    concurrency: int,
-    idle_s: float = 0.0,
+    label: str, command: Command, env: Mapping[str, str], *, cwd: Path, work: Path, load: Load
 ) -> Counted:
-    """Run ``command`` (which writes its port to ``port_file``) under
-    callgrind and count its instructions per request; its log and callgrind's
-    files are left in ``work`` as ``LABEL.log`` and ``LABEL.cg-*``."""
+    """Run ``command`` under callgrind, in ``cwd``, and count its
+    instructions per request; its log and callgrind's files are left in
+    ``work`` as ``LABEL.log`` and ``LABEL.cg-*``."""
+    requests, concurrency, idle_s = load.requests, load.concurrency, load.idle_s
+    port_file = work / f"{label}.port"
     ghz = str(find_ghz())
     out = work / f"{label}.cg"
     valgrind = [
@@ -120,7 +149,11 @@ def count_per_request(
     ]  # fmt: skip
     with (work / f"{label}.log").open("wb") as log:
         process = subprocess.Popen(
-            [*valgrind, *command], cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=log
+            [*valgrind, *command(port_file)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
         )
     try:
         deadline = time.monotonic() + _START_TIMEOUT_S

@@ -22,12 +22,18 @@ probes) counts for more than at full speed. Needs ``valgrind`` and ghz.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.callgrind_load import count_per_request, tools_missing
+from loadtests.callgrind_load import (
+    GATEWAY_ENV,
+    Load,
+    count_per_request,
+    gateway_command,
+    tools_missing,
+)
 from loadtests.tracing_overhead import ROOT, on_env
 from tests.collector import start_collector
 from tests.support.triton import MODEL_REPOSITORY, start_triton
@@ -36,24 +42,10 @@ from tests.support.triton import MODEL_REPOSITORY, start_triton
 def measure_one(
     label: str, tree: Path, env: dict[str, str], args: argparse.Namespace, work: Path
 ) -> dict[str, float]:
-    port_file = work / f"{label}.port"
-    command = [
-        sys.executable, "-m", "gateway", "serve",
-        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-        "--triton", args.triton, "--no-cpu-models", "--log-level", "WARNING",
-    ]  # fmt: skip
-    # A health probe is slow under callgrind: one that timed out would mark the
-    # Triton down, and its requests would fail instead of being counted.
-    env = {"GATEWAY_PROBE_TIMEOUT_S": "30", **env}
+    command = functools.partial(gateway_command, args.triton)
+    load = Load(args.requests, args.concurrency)
     counted = count_per_request(
-        label,
-        command,
-        port_file=port_file,
-        work=work,
-        cwd=tree,
-        env=env,
-        requests=args.requests,
-        concurrency=args.concurrency,
+        label, command, {**GATEWAY_ENV, **env}, cwd=tree, work=work, load=load
     )
     return {
         "main_per_request": counted.main_per_request,

@@ -37,14 +37,25 @@ import tempfile
 from pathlib import Path
 
 from gateway.config import Settings
-from loadtests.callgrind_load import Counted, count_per_request, tools_missing
+from loadtests.callgrind_load import (
+    GATEWAY_ENV,
+    Command,
+    Counted,
+    Load,
+    count_per_request,
+    gateway_command,
+    tools_missing,
+)
 from loadtests.suite.servers import REPO, gateway_triton_env
 from tests.support.triton import MODEL_REPOSITORY, TritonProcess, start_triton
 
 
-def _floor_b(triton: TritonProcess, port_file: Path) -> tuple[list[str], dict[str, str]]:
-    command = [sys.executable, "-m", "loadtests.suite.floors", "proxy"]
-    return [*command, "--target", triton.grpc_url, "--port-file", str(port_file)], {}
+def _floor_b(triton: TritonProcess, slowdown: float) -> tuple[Command, dict[str, str]]:
+    def command(port_file: Path) -> list[str]:
+        floor = [sys.executable, "-m", "loadtests.suite.floors", "proxy"]
+        return [*floor, "--target", triton.grpc_url, "--port-file", str(port_file)]
+
+    return command, {}
 
 
 #: The gateway's timed work: each period is stretched by ``--slowdown``.
@@ -58,27 +69,12 @@ _PERIODS = (
 )
 
 
-def _gateway(
-    triton: TritonProcess, port_file: Path, slowdown: float = 1.0
-) -> tuple[list[str], dict[str, str]]:
-    command = [
-        sys.executable, "-m", "gateway", "serve",
-        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-        "--triton", triton.grpc_url, "--no-cpu-models", "--log-level", "WARNING",
-    ]  # fmt: skip
-    # A health probe is slow under callgrind: one that timed out would mark the
-    # Triton down, and its requests would fail instead of being counted.
-    # Discovery likewise: one that timed out at start would leave the gateway
-    # serving no model until its next (stretched) health probe.
-    env = {
-        **gateway_triton_env(triton),
-        "GATEWAY_PROBE_TIMEOUT_S": "30",
-        "GATEWAY_CONTROL_TIMEOUT_S": "60",
-    }
+def _gateway(triton: TritonProcess, slowdown: float) -> tuple[Command, dict[str, str]]:
+    env = {**gateway_triton_env(triton), **GATEWAY_ENV}
     fields = Settings.model_fields
     for name in _PERIODS:
         env[f"GATEWAY_{name.upper()}"] = str(float(fields[name].default) * slowdown)
-    return command, env
+    return functools.partial(gateway_command, triton.grpc_url), env
 
 
 def main() -> int:
@@ -101,10 +97,10 @@ def main() -> int:
     args = parser.parse_args()
     if missing := tools_missing():
         raise SystemExit(missing)
-    gateway = functools.partial(_gateway, slowdown=args.slowdown)
-    servers = [("floor B", REPO, _floor_b), ("gateway", REPO, gateway)]
+    load = Load(args.requests, args.concurrency, args.idle_s)
+    servers = [("floor B", REPO, _floor_b), ("gateway", REPO, _gateway)]
     for tree in args.baseline:
-        servers.append((f"gateway, tree {tree.resolve()}", tree.resolve(), gateway))
+        servers.append((f"gateway, tree {tree.resolve()}", tree.resolve(), _gateway))
     counts: dict[str, list[Counted]] = {label: [] for label, _, _ in servers}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -112,19 +108,8 @@ def main() -> int:
             for round_ in range(args.rounds):
                 for number, (label, tree, how) in enumerate(servers):
                     name = f"server{number}-round{round_}"
-                    port_file = work / f"{name}.port"
-                    command, env = how(triton, port_file)
-                    counted = count_per_request(
-                        name,
-                        command,
-                        port_file=port_file,
-                        work=work,
-                        cwd=tree,
-                        env=env,
-                        requests=args.requests,
-                        concurrency=args.concurrency,
-                        idle_s=args.idle_s,
-                    )
+                    command, env = how(triton, args.slowdown)
+                    counted = count_per_request(name, command, env, cwd=tree, work=work, load=load)
                     counts[label].append(counted)
                     print(f"round {round_} {label}: {counted}", flush=True)
         if args.keep is not None:
@@ -132,8 +117,8 @@ def main() -> int:
                 work, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("triton")
             )
     if args.json is not None:
-        rows = {k: [_row(c) for c in v] for k, v in counts.items()}
-        args.json.write_text(json.dumps(rows, indent=1))
+        table = {k: [_row(c) for c in v] for k, v in counts.items()}
+        args.json.write_text(json.dumps(table, indent=1))
     print(
         f"instructions per request ({args.requests} calls at concurrency {args.concurrency}, "
         f"median of {args.rounds} round(s)):"
