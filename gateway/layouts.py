@@ -63,6 +63,8 @@ class Layout:
     #: The response's tensor bytes, where the model's config fixes its outputs'
     #: shapes (0: not known); a batch is capped by its responses too.
     reply_bytes: int = 0
+    #: The ``timeout`` parameter (µs, checked by ``scheduling_parameters``); 0: none.
+    timeout_us: int = 0
 
     def tensors(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """The inputs as numpy views of ``raw``, after checking their sizes."""
@@ -173,6 +175,7 @@ def _decode(
     # declared shapes and datatypes (no data is read or allocated).
     validate_inputs(spec, {i.name: _stand_in(i) for i in inputs})
     priority = scheduling_parameters(parameters)
+    timeout = parameters.get("timeout")  # checked there: None or a whole number >= 0
     row_bytes = spec.output_row_bytes(outputs)
     rows = inputs[0].shape[0] if inputs and inputs[0].shape and spec.max_batch_size > 0 else 0
     return Layout(
@@ -185,6 +188,7 @@ def _decode(
         generation=generation,
         typed=any(t.HasField("contents") for t in request.inputs),
         reply_bytes=rows * row_bytes if row_bytes else 0,
+        timeout_us=timeout if isinstance(timeout, int) else 0,
     )
 
 

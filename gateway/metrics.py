@@ -88,7 +88,7 @@ class Refusals(grpc.aio.ServerInterceptor):
         return max(self.arrived - self.handled, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per decision, and frozen init is slow
 class DecisionRecord:
     """A placement decision as the admin view lists it."""
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gateway.api import _pool
+from gateway.registration import GenericOnly
 
 
 class ChainedPool:
@@ -62,6 +64,9 @@ class ChainedPool:
 
 
 def enable(server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+    """Serve reflection (asyncio's servicer) on ``server``, through its generic
+    handler only (``gateway.registration``)."""
     pool = ChainedPool(_pool.POOL, descriptor_pool.Default())
     names = (*service_names, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server, pool=pool)
+    servicer = reflection_aio.ReflectionServicer(names, pool=pool)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, GenericOnly(server))

@@ -23,8 +23,9 @@ from gateway.backends import build_backends, metrics_url, triton_backend
 from gateway.codec import TensorLimits
 from gateway.config import ConfigError, Settings
 from gateway.metrics import build_registry
+from gateway.registration import GenericOnly, add_to_server
 from gateway.request_log import RequestLog
-from gateway.servicer import InferenceServicer, add_to_server
+from gateway.servicer import InferenceServicer
 from gateway.telemetry import Tracing, configure_tracing
 from gateway.worker_views import WorkerRole
 from scheduler.backends.base import Backend
@@ -223,7 +224,7 @@ class GatewayServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         add_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
         reflection.enable(self.server, [INFERENCE_SERVICE, health.SERVICE_NAME])
         self.port = 0
         self._sync_task: asyncio.Task[None] | None = None

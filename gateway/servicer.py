@@ -24,12 +24,12 @@ from gateway.front_door import SHUTTING_DOWN, FrontDoor
 from gateway.layouts import Layouts
 from gateway.metrics import GatewayMetrics
 from gateway.request_log import RequestLog
-from gateway.security import Authenticator, authenticated, visible
+from gateway.security import Authenticator, visible
 from gateway.stateful import StatefulRequests, StreamSink
 from gateway.status import abort, internal_error
 from gateway.stream_group import StreamCall, StreamGroups
 from gateway.stream_rpc import Admit, Decoded, header_of, relay_stream
-from gateway.telemetry import MODEL_INFER, Tracing, caller_trace_id
+from gateway.telemetry import TRACE_ID_KEY, Tracing, caller_trace_id
 from gateway.unsupported import UnsupportedRpcs
 from scheduler import kserve_wire as wire
 from scheduler.clock import Clock
@@ -71,6 +71,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         self._stream_max_in_flight = stream_max_in_flight
         self._metrics = metrics
         self._tracing = tracing or Tracing()
+        self._traced = self._tracing.enabled  # fixed for the servicer's life; read per request
         self._request_log = request_log or RequestLog(clock)
         self._headers = codec.ResponseHeaders()
         self._layouts = Layouts(limits=limits)
@@ -187,7 +188,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     # -- inference -------------------------------------------------------
-    # Both inference rpcs take and return bytes (``add_to_server`` registers
+    # Both inference rpcs take and return bytes (``gateway.registration`` registers
     # them without protobuf (de)serialisers): the codec reads the message
     # without copying its tensors, and a request the gateway does not batch
     # reaches a Triton backend as the very bytes the caller sent.
@@ -196,11 +197,16 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         # client's log line leads to the trace (with tracing off: the caller's own).
         if self._metrics is not None:
             self._metrics.refusals.handled += 1
-        trailer = self._tracing.call_trailer(context)
+        call = None  # tracing off: the call's metadata read once, not per use
+        if self._traced:
+            trailer = self._tracing.call_trailer(context)
+        else:
+            call = self._groups.open(context, self._tracing)
+            trailer = ((TRACE_ID_KEY, call.trace_id),) if call.trace_id else ()
         if trailer:
             context.set_trailing_metadata(trailer)
         try:
-            return await self._infer(request, context)
+            return await self._infer(request, context, call=call)
         except GatewayError as exc:
             await abort(context, exc, trailer)
         except asyncio.CancelledError:
@@ -223,7 +229,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         (``gateway.stream_rpc``). A decoupled model's request pushes each of its
         responses itself, and a sequence's steps run one after another
         (``gateway.stateful``). gRPC is given ``stream_handler`` itself (see
-        ``add_to_server``): no generator of ours between it and the relay.
+        ``gateway.registration``): no generator of ours between it and the relay.
         """
         return self.stream_handler(request_iterator, context)
 
@@ -231,7 +237,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         """A stream's start: its trailer, and its lean path's ``admit`` if it has one."""
         if trailer := self._tracing.call_trailer(context):
             context.set_trailing_metadata(trailer)
-        if self.auth is None and not self._tracing.enabled:  # spans, quotas: per request
+        if self.auth is None and not self._traced:  # spans, quotas: per request
             return functools.partial(self._groups.admit, self._groups.open(context, self._tracing))
         return None
 
@@ -241,16 +247,19 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         context: Context,
         stream: StreamSink | None = None,
         decoded: Decoded | None = None,
+        *,
+        call: StreamCall | None = None,
     ) -> bytes:
         """One request's encoded response; on a stream (``stream``), empty
         when the request pushed its responses itself (a decoupled model's).
-        ``decoded``: the stream's lean path decoded it already."""
+        ``decoded``: the stream's lean path decoded it already; ``call``: its
+        call as read once (``StreamGroups.open``), else read as needed."""
         size = len(data)
         door = self.door
         door.enter(size)  # UNAVAILABLE when closing; bounded in bytes
         start = self._clock.now()
         # Traced: the request's first span starts here, so decoding is inside it.
-        received_ns = time.time_ns() if self._tracing.enabled else 0
+        received_ns = time.time_ns() if self._traced else 0
         # "unknown" until the model resolves: a typo must not become a label of its own.
         model, code, backend, message = "unknown", "OK", "", ""
         queue_s = backend_s = 0.0
@@ -261,7 +270,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if tenant is not None:  # before decoding: a refusal must cost little
                 tenant.quota.acquire(start)
                 quota = tenant.quota
-            infer_request, spec = decoded or self._decode(data, context, received_ns)
+            infer_request, spec = decoded or self._decode(data, context, received_ns, call)
             model, deadline = spec.name, infer_request.deadline
             if tenant is not None:
                 Authenticator.authorize(tenant, model)
@@ -290,11 +299,13 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if code == "OK" and deadline is not None and now > deadline:
                 # The caller has given up: gRPC answers DEADLINE_EXCEEDED, so do we.
                 code = "DEADLINE_EXCEEDED"
-            trace_id = trace_id_of(current_span()) if self._tracing.enabled else ""
+            trace_id = trace_id_of(current_span()) if self._traced else ""
             if self._metrics is not None:
                 self._metrics.request_done(model, code, backend, now - start, trace_id)
             if code != "OK" or self._request_log.ok_sample:
-                if not trace_id:  # tracing off: the caller's, if it sent one
+                if call is not None:  # tracing off: the caller's, if it sent one
+                    trace_id = call.trace_id
+                elif not trace_id:
                     for _, value in caller_trace_id(context.invocation_metadata()):
                         trace_id = value
                 self._request_log.request_done(
@@ -345,9 +356,8 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             deadline = None if remaining is None else now + remaining
             trace_context = self._tracing.call_context(context)
-        timeout_us = layout.parameters.get("timeout")
-        if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
-            by_parameter = now + timeout_us / 1e6
+        if layout.timeout_us:
+            by_parameter = now + layout.timeout_us / 1e6
             deadline = by_parameter if deadline is None else min(deadline, by_parameter)
         spec = layout.spec
         infer_request = InferRequest(
@@ -366,34 +376,3 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             size_bytes=max(len(data), layout.reply_bytes),
         )
         return infer_request, spec
-
-
-def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register every rpc of ``GRPCInferenceService``; the two inference rpcs
-    take and return bytes, the rest use the generated messages."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
-        behaviour = getattr(servicer, method.name)
-        if method.name not in ("ModelInfer", "ModelStreamInfer"):
-            if servicer.auth is not None:
-                behaviour = authenticated(servicer.auth, behaviour)
-            behaviour = servicer.tracing.answering_with_trace_id(behaviour)
-        if method.name == "ModelInfer":
-            behaviour = servicer.tracing.traced(MODEL_INFER, behaviour)
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
-        elif method.name == "ModelStreamInfer":
-            # An async generator function (a partial of one), which gRPC iterates itself.
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.stream_handler)
-        else:
-            request_type = getattr(pb, method.input_type.name)
-            response_type = getattr(pb, method.output_type.name)
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=request_type.FromString,
-                response_serializer=response_type.SerializeToString,
-            )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    server.add_registered_method_handlers(service.full_name, handlers)

@@ -41,11 +41,11 @@ Answer = Callable[[bytes], None]
 Decode = Callable[[bytes, Context, int, "StreamCall"], Decoded]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per unary call, and frozen init is slow
 class StreamCall:
-    """What every message of one stream shares, read from its call once: each
-    read of the call's deadline or metadata is a call into grpc, which would
-    otherwise cost every message as much as its decoding."""
+    """What every message of one stream (or a unary call) shares, read from its
+    call once: each read of the call's deadline or metadata is a call into
+    grpc, which would otherwise cost every message as much as its decoding."""
 
     context: Context
     #: The stream's deadline (monotonic), the bound of each of its messages.
@@ -113,7 +113,8 @@ class StreamGroups:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def open(self, context: Context, tracing: Tracing) -> StreamCall:
-        """What the messages of the stream of ``context`` will share."""
+        """What the messages of the call of ``context`` (a stream, or a unary
+        call with tracing off) will share."""
         remaining = context.time_remaining()
         metadata = context.invocation_metadata()
         trace_id = ""
