@@ -99,6 +99,7 @@ class BackendState:
         "breaker",
         "busy_s",
         "group",
+        "id",
         "in_flight_by_model",
         "order",
         "tier",
@@ -116,6 +117,9 @@ class BackendState:
         group: str = "",
     ) -> None:
         self.backend = backend
+        #: The backend's id, read once: it is fixed for the backend's life (the
+        #: fleet is keyed by it), and the hot path reads it several times a call.
+        self.id: str = backend.id
         self.tier = tier
         self.breaker = breaker
         self.order = order
@@ -127,10 +131,6 @@ class BackendState:
         self.busy_s: Tally[float] = Tally(0.0)
         self.group = group  # the DNS name that brought it, if any
         self.watch: Callable[[BackendState], None] | None = None
-
-    @property
-    def id(self) -> str:
-        return self.backend.id
 
     @property
     def discovered(self) -> bool:

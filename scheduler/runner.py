@@ -93,9 +93,9 @@ class BatchRunner:
     ) -> Mapping[str, Tensor] | bytes:
         tried: set[str] = set()
         last_error: GatewayError | None = None
-        start = self._clock.now()
         traced = tracing.recording(self._tracer)
         if info.attempt == 0 and info.trigger not in UNBATCHED:
+            start = self._clock.now()
             waits = [start - t for t in info.enqueued_at]
             self.observer.batch_started(spec.name, info.size, info.trigger, waits)
         router = self.routers.of(spec.name)
@@ -358,11 +358,11 @@ class BatchRunner:
         finally:
             in_flight.add(name, -1)
             busy.add(name, -predicted, 0.0)
-            took_s = self._clock.now() - start
+            ended = self._clock.now()
+            took_s = ended - start
             info.backend_s += took_s
             self.observer.backend_called(name, state.id, took_s, code)
-        now = self._clock.now()
-        elapsed = now - start
+        now, elapsed = ended, took_s
         self.fleet.record_success(state)
         held_s = self._departures.held_s(state.id, name, instances, start, now)
         self.estimator.observe(
