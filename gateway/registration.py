@@ -7,9 +7,11 @@ of them at once (``asyncio.wait(..., FIRST_COMPLETED)`` in its main loop):
 one's type, and removes the callbacks again. Every registered method so costs
 every rpc of the server, whatever its method, a few Python calls. The
 generated ``add_*_to_server`` functions register every method of their
-service (the inference service's 20, health's 3, reflection's 1), which made
-that wait take some 20 % of the event loop's instructions per ``ModelInfer``
-passthrough request (``loadtests/results/profile_passthrough.md``).
+service (the inference service's 20, health's 2, reflection's 1): with all
+of them registered, the gateway's event loop spent 1,011K instructions per
+passthrough ``ModelInfer``, with only the inference rpcs 895K
+(``loadtests/results/instructions.md``; the bytes proxy it is measured
+against spends 564K).
 
 So only the inference rpcs are registered (``add_to_server``); the others,
 health and reflection included (``GenericOnly``), are found through the

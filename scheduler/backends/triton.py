@@ -12,7 +12,7 @@ is copied more than once on its way to the server or back.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 import grpc
@@ -219,22 +219,24 @@ class TritonBackend:
             ) from exc
         return response
 
-    async def infer_wire(
+    def infer_wire(
         self,
         model: ModelSpec,
         request: bytes,
         *,
         deadline: float | None = None,
         trace_context: Mapping[str, str] | None = None,
-    ) -> bytes:
+    ) -> Coroutine[Any, Any, bytes]:
         """Forward an encoded request as it came. With a deadline, the time
         left is appended as Triton's ``timeout`` parameter (the last entry of a
         map key wins, and it is never later than the caller's own ``timeout``,
-        which the deadline already includes)."""
+        which the deadline already includes). Returns the call's own
+        coroutine, with no coroutine of this method around it (one frame less
+        on each of its resumes); a deadline already past raises here."""
         timeout_s = self._budget(model, deadline)
         if timeout_s is not None:
             request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
-        return await self._call(model, request, timeout_s, trace_context)
+        return self._call(model, request, timeout_s, trace_context)
 
     async def stream_wire(
         self,
