@@ -65,7 +65,10 @@ class FairShare:
 
     def served(self, ranks: Iterable[float]) -> None:
         """A batch whose items had ``ranks`` left the queue: advance ``V``
-        (demoted items' ranks do not count)."""
+        (demoted items' ranks do not count). Without tenants every rank is 0
+        or ``DEMOTED`` and ``V`` stays 0: ``ranks`` is not read."""
+        if not self._finish:  # no tenant was ever seen
+            return
         virtual = self.virtual
         for rank in ranks:
             if virtual < rank < DEMOTED:

@@ -49,7 +49,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Hashable, Iterable, Iterator
-from itertools import accumulate, islice
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any, Generic, Literal, TypeVar
 
@@ -179,7 +179,7 @@ class GroupIndex(Generic[T]):
         if group.full:
             # Rows are >= 1, so no more than max_batch_size items can fit; the
             # running sums and the cut are computed in C, not per item here.
-            sums = list(accumulate(map(_ROWS, islice(group.items, self._limit))))
+            sums = list(accumulate(map(_ROWS, group.items.head(self._limit))))
             count = bisect.bisect_right(sums, self._limit)
             trigger: Trigger = "full"
         else:
@@ -187,7 +187,7 @@ class GroupIndex(Generic[T]):
             if decision is None:
                 return None
             count, trigger = decision
-            sums = list(accumulate(map(_ROWS, islice(group.items, count))))
+            sums = list(accumulate(map(_ROWS, group.items.head(count))))
         rows = sums[count - 1]
         group.total -= rows
         self._dirty[group.key] = group

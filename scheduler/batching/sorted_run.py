@@ -59,6 +59,13 @@ class SortedRun(Generic[E]):
     def first(self) -> E:
         return self._chunks[0][0]
 
+    def head(self, count: int) -> list[E]:
+        """The first ``count`` entries (fewer if there are not as many), left in place."""
+        chunks = self._chunks
+        if chunks and len(chunks[0]) >= count:
+            return chunks[0][:count]  # one slice: the usual case, chunks hold up to 2 * LOAD
+        return list(itertools.islice(self, count))
+
     def add(self, entry: E) -> None:
         chunks, maxes = self._chunks, self._maxes
         self._len += 1
