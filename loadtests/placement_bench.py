@@ -195,8 +195,7 @@ async def start_fleet(n: int) -> tuple[Scheduler, ManualClock, DeviceMonitor]:
             scheduler.estimator.observe(backend.id, SPEC.name, rows, seconds)
         state = scheduler.fleet.get(backend.id)
         assert state is not None
-        state.in_flight_by_model[SPEC.name] = rng.randint(0, 3)
-        state.busy_s[SPEC.name] = rng.uniform(0.0, 0.02)
+        state.load.set(SPEC.name, rng.randint(0, 3), rng.uniform(0.0, 0.02))
     return scheduler, clock, monitor
 
 
@@ -242,7 +241,7 @@ async def measure(n: int, repeats: int, before: bool) -> dict[str, list[float]]:
         # queued work changes and the estimator learns, so the next decision
         # refreshes that backend's prediction rows, as in steady state.
         state = rng.choice(states)
-        state.busy_s[SPEC.name] = rng.uniform(0.0, 0.02)
+        state.load.set(SPEC.name, state.load.calls(SPEC.name), rng.uniform(0.0, 0.02))
         scheduler.estimator.observe(state.id, SPEC.name, ROWS, rng.uniform(0.002, 0.004))
 
     def decide_as_before() -> None:
@@ -295,7 +294,7 @@ async def under_callgrind(n: int, decisions: int, *, before: bool) -> None:
         for warm in range(warmup + decisions):
             clock.advance(1e-6)
             state = rng.choice(states)  # a call finishes somewhere, as in the timed runs
-            state.busy_s[SPEC.name] = rng.uniform(0.0, 0.02)
+            state.load.set(SPEC.name, state.load.calls(SPEC.name), rng.uniform(0.0, 0.02))
             scheduler.estimator.observe(state.id, SPEC.name, ROWS, rng.uniform(0.002, 0.004))
             if warm < warmup:
                 decide(None, clock.now())

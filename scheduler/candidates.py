@@ -20,14 +20,14 @@ available          breaker / drain / discovery, as the instant  O(1) per change
                    ``available_from`` from which the backend    (hooks), compared
                    takes work                                   with ``now`` when
                                                                 ``now`` crosses one
-queued (ours)      ``BackendState.busy_s`` / concurrency        O(1) per write
-                                                                (``Tally.watch``)
+queued (ours)      ``BackendState.load`` seconds / concurrency  O(1) per write
+                                                                (its ``watch``)
 queued (theirs)    Triton's pending requests x the 1-row        per telemetry
                    prediction                                   epoch, and per
                                                                 changed estimate
 memory_ok,         fresh device readings (``TelemetryIndex``)   per telemetry
-load_ok, age       and total calls in flight per backend        epoch; load_ok
-                                                                also when a
+load_ok,           and total calls in flight per backend        epoch; load_ok
+sampled_at                                                      also when a
                                                                 backend crosses
                                                                 its in-flight cap
 service            the estimator, per batch-size bucket         rows whose value
@@ -35,11 +35,12 @@ service            the estimator, per batch-size bucket         rows whose value
                                                                 when it observes
 =================  ===========================================  ==================
 
-A decision then costs a few vector operations (``now - sampled_at`` into a
-buffer the table keeps, ``maximum(ours, theirs)`` while Triton reports pending
-requests) plus ``place``. A ``Candidates``' ``queued_s``, ``service_s`` and
-``telemetry_age_s`` are borrowed: the table's own arrays, written in place by
-the next hook or decision; a caller copies what it keeps (see ``Candidates``).
+A decision then costs ``place`` (and ``maximum(ours, theirs)`` into a buffer
+the table keeps while Triton reports pending requests): the telemetry's age is
+worked out for the chosen row alone (``placement.telemetry_age``). A
+``Candidates``' ``queued_s`` and ``service_s`` are borrowed: the table's own
+arrays, written in place by the next hook or decision; a caller copies what it
+keeps (see ``Candidates``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ from scheduler.config import SchedulerConfig
 from scheduler.estimator import ServiceTimeEstimator, bucket_of
 from scheduler.fleet import BackendState, Fleet
 from scheduler.load import concurrency
-from scheduler.placement import Candidates, Tier, accelerators_with_room, without
+from scheduler.placement import (
+    Candidates,
+    Tier,
+    accelerators_with_room,
+    blocked_penalty,
+    without,
+)
 from scheduler.registry import ModelRegistry
 from scheduler.service_columns import ServiceColumns, known_or_zero
 from scheduler.telemetry.snapshot import TelemetrySnapshot
@@ -89,28 +96,25 @@ class ModelTable:
         self._capacity = 0
         self._available_in = (math.inf, -math.inf)  # [from, until): empty until looked at
         self.ours = np.array(
-            [s.busy_s[name] / d for s, d in zip(states, self.divisor, strict=True)]
+            [s.load.seconds(name) / d for s, d in zip(states, self.divisor, strict=True)]
         )
         self.epoch = -1  # of the telemetry the columns below were gathered from
         self.memory_ok: Bools = np.ones(n, np.bool_)
         self.load_ok: Bools = np.ones(n, np.bool_)
         self.accelerator_ok: Bools = self.tier == int(Tier.ACCELERATOR)
         self.sampled_at: Floats = np.full(n, np.nan)
-        self._minus_sampled_at: Floats = -self.sampled_at  # see ``candidates``
-        self.future_readings = False
         self._pending: Floats = np.zeros(n)
         self._has_pending = False
         self._theirs: Floats = np.zeros(n)
         self._theirs_valid = True
         # Written by each decision (borrowed by its Candidates, see ``candidates``).
-        self._age: Floats = np.empty(n)
         self._queued: Floats = np.empty(n)
         #: service_s per bucket, kept current by ``estimate_changed``.
         self.service_columns = ServiceColumns(name, self.ids)
-        #: ~(available & accelerator_ok), for the pair of arrays it was computed from.
-        self._blocked: Bools = np.zeros(0, np.bool_)
-        self._penalty: Floats = np.zeros(0)  # inf where blocked, NaN elsewhere
-        self._blocked_of: tuple[Bools, Bools] | None = None
+        #: blocked_penalty(available, accelerator_ok), for the pair of arrays it was
+        #: computed from.
+        self._penalty: Floats = np.zeros(0)
+        self._penalty_of: tuple[Bools, Bools] | None = None
 
     # -- O(1) updates (``ours`` too: ``CandidateTables._hook`` writes its cells) --
     def set_available_from(self, row: int, available_from: float) -> None:
@@ -148,10 +152,10 @@ class ModelTable:
         self.accelerator_ok = accelerators_with_room(self.tier, self.memory_ok, self.load_ok)
 
     def estimate_changed(
-        self, row: int, bucket: int | None, estimator: ServiceTimeEstimator
+        self, row: int, buckets: Collection[int] | None, estimator: ServiceTimeEstimator
     ) -> None:
-        """Re-predict the cells of ``row`` that ``bucket``'s new estimate can move."""
-        self.service_columns.changed(row, bucket, estimator)
+        """Re-predict the cells of ``row`` in ``buckets`` (None: every bucket)."""
+        self.service_columns.changed(row, buckets, estimator)
         # Triton's queue x the 1-row prediction follows it (all zeros with none queued).
         if self._has_pending and (single := self.service_columns.cached(1)) is not None:
             self._theirs[row] = self._pending[row] * known_or_zero(single[row])
@@ -167,14 +171,12 @@ class ModelTable:
         """Re-gather the telemetry columns after the index moved to a new epoch."""
         slots = self.slots
         self.sampled_at = index.sampled_at[slots]
-        self._minus_sampled_at = -self.sampled_at
         free = index.free_bytes[slots]
         self.memory_ok = (
             np.ones(len(slots), np.bool_) if need_bytes is None else ~(free < need_bytes)
         )
         self.load_ok = index.utilization_ok[slots] & in_flight_ok[slots]
         self._room_changed()
-        self.future_readings = index.future_readings
         loads = index.loads
         pending = [
             0 if (load := loads[slot]) is None else load.pending_requests.get(self.name, 0)
@@ -194,15 +196,10 @@ class ModelTable:
             self._theirs_valid = True
         available, room = self.available(now), self.accelerator_ok
         # Both are replaced, never written, when they change: identity tells.
-        of = self._blocked_of
+        of = self._penalty_of
         if of is None or of[0] is not available or of[1] is not room:
-            self._blocked = blocked = ~(available & room)
-            self._penalty = np.where(blocked, np.inf, np.nan)
-            self._blocked_of = (available, room)
-        # now - sampled_at, bit for bit, without a float's ``-`` failing over to __rsub__.
-        age = np.add(self._minus_sampled_at, now, out=self._age)
-        if self.future_readings:
-            np.maximum(age, 0.0, out=age)  # a reading is never from the future
+            self._penalty = blocked_penalty(available, room)
+            self._penalty_of = (available, room)
         # tuple.__new__: a named tuple's own __new__ is a Python function.
         return tuple.__new__(
             Candidates,
@@ -218,10 +215,9 @@ class ModelTable:
                 if self._has_pending
                 else self.ours,
                 service,  # service_s
-                age,  # telemetry_age_s
+                self.sampled_at,  # sampled_at
                 room,  # accelerator_ok
                 None,  # outstanding
-                self._blocked,  # blocked
                 self._penalty,  # penalty
             ),
         )
@@ -231,7 +227,7 @@ class CandidateTables:
     """Every model's ``ModelTable``, built on first use and kept current by hooks.
 
     Hooks set on each ``BackendState`` (its ``watch``, its breaker's
-    ``on_change``, the ``watch`` of its two ``Tally`` counters) and on the
+    ``on_change``, the ``watch`` of its ``CallsInFlight``) and on the
     estimator route each change to the rows it touches. ``invalidate`` (the
     fleet or the registry changed) drops the tables; the next read rebuilds
     them, which is the only O(backends) work outside a telemetry epoch.
@@ -348,26 +344,23 @@ class CandidateTables:
             self._availability_changed(state)
 
         # Run at every call placed and ended: ``ours`` and the in-flight count inline.
-        def busy(model: str, old: float, new: float) -> None:
+        def load(model: str, change: int, seconds: float) -> None:
             cell = cells.get(model)
             if cell is not None:
                 table, row = cell
-                table.ours[row] = new / table.divisor[row]
-
-        def in_flight(model: str, old: int, new: int) -> None:
+                table.ours[row] = seconds / table.divisor[row]
             slot = self._slot_of.get(backend_id)
-            if slot is None or not self._bound:
+            if not change or slot is None or not self._bound:
                 return
-            total = self._in_flight[slot] + new - old
+            total = self._in_flight[slot] + change
             self._in_flight[slot] = total
             limit = self._config.max_in_flight_per_backend
-            if (total < limit) != (total - new + old < limit):  # else no cap crossed
+            if (total < limit) != (total - change < limit):  # else no cap crossed
                 self._in_flight_capped(backend_id, slot, total < limit)
 
         state.watch = self._availability_changed
         state.breaker.on_change = availability
-        state.busy_s.watch = busy
-        state.in_flight_by_model.watch = in_flight
+        state.load.watch = load
 
     # -- hooks ------------------------------------------------------------------
     def _availability_changed(self, state: BackendState) -> None:
@@ -382,8 +375,10 @@ class CandidateTables:
             if table.epoch == self._index.epoch:  # others re-gather before their next read
                 table.set_load_ok(row, bool(self._index.utilization_ok[slot]) and ok)
 
-    def _estimate_changed(self, backend_id: str, model: str, bucket: int | None) -> None:
+    def _estimate_changed(
+        self, backend_id: str, model: str, buckets: Collection[int] | None
+    ) -> None:
         cells = self._cells.get(backend_id)
         cell = cells.get(model) if cells is not None else None
         if cell is not None:
-            cell[0].estimate_changed(cell[1], bucket, self._estimator)
+            cell[0].estimate_changed(cell[1], buckets, self._estimator)

@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import TypeVar
+from collections.abc import Callable, Iterator
 
 from scheduler.backends.base import Backend
 from scheduler.clock import Clock
@@ -28,60 +27,68 @@ _NOT_THE_BACKENDS_FAULT = frozenset(
 BackendFactory = Callable[[str], Backend]
 
 
-N = TypeVar("N", int, float)
+class CallsInFlight:
+    """The calls in flight on one backend, and their predicted seconds, per model.
 
-
-class Tally(MutableMapping[str, N]):
-    """Per-model counters of one backend (calls or predicted seconds in flight).
-
-    A missing model reads as 0, as with ``defaultdict``. Every write is passed
-    to ``watch`` (model, old value, new value) when one is set: the placement
-    tables mirror these counters into their arrays as they change, so a
-    decision never walks the backends to add them up.
+    A missing model reads as 0. ``start`` counts a call in and ``end`` counts
+    it out, each with one read and one write per counter and one notification
+    to ``watch`` (model, change in calls, seconds in flight now): the
+    placement tables mirror both counters into their arrays (queued work per
+    row, calls per backend against the cap) as they change, in one hook a
+    call placed and one a call ended, so a decision never walks the backends
+    to add them up.
     """
 
-    __slots__ = ("_values", "_zero", "watch")
+    __slots__ = ("_calls", "_seconds", "watch")
 
-    def __init__(self, zero: N) -> None:
-        self._zero: N = zero
-        self._values: dict[str, N] = {}
-        self.watch: Callable[[str, N, N], None] | None = None
+    def __init__(self) -> None:
+        self._calls: dict[str, int] = {}
+        self._seconds: dict[str, float] = {}
+        self.watch: Callable[[str, int, float], None] | None = None
 
-    def __getitem__(self, model: str) -> N:
-        return self._values.get(model, self._zero)
+    def calls(self, model: str) -> int:
+        return self._calls.get(model, 0)
 
-    def __setitem__(self, model: str, value: N) -> None:
-        old = self._values.get(model, self._zero)
-        self._values[model] = value
+    def seconds(self, model: str) -> float:
+        """Predicted seconds of work in flight (for queue estimates)."""
+        return self._seconds.get(model, 0.0)
+
+    def total(self) -> int:
+        """Calls in flight, all models together."""
+        return sum(self._calls.values())
+
+    def start(self, model: str, seconds: float) -> tuple[int, float]:
+        """Count in a call predicted to take ``seconds``; the calls and the
+        seconds of ``model`` that were in flight here before it."""
+        calls = self._calls.get(model, 0)
+        busy = self._seconds.get(model, 0.0)
+        self._calls[model] = calls + 1
+        self._seconds[model] = now = busy + seconds
         if self.watch is not None:
-            self.watch(model, old, value)
+            self.watch(model, 1, now)
+        return calls, busy
 
-    def add(self, model: str, delta: N, floor: N | None = None) -> None:
-        """``self[model] += delta`` (not below ``floor``), with one read and one
-        notification: the hot path's way to count a call in and out."""
-        old = self._values.get(model, self._zero)
-        new = old + delta
-        if floor is not None and new < floor:
-            new = floor
-        self._values[model] = new
+    def end(self, model: str, seconds: float) -> None:
+        """Count out a call that ``start`` counted in with ``seconds``
+        (the seconds never go below 0: rounding)."""
+        self._calls[model] = self._calls.get(model, 0) - 1
+        now = self._seconds.get(model, 0.0) - seconds
+        if now < 0.0:
+            now = 0.0
+        self._seconds[model] = now
         if self.watch is not None:
-            self.watch(model, old, new)
+            self.watch(model, -1, now)
 
-    def __delitem__(self, model: str) -> None:
-        self[model] = self._zero  # let the watcher see the value go
-        del self._values[model]
-
-    def __contains__(self, model: object) -> bool:
-        return model in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
+    def set(self, model: str, calls: int, seconds: float) -> None:
+        """Put both counters of ``model`` at these values (tests, benchmarks)."""
+        change = calls - self._calls.get(model, 0)
+        self._calls[model] = calls
+        self._seconds[model] = seconds
+        if self.watch is not None:
+            self.watch(model, change, seconds)
 
     def __repr__(self) -> str:
-        return f"Tally({self._values!r})"
+        return f"CallsInFlight(calls={self._calls!r}, seconds={self._seconds!r})"
 
 
 class BackendState:
@@ -97,10 +104,9 @@ class BackendState:
         "_drained",
         "backend",
         "breaker",
-        "busy_s",
         "group",
         "id",
-        "in_flight_by_model",
+        "load",
         "order",
         "tier",
         "watch",
@@ -125,10 +131,8 @@ class BackendState:
         self.order = order
         self._discovered = discovered  # discovery succeeded at least once
         self._drained = drained  # an operator took it out of rotation
-        #: Calls in flight here, per model.
-        self.in_flight_by_model: Tally[int] = Tally(0)
-        #: Predicted seconds of work in flight here, per model (for queue estimates).
-        self.busy_s: Tally[float] = Tally(0.0)
+        #: Calls in flight here, and their predicted seconds, per model.
+        self.load = CallsInFlight()
         self.group = group  # the DNS name that brought it, if any
         self.watch: Callable[[BackendState], None] | None = None
 
@@ -153,7 +157,7 @@ class BackendState:
     @property
     def in_flight(self) -> int:
         """Calls in flight here, all models together."""
-        return sum(self.in_flight_by_model.values())
+        return self.load.total()
 
     def usable(self, now: float) -> bool:
         return now >= self.available_from()

@@ -49,6 +49,9 @@ class Candidates(NamedTuple):
     ``load_ok`` are already False only where *fresh* telemetry says so:
     unknown or stale telemetry never excludes a backend and never makes one
     look idle. ``service_s`` is NaN where nothing is known yet.
+    ``sampled_at`` is when the reading behind a row's telemetry columns was
+    taken (NaN: none); a decision states its age for the chosen row alone
+    (``telemetry_age``), so no age column is computed per decision.
 
     ``accelerator_ok``, optional, is ``memory_ok & load_ok & (tier ==
     ACCELERATOR)`` precomputed by a producer that keeps it anyway (the
@@ -58,16 +61,15 @@ class Candidates(NamedTuple):
     ``outstanding``, optional, is the calls in flight on each backend (all
     models), filled in only for routers that count calls (``scheduler.routing``).
 
-    ``blocked``, optional, is ``~(available & accelerator_ok)``, the rows the
-    fast path leaves out, from a producer that keeps it between changes of
-    those columns (the candidate tables); ``place`` computes it when it is
-    None. It must agree with the other columns. ``penalty``, optional, is the
-    same rows as floats, inf where blocked and NaN elsewhere, which ``place``
-    applies with one ``fmax`` instead of ``putmask``-ing ``blocked``.
+    ``penalty``, optional, is ``blocked_penalty(available, accelerator_ok)``:
+    inf on the rows the fast path leaves out, NaN elsewhere, which ``place``
+    applies to its scores with one ``fmax``, from a producer that keeps it
+    between changes of those columns (the candidate tables); ``place``
+    computes it when it is None. It must agree with the other columns.
 
     Borrowed, not owned: a producer may hand out its own arrays and write
-    them again after the decision (the candidate tables lend ``queued_s``,
-    ``service_s`` and ``telemetry_age_s`` so, saving two arrays a decision).
+    them again after the decision (the candidate tables lend ``queued_s`` and
+    ``service_s`` so, saving an array a decision).
     A consumer reads the columns while it decides and copies what it keeps
     past that (a ``Decision`` holds plain floats); nothing writes into them.
 
@@ -84,11 +86,17 @@ class Candidates(NamedTuple):
     load_ok: npt.NDArray[np.bool_]
     queued_s: npt.NDArray[np.float64]
     service_s: npt.NDArray[np.float64]
-    telemetry_age_s: npt.NDArray[np.float64]
+    sampled_at: npt.NDArray[np.float64]
     accelerator_ok: npt.NDArray[np.bool_] | None = None
     outstanding: npt.NDArray[np.int64] | None = None
-    blocked: npt.NDArray[np.bool_] | None = None
     penalty: npt.NDArray[np.float64] | None = None
+
+
+def telemetry_age(c: Candidates, row: int, now: float) -> float:
+    """Seconds since the reading behind ``row``'s telemetry was taken at
+    ``now`` (NaN: none); never below 0 (a reading stamped after ``now``)."""
+    age = now - c.sampled_at.item(row)
+    return 0.0 if age < 0.0 else age
 
 
 def accelerators_with_room(
@@ -99,8 +107,27 @@ def accelerators_with_room(
     return room
 
 
+def blocked_penalty(
+    available: npt.NDArray[np.bool_], accelerator_ok: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """inf on the rows the fast path leaves out (not available, or not an
+    accelerator with room), NaN elsewhere: ``np.fmax`` with it keeps a usable
+    row's score (NaN too: it takes the non-NaN operand) and makes a blocked
+    one inf."""
+    penalty: npt.NDArray[np.float64] = np.where(available & accelerator_ok, np.nan, np.inf)
+    return penalty
+
+
 class Decision(NamedTuple):
-    """The outcome and why, for traces, the admin view and error messages."""
+    """The outcome and why, for traces, the admin view and error messages.
+
+    ``reason`` words why. A backend chosen by predicted finish, the common
+    case, leaves ``note`` empty and is worded from the fields when asked
+    (``placed_reason``): a decision is made per batch, and only traces, the
+    admin view and errors read why, so the two times formatted per decision
+    are spared (most of the text's cost is the float formatting). Any other
+    decision words its reason as it is made and keeps it in ``note``.
+    """
 
     verdict: Verdict
     backend_id: str | None
@@ -108,9 +135,25 @@ class Decision(NamedTuple):
     service_s: float  # the batch's own predicted service time on the chosen backend
     runner_up: str | None
     runner_up_s: float
-    reason: str
+    note: str  # the reason, when not the plain one worded from the fields ("")
     decided_at: float
     telemetry_age_s: float
+
+    @property
+    def reason(self) -> str:
+        if self.note or self.backend_id is None:
+            return self.note
+        return placed_reason(self.backend_id, self.predicted_s, self.runner_up, self.runner_up_s)
+
+
+def placed_reason(
+    backend_id: str, predicted_s: float, runner_up: str | None, runner_up_s: float
+) -> str:
+    """Why ``backend_id`` was chosen by predicted finish, against the runner-up if any."""
+    reason = f"{backend_id} predicted {predicted_s * 1e3:.2f} ms"
+    if runner_up is not None:
+        reason += f", runner-up {runner_up} {runner_up_s * 1e3:.2f} ms"
+    return reason
 
 
 def place(
@@ -136,21 +179,14 @@ def place(
         return _place(c, now=now, deadline=deadline, unknown_service_s=unknown_service_s)
     scores = c.queued_s + c.service_s
     penalty = c.penalty
-    if penalty is not None:
-        # fmax takes the non-NaN one: a usable row keeps its score (NaN too),
-        # a blocked one becomes inf; ~30% fewer instructions than putmask.
-        np.fmax(scores, penalty, out=scores)
-    else:
-        blocked = c.blocked
-        if blocked is None:
-            room = c.accelerator_ok
-            if room is None:
-                room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
-            blocked = c.available & room
-            np.logical_not(blocked, out=blocked)
-        # The blocked rows are set to inf in place (``putmask``), which costs less
-        # than ``np.where`` with a scalar operand.
-        np.putmask(scores, blocked, np.inf)
+    if penalty is None:
+        room = c.accelerator_ok
+        if room is None:
+            room = accelerators_with_room(c.tier, c.memory_ok, c.load_ok)
+        penalty = blocked_penalty(c.available, room)
+    # The blocked rows become inf in place; ~30% fewer instructions than a
+    # ``putmask`` of a boolean mask.
+    np.fmax(scores, penalty, out=scores)
     best = int(scores.argmin())
     best_s = scores.item(best)
     left = np.inf if deadline is None else deadline - now
@@ -162,10 +198,8 @@ def place(
     second = int(scores.argmin())
     second_s = scores.item(second)
     best_id = c.backend_ids[best]
-    reason = f"{best_id} predicted {best_s * 1e3:.2f} ms"
     if second_s <= left and second_s != np.inf:
         runner_up: str | None = c.backend_ids[second]
-        reason += f", runner-up {runner_up} {second_s * 1e3:.2f} ms"
     else:
         runner_up, second_s = None, float("nan")
     # In field order, through tuple.__new__ (as ``candidates`` makes a Candidates).
@@ -178,9 +212,9 @@ def place(
             c.service_s.item(best),  # service_s
             runner_up,  # runner_up
             second_s,  # runner_up_s
-            reason,  # reason
+            "",  # note: the reason is worded when read
             now,  # decided_at
-            c.telemetry_age_s.item(best),  # telemetry_age_s
+            telemetry_age(c, best, now),  # telemetry_age_s
         ),
     )
 
@@ -207,9 +241,9 @@ def _place_one(
         service,  # service_s
         None,  # runner_up
         math.nan,  # runner_up_s
-        f"{backend_id} predicted {finish * 1e3:.2f} ms",  # reason
+        "",  # note: the reason is worded when read
         now,  # decided_at
-        c.telemetry_age_s.item(0),  # telemetry_age_s
+        telemetry_age(c, 0, now),  # telemetry_age_s
     )
 
 
@@ -236,25 +270,27 @@ def _place(
     second = int(np.argmin(scores))
     has_second = bool(np.isfinite(scores[second]))
     best_id = c.backend_ids[best]
-    reason = f"{best_id} predicted {finish[best] * 1e3:.2f} ms"
-    if has_second:
-        reason += f", runner-up {c.backend_ids[second]} {finish[second] * 1e3:.2f} ms"
+    predicted_s = float(finish[best])
+    runner_up = c.backend_ids[second] if has_second else None
+    runner_up_s = float(finish[second]) if has_second else float("nan")
+    note = ""  # placed: worded when read
     if verdict is Verdict.SPILLED:
         fastest_accel = float(np.where(usable & accelerators, finish, np.inf).min())
-        reason = (
+        note = (
             f"spill: accelerators predicted {fastest_accel * 1e3:.2f} ms > "
-            f"{left * 1e3:.2f} ms left; " + reason
+            f"{left * 1e3:.2f} ms left; "
+            + placed_reason(best_id, predicted_s, runner_up, runner_up_s)
         )
     return Decision(
         verdict=verdict,
         backend_id=best_id,
-        predicted_s=float(finish[best]),
+        predicted_s=predicted_s,
         service_s=float(service[best]),
-        runner_up=c.backend_ids[second] if has_second else None,
-        runner_up_s=float(finish[second]) if has_second else float("nan"),
-        reason=reason,
+        runner_up=runner_up,
+        runner_up_s=runner_up_s,
+        note=note,
         decided_at=now,
-        telemetry_age_s=float(c.telemetry_age_s[best]),
+        telemetry_age_s=telemetry_age(c, best, now),
     )
 
 
@@ -275,12 +311,12 @@ def _refusal(
             service_s=float("nan"),
             runner_up=None,
             runner_up_s=float("nan"),
-            reason=(
+            note=(
                 f"no backend can finish in time: fastest {c.backend_ids[best]} predicted "
                 f"{finish[best] * 1e3:.2f} ms, {max(left, 0.0) * 1e3:.2f} ms left"
             ),
             decided_at=now,
-            telemetry_age_s=float(c.telemetry_age_s[best]),
+            telemetry_age_s=telemetry_age(c, best, now),
         )
     why = []
     for label, mask in (
@@ -298,7 +334,7 @@ def _refusal(
         service_s=float("nan"),
         runner_up=None,
         runner_up_s=float("nan"),
-        reason="no backend can take it now (" + ("; ".join(why) or "no backends") + ")",
+        note="no backend can take it now (" + ("; ".join(why) or "no backends") + ")",
         decided_at=now,
         telemetry_age_s=float("nan"),
     )

@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from scheduler.placement import Candidates, Decision, Tier, Verdict, place
+from scheduler.placement import Candidates, Decision, Tier, Verdict, place, telemetry_age
 
 _ACCELERATOR = int(Tier.ACCELERATOR)
 
@@ -137,7 +137,7 @@ class _CountingRouter:
             math.nan,
             f"{self.name}: {backend_id} ({int(outstanding[row])} in flight)",
             now,
-            c.telemetry_age_s.item(row),
+            telemetry_age(c, row, now),
         )
 
     def pick(self, rows: npt.NDArray[np.intp], outstanding: npt.NDArray[np.int64]) -> int:
@@ -244,7 +244,7 @@ def _rows(c: Candidates, rows: npt.NDArray[np.intp]) -> Candidates:
         c.load_ok[rows],
         c.queued_s[rows],
         c.service_s[rows],
-        c.telemetry_age_s[rows],
+        c.sampled_at[rows],
         None,
         None if c.outstanding is None else c.outstanding[rows],
     )

@@ -119,7 +119,7 @@ class BatchRunner:
                 and others
                 and (skipped := self._skipped(candidates, tried))
             ):
-                decision = decision._replace(reason=f"{decision.reason}; {skipped}")
+                decision = decision._replace(note=f"{decision.reason}; {skipped}")
             if traced:
                 tracing.placement_span(
                     self._tracer, decision, start_ns=start_ns, tries=len(tried), phases=info.phases
@@ -294,15 +294,13 @@ class BatchRunner:
     ) -> Mapping[str, Tensor] | bytes:
         predicted = decision.service_s
         name = spec.name
-        in_flight, busy = state.in_flight_by_model, state.busy_s
-        # The work already in flight here, as predicted when this call joins it.
-        ahead = in_flight[name]
+        load = state.load
         instances = self.concurrency.get((state.id, name))
         if instances is None:
             instances = self.concurrency[(state.id, name)] = concurrency(state, spec)
-        wait_s = busy[name] / instances
-        in_flight.add(name, 1)
-        busy.add(name, predicted)
+        # The work already in flight here, as predicted when this call joins it.
+        ahead, busy_s = load.start(name, predicted)
+        wait_s = busy_s / instances
         info.served_by.append(state.id)
         backend = state.backend
         start = self._clock.now()
@@ -356,8 +354,7 @@ class BatchRunner:
             code = "INTERNAL"
             raise
         finally:
-            in_flight.add(name, -1)
-            busy.add(name, -predicted, 0.0)
+            load.end(name, predicted)
             ended = self._clock.now()
             took_s = ended - start
             info.backend_s += took_s

@@ -6,7 +6,7 @@ its ``service_s`` column.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -22,12 +22,15 @@ class ServiceColumns:
     estimator predicts.
 
     A changed estimate can move the prediction of its own bucket and of every
-    bucket of the pair without an estimate of its own (those are interpolated
-    from the pair's nearest buckets, so any of them may move them); ``changed``
+    bucket whose basis holds it (those without an estimate of their own are
+    interpolated from it: ``ServiceTimeEstimator``); the estimator names them,
+    or names none when any of the pair's may have moved, and ``changed``
     re-predicts those cells of the cached buckets at once, at the completion
     that taught the estimator, so a decision (``read``) finds them current.
-    (Deferring them to the read was tried: the simulator then predicted ~5%
-    fewer cells, but the live decision paid for them on its critical path.)
+    A cell whose inputs did not change keeps its value: predicting it again
+    would give the same float. (Deferring them to the read was tried: the
+    simulator then predicted ~5% fewer cells, but the live decision paid for
+    them on its critical path.)
 
     ``read`` hands out the bucket's own array, written in place by the next
     ``changed``: a ``Candidates`` borrows it for one decision.
@@ -38,31 +41,33 @@ class ServiceColumns:
         self._ids = tuple(ids)
         self._arrays: dict[int, Floats] = {}
 
-    def changed(self, row: int, bucket: int | None, estimator: ServiceTimeEstimator) -> None:
-        """``bucket``'s estimate of ``row`` changed (None: all of the pair's went)."""
-        backend_id, model = self._ids[row], self._model
-        known = estimator.buckets(backend_id, model)
-        for cached, values in self._arrays.items():
-            if bucket is None or cached == bucket or cached not in known:
-                values[row] = cell(estimator, backend_id, model, cached)
+    def changed(
+        self, row: int, buckets: Collection[int] | None, estimator: ServiceTimeEstimator
+    ) -> None:
+        """The predictions of ``buckets`` for ``row`` may have moved (None: any of them)."""
+        backend_id, model, arrays = self._ids[row], self._model, self._arrays
+        predicted_s = estimator.predicted_s
+        if buckets is None:
+            for cached, values in arrays.items():
+                values[row] = predicted_s(backend_id, model, cached)
+            return
+        for bucket in buckets:
+            moved = arrays.get(bucket)
+            if moved is not None:
+                moved[row] = predicted_s(backend_id, model, bucket)
 
     def read(self, bucket: int, estimator: ServiceTimeEstimator) -> Floats:
         """The predictions for ``bucket`` (NaN: unknown); the first read predicts every row."""
         values = self._arrays.get(bucket)
         if values is None:
-            values = np.array([cell(estimator, b, self._model, bucket) for b in self._ids])
+            model, predicted_s = self._model, estimator.predicted_s
+            values = np.array([predicted_s(b, model, bucket) for b in self._ids])
             self._arrays[bucket] = values
         return values
 
     def cached(self, bucket: int) -> Floats | None:
         """The predictions for ``bucket`` if any read asked for them yet."""
         return self._arrays.get(bucket)
-
-
-def cell(estimator: ServiceTimeEstimator, backend_id: str, model: str, bucket: int) -> float:
-    """The estimator's prediction as an array's cell: NaN when unknown."""
-    predicted = estimator.predict(backend_id, model, bucket)
-    return np.nan if predicted is None else predicted
 
 
 def known_or_zero(seconds: float) -> float:

@@ -98,8 +98,6 @@ class TelemetryIndex:
         self.sampled_at: npt.NDArray[np.float64] = np.empty(0)
         #: The backend's own queue report, where fresh (else None).
         self.loads: list[BackendLoad | None] = []
-        #: Some reading is from after the recompute: ages need clamping at 0.
-        self.future_readings = False
 
     def bind(self, slots: Sequence[BackendSlot]) -> None:
         """The fleet changed: these backends, in slot order. Forces a recompute."""
@@ -187,7 +185,6 @@ class TelemetryIndex:
         fresh_loads = zip(r.loads, load_fresh.tolist(), strict=True)
         self.loads = [load if ok else None for load, ok in fresh_loads]
         used = np.concatenate((sampled, r.load_sampled_at[load_fresh]))
-        self.future_readings = bool(used.size) and float(used.max()) > now
         # Freshness ends first for the oldest reading in use.
         self.valid_until = last_fresh(float(used.min()), max_age) if used.size else _INF
         self._computed_at = now

@@ -173,7 +173,7 @@ class BatchQueue(Generic[T]):
             heapq.heappush(self._deadlines, (item.deadline, seq, item))
         if item.timeout_at is not None and not item.delayed:
             heapq.heappush(self._timeouts, (item.timeout_at, seq, item))
-        if len(self._deadlines) + len(self._timeouts) > 4 * len(self) + 64:
+        if len(self._deadlines) + len(self._timeouts) > 4 * self._total + 64:
             self._compact()
 
     def _file(self, item: QueueItem[T]) -> None:

@@ -249,19 +249,16 @@ class Replica:
             spec, _ = self.registry.resolve(model)
             instances = self._instances[key] = concurrency(state, spec)
         flight.state, flight.decision = state, decision
-        flight.ahead = state.in_flight_by_model[model]
-        flight.wait_s = state.busy_s[model] / instances
+        flight.ahead, busy_s = state.load.start(model, decision.service_s)
+        flight.wait_s = busy_s / instances
         flight.started_at = now
-        state.in_flight_by_model.add(model, 1)
-        state.busy_s.add(model, decision.service_s)
         self._send(backend_id, Call(model, rows, now, flight), self)
 
     def call_done(self, call: Call, error: GatewayError | None) -> None:
         flight: InFlight = call.token  # type: ignore[assignment]
         now = self._clock.now()
         state, model = flight.state, call.model
-        state.in_flight_by_model.add(model, -1)
-        state.busy_s.add(model, -flight.decision.service_s, 0.0)
+        state.load.end(model, flight.decision.service_s)
         if error is None:
             elapsed = now - flight.started_at
             self.fleet.record_success(state)

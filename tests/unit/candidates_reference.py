@@ -42,6 +42,8 @@ class ReferenceBuilder:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self._config = config
+        #: The telemetry age of each row of the last ``build``, as a decision states it.
+        self.ages: list[float] = []
 
     def devices_of(
         self, state: BackendState, snapshot: TelemetrySnapshot | None, now: float
@@ -81,13 +83,14 @@ class ReferenceBuilder:
         queued_s = np.empty(n, np.float64)
         service_s = np.empty(n, np.float64)
         age = np.full(n, np.nan)
+        sampled_at = np.full(n, np.nan)
         for i, state in enumerate(states):
             tier[i] = state.tier
             available[i] = state.usable(now)
             predicted = estimator.predict(state.id, spec.name, rows)
             service_s[i] = math.nan if predicted is None else predicted
             single = estimator.predict(state.id, spec.name, 1) or 0.0
-            ours = state.busy_s[spec.name] / max(1, concurrency(state, spec))
+            ours = state.load.seconds(spec.name) / max(1, concurrency(state, spec))
             theirs = 0.0
             load = (
                 snapshot.load(state.id, now, cfg.telemetry_max_age_s)
@@ -99,17 +102,20 @@ class ReferenceBuilder:
                 # as well, so take the larger view rather than the sum.
                 theirs = load.pending_requests.get(spec.name, 0) * single
                 age[i] = load.age_s(now)
+                sampled_at[i] = load.sampled_at
             queued_s[i] = max(ours, theirs)
             devices = self.devices_of(state, snapshot, now)
             utilization_ok = True
             if devices:
                 age[i] = min(d.age_s(now) for d in devices)
+                sampled_at[i] = max(d.sampled_at for d in devices)
                 free = [d.memory_free_bytes for d in devices if d.memory_free_bytes is not None]
                 if footprint and free:
                     memory_ok[i] = max(free) >= footprint + cfg.memory_headroom_bytes
                 busy = [d.utilization for d in devices if d.utilization is not None]
                 utilization_ok = not busy or min(busy) <= cfg.max_gpu_utilization
             load_ok[i] = utilization_ok and state.in_flight < cfg.max_in_flight_per_backend
+        self.ages = age.tolist()
         return Candidates(
             backend_ids=tuple(s.id for s in states),
             tier=tier,
@@ -118,5 +124,5 @@ class ReferenceBuilder:
             load_ok=load_ok,
             queued_s=queued_s,
             service_s=service_s,
-            telemetry_age_s=age,
+            sampled_at=sampled_at,
         )

@@ -21,7 +21,7 @@ from scheduler.estimator import ServiceTimeEstimator
 from scheduler.fleet import Fleet
 from scheduler.health import BreakerConfig
 from scheduler.load import concurrency
-from scheduler.placement import Candidates, Tier, accelerators_with_room
+from scheduler.placement import Candidates, Tier, accelerators_with_room, telemetry_age
 from scheduler.registry import ModelRegistry
 from scheduler.spec import ModelSpec
 from scheduler.telemetry.snapshot import BackendLoad, DeviceSnapshot, TelemetrySnapshot
@@ -79,20 +79,22 @@ class UrlBackend:
         return None
 
 
-def same(a: Candidates, b: Candidates) -> None:
-    """``a`` (from the tables) holds what ``b`` (rebuilt from scratch) holds."""
+def same(a: Candidates, b: Candidates, now: float, ages: list[float]) -> None:
+    """``a`` (from the tables) holds what ``b`` (rebuilt from scratch) holds,
+    and states the telemetry ages the reference worked out (``ages``) at ``now``."""
     assert a.backend_ids == b.backend_ids
     assert a.accelerator_ok is not None
     room = accelerators_with_room(a.tier, a.memory_ok, a.load_ok)
     np.testing.assert_array_equal(a.accelerator_ok, room, err_msg="accelerator_ok")
-    assert a.blocked is not None
-    np.testing.assert_array_equal(a.blocked, ~(b.available & room), err_msg="blocked")
     assert a.penalty is not None
-    penalty = np.where(~(b.available & room), np.inf, np.nan)
-    np.testing.assert_array_equal(a.penalty, penalty, err_msg="penalty")
+    blocked = np.isinf(a.penalty)
+    np.testing.assert_array_equal(blocked, ~(b.available & room), err_msg="blocked")
+    np.testing.assert_array_equal(np.isnan(a.penalty), ~blocked, err_msg="penalty")
     for name in ("tier", "available", "memory_ok", "load_ok", "queued_s", "service_s"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    np.testing.assert_array_equal(a.telemetry_age_s, b.telemetry_age_s, err_msg="age")
+    np.testing.assert_array_equal(a.sampled_at, b.sampled_at, err_msg="sampled_at")
+    stated = [telemetry_age(a, row, now) for row in range(len(a.backend_ids))]
+    np.testing.assert_array_equal(stated, ages, err_msg="age")
 
 
 @st.composite
@@ -212,11 +214,14 @@ def test_candidate_tables_match_a_rebuild_from_scratch(
         elif op == "discover":
             state.discovered = not state.discovered
         elif op == "busy":
-            state.busy_s["double"] = data.draw(st.sampled_from([0.0, 0.004, 0.03]))
+            seconds = data.draw(st.sampled_from([0.0, 0.004, 0.03]))
+            state.load.set("double", state.load.calls("double"), seconds)
         elif op == "call":
             model = data.draw(st.sampled_from(["double", "other"]))
-            step = data.draw(st.sampled_from([1, -1]))
-            state.in_flight_by_model[model] = max(0, state.in_flight_by_model[model] + step)
+            if data.draw(st.booleans(), label="starts") or not state.load.calls(model):
+                state.load.start(model, data.draw(st.sampled_from([0.0, 0.004])))
+            else:
+                state.load.end(model, data.draw(st.sampled_from([0.0, 0.004])))
         elif op == "observe":
             rows = data.draw(st.sampled_from([1, 3, 8]))
             estimator.observe(state.id, "double", rows, data.draw(st.sampled_from([0.002, 0.01])))
@@ -229,12 +234,14 @@ def test_candidate_tables_match_a_rebuild_from_scratch(
         now = clock.now()
         rows = data.draw(st.sampled_from([1, 2, 8]), label="rows")
         expected = reference.build(spec, rows, states, estimator, current[0], now)
-        same(tables.gather("double", rows, now), expected)
+        same(tables.gather("double", rows, now), expected, now, reference.ages)
         tried = {s.id for s in states if data.draw(st.booleans(), label="tried")}
         kept = [s for s in states if s.id not in tried]
         same(
             tables.gather("double", rows, now, exclude=tried),
             reference.build(spec, rows, kept, estimator, current[0], now),
+            now,
+            reference.ages,
         )
         instances = sum(concurrency(s, spec) for s in states if s.usable(now))
         assert tables.capacity("double", now) == instances
@@ -254,13 +261,13 @@ def test_a_removed_backends_late_call_counts_against_no_other_backend() -> None:
     tables = CandidateTables(config, fleet, registry, ServiceTimeEstimator(), lambda: None)
     tables.gather("double", 1, 0.0)  # bound: one slot per backend
     leaving = next(iter(fleet))
-    leaving.in_flight_by_model.add("double", 1)
+    leaving.load.start("double", 0.0)
     fleet._states.pop(leaving.id)  # as Fleet.remove does, without awaiting the close
     registry.rebuild(fleet.backends())
     tables.invalidate()
     before = tables.gather("double", 1, 0.0)  # rebound: the slots shifted down by one
     assert bool(before.load_ok.all())
-    leaving.in_flight_by_model.add("double", -1)  # its late call ends
+    leaving.load.end("double", 0.0)  # its late call ends
     after = tables.gather("double", 1, 0.0)
     assert bool(after.load_ok.all())
     assert tables._in_flight == [0, 0]

@@ -21,7 +21,7 @@ def table(**columns: list) -> Candidates:  # type: ignore[type-arg]
         load_ok=np.array(columns.get("load_ok", [True] * n)),
         queued_s=np.array(columns.get("queued_s", [0.0] * n), np.float64),
         service_s=np.array(columns.get("service_s", [0.01] * n), np.float64),
-        telemetry_age_s=np.array(columns.get("age", [0.5] * n), np.float64),
+        sampled_at=np.array(columns.get("sampled_at", [-0.5] * n), np.float64),
     )
 
 
@@ -40,7 +40,8 @@ def test_faster_device_preferred_until_its_queue_makes_it_slower() -> None:
     assert decision.backend_id == "slow"
     assert decision.runner_up == "fast"
     assert decision.predicted_s == pytest.approx(0.006)
-    assert "runner-up fast 7.00 ms" in decision.reason
+    assert decision.reason == "slow predicted 6.00 ms, runner-up fast 7.00 ms"
+    assert decision.note == ""  # worded when read
 
 
 def test_spill_to_cpu_only_when_the_deadline_demands_it() -> None:

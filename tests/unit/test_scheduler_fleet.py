@@ -16,6 +16,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.discovery import DnsEndpointGroup, address_url, parse_dns_endpoint
 from scheduler.dispatcher import Scheduler
 from scheduler.errors import DeadlineExceeded
+from scheduler.fleet import CallsInFlight
 from scheduler.placement import Tier, Verdict
 from scheduler.request import InferRequest
 from scheduler.telemetry.monitor import DeviceMonitor
@@ -129,7 +130,7 @@ async def test_spill_to_cpu_tier_only_when_the_deadline_demands_it() -> None:
         # Fake a GPU queue of 100 ms: with 50 ms left only the CPU can make it.
         state = scheduler.fleet.get("gpu")
         assert state is not None
-        state.busy_s["double"] = 0.100
+        state.load.set("double", state.load.calls("double"), 0.100)
         await scheduler.infer(_request(deadline=clock.now() + 0.050))
         assert (gpu.calls, cpu.calls) == (1, 1)
         assert scheduler.decisions[-1].verdict is Verdict.SPILLED
@@ -200,3 +201,17 @@ async def test_backends_over_their_in_flight_limit_shed_with_a_retry_hint() -> N
         assert info.value.retry_after_ms == 40
         only.gate.set()
         await first
+
+
+def test_calls_in_flight_count_a_call_in_and_out_with_one_notification_each() -> None:
+    load = CallsInFlight()
+    told: list[tuple[str, int, float]] = []
+    load.watch = lambda model, change, seconds: told.append((model, change, seconds))
+    assert load.start("m", 0.25) == (0, 0.0)  # what was in flight before it
+    assert load.start("m", 0.5) == (1, 0.25)
+    load.end("m", 0.25)
+    assert (load.calls("m"), load.seconds("m"), load.total()) == (1, 0.5, 1)
+    load.end("m", 0.75)  # more than is left: the seconds stop at 0
+    assert (load.calls("m"), load.seconds("m"), load.calls("other")) == (0, 0.0, 0)
+    load.set("m", 3, 0.1)
+    assert told == [("m", 1, 0.25), ("m", 1, 0.75), ("m", -1, 0.5), ("m", -1, 0.0), ("m", 3, 0.1)]

@@ -6,6 +6,7 @@ written."""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 
@@ -16,23 +17,23 @@ IDS = ("a", "b", "c")
 
 
 class CountingEstimator(ServiceTimeEstimator):
-    """The real estimator, counting its predictions."""
+    """The real estimator, counting its predictions (``predict`` makes one too)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.predictions = 0
 
-    def predict(self, backend_id: str, model: str, rows: int) -> float | None:
+    def predicted_s(self, backend_id: str, model: str, bucket: int) -> float:
         self.predictions += 1
-        return super().predict(backend_id, model, rows)
+        return super().predicted_s(backend_id, model, bucket)
 
 
 def wired() -> tuple[CountingEstimator, ServiceColumns]:
     estimator = CountingEstimator()
     columns = ServiceColumns("m", IDS)
 
-    def changed(backend_id: str, model: str, bucket: int | None) -> None:
-        columns.changed(IDS.index(backend_id), bucket, estimator)
+    def changed(backend_id: str, model: str, buckets: Collection[int] | None) -> None:
+        columns.changed(IDS.index(backend_id), buckets, estimator)
 
     estimator.listeners.append(changed)
     return estimator, columns
@@ -75,3 +76,21 @@ def test_a_read_array_is_borrowed_and_kept_current_in_place() -> None:
     estimator.observe("a", "m", 1, 0.050)
     assert columns.read(1, estimator) is borrowed
     assert borrowed[0] == 0.050
+
+
+def test_a_change_re_predicts_only_the_cells_drawn_from_it() -> None:
+    """Bucket 2 is drawn from 1 and 8 (the nearest two), bucket 32 from 8 and
+    16: a new estimate for 16 moves 32 alone, one for 1 moves 2 alone, and the
+    cells left alone still hold what the estimator predicts."""
+    estimator, columns = wired()
+    for rows, seconds in ((1, 0.010), (8, 0.014), (16, 0.030)):
+        estimator.seed("a", "m", rows, seconds)
+    for bucket in (2, 32):
+        columns.read(bucket, estimator)
+    estimator.predictions = 0
+    estimator.observe("a", "m", 16, 0.040)
+    assert estimator.predictions == 1
+    estimator.observe("a", "m", 1, 0.008)
+    assert estimator.predictions == 2
+    for bucket in (2, 32):
+        np.testing.assert_array_equal(columns.read(bucket, estimator), current(estimator, bucket))
