@@ -50,15 +50,13 @@ import itertools
 import math
 from collections.abc import Hashable, Iterable, Iterator
 from itertools import accumulate
-from operator import itemgetter
 from typing import Any, Generic, Literal, TypeVar
 
-from scheduler.batching.item import Entry, Moment, QueueItem, Trigger, entry_of
+from scheduler.batching.item import ENTRY_ROWS, Entry, Moment, QueueItem, Trigger, entry_of
 from scheduler.batching.sorted_run import SortedRun
 
 T = TypeVar("T")
 _INF = math.inf
-_ROWS = itemgetter(4)  # of an entry
 
 
 class Group(Generic[T]):
@@ -179,7 +177,7 @@ class GroupIndex(Generic[T]):
         if group.full:
             # Rows are >= 1, so no more than max_batch_size items can fit; the
             # running sums and the cut are computed in C, not per item here.
-            sums = list(accumulate(map(_ROWS, group.items.head(self._limit))))
+            sums = list(accumulate(map(ENTRY_ROWS, group.items.head(self._limit))))
             count = bisect.bisect_right(sums, self._limit)
             trigger: Trigger = "full"
         else:
@@ -187,7 +185,7 @@ class GroupIndex(Generic[T]):
             if decision is None:
                 return None
             count, trigger = decision
-            sums = list(accumulate(map(_ROWS, group.items.head(count))))
+            sums = list(accumulate(map(ENTRY_ROWS, group.items.head(count))))
         rows = sums[count - 1]
         group.total -= rows
         self._dirty[group.key] = group

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from scheduler.batching.fair_share import DEMOTED
@@ -17,7 +18,19 @@ from scheduler.errors import DeadlineExceeded
 if TYPE_CHECKING:
     from scheduler.batching.queue import BatchQueue
 
-__all__ = ["Batch", "Entry", "Moment", "QueueItem", "Step", "Trigger", "entry_of"]
+__all__ = [
+    "ENTRY_ITEM",
+    "ENTRY_LEVEL",
+    "ENTRY_RANK",
+    "ENTRY_ROWS",
+    "Batch",
+    "Entry",
+    "Moment",
+    "QueueItem",
+    "Step",
+    "Trigger",
+    "entry_of",
+]
 
 T = TypeVar("T")
 _INF = math.inf
@@ -29,6 +42,8 @@ Trigger = Literal["full", "preferred", "delay", "deadline", "idle"]
 #: arrival; ``seq`` is unique, so two entries never compare what follows it:
 #: the item's rows (read in hot loops without an attribute lookup) and the item.
 Entry = tuple[int, float, float, int, int, "QueueItem[Any]"]
+#: An entry's fields, read in C by ``map`` and ``bisect`` (its level, rank, rows, item).
+ENTRY_LEVEL, ENTRY_RANK, ENTRY_ROWS, ENTRY_ITEM = map(itemgetter, (0, 1, 4, 5))
 
 
 def entry_of(item: QueueItem[Any]) -> Entry:

@@ -11,9 +11,9 @@ import heapq
 import itertools
 import math
 from collections.abc import Hashable
-from operator import itemgetter
 from typing import Generic, TypeVar
 
+from scheduler.batching import item as fields  # an entry's, read in C
 from scheduler.batching.fair_share import FairShare
 from scheduler.batching.groups import GroupIndex
 from scheduler.batching.item import Batch, Entry, Moment, QueueItem, Step, Trigger, entry_of
@@ -25,10 +25,6 @@ __all__ = ["IDLE_QUIET_S", "Batch", "BatchQueue", "QueueItem", "Step", "Trigger"
 T = TypeVar("T")
 
 _INF = math.inf
-_RANK = itemgetter(1)  # of an entry
-_ITEM = itemgetter(5)
-_LEVEL = itemgetter(0)
-_ROWS = itemgetter(4)
 #: With a backend idle, queued requests leave once no new one arrived for this
 #: long (capped by the model's queue delay).
 IDLE_QUIET_S = 0.001
@@ -323,20 +319,19 @@ class BatchQueue(Generic[T]):
         popped = self._index.pop(group, moment)
         assert popped is not None  # first_due found a rule that holds
         entries, trigger, rows = popped
-        self._fair.served(map(_RANK, entries))  # read only with tenants
-        # What _gone does, for the whole batch at once: per-level counts and
-        # rows by runs of a level (entries are in level order), found in C.
-        items = list(map(_ITEM, entries))
+        self._fair.served(map(fields.ENTRY_RANK, entries))  # read only with tenants
+        # What _gone does, for the whole batch: counts and rows by runs of a level, found in C.
+        items = list(map(fields.ENTRY_ITEM, entries))
         for item in items:
             item._queue = item.entry = None
         taken, start = len(items), 0
         while start < taken:
             level = entries[start][0]
-            end = bisect.bisect_right(entries, level, start, key=_LEVEL)
+            end = bisect.bisect_right(entries, level, start, key=fields.ENTRY_LEVEL)
             self._count[level] -= end - start
-            self._rows[level] -= (
-                rows if end - start == taken else sum(map(_ROWS, entries[start:end]))
-            )
+            if end - start < taken:  # levels mixed (entries are in level order): this run's rows
+                rows = sum(map(fields.ENTRY_ROWS, entries[start:end]))
+            self._rows[level] -= rows
             start = end
         self._total -= taken
         return tuple.__new__(Batch, (tuple(items), trigger))  # as in _moment
