@@ -49,7 +49,8 @@ from opentelemetry.trace import (
 )
 
 from scheduler.current_span import make_current, restore
-from scheduler.deferred_span import DeferredSpan, scope_pair, span_ids
+from scheduler.deferred_span import DeferredSpan
+from scheduler.finished_spans import scope_pair, span_ids, trace_ids
 from scheduler.span_records import context_of
 
 __all__ = ["ServerSpans"]
@@ -83,6 +84,7 @@ class ServerSpans:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._new_span_id = span_ids(provider.id_generator)
+        self._new_trace_id = trace_ids(provider.id_generator)
         # The SDK's always_on and parentbased_always_on samplers sample a span
         # without a parent, add no attributes and give it no trace state: for
         # a caller that sent no ``traceparent`` there is nothing to ask them.
@@ -130,11 +132,14 @@ class ServerSpans:
             else INVALID_SPAN_CONTEXT
         )
         valid = parent.is_valid
-        trace_id = parent.trace_id if valid else self._ids.generate_trace_id()
+        trace_id = (
+            parent.trace_id if valid else self._new_trace_id() or self._ids.generate_trace_id()
+        )
         attributes = base.copy()
         if user_agent is not None:
             attributes["rpc.user_agent"] = user_agent
-        _add_peer(attributes, context.peer())
+        peer = context.peer()
+        attributes.update(_PEERS.get(peer) or _peer_attributes(peer))
         span_id = self._new_span_id() or self._ids.generate_span_id()
         if not valid and self._roots_sampled:
             return self._sampled(method, trace_id, span_id, None, None, attributes)
@@ -163,7 +168,7 @@ class ServerSpans:
     ) -> DeferredSpan:
         # The SpanContext is made only if asked for (DeferredSpan): the answer's
         # trace id and the backend's headers come from the span's record context.
-        span = DeferredSpan(
+        return DeferredSpan(
             self._tracer,
             self._scope,
             method,
@@ -174,9 +179,8 @@ class ServerSpans:
             (),
             SpanKind.SERVER,
             parent_context=parent,
+            attributes=attributes,
         )
-        span.set_attributes(attributes)
-        return span
 
     @staticmethod
     def _end(span: DeferredSpan, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -188,29 +192,25 @@ class ServerSpans:
         span.end()
 
 
-def _add_peer(attributes: dict[str, Any], peer: str) -> None:
+def _peer_attributes(peer: str) -> dict[str, str]:
     """``net.peer.*`` from gRPC's peer string (``ipv4:127.0.0.1:57284``,
     ``ipv6:[::1]:57284``), as the contrib instrumentation splits it; a
-    connection's calls share a peer, so the split is remembered."""
-    known = _PEERS.get(peer)
-    if known is None:
-        if len(_PEERS) >= _PEERS_KEPT:
-            _PEERS.clear()
-        known = _PEERS[peer] = _peer_attributes(peer)
-    attributes.update(known)
-
-
-def _peer_attributes(peer: str) -> dict[str, str]:
-    if peer.startswith("unix:"):
-        return {}
-    try:
-        ip, port = peer.split(",")[0].split(":", 1)[1].rsplit(":", 1)
-    except (IndexError, ValueError):
-        return {}
-    ip = unquote(ip)
-    attributes = {"net.peer.ip": ip, "net.peer.port": port}
-    if ip in ("[::1]", "127.0.0.1"):
-        attributes["net.peer.name"] = "localhost"
+    connection's calls share a peer, so the split is remembered (in
+    ``_PEERS``, where the SERVER span looks first)."""
+    attributes: dict[str, str] = {}
+    if not peer.startswith("unix:"):
+        try:
+            ip, port = peer.split(",")[0].split(":", 1)[1].rsplit(":", 1)
+        except (IndexError, ValueError):
+            ip = port = ""
+        if ip:
+            ip = unquote(ip)
+            attributes = {"net.peer.ip": ip, "net.peer.port": port}
+            if ip in ("[::1]", "127.0.0.1"):
+                attributes["net.peer.name"] = "localhost"
+    if len(_PEERS) >= _PEERS_KEPT:
+        _PEERS.clear()
+    _PEERS[peer] = attributes
     return attributes
 
 

@@ -30,6 +30,10 @@ call was.
 A member's ``batch`` span ends in the member's own task, when its outputs
 reach it, so the hand-off from the batch to each waiting caller is inside it.
 
+A queued request holds no span: its ``queue`` span is made whole when its
+wait ends (``queue_span``), and a placement's when the decision is made, each
+as a bare record under a deferred parent (``deferred_span.emit_span``).
+
 Only the OpenTelemetry *API* is used here. With no SDK configured the
 scheduler's tracer is a no-op and the scheduler makes no spans at all
 (``recording``); a caller's incoming ``traceparent`` still reaches Triton with
@@ -57,23 +61,22 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.current_span import current_context, make_current, restore
-from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
+from scheduler.deferred_span import DeferredSpan, emit_span, end_with_record, start_deferred
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
-from scheduler.span_mirror import Phase, mirror
+from scheduler.span_mirror import mirror
+from scheduler.span_records import Record
 
 __all__ = [
-    "Phase",
-    "backend_call",
+    "BackendCall",
     "cpu_execution",
     "default_tracer",
-    "end_queue_span",
     "mirror",
     "placement_span",
+    "queue_span",
     "recording",
     "solo_batch",
-    "start_batch_span",
-    "start_queue_span",
+    "start_batch_spans",
     "trace_id_of",
 ]
 
@@ -118,60 +121,74 @@ def trace_id_of(span: Span) -> str:
     return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
-def start_queue_span(
-    tracer: Tracer, parent: Context | None, *, model: str, start_ns: int = 0
-) -> Span:
-    """Opened at admission (or at ``start_ns``, when the front end received the
-    request), ended by ``end_queue_span`` when the batch is cut."""
-    attributes: dict[str, AttributeValue] = {"gateway.model": model}
-    start = start_ns or None
-    return start_deferred(
-        tracer, "queue", parent, start_ns=start, attributes=attributes
-    ) or tracer.start_span("queue", context=parent, start_time=start, attributes=attributes)
-
-
-def end_queue_span(span: Span, *, end_ns: int | None = None, error: str | None = None) -> None:
-    """Close a queue span, at ``end_ns`` (the batch's start) or now, failed with ``error``."""
-    if error is not None and span.is_recording():
-        span.set_status(Status(StatusCode.ERROR, error))
-    span.end(end_time=end_ns)
-
-
-def start_batch_span(
+def queue_span(
     tracer: Tracer,
     parent: Context | None,
     *,
     model: str,
+    start_ns: int,
+    end_ns: int | None = None,
+    error: str | None = None,
+) -> None:
+    """A request's wait, from ``start_ns`` (admission, or when the front end
+    received it) to ``end_ns`` (its batch's start) or now, failed with
+    ``error``: emitted whole when the wait ends (``emit_span``), so a queued
+    request holds no span object, only when it came (``Pending``)."""
+    status = _UNSET if error is None else Status(StatusCode.ERROR, error)
+    end = end_ns if end_ns is not None else time.time_ns()
+    emit_span(
+        tracer,
+        "queue",
+        {"gateway.model": model},
+        start_ns=start_ns,
+        end_ns=end,
+        status=status,
+        parent=parent,
+    )
+
+
+def start_batch_spans(
+    tracer: Tracer,
+    parents: Sequence[Context | None],
+    *,
+    model: str,
     size: int,
-    members: int,
     trigger: str,
     attempt: int,
     start_ns: int | None = None,
-    links: Sequence[Link] = (),
-) -> Span:
-    """A member's ``batch`` span, a child of ``parent`` (the member's server
-    span); ``links`` lead to the leader's batch span (none for the leader's)."""
+) -> list[Span]:
+    """A ``batch`` span per member, each a child of its ``parents`` entry (the
+    member's server span), the first member's (the leader's) first; the
+    others' are linked to the leader's. They share one attributes dict (no
+    one sets attributes on a batch span): one per batch, not per member."""
     attributes: dict[str, AttributeValue] = {
         "gateway.model": model,
         "gateway.batch.size": size,
-        "gateway.batch.members": members,
+        "gateway.batch.members": len(parents),
         "gateway.batch.trigger": trigger,
     }
     if attempt:
         attributes["gateway.batch.attempt"] = attempt
-    return start_deferred(
-        tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
-    ) or tracer.start_span(
-        "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
-    )
+    spans: list[Span] = []
+    links: Sequence[Link] = ()
+    for parent in parents:
+        span = start_deferred(
+            tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
+        ) or tracer.start_span(
+            "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
+        )
+        if not spans and len(parents) > 1:
+            # Links go from each other member to the leader only: that is the
+            # way to Triton's spans, and N links back would be paid on every batch.
+            links = (Link(span.get_span_context(), {"gateway.link": "batch"}),)
+        spans.append(span)
+    return spans
 
 
 @contextmanager
 def solo_batch(tracer: Tracer, parent: Context | None, model: str, rows: int) -> Iterator[Span]:
     """The batch span of a request the gateway does not batch: a batch of one."""
-    span = start_batch_span(
-        tracer, parent, model=model, size=rows, members=1, trigger="solo", attempt=0
-    )
+    (span,) = start_batch_spans(tracer, [parent], model=model, size=rows, trigger="solo", attempt=0)
     with trace.use_span(span, end_on_exit=True):
         yield span
 
@@ -182,10 +199,10 @@ def placement_span(
     *,
     start_ns: int,
     tries: int,
-    phases: list[Phase] | None,
+    phases: list[Record] | None,
 ) -> None:
     """A span from ``start_ns`` (the decision began) to now, with the decision's
-    numbers; kept in ``phases`` (when given) for ``mirror``."""
+    numbers; its record kept in ``phases`` (when given) for ``mirror``."""
     values: dict[str, AttributeValue] = {
         "gateway.placement.verdict": decision.verdict.value,
         "gateway.placement.reason": decision.reason,
@@ -203,98 +220,99 @@ def placement_span(
     ):
         if math.isfinite(number):
             values[key] = number
-    error = decision.reason if decision.backend_id is None else None
-    status = _UNSET if error is None else Status(StatusCode.ERROR, error)
-    end_ns = time.time_ns()
-    span: Span | None = emit_span(
-        tracer, "placement", values, start_ns=start_ns, end_ns=end_ns, status=status
+    status = _UNSET
+    if decision.backend_id is None:
+        status = Status(StatusCode.ERROR, decision.reason)
+    finished = emit_span(
+        tracer, "placement", values, start_ns=start_ns, end_ns=time.time_ns(), status=status
     )
-    if span is None:
-        span = tracer.start_span("placement", start_time=start_ns, attributes=values)
-        if error is not None:
-            span.set_status(status)
-        span.end(end_time=end_ns)
     if phases is not None:
-        phases.append(
-            Phase(
-                "placement",
-                SpanKind.INTERNAL,
-                start_ns,
-                end_ns,
-                values,
-                span,
-                error,
-            )
-        )
+        phases.append(finished)
 
 
-@contextmanager
-def backend_call(
-    tracer: Tracer,
-    *,
-    backend_id: str,
-    endpoint: str,
-    retries: int,
-    phases: list[Phase] | None,
-) -> Iterator[dict[str, str]]:
-    """A CLIENT span around one backend call; yields the W3C headers that carry
-    its context (``traceparent``/``tracestate``) for the backend to join.
+class BackendCall:
+    """A CLIENT span around one backend call: ``with BackendCall(...) as
+    headers`` yields the W3C headers that carry its context
+    (``traceparent``/``tracestate``) for the backend to join.
 
     A backend with an endpoint is a gRPC server: the span follows the
     OpenTelemetry RPC conventions (name ``service/method``, ``rpc.*``,
-    ``server.address``/``port``, ``rpc.grpc.status_code``). Kept in ``phases``
-    (when given) for ``mirror``.
+    ``server.address``/``port``, ``rpc.grpc.status_code``). Its record is
+    kept in ``phases`` (when given) for ``mirror``. A class, not a
+    ``@contextmanager`` generator: entering and leaving one of those costs
+    four Python calls more, on every batch.
     """
-    attributes: dict[str, AttributeValue] = {"gateway.backend.id": backend_id}
-    name = "backend.infer"
-    if endpoint:
-        name = f"{RPC_SERVICE}/{RPC_METHOD}"
-        host, _, port = endpoint.rpartition(":")
-        attributes["rpc.system"] = "grpc"
-        attributes["rpc.service"] = RPC_SERVICE
-        attributes["rpc.method"] = RPC_METHOD
-        attributes["server.address"] = host
-        if port.isdigit():
-            attributes["server.port"] = int(port)
-    if retries:
-        attributes["gateway.retries"] = retries
-    start_ns = time.time_ns()
-    span = start_deferred(
-        tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT
-    ) or tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
-    error: GatewayError | None = None
-    # The span is current for the call (``use_span`` without its own context
-    # manager's cost: neither recording exceptions nor ending the span here).
-    token = make_current(span)
-    try:
-        yield w3c_headers(span)
-    except GatewayError as exc:
-        error = exc
-        raise
-    finally:
-        restore(token)
+
+    __slots__ = (
+        "_attributes", "_endpoint", "_name", "_phases", "_span", "_start_ns", "_token", "_tracer",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        *,
+        backend_id: str,
+        endpoint: str,
+        retries: int,
+        phases: list[Record] | None,
+    ) -> None:
+        attributes: dict[str, AttributeValue] = {"gateway.backend.id": backend_id}
+        name = "backend.infer"
         if endpoint:
+            name = f"{RPC_SERVICE}/{RPC_METHOD}"
+            host, _, port = endpoint.rpartition(":")
+            attributes["rpc.system"] = "grpc"
+            attributes["rpc.service"] = RPC_SERVICE
+            attributes["rpc.method"] = RPC_METHOD
+            attributes["server.address"] = host
+            if port.isdigit():
+                attributes["server.port"] = int(port)
+        if retries:
+            attributes["gateway.retries"] = retries
+        self._tracer = tracer
+        self._attributes = attributes
+        self._name = name
+        self._endpoint = endpoint
+        self._phases = phases
+
+    def __enter__(self) -> dict[str, str]:
+        tracer, name, attributes = self._tracer, self._name, self._attributes
+        self._start_ns = start_ns = time.time_ns()
+        # The span keeps ``attributes`` (the dict): those known at the end join it there.
+        self._span = span = start_deferred(
+            tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT, attributes=attributes
+        ) or tracer.start_span(
+            name, kind=SpanKind.CLIENT, start_time=start_ns, attributes=attributes
+        )
+        # The span is current for the call (``use_span`` without its own context
+        # manager's cost: neither recording exceptions nor ending the span here).
+        self._token = make_current(span)
+        return w3c_headers(span)
+
+    def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
+        restore(self._token)
+        span = self._span
+        error = exc if isinstance(exc, GatewayError) else None
+        if self._endpoint:
             code = "OK" if error is None else error.code
-            attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
+            span.set_attribute("rpc.grpc.status_code", _GRPC_CODES.get(code, 2))
+        status = _UNSET
         if error is not None:
-            attributes["gateway.error.code"] = error.code
-            span.set_status(Status(StatusCode.ERROR, error.message))
-        span.set_attributes(attributes)
-        end_ns = time.time_ns()
-        span.end(end_time=end_ns)
-        if phases is not None:
-            message = None if error is None else error.message
-            phases.append(
-                Phase(
-                    name,
-                    SpanKind.CLIENT,
-                    start_ns,
-                    end_ns,
-                    attributes,
-                    span,
-                    message,
-                )
-            )
+            span.set_attribute("gateway.error.code", error.code)
+            status = Status(StatusCode.ERROR, error.message)
+            span.set_status(status)
+        finished = end_with_record(
+            self._tracer,
+            span,
+            self._name,
+            self._attributes,
+            SpanKind.CLIENT,
+            status,
+            self._start_ns,
+            time.time_ns(),
+        )
+        if self._phases is not None:
+            self._phases.append(finished)
 
 
 def w3c_headers(span: Span) -> dict[str, str]:
