@@ -35,7 +35,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.current_span import span_in
+from scheduler.current_span import current_span, span_in
 from scheduler.finished_spans import Scope, emit_finished, scope_pair, span_ids
 from scheduler.span_records import (
     UNSET,
@@ -228,7 +228,7 @@ def start_deferred(
     known = _TRACERS.get(id(tracer))
     if (known is None or known[0] is not tracer) and (known := _known(tracer)) is None:
         return None
-    span = span_in(parent)
+    span = current_span() if parent is None else span_in(parent)  # one call, not two
     if type(span) is DeferredSpan:  # sampled, or it would not be one
         up, state, up_context = span.own, span.trace_state, span._context
     else:
@@ -276,7 +276,7 @@ def emit_span(
     known = _TRACERS.get(id(tracer))
     if known is None or known[0] is not tracer:
         known = _known(tracer)
-    up = span_in(parent)
+    up = current_span() if parent is None else span_in(parent)
     if known is not None and type(up) is DeferredSpan:
         processor = known[0].span_processor
         if isinstance(processor, RecordProcessor):

@@ -47,6 +47,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 
 import grpc
 from opentelemetry import propagate, trace
@@ -65,7 +66,7 @@ from scheduler.deferred_span import DeferredSpan, emit_span, end_with_record, st
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 from scheduler.span_mirror import mirror
-from scheduler.span_records import Record
+from scheduler.span_records import UNSET, Record
 
 __all__ = [
     "BackendCall",
@@ -86,9 +87,6 @@ RPC_SERVICE = "inference.GRPCInferenceService"
 RPC_METHOD = "ModelInfer"
 #: gRPC status code numbers, for ``rpc.grpc.status_code`` (the conventions want the number).
 _GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
-
-
-_UNSET = Status(StatusCode.UNSET)
 
 
 def recording(tracer: Tracer) -> bool:
@@ -134,7 +132,7 @@ def queue_span(
     received it) to ``end_ns`` (its batch's start) or now, failed with
     ``error``: emitted whole when the wait ends (``emit_span``), so a queued
     request holds no span object, only when it came (``Pending``)."""
-    status = _UNSET if error is None else Status(StatusCode.ERROR, error)
+    status = UNSET if error is None else Status(StatusCode.ERROR, error)
     end = end_ns if end_ns is not None else time.time_ns()
     emit_span(
         tracer,
@@ -156,11 +154,17 @@ def start_batch_spans(
     trigger: str,
     attempt: int,
     start_ns: int | None = None,
+    waits: Sequence[int] = (),
 ) -> list[Span]:
     """A ``batch`` span per member, each a child of its ``parents`` entry (the
     member's server span), the first member's (the leader's) first; the
     others' are linked to the leader's. They share one attributes dict (no
-    one sets attributes on a batch span): one per batch, not per member."""
+    one sets attributes on a batch span): one per batch, not per member.
+
+    ``waits`` (with ``start_ns``): when each member's wait began, or 0 for
+    one whose queue span is made already (a re-run half of a split): the
+    queue spans that end where the batch spans begin, made here, in the same
+    pass (``queue_span``'s, sharing one attributes dict too)."""
     attributes: dict[str, AttributeValue] = {
         "gateway.model": model,
         "gateway.batch.size": size,
@@ -169,9 +173,12 @@ def start_batch_spans(
     }
     if attempt:
         attributes["gateway.batch.attempt"] = attempt
+    waited: dict[str, AttributeValue] = {"gateway.model": model}
     spans: list[Span] = []
     links: Sequence[Link] = ()
-    for parent in parents:
+    for parent, since in zip(parents, waits or repeat(0), strict=False):  # repeat: no waits
+        if since and start_ns is not None:
+            emit_span(tracer, "queue", waited, start_ns=since, end_ns=start_ns, parent=parent)
         span = start_deferred(
             tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
         ) or tracer.start_span(
@@ -220,7 +227,7 @@ def placement_span(
     ):
         if math.isfinite(number):
             values[key] = number
-    status = _UNSET
+    status = UNSET
     if decision.backend_id is None:
         status = Status(StatusCode.ERROR, decision.reason)
     finished = emit_span(
@@ -296,7 +303,7 @@ class BackendCall:
         if self._endpoint:
             code = "OK" if error is None else error.code
             span.set_attribute("rpc.grpc.status_code", _GRPC_CODES.get(code, 2))
-        status = _UNSET
+        status = UNSET
         if error is not None:
             span.set_attribute("gateway.error.code", error.code)
             status = Status(StatusCode.ERROR, error.message)

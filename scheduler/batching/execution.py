@@ -261,10 +261,11 @@ class BatchExecutor:
             trigger=trigger,
             attempt=attempt,
             start_ns=now_ns,
+            waits=[m.queue_since_ns for m in live],  # 0 for a re-run half of a split
         )
         for m, span in zip(live, spans, strict=True):
             m.hold_batch_span(span, now_ns)
-            m.end_queue_span(self._tracer, end_ns=now_ns)  # a no-op for a re-run half of a split
+            m.queue_since_ns = 0  # its queue span is made
         return spans[0]
 
     def union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
