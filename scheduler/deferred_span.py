@@ -47,7 +47,14 @@ from scheduler.span_records import (
 )
 from scheduler.span_records import Context as RecordContext
 
-__all__ = ["DeferredSpan", "emit_span", "end_with_record", "start_deferred"]
+__all__ = [
+    "DeferredLink",
+    "DeferredSpan",
+    "emit_span",
+    "end_with_record",
+    "link_to",
+    "start_deferred",
+]
 
 
 class DeferredSpan(trace.NonRecordingSpan):
@@ -171,6 +178,31 @@ class DeferredSpan(trace.NonRecordingSpan):
     end = finish  # type: ignore[assignment]
 
 
+class DeferredLink(Link):
+    """A ``Link`` to a ``DeferredSpan``, held in record form (``record``: the
+    span's record ``Context`` and the link's attributes, as a record's links
+    are): its ``SpanContext`` is the span's, made only when asked for (by a
+    provider that takes no records), so linking a batch's members to their
+    leader makes no ``SpanContext`` and converts none."""
+
+    def __init__(self, span: DeferredSpan, attributes: dict[str, AttributeValue]) -> None:
+        # Not Link.__init__, which wants the SpanContext made.
+        self._span = span
+        self._attributes = attributes
+        self.record = (span.own, attributes)
+
+    @property
+    def context(self) -> SpanContext:
+        return self._span.get_span_context()
+
+
+def link_to(span: trace.Span, attributes: dict[str, AttributeValue]) -> Link:
+    """A link to ``span`` with ``attributes``: a ``DeferredLink`` for a deferred span."""
+    if type(span) is DeferredSpan:
+        return DeferredLink(span, attributes)
+    return Link(span.get_span_context(), attributes)
+
+
 #: The last links converted, and their records: a batch's members share one
 #: tuple of links (to the leader's batch span), converted once for all.
 _last_links: tuple[Sequence[Link], tuple[tuple[RecordContext, dict[str, Any]], ...]] = ((), ())
@@ -183,7 +215,12 @@ def _link_records(links: Sequence[Link]) -> tuple[tuple[RecordContext, dict[str,
     if links is not _last_links[0]:
         _last_links = (
             links,
-            tuple((context_of(k.context), dict(k.attributes or {})) for k in links),
+            tuple(
+                k.record
+                if type(k) is DeferredLink
+                else (context_of(k.context), dict(k.attributes or {}))
+                for k in links
+            ),
         )
     return _last_links[1]
 

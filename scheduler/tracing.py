@@ -62,7 +62,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from scheduler.current_span import current_context, make_current, restore
-from scheduler.deferred_span import DeferredSpan, emit_span, end_with_record, start_deferred
+from scheduler.deferred_span import (
+    DeferredSpan,
+    emit_span,
+    end_with_record,
+    link_to,
+    start_deferred,
+)
 from scheduler.errors import GatewayError
 from scheduler.placement import Decision
 from scheduler.span_mirror import mirror
@@ -187,7 +193,7 @@ def start_batch_spans(
         if not spans and len(parents) > 1:
             # Links go from each other member to the leader only: that is the
             # way to Triton's spans, and N links back would be paid on every batch.
-            links = (Link(span.get_span_context(), {"gateway.link": "batch"}),)
+            links = (link_to(span, {"gateway.link": "batch"}),)
         spans.append(span)
     return spans
 

@@ -22,8 +22,8 @@ from gateway.metrics import Refusals
 from gateway.server_span import ServerSpans
 from gateway.telemetry import MODEL_INFER
 from scheduler.current_span import current_context, current_span, make_current, restore, span_in
-from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
-from scheduler.span_records import Record, RecordProcessor
+from scheduler.deferred_span import DeferredLink, DeferredSpan, emit_span, link_to, start_deferred
+from scheduler.span_records import Record, RecordProcessor, context_of
 from scheduler.tracing import BackendCall, trace_id_of
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -98,6 +98,20 @@ def test_a_span_emitted_whole_is_the_record_its_deferred_span_sends(error: str |
     assert without_span_id(emitted) == without_span_id(finished)
     assert emitted[2] == parent.own and emitted[1][0] == parent.own[0]
     assert emitted[9] == ((2, error) if error else (0, None))
+
+
+def test_a_link_to_a_deferred_span_is_the_link_its_span_context_makes() -> None:
+    tracer = TracerProvider(active_span_processor=RecordProcessor(lambda record: None)).get_tracer(
+        "test"
+    )
+    context = propagate.extract({"traceparent": CALLER, "tracestate": "vendor=x"})
+    leader = start_deferred(tracer, "batch", context)
+    assert type(leader) is DeferredSpan
+    deferred = link_to(leader, {"gateway.link": "batch"})
+    made = trace.Link(leader.get_span_context(), {"gateway.link": "batch"})
+    assert type(deferred) is DeferredLink
+    assert deferred.context == made.context and deferred.attributes == made.attributes
+    assert deferred.record == (context_of(made.context), {"gateway.link": "batch"})
 
 
 @dataclass
