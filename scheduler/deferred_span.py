@@ -54,6 +54,7 @@ __all__ = [
     "end_with_record",
     "link_to",
     "start_deferred",
+    "trace_id_of",
 ]
 
 
@@ -176,6 +177,18 @@ class DeferredSpan(trace.NonRecordingSpan):
     # ``end`` is ``finish`` (whose record the API's callers ignore), not a
     # method that calls it: one Python call less for each span.
     end = finish  # type: ignore[assignment]
+
+
+def trace_id_of(span: trace.Span) -> str:
+    """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
+    deferred span's is read from its record context: no ``SpanContext`` made)."""
+    if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
+        text = span.hex_trace_id  # formatted once per trace (a request's spans share it)
+        if not text:
+            text = span.hex_trace_id = format(span.own[0], "032x")
+        return text
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
 class DeferredLink(Link):
