@@ -45,7 +45,7 @@ class BackendCall:
     ``server.address``/``port``, ``rpc.grpc.status_code``). Its record is
     kept in ``phases`` (when given) for ``mirror``. A class, not a
     ``@contextmanager`` generator: entering and leaving one of those costs
-    four Python calls more, on every batch.
+    three Python calls more, on every batch.
     """
 
     __slots__ = (

@@ -210,10 +210,11 @@ class TritonBackend:
         timeout_s: float | None,
         trace_context: Mapping[str, str] | None,
     ) -> bytes:
+        # gRPC's own Metadata: a tuple would be checked against the Sequence
+        # ABC and converted, some ten Python calls, on every traced call.
+        metadata = grpc.aio.Metadata(*trace_context.items()) if trace_context else None
         try:
-            response: bytes = await self._infer_rpc(
-                payload, timeout=timeout_s, metadata=_metadata(trace_context)
-            )
+            response: bytes = await self._infer_rpc(payload, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._translate_status(
                 exc.code().name, exc.details() or "", f"running model '{model.name}'"
@@ -254,7 +255,8 @@ class TritonBackend:
         timeout_s = self._budget(model, deadline)
         if timeout_s is not None:
             request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
-        call = self._stream_rpc(timeout=timeout_s, metadata=_metadata(trace_context))
+        metadata = grpc.aio.Metadata(*trace_context.items()) if trace_context else None
+        call = self._stream_rpc(timeout=timeout_s, metadata=metadata)
         try:
             await call.write(request)
             await call.done_writing()
@@ -383,10 +385,3 @@ class TritonBackend:
         return BackendError(
             message, backend_id=self._id, code=status or "INTERNAL", retryable=retryable
         )
-
-
-def _metadata(trace_context: Mapping[str, str] | None) -> grpc.aio.Metadata | None:
-    """The call's metadata: the W3C headers of its trace context, as gRPC's own
-    ``Metadata`` (a tuple would be checked against the ``Sequence`` ABC and
-    converted, some ten Python calls, on every traced call)."""
-    return grpc.aio.Metadata(*trace_context.items()) if trace_context else None
