@@ -51,8 +51,9 @@ class Pending:
     rows: int
     future: asyncio.Future[Outputs]
     enqueued_at: float
-    #: Traced: when its wait began (ns since the epoch; 0: no queue span
-    #: open), from admission until its batch is cut (``tracing.queue_span``).
+    #: Traced: when its wait began (ns since the epoch; 0: no wait open); its
+    #: queue span is made when the wait ends (``tracing.start_batch_spans``
+    #: when its batch is cut, else ``end_queue_span``).
     queue_since_ns: int = 0
     #: Untraced: the caller's span context, for ``BatchInfo.trace_contexts``.
     span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
