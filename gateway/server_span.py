@@ -49,7 +49,8 @@ from opentelemetry.trace import (
 )
 
 from scheduler.current_span import make_current, restore
-from scheduler.deferred_span import DeferredSpan, scope_pair, span_ids
+from scheduler.deferred_span import DeferredSpan
+from scheduler.finished_spans import scope_pair, span_ids, trace_ids
 from scheduler.span_records import context_of
 
 __all__ = ["ServerSpans"]
@@ -57,7 +58,7 @@ __all__ = ["ServerSpans"]
 #: The contrib instrumentation's scope, so both kinds of server span look alike.
 INSTRUMENTATION = "opentelemetry.instrumentation.grpc"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.11.0"
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED = int(TraceFlags.SAMPLED)
 _UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
 #: The codes the contrib instrumentation reports as an ERROR status on a server span.
 _SERVER_ERRORS = {
@@ -83,6 +84,7 @@ class ServerSpans:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._new_span_id = span_ids(provider.id_generator)
+        self._new_trace_id = trace_ids(provider.id_generator)
         # The SDK's always_on and parentbased_always_on samplers sample a span
         # without a parent, add no attributes and give it no trace state: for
         # a caller that sent no ``traceparent`` there is nothing to ask them.
@@ -92,7 +94,7 @@ class ServerSpans:
         """``behaviour`` under a SERVER span named ``method`` (``/service/method``)."""
         service, _, name = method.lstrip("/").partition("/")
         base: dict[str, Any] = {"rpc.system": "grpc", "rpc.method": name, "rpc.service": service}
-        base["rpc.grpc.status_code"] = 0  # until ``_end`` says otherwise
+        base["rpc.grpc.status_code"] = 0  # until ``_failed`` says otherwise
 
         @functools.wraps(behaviour)
         async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -103,7 +105,10 @@ class ServerSpans:
             finally:
                 restore(token)
                 if type(span) is DeferredSpan:  # not isinstance: an ABC's check is slow
-                    self._end(span, context)
+                    code = context.code()
+                    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+                        _failed(span, code, context)
+                    span.end()
 
         return traced
 
@@ -130,87 +135,77 @@ class ServerSpans:
             else INVALID_SPAN_CONTEXT
         )
         valid = parent.is_valid
-        trace_id = parent.trace_id if valid else self._ids.generate_trace_id()
+        trace_id = (
+            parent.trace_id if valid else self._new_trace_id() or self._ids.generate_trace_id()
+        )
         attributes = base.copy()
         if user_agent is not None:
             attributes["rpc.user_agent"] = user_agent
-        _add_peer(attributes, context.peer())
+        peer = context.peer()
+        attributes.update(_PEERS.get(peer) or _peer_attributes(peer))
         span_id = self._new_span_id() or self._ids.generate_span_id()
-        if not valid and self._roots_sampled:
-            return self._sampled(method, trace_id, span_id, None, None, attributes)
-        sampled = self._sampler.should_sample(caller, trace_id, method, SpanKind.SERVER, attributes)
-        state = sampled.trace_state
-        if sampled.decision is not Decision.RECORD_AND_SAMPLE:
-            # DROP (or RECORD_ONLY, which no built-in sampler returns: only
-            # sampled spans are exported): the context carries on, unsampled.
-            return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
-        # A sampler may add attributes; the SDK's own hand back those they were
-        # given, as a read-only view that is slow to copy from (a few µs).
-        if sampled.attributes and sampled.attributes != attributes:
-            attributes.update(sampled.attributes)
-        return self._sampled(
-            method, trace_id, span_id, state, parent if valid else None, attributes
-        )
-
-    def _sampled(
-        self,
-        method: str,
-        trace_id: int,
-        span_id: int,
-        state: trace.TraceState | None,
-        parent: SpanContext | None,
-        attributes: dict[str, Any],
-    ) -> DeferredSpan:
+        state = None
+        if valid or not self._roots_sampled:
+            sampled = self._sampler.should_sample(
+                caller, trace_id, method, SpanKind.SERVER, attributes
+            )
+            state = sampled.trace_state
+            if sampled.decision is not Decision.RECORD_AND_SAMPLE:
+                # DROP (or RECORD_ONLY, which no built-in sampler returns: only
+                # sampled spans are exported): the context carries on, unsampled.
+                return trace.NonRecordingSpan(
+                    SpanContext(trace_id, span_id, False, _UNSAMPLED, state)
+                )
+            # A sampler may add attributes; the SDK's own hand back those they were
+            # given, as a read-only view that is slow to copy from (a few µs).
+            if sampled.attributes and sampled.attributes != attributes:
+                attributes.update(sampled.attributes)
         # The SpanContext is made only if asked for (DeferredSpan): the answer's
         # trace id and the backend's headers come from the span's record context.
-        span = DeferredSpan(
+        return DeferredSpan(
             self._tracer,
             self._scope,
             method,
-            (trace_id, span_id, int(_SAMPLED), False, state.to_header() if state else ""),
-            context_of(parent) if parent is not None else None,
+            (trace_id, span_id, _SAMPLED, False, state.to_header() if state else ""),
+            context_of(parent) if valid else None,
             state,
             time.time_ns(),
             (),
             SpanKind.SERVER,
-            parent_context=parent,
+            parent_context=parent if valid else None,
+            attributes=attributes,
         )
-        span.set_attributes(attributes)
-        return span
-
-    @staticmethod
-    def _end(span: DeferredSpan, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        code = context.code()
-        if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in _SERVER_ERRORS:
-                span.set_status(Status(StatusCode.ERROR, f"{code}:{context.details() or ''}"))
-        span.end()
 
 
-def _add_peer(attributes: dict[str, Any], peer: str) -> None:
-    """``net.peer.*`` from gRPC's peer string (``ipv4:127.0.0.1:57284``,
-    ``ipv6:[::1]:57284``), as the contrib instrumentation splits it; a
-    connection's calls share a peer, so the split is remembered."""
-    known = _PEERS.get(peer)
-    if known is None:
-        if len(_PEERS) >= _PEERS_KEPT:
-            _PEERS.clear()
-        known = _PEERS[peer] = _peer_attributes(peer)
-    attributes.update(known)
+def _failed(
+    span: DeferredSpan, code: grpc.StatusCode, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    """A call that did not end OK: its code, and an ERROR status for the codes
+    the contrib instrumentation counts as server errors."""
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_ERRORS:
+        span.set_status(Status(StatusCode.ERROR, f"{code}:{context.details() or ''}"))
 
 
 def _peer_attributes(peer: str) -> dict[str, str]:
-    if peer.startswith("unix:"):
-        return {}
-    try:
-        ip, port = peer.split(",")[0].split(":", 1)[1].rsplit(":", 1)
-    except (IndexError, ValueError):
-        return {}
-    ip = unquote(ip)
-    attributes = {"net.peer.ip": ip, "net.peer.port": port}
-    if ip in ("[::1]", "127.0.0.1"):
-        attributes["net.peer.name"] = "localhost"
+    """``net.peer.*`` from gRPC's peer string (``ipv4:127.0.0.1:57284``,
+    ``ipv6:[::1]:57284``), as the contrib instrumentation splits it; a
+    connection's calls share a peer, so the split is remembered (in
+    ``_PEERS``, where the SERVER span looks first)."""
+    attributes: dict[str, str] = {}
+    if not peer.startswith("unix:"):
+        try:
+            ip, port = peer.split(",")[0].split(":", 1)[1].rsplit(":", 1)
+        except (IndexError, ValueError):
+            ip = port = ""
+        if ip:
+            ip = unquote(ip)
+            attributes = {"net.peer.ip": ip, "net.peer.port": port}
+            if ip in ("[::1]", "127.0.0.1"):
+                attributes["net.peer.name"] = "localhost"
+    if len(_PEERS) >= _PEERS_KEPT:
+        _PEERS.clear()
+    _PEERS[peer] = attributes
     return attributes
 
 

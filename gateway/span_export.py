@@ -56,10 +56,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from scheduler.span_records import Context, MirrorRecord, Record, context_of, expand
+from scheduler.span_records import MirrorRecord, Record, context_of, expand, span_context_of
 
 __all__ = ["ProcessSpanExporter", "decode", "encode", "flatten", "rebuild", "serve"]
 
@@ -80,8 +79,9 @@ _RECORD_BATCH = 1024
 #: less than many small ones. Spans reach the collector up to this much later.
 _EXPORT_PERIOD_S = 0.5
 _EXPORT_RECORDS = 2048
-#: Records held at most while the export process is behind (then dropped);
-#: ``OTEL_BSP_MAX_QUEUE_SIZE`` when set, as for the batch span processor.
+#: Records held at most while the export process is behind (then the oldest
+#: are dropped); ``OTEL_BSP_MAX_QUEUE_SIZE`` when set, as for the batch span
+#: processor (which drops the newest instead).
 _MAX_RECORDS = 8192
 
 
@@ -103,17 +103,6 @@ def decode(message: bytes) -> list[Record | MirrorRecord]:
         marshal.loads(body) if message[:1] == b"m" else pickle.loads(body)
     )
     return records
-
-
-def _span_context(values: Context) -> SpanContext:
-    trace_id, span_id, flags, remote, state = values
-    return SpanContext(
-        trace_id,
-        span_id,
-        remote,
-        TraceFlags(flags),
-        TraceState.from_header([state]) if state else None,
-    )
 
 
 def flatten(span: ReadableSpan) -> Record:
@@ -152,12 +141,12 @@ def rebuild(
     code, description = status
     return ReadableSpan(
         name,
-        _span_context(context),
-        _span_context(parent) if parent is not None else None,
+        span_context_of(context),
+        span_context_of(parent) if parent is not None else None,
         resource,
         attributes,
         tuple(Event(n, a, t) for n, t, a in events),
-        tuple(Link(_span_context(c), a) for c, a in links),
+        tuple(Link(span_context_of(c), a) for c, a in links),
         SpanKind(kind),
         None,
         Status(StatusCode(code), description),
@@ -286,10 +275,16 @@ class ProcessSpanExporter(SpanExporter):
         if not ready:
             log.error("span export process did not start; spans are dropped")
             self._broken = True
-        self._records: deque[Record | MirrorRecord] = deque()
-        self._max_records = _int_env(env, "OTEL_BSP_MAX_QUEUE_SIZE", _MAX_RECORDS)
-        #: Records dropped because the deque was full (the export process is behind).
-        self.dropped = 0
+        self._records: deque[Record | MirrorRecord] = deque(
+            maxlen=_int_env(env, "OTEL_BSP_MAX_QUEUE_SIZE", _MAX_RECORDS)
+        )
+        #: Queue a span record for the export process (any thread; never
+        #: blocks): the deque's own ``append``, a C call, the one the event
+        #: loop makes per span; a full deque drops its oldest record.
+        self.add_record: Callable[[Record | MirrorRecord], None] = self._records.append
+        #: Times the sender found the deque full (the export process was
+        #: behind): its oldest records were dropped then.
+        self.overflows = 0
         self._draining = threading.Lock()
         self._stopping = threading.Event()
         self._sender = threading.Thread(target=self._send_records, name="span-records", daemon=True)
@@ -298,13 +293,6 @@ class ProcessSpanExporter(SpanExporter):
     @property
     def pid(self) -> int | None:
         return self._process.pid
-
-    def add_record(self, record: Record | MirrorRecord) -> None:
-        """Queue a span record for the export process (any thread; never blocks)."""
-        if len(self._records) >= self._max_records:
-            self.dropped += 1
-            return
-        self._records.append(record)
 
     def _send_records(self) -> None:
         while not self._stopping.wait(_RECORD_PERIOD_S):
@@ -315,6 +303,8 @@ class ProcessSpanExporter(SpanExporter):
         # One drainer at a time (the sender thread, a flush, the shutdown):
         # records leave in the order they came, and none pops from an empty deque.
         with self._draining:
+            if len(records) == records.maxlen:
+                self.overflows += 1
             while records:
                 # ``popleft`` called from C until ``islice`` has enough (the
                 # deque holds at least that many: only one drainer takes).
@@ -356,8 +346,12 @@ class ProcessSpanExporter(SpanExporter):
         self._stopping.set()
         self._sender.join(timeout_millis / 1000)
         self._drain()
-        if self.dropped:
-            log.warning("span export: %d span records dropped (queue full)", self.dropped)
+        if self.overflows:
+            log.warning(
+                "span export: the span record queue was full %d time(s) (the export process "
+                "was behind); its oldest records were dropped",
+                self.overflows,
+            )
         with self._lock:
             if not self._broken:
                 self._send(_STOP)

@@ -46,7 +46,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from gateway.config import ConfigError
 from gateway.server_span import ServerSpans
 from gateway.span_export import ProcessSpanExporter
-from scheduler.current_span import span_in
+from scheduler.current_span import current_span, span_in
 from scheduler.span_records import RecordProcessor
 from scheduler.tracing import trace_id_of
 
@@ -184,7 +184,7 @@ def caller_trace_id(metadata: Iterable[tuple[str, Any]] | None) -> tuple[tuple[s
 def trace_id_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
     """``(("x-trace-id", <32 hex>),)`` for the span in ``context`` (default: the
     current one), or ``()`` when there is no valid span."""
-    trace_id = trace_id_of(span_in(context))
+    trace_id = trace_id_of(current_span() if context is None else span_in(context))
     return ((TRACE_ID_KEY, trace_id),) if trace_id else ()
 
 

@@ -10,7 +10,10 @@ one that only holds its fields, and ``end`` builds the finished span and
 hands it to the tracer's span processor, as the SDK does for its own spans
 when they end (to a ``RecordProcessor``, scheduler/span_records.py, as a
 plain record instead: no ``ReadableSpan`` at all); ``emit_span`` does both at
-once for a span that has already ended (the placement).
+once for a span that has already ended (a queue wait, a placement), and under
+a deferred parent, for a ``RecordProcessor``, builds its record alone, with
+no span object at all. ``finish`` and ``emit_span`` return the record they
+sent, which a batch's copies reuse (scheduler/span_mirror.py).
 
 Only with the SDK's tracer and a sampled parent: otherwise (no SDK, another
 SDK, an unsampled or missing parent) ``start_deferred`` returns None and the
@@ -21,46 +24,38 @@ samplers do.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.current_span import span_in
+from scheduler.current_span import current_span, span_in
+from scheduler.finished_spans import Scope, emit_finished, scope_pair, span_ids
 from scheduler.span_records import (
     UNSET,
     UNSET_RECORD,
+    Record,
     RecordProcessor,
-    ScopeKey,
     context_of,
     record,
-    scope_key,
 )
 from scheduler.span_records import Context as RecordContext
 
 __all__ = [
+    "DeferredLink",
     "DeferredSpan",
-    "Scope",
-    "emit_finished",
     "emit_span",
-    "scope_pair",
-    "span_ids",
+    "end_with_record",
+    "link_to",
     "start_deferred",
+    "trace_id_of",
 ]
-
-#: A tracer's instrumentation scope and its record form (``scope_pair``).
-Scope = tuple[InstrumentationScope | None, ScopeKey | None]
 
 
 class DeferredSpan(trace.NonRecordingSpan):
@@ -72,8 +67,8 @@ class DeferredSpan(trace.NonRecordingSpan):
     (``own``; scheduler/span_records.py), and so is its parent's: the API's
     ``SpanContext`` (a Python-built tuple, validated) is made only when asked
     for (``get_span_context``: propagation to a backend, a link, the
-    ``ReadableSpan`` of a provider that takes no records), so a queue span or
-    a member's batch span never makes one, nor ends up converting one.
+    ``ReadableSpan`` of a provider that takes no records), so a member's
+    batch span never makes one, nor ends up converting one.
     """
 
     def __init__(
@@ -132,32 +127,34 @@ class DeferredSpan(trace.NonRecordingSpan):
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         self._status = status if isinstance(status, Status) else Status(status, description)
 
-    def end(self, end_time: int | None = None) -> None:
+    def finish(self, end_time: int | None = None) -> Record | None:
+        """``end``, and the span's record when its tracer's processor takes
+        records (the record it was given; a batch's copies reuse it, see
+        scheduler/span_mirror.py), else None."""
         if self._ended:
-            return
+            return None
         self._ended = True
         end_ns = end_time if end_time is not None else time.time_ns()
         processor = self._tracer.span_processor
         if isinstance(processor, RecordProcessor):
             status = self._status
-            processor.sink(
-                (
-                    self._name,
-                    self.own,
-                    self._parent,
-                    self._kind._value_,  # the enum's value without its property's cost
-                    self._start_ns,
-                    end_ns,
-                    self._attributes or None,
-                    (),
-                    _link_records(self._links) if self._links else (),
-                    UNSET_RECORD
-                    if status is UNSET
-                    else (status.status_code._value_, status.description),
-                    self._scope[1],
-                )
+            finished = (
+                self._name,
+                self.own,
+                self._parent,
+                self._kind._value_,  # the enum's value without its property's cost
+                self._start_ns,
+                end_ns,
+                self._attributes or None,
+                (),
+                _link_records(self._links) if self._links else (),
+                UNSET_RECORD
+                if status is UNSET
+                else (status.status_code._value_, status.description),
+                self._scope[1],
             )
-            return
+            processor.sink(finished)
+            return finished
         parent = self._parent_context
         if parent is None and self._parent is not None:
             trace_id, span_id, flags, remote, _ = self._parent
@@ -175,6 +172,48 @@ class DeferredSpan(trace.NonRecordingSpan):
             end_ns,
             self._scope[0],
         )
+        return None
+
+    # ``end`` is ``finish`` (whose record the API's callers ignore), not a
+    # method that calls it: one Python call less for each span.
+    end = finish  # type: ignore[assignment]
+
+
+def trace_id_of(span: trace.Span) -> str:
+    """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
+    deferred span's is read from its record context: no ``SpanContext`` made)."""
+    if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
+        text = span.hex_trace_id  # formatted once per trace (a request's spans share it)
+        if not text:
+            text = span.hex_trace_id = format(span.own[0], "032x")
+        return text
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+
+
+class DeferredLink(Link):
+    """A ``Link`` to a ``DeferredSpan``, held in record form (``record``: the
+    span's record ``Context`` and the link's attributes, as a record's links
+    are): its ``SpanContext`` is the span's, made only when asked for (by a
+    provider that takes no records), so linking a batch's members to their
+    leader makes no ``SpanContext`` and converts none."""
+
+    def __init__(self, span: DeferredSpan, attributes: dict[str, AttributeValue]) -> None:
+        # Not Link.__init__, which wants the SpanContext made.
+        self._span = span
+        self._attributes = attributes
+        self.record = (span.own, attributes)
+
+    @property
+    def context(self) -> SpanContext:
+        return self._span.get_span_context()
+
+
+def link_to(span: trace.Span, attributes: dict[str, AttributeValue]) -> Link:
+    """A link to ``span`` with ``attributes``: a ``DeferredLink`` for a deferred span."""
+    if type(span) is DeferredSpan:
+        return DeferredLink(span, attributes)
+    return Link(span.get_span_context(), attributes)
 
 
 #: The last links converted, and their records: a batch's members share one
@@ -189,30 +228,24 @@ def _link_records(links: Sequence[Link]) -> tuple[tuple[RecordContext, dict[str,
     if links is not _last_links[0]:
         _last_links = (
             links,
-            tuple((context_of(k.context), dict(k.attributes or {})) for k in links),
+            tuple(
+                k.record
+                if type(k) is DeferredLink
+                else (context_of(k.context), dict(k.attributes or {}))
+                for k in links
+            ),
         )
     return _last_links[1]
 
 
-def _parent_of(span: trace.Span) -> tuple[RecordContext, TraceState | None, SpanContext | None]:
-    """A sampled parent's record context, trace state and ``SpanContext`` (if
-    made); raises LookupError when ``span`` is not a valid sampled parent."""
-    if type(span) is DeferredSpan:  # sampled, or it would not be one
-        return span.own, span.trace_state, span._context
+def _api_parent(span: trace.Span) -> tuple[RecordContext, TraceState | None, SpanContext]:
+    """A sampled parent's record context, trace state and ``SpanContext``, for
+    a span that is not a ``DeferredSpan``; raises LookupError when ``span`` is
+    not a valid sampled parent."""
     context = span.get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         raise LookupError
     return context_of(context), context.trace_state, context
-
-
-def span_ids(generator: IdGenerator) -> Callable[[], int]:
-    """``generator.generate_span_id``, or for the SDK's ``RandomIdGenerator``
-    what it calls, ``random.getrandbits(64)``, as a C callable (no Python
-    frame); that one may return the invalid id 0 (one time in 2**64): callers
-    write ``new_id() or generator.generate_span_id()``."""
-    if type(generator) is RandomIdGenerator:
-        return partial(random.getrandbits, 64)
-    return generator.generate_span_id
 
 
 #: Per tracer (by id; tracers live as long as their provider): the tracer, its
@@ -220,57 +253,13 @@ def span_ids(generator: IdGenerator) -> Callable[[], int]:
 _TRACERS: dict[int, tuple[SdkTracer, Scope, Callable[[], int]]] = {}
 
 
-def child_context(tracer: SdkTracer, parent: SpanContext) -> SpanContext:
-    """A new span's context under ``parent``, following its sampling decision."""
-    return SpanContext(
-        parent.trace_id,
-        tracer.id_generator.generate_span_id(),
-        False,
-        parent.trace_flags,
-        parent.trace_state,
-    )
-
-
-def emit_finished(
-    tracer: SdkTracer,
-    name: str,
-    context: SpanContext,
-    parent: SpanContext | None,
-    attributes: Mapping[str, AttributeValue],
-    links: Sequence[Link],
-    kind: SpanKind,
-    status: Status,
-    start_ns: int,
-    end_ns: int,
-    scope: InstrumentationScope | None,
-) -> None:
-    """Hand a span that is finished from birth to the tracer's span processor,
-    as the SDK does for its own spans when they end (the one place that
-    builds ``ReadableSpan`` itself), or as a record to a ``RecordProcessor``'s
-    sink (scheduler/span_records.py), which takes no ``ReadableSpan``."""
-    processor = tracer.span_processor
-    if isinstance(processor, RecordProcessor):
-        processor.sink(
-            record(name, context, parent, attributes, links, kind, status, start_ns, end_ns, scope)
-        )
-        return
-    processor.on_end(
-        ReadableSpan(
-            name,
-            context,
-            parent,
-            tracer.resource,
-            attributes,
-            (),
-            links,
-            kind,
-            None,
-            status,
-            start_ns,
-            end_ns,
-            scope,
-        )
-    )
+def _known(tracer: Tracer) -> tuple[SdkTracer, Scope, Callable[[], int]] | None:
+    """``tracer``'s entry in ``_TRACERS``, made on first sight; None for a
+    tracer that is not the SDK's."""
+    if not isinstance(tracer, SdkTracer):
+        return None
+    known = _TRACERS[id(tracer)] = (tracer, scope_pair(tracer), span_ids(tracer.id_generator))
+    return known
 
 
 def start_deferred(
@@ -287,20 +276,22 @@ def start_deferred(
     ``attributes`` (a dict of the caller's, kept), or None where an ordinary
     span must be made instead (see the module docstring)."""
     known = _TRACERS.get(id(tracer))
-    if known is None or known[0] is not tracer:
-        if not isinstance(tracer, SdkTracer):
-            return None
-        known = _TRACERS[id(tracer)] = (tracer, scope_pair(tracer), span_ids(tracer.id_generator))
-    span = span_in(parent)
-    try:
-        up, state, up_context = _parent_of(span)
-    except LookupError:
+    if (known is None or known[0] is not tracer) and (known := _known(tracer)) is None:
         return None
+    span = current_span() if parent is None else span_in(parent)  # one call, not two
+    if type(span) is DeferredSpan:  # sampled, or it would not be one
+        up, state, up_context = span.own, span.trace_state, span._context
+    else:
+        try:
+            up, state, up_context = _api_parent(span)
+        except LookupError:
+            return None
+    sdk = known[0]
     child = DeferredSpan(
-        tracer,
+        sdk,
         known[1],
         name,
-        (up[0], known[2]() or tracer.id_generator.generate_span_id(), up[2], False, up[4]),
+        (up[0], known[2]() or sdk.id_generator.generate_span_id(), up[2], False, up[4]),
         up,
         state,
         start_ns if start_ns is not None else time.time_ns(),
@@ -314,19 +305,6 @@ def start_deferred(
     return child
 
 
-def scope_of(tracer: SdkTracer) -> InstrumentationScope | None:
-    """The tracer's instrumentation scope (not public API; a span without one still exports)."""
-    scope: InstrumentationScope | None = getattr(tracer, "_instrumentation_scope", None)
-    return scope
-
-
-def scope_pair(tracer: SdkTracer) -> Scope:
-    """The tracer's scope (``scope_of``) and its record form (``scope_key``):
-    a ``DeferredSpan``'s ``scope``."""
-    scope = scope_of(tracer)
-    return scope, scope_key(scope)
-
-
 def emit_span(
     tracer: Tracer,
     name: str,
@@ -335,15 +313,75 @@ def emit_span(
     start_ns: int,
     end_ns: int,
     status: Status = UNSET,
-) -> DeferredSpan | None:
-    """A span under the current one that already ended (``start_ns`` to
-    ``end_ns``), built finished, with ``attributes`` (the caller's dict,
-    kept); the span, ended, or None where an ordinary span must be made
-    instead (the conditions of ``start_deferred``)."""
-    span = start_deferred(tracer, name, None, start_ns=start_ns, attributes=attributes)
-    if span is None:
-        return None
-    if status is not UNSET and status.status_code is not StatusCode.UNSET:
+    parent: Context | None = None,
+) -> Record:
+    """An INTERNAL span under ``parent`` (None: the current context) that
+    already ended (``start_ns`` to ``end_ns``), with ``attributes`` (the
+    caller's dict, kept), and its record: the one its tracer's processor was
+    given, or for a processor that takes no records one made alike.
+
+    Under a ``DeferredSpan``, for a ``RecordProcessor``, the record is all
+    that is made: no span object. Otherwise a deferred span where
+    ``start_deferred`` makes one, else an ordinary span."""
+    known = _TRACERS.get(id(tracer))
+    if known is None or known[0] is not tracer:
+        known = _known(tracer)
+    up = current_span() if parent is None else span_in(parent)
+    if known is not None and type(up) is DeferredSpan:
+        processor = known[0].span_processor
+        if isinstance(processor, RecordProcessor):
+            own = up.own  # a ``Record`` (scheduler/span_records.py), as ``finish`` makes one
+            finished = (
+                name,
+                (own[0], known[2]() or known[0].id_generator.generate_span_id(), own[2], False,
+                 own[4]),
+                own,
+                0,  # SpanKind.INTERNAL's value
+                start_ns,
+                end_ns,
+                attributes or None,
+                (),
+                (),
+                UNSET_RECORD
+                if status is UNSET
+                else (status.status_code._value_, status.description),
+                known[1][1],
+            )  # fmt: skip
+            processor.sink(finished)
+            return finished
+    failed = status is not UNSET and status.status_code is not StatusCode.UNSET
+    span = start_deferred(
+        tracer, name, parent, start_ns=start_ns, attributes=attributes
+    ) or tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes)
+    if failed:
         span.set_status(status)
-    span.end(end_ns)
-    return span
+    return end_with_record(
+        tracer, span, name, attributes, SpanKind.INTERNAL, status, start_ns, end_ns
+    )
+
+
+def end_with_record(
+    tracer: Tracer,
+    span: trace.Span,
+    name: str,
+    attributes: Mapping[str, AttributeValue],
+    kind: SpanKind,
+    status: Status,
+    start_ns: int,
+    end_ns: int,
+) -> Record:
+    """End ``span`` (of ``tracer``, its status set, started at ``start_ns``)
+    at ``end_ns``, and its record: the one a ``RecordProcessor`` was
+    given, else one made alike from ``name``, ``attributes``, ``kind`` and
+    ``status`` (for the copies of scheduler/span_mirror.py)."""
+    if type(span) is DeferredSpan:
+        finished = span.finish(end_ns)
+        if finished is not None:
+            return finished
+    else:
+        span.end(end_time=end_ns)
+    known = _TRACERS.get(id(tracer))
+    scope = known[1][0] if known is not None and known[0] is tracer else None
+    return record(
+        name, span.get_span_context(), None, attributes, (), kind, status, start_ns, end_ns, scope
+    )

@@ -324,7 +324,7 @@ class BatchRunner:
                 deadline, bounded = limit_at, True
         try:
             if traced:
-                with tracing.backend_call(
+                with tracing.BackendCall(
                     self._tracer,
                     backend_id=state.id,
                     endpoint=backend.endpoint,

@@ -27,7 +27,8 @@ from typing import Any
 from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import AttributeValue
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "mirror_record",
     "record",
     "scope_key",
+    "span_context_of",
 ]
 
 #: (trace id, span id, flags, is remote, trace state header)
@@ -75,6 +77,18 @@ def context_of(context: SpanContext) -> Context:
     state = context[4]
     # An empty TraceState is falsy: most spans skip building a header.
     return (context[0], context[1], int(context[3]), context[2], state.to_header() if state else "")
+
+
+def span_context_of(values: Context) -> SpanContext:
+    """The API's ``SpanContext`` of a record ``Context`` (``context_of`` undone)."""
+    trace_id, span_id, flags, remote, state = values
+    return SpanContext(
+        trace_id,
+        span_id,
+        remote,
+        TraceFlags(flags),
+        TraceState.from_header([state]) if state else None,
+    )
 
 
 def scope_key(scope: InstrumentationScope | None) -> ScopeKey | None:
@@ -115,7 +129,9 @@ def record(
 
 
 def mirror_record(phases: Sequence[Record], parents: Sequence[Context]) -> MirrorRecord:
-    """One record for ``len(phases) x len(parents)`` copies (see ``expand``)."""
+    """One record for ``len(phases) x len(parents)`` copies (see ``expand``);
+    ``phases`` may be the records the real spans were sent as (their parents
+    and links are not copied)."""
     return (None, tuple(phases), tuple(parents))
 
 

@@ -30,6 +30,13 @@ call was.
 A member's ``batch`` span ends in the member's own task, when its outputs
 reach it, so the hand-off from the batch to each waiting caller is inside it.
 
+The backend call's span, and the headers that carry it to the backend, are
+in scheduler/backend_call_span.py. A queued request holds no span: its
+``queue`` span is made whole when its wait ends (by ``start_batch_spans``,
+or ``queue_span`` for a wait that ends without a batch), and a placement's
+when the decision is made, each as a bare record under a deferred parent
+(``deferred_span.emit_span``).
+
 Only the OpenTelemetry *API* is used here. With no SDK configured the
 scheduler's tracer is a no-op and the scheduler makes no spans at all
 (``recording``); a caller's incoming ``traceparent`` still reaches Triton with
@@ -43,49 +50,39 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 
-import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.baggage import _BAGGAGE_KEY
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from scheduler.current_span import current_context, make_current, restore
-from scheduler.deferred_span import DeferredSpan, emit_span, start_deferred
-from scheduler.errors import GatewayError
+from scheduler.backend_call_span import BackendCall
+from scheduler.deferred_span import (
+    emit_span,
+    link_to,
+    start_deferred,
+    trace_id_of,
+)
 from scheduler.placement import Decision
-from scheduler.span_mirror import Phase, mirror
+from scheduler.span_mirror import mirror
+from scheduler.span_records import UNSET, Record
 
 __all__ = [
-    "Phase",
-    "backend_call",
+    "BackendCall",
     "cpu_execution",
     "default_tracer",
-    "end_queue_span",
     "mirror",
     "placement_span",
+    "queue_span",
     "recording",
     "solo_batch",
-    "start_batch_span",
-    "start_queue_span",
+    "start_batch_spans",
     "trace_id_of",
 ]
 
 TRACER_NAME = "inference-gateway.scheduler"
-#: The rpc a gRPC backend is called with (OpenTelemetry RPC conventions: ``service/method``).
-RPC_SERVICE = "inference.GRPCInferenceService"
-RPC_METHOD = "ModelInfer"
-#: gRPC status code numbers, for ``rpc.grpc.status_code`` (the conventions want the number).
-_GRPC_CODES = {code.name: int(code.value[0]) for code in grpc.StatusCode}
-
-
-_UNSET = Status(StatusCode.UNSET)
 
 
 def recording(tracer: Tracer) -> bool:
@@ -106,72 +103,83 @@ def default_tracer() -> Tracer:
     return provider.get_tracer(TRACER_NAME)
 
 
-def trace_id_of(span: Span) -> str:
-    """``span``'s 32-hex-digit trace id, or "" for an invalid context (a
-    deferred span's is read from its record context: no ``SpanContext`` made)."""
-    if type(span) is DeferredSpan:  # not isinstance: an ABC's check is a Python call
-        text = span.hex_trace_id  # formatted once per trace (a request's spans share it)
-        if not text:
-            text = span.hex_trace_id = format(span.own[0], "032x")
-        return text
-    span_context = span.get_span_context()
-    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
-
-
-def start_queue_span(
-    tracer: Tracer, parent: Context | None, *, model: str, start_ns: int = 0
-) -> Span:
-    """Opened at admission (or at ``start_ns``, when the front end received the
-    request), ended by ``end_queue_span`` when the batch is cut."""
-    attributes: dict[str, AttributeValue] = {"gateway.model": model}
-    start = start_ns or None
-    return start_deferred(
-        tracer, "queue", parent, start_ns=start, attributes=attributes
-    ) or tracer.start_span("queue", context=parent, start_time=start, attributes=attributes)
-
-
-def end_queue_span(span: Span, *, end_ns: int | None = None, error: str | None = None) -> None:
-    """Close a queue span, at ``end_ns`` (the batch's start) or now, failed with ``error``."""
-    if error is not None and span.is_recording():
-        span.set_status(Status(StatusCode.ERROR, error))
-    span.end(end_time=end_ns)
-
-
-def start_batch_span(
+def queue_span(
     tracer: Tracer,
     parent: Context | None,
     *,
     model: str,
+    start_ns: int,
+    end_ns: int | None = None,
+    error: str | None = None,
+) -> None:
+    """A request's wait, from ``start_ns`` (admission, or when the front end
+    received it) to ``end_ns`` (its batch's start) or now, failed with
+    ``error``: emitted whole when the wait ends (``emit_span``), so a queued
+    request holds no span object, only when it came (``Pending``)."""
+    status = UNSET if error is None else Status(StatusCode.ERROR, error)
+    end = end_ns if end_ns is not None else time.time_ns()
+    emit_span(
+        tracer,
+        "queue",
+        {"gateway.model": model},
+        start_ns=start_ns,
+        end_ns=end,
+        status=status,
+        parent=parent,
+    )
+
+
+def start_batch_spans(
+    tracer: Tracer,
+    parents: Sequence[Context | None],
+    *,
+    model: str,
     size: int,
-    members: int,
     trigger: str,
     attempt: int,
     start_ns: int | None = None,
-    links: Sequence[Link] = (),
-) -> Span:
-    """A member's ``batch`` span, a child of ``parent`` (the member's server
-    span); ``links`` lead to the leader's batch span (none for the leader's)."""
+    waits: Sequence[int] = (),
+) -> list[Span]:
+    """A ``batch`` span per member, each a child of its ``parents`` entry (the
+    member's server span), the first member's (the leader's) first; the
+    others' are linked to the leader's. They share one attributes dict (no
+    one sets attributes on a batch span): one per batch, not per member.
+
+    ``waits`` (with ``start_ns``): when each member's wait began, or 0 for
+    one whose queue span is made already (a re-run half of a split): the
+    queue spans that end where the batch spans begin, made here, in the same
+    pass (``queue_span``'s, sharing one attributes dict too)."""
     attributes: dict[str, AttributeValue] = {
         "gateway.model": model,
         "gateway.batch.size": size,
-        "gateway.batch.members": members,
+        "gateway.batch.members": len(parents),
         "gateway.batch.trigger": trigger,
     }
     if attempt:
         attributes["gateway.batch.attempt"] = attempt
-    return start_deferred(
-        tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
-    ) or tracer.start_span(
-        "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
-    )
+    waited: dict[str, AttributeValue] = {"gateway.model": model}
+    spans: list[Span] = []
+    links: Sequence[Link] = ()
+    for parent, since in zip(parents, waits or repeat(0), strict=False):  # repeat: no waits
+        if since and start_ns is not None:
+            emit_span(tracer, "queue", waited, start_ns=since, end_ns=start_ns, parent=parent)
+        span = start_deferred(
+            tracer, "batch", parent, start_ns=start_ns, links=links, attributes=attributes
+        ) or tracer.start_span(
+            "batch", context=parent, links=links, start_time=start_ns, attributes=attributes
+        )
+        if not spans and len(parents) > 1:
+            # Links go from each other member to the leader only: that is the
+            # way to Triton's spans, and N links back would be paid on every batch.
+            links = (link_to(span, {"gateway.link": "batch"}),)
+        spans.append(span)
+    return spans
 
 
 @contextmanager
 def solo_batch(tracer: Tracer, parent: Context | None, model: str, rows: int) -> Iterator[Span]:
     """The batch span of a request the gateway does not batch: a batch of one."""
-    span = start_batch_span(
-        tracer, parent, model=model, size=rows, members=1, trigger="solo", attempt=0
-    )
+    (span,) = start_batch_spans(tracer, [parent], model=model, size=rows, trigger="solo", attempt=0)
     with trace.use_span(span, end_on_exit=True):
         yield span
 
@@ -182,10 +190,10 @@ def placement_span(
     *,
     start_ns: int,
     tries: int,
-    phases: list[Phase] | None,
+    phases: list[Record] | None,
 ) -> None:
     """A span from ``start_ns`` (the decision began) to now, with the decision's
-    numbers; kept in ``phases`` (when given) for ``mirror``."""
+    numbers; its record kept in ``phases`` (when given) for ``mirror``."""
     values: dict[str, AttributeValue] = {
         "gateway.placement.verdict": decision.verdict.value,
         "gateway.placement.reason": decision.reason,
@@ -203,132 +211,14 @@ def placement_span(
     ):
         if math.isfinite(number):
             values[key] = number
-    error = decision.reason if decision.backend_id is None else None
-    status = _UNSET if error is None else Status(StatusCode.ERROR, error)
-    end_ns = time.time_ns()
-    span: Span | None = emit_span(
-        tracer, "placement", values, start_ns=start_ns, end_ns=end_ns, status=status
+    status = UNSET
+    if decision.backend_id is None:
+        status = Status(StatusCode.ERROR, decision.reason)
+    finished = emit_span(
+        tracer, "placement", values, start_ns=start_ns, end_ns=time.time_ns(), status=status
     )
-    if span is None:
-        span = tracer.start_span("placement", start_time=start_ns, attributes=values)
-        if error is not None:
-            span.set_status(status)
-        span.end(end_time=end_ns)
     if phases is not None:
-        phases.append(
-            Phase(
-                "placement",
-                SpanKind.INTERNAL,
-                start_ns,
-                end_ns,
-                values,
-                span,
-                error,
-            )
-        )
-
-
-@contextmanager
-def backend_call(
-    tracer: Tracer,
-    *,
-    backend_id: str,
-    endpoint: str,
-    retries: int,
-    phases: list[Phase] | None,
-) -> Iterator[dict[str, str]]:
-    """A CLIENT span around one backend call; yields the W3C headers that carry
-    its context (``traceparent``/``tracestate``) for the backend to join.
-
-    A backend with an endpoint is a gRPC server: the span follows the
-    OpenTelemetry RPC conventions (name ``service/method``, ``rpc.*``,
-    ``server.address``/``port``, ``rpc.grpc.status_code``). Kept in ``phases``
-    (when given) for ``mirror``.
-    """
-    attributes: dict[str, AttributeValue] = {"gateway.backend.id": backend_id}
-    name = "backend.infer"
-    if endpoint:
-        name = f"{RPC_SERVICE}/{RPC_METHOD}"
-        host, _, port = endpoint.rpartition(":")
-        attributes["rpc.system"] = "grpc"
-        attributes["rpc.service"] = RPC_SERVICE
-        attributes["rpc.method"] = RPC_METHOD
-        attributes["server.address"] = host
-        if port.isdigit():
-            attributes["server.port"] = int(port)
-    if retries:
-        attributes["gateway.retries"] = retries
-    start_ns = time.time_ns()
-    span = start_deferred(
-        tracer, name, None, start_ns=start_ns, kind=SpanKind.CLIENT
-    ) or tracer.start_span(name, kind=SpanKind.CLIENT, start_time=start_ns)
-    error: GatewayError | None = None
-    # The span is current for the call (``use_span`` without its own context
-    # manager's cost: neither recording exceptions nor ending the span here).
-    token = make_current(span)
-    try:
-        yield w3c_headers(span)
-    except GatewayError as exc:
-        error = exc
-        raise
-    finally:
-        restore(token)
-        if endpoint:
-            code = "OK" if error is None else error.code
-            attributes["rpc.grpc.status_code"] = _GRPC_CODES.get(code, 2)
-        if error is not None:
-            attributes["gateway.error.code"] = error.code
-            span.set_status(Status(StatusCode.ERROR, error.message))
-        span.set_attributes(attributes)
-        end_ns = time.time_ns()
-        span.end(end_time=end_ns)
-        if phases is not None:
-            message = None if error is None else error.message
-            phases.append(
-                Phase(
-                    name,
-                    SpanKind.CLIENT,
-                    start_ns,
-                    end_ns,
-                    attributes,
-                    span,
-                    message,
-                )
-            )
-
-
-def w3c_headers(span: Span) -> dict[str, str]:
-    """``propagate.inject`` into a new dict, ``span`` being current. With the
-    API's default propagators (W3C trace context, and W3C baggage when no
-    baggage is current) a deferred span's ``traceparent`` and ``tracestate``
-    are written from its record context, as the W3C propagator writes them,
-    without making a ``SpanContext`` or calling each propagator."""
-    global _w3c
-    textmap = propagate.get_global_textmap()
-    if textmap is not _w3c[0]:
-        _w3c = (textmap, _plain_w3c(textmap))
-    if _w3c[1] and type(span) is DeferredSpan and not current_context().get(_BAGGAGE_KEY):
-        _, span_id, flags, _, state = span.own
-        carrier = {"traceparent": f"00-{trace_id_of(span)}-{span_id:016x}-{flags:02x}"}
-        if state:
-            carrier["tracestate"] = state
-        return carrier
-    carrier = {}
-    propagate.inject(carrier)
-    return carrier
-
-
-def _plain_w3c(textmap: TextMapPropagator) -> bool:
-    """Whether ``textmap`` is W3C trace context, with or without W3C baggage
-    (the API's default, ``OTEL_PROPAGATORS=tracecontext,baggage``)."""
-    parts = getattr(textmap, "_propagators", ()) if type(textmap) is CompositePropagator else ()
-    kinds = {type(p) for p in parts or (textmap,)}
-    return TraceContextTextMapPropagator in kinds and kinds <= _W3C
-
-
-_W3C = {TraceContextTextMapPropagator, W3CBaggagePropagator}
-#: The global propagator last seen by ``w3c_headers``, and whether it is ``_plain_w3c``.
-_w3c: tuple[TextMapPropagator | None, bool] = (None, False)
+        phases.append(finished)
 
 
 @contextmanager

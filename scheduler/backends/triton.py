@@ -210,7 +210,9 @@ class TritonBackend:
         timeout_s: float | None,
         trace_context: Mapping[str, str] | None,
     ) -> bytes:
-        metadata = tuple(trace_context.items()) if trace_context else None
+        # gRPC's own Metadata: a tuple would be checked against the Sequence
+        # ABC and converted, some ten Python calls, on every traced call.
+        metadata = grpc.aio.Metadata(*trace_context.items()) if trace_context else None
         try:
             response: bytes = await self._infer_rpc(payload, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
@@ -255,7 +257,7 @@ class TritonBackend:
         timeout_s = self._budget(model, deadline)
         if timeout_s is not None:
             request = request + wire.int_parameter("timeout", max(1, int(timeout_s * 1e6)))
-        metadata = tuple(trace_context.items()) if trace_context else None
+        metadata = grpc.aio.Metadata(*trace_context.items()) if trace_context else None
         call = self._stream_rpc(timeout=timeout_s, metadata=metadata)
         try:
             await call.write(request)

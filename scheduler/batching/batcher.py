@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -163,9 +164,7 @@ class Batcher(SubmitsTogether):
         if traced:
             # The caller's server span (current here) parents all its spans.
             pending.parent = request.trace_context or current_context()
-            pending.span = tracing.start_queue_span(
-                self._tracer, pending.parent, model=name, start_ns=request.received_ns
-            )
+            pending.queue_since_ns = request.received_ns or time.time_ns()
         else:  # no spans: the caller's own context is what reaches the backend
             context = request.trace_context
             if context is None:
@@ -187,7 +186,7 @@ class Batcher(SubmitsTogether):
                 self.counters.rejected_late += 1
             else:
                 self.counters.rejected_queue_full += 1
-            pending.end_queue_span(error=exc.message)
+            pending.end_queue_span(self._tracer, error=exc.message)
             raise ResourceExhausted(
                 f"model '{name}': {exc.message}", retry_after_ms=exc.retry_after_ms
             ) from None
@@ -208,7 +207,7 @@ class Batcher(SubmitsTogether):
             raise
         finally:
             # Still open: the request never reached a batch (expired, cancelled, closed).
-            pending.end_queue_span(error="left the queue without a batch")
+            pending.end_queue_span(self._tracer, error="left the queue without a batch")
             pending.end_batch_span()  # its outputs (or its error) are in hand
 
     def _worth_a_look(self, item: QueueItem[Pending]) -> bool:
@@ -318,7 +317,7 @@ class Batcher(SubmitsTogether):
                 self._inline.discard(task)
             self._in_flight -= 1
             self._wakeup.set()  # capacity freed, as when a launched batch ends
-            pending.end_queue_span(error="left without a batch")
+            pending.end_queue_span(self._tracer, error="left without a batch")
             pending.end_batch_span()
         return pending.future.result()
 

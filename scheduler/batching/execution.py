@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode, Tracer
 
 from scheduler import tracing
 from scheduler.batching.info import (
@@ -51,8 +51,10 @@ class Pending:
     rows: int
     future: asyncio.Future[Outputs]
     enqueued_at: float
-    #: The queue span, open from admission until the request's batch is cut.
-    span: Span | None = None
+    #: Traced: when its wait began (ns since the epoch; 0: no wait open); its
+    #: queue span is made when the wait ends (``tracing.start_batch_spans``
+    #: when its batch is cut, else ``end_queue_span``).
+    queue_since_ns: int = 0
     #: Untraced: the caller's span context, for ``BatchInfo.trace_contexts``.
     span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
     #: Traced: the context of the caller's server span, the member's spans' parent.
@@ -60,10 +62,20 @@ class Pending:
     #: Traced: the member's batch span, open until its task has its outputs.
     batch_span: Span | None = None
 
-    def end_queue_span(self, *, end_ns: int | None = None, error: str | None = None) -> None:
-        if self.span is not None:
-            tracing.end_queue_span(self.span, end_ns=end_ns, error=error)
-            self.span = None
+    def end_queue_span(
+        self, tracer: Tracer, *, end_ns: int | None = None, error: str | None = None
+    ) -> None:
+        """The request's wait ends (a no-op once it has): its queue span is made."""
+        if self.queue_since_ns:
+            tracing.queue_span(
+                tracer,
+                self.parent,
+                model=self.request.model_name,
+                start_ns=self.queue_since_ns,
+                end_ns=end_ns,
+                error=error,
+            )
+            self.queue_since_ns = 0
 
     def hold_batch_span(self, span: Span, now_ns: int) -> None:
         """The member joins a batch (again, for a split half): its last batch span ends."""
@@ -208,7 +220,8 @@ class BatchExecutor:
             if batch_span is None:
                 outputs = await self._run_batch(self._spec, merged, info)
             else:
-                info.phases = []
+                if len(live) > 1:  # copies for the others' traces (``mirror``)
+                    info.phases = []
                 # ``trace.use_span(batch_span)`` without its generator's calls.
                 token = make_current(batch_span)
                 try:
@@ -225,7 +238,7 @@ class BatchExecutor:
                 r.backend_s += info.backend_s
                 if not attempt:  # a re-run half of a split left the queue already
                     r.queued_s = start - m.enqueued_at
-            if info.phases and len(live) > 1:
+            if info.phases:
                 others = [m.batch_span for m in live[1:] if m.batch_span is not None]
                 tracing.mirror(self._tracer, info.phases, others)
         self._queue.record_service(self._clock.now() - start)
@@ -241,40 +254,20 @@ class BatchExecutor:
         """A batch span per member, the leader's (the first member's) returned;
         the members' queue spans end where their batch spans begin."""
         now_ns = time.time_ns()
-        leader, *others = live
-        model, members = self._spec.name, len(live)
-        # Links go from each other member to the leader only: that is the way
-        # to Triton's spans, and N links back would be paid on every batch.
-        span = tracing.start_batch_span(
+        spans = tracing.start_batch_spans(
             self._tracer,
-            leader.parent,
+            [m.parent for m in live],
+            model=self._spec.name,
+            size=size,
             trigger=trigger,
             attempt=attempt,
             start_ns=now_ns,
-            model=model,
-            size=size,
-            members=members,
+            waits=[m.queue_since_ns for m in live],  # 0 for a re-run half of a split
         )
-        leader.hold_batch_span(span, now_ns)
-        to_leader = (Link(span.get_span_context(), {"gateway.link": "batch"}),)
-        for m in others:
-            m.hold_batch_span(
-                tracing.start_batch_span(
-                    self._tracer,
-                    m.parent,
-                    trigger=trigger,
-                    attempt=attempt,
-                    start_ns=now_ns,
-                    links=to_leader,
-                    model=model,
-                    size=size,
-                    members=members,
-                ),
-                now_ns,
-            )
-        for m in live:  # the wait ends here (a no-op for a re-run half of a split)
-            m.end_queue_span(end_ns=now_ns)
-        return span
+        for m, span in zip(live, spans, strict=True):
+            m.hold_batch_span(span, now_ns)
+            m.queue_since_ns = 0  # its queue span is made
+        return spans[0]
 
     def union_of_outputs(self, requests: Sequence[InferRequest]) -> tuple[str, ...]:
         if any(not r.requested_outputs for r in requests):

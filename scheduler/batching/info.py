@@ -16,7 +16,7 @@ from scheduler.request import Parameters
 from scheduler.spec import ModelSpec, Tensor
 
 if TYPE_CHECKING:
-    from scheduler.tracing import Phase
+    from scheduler.span_records import Record
 
 #: Why a batch ran: a queue trigger, ``split`` for a half of a failed batch,
 #: ``stream`` for requests that arrived together on streams and ran at once
@@ -49,8 +49,9 @@ class BatchInfo:
     ``wire`` is the single member's request in its encoded form, for a
     backend that forwards it (None for a merged batch). ``caller_context`` is
     the OpenTelemetry context of a solo request's caller. ``phases`` collects
-    the placement and backend-call spans of a traced batch of several
-    members, for copies in the other members' traces (None: not collected).
+    the records of the placement and backend-call spans of a traced batch of
+    several members, for copies in the other members' traces (None: not
+    collected).
     ``backend_s`` adds up the time of the batch's backend calls (the runner adds).
     """
 
@@ -70,7 +71,7 @@ class BatchInfo:
     served_by: list[str] = field(default_factory=list)
     wire: bytes | None = None
     caller_context: Context | None = None
-    phases: list[Phase] | None = None
+    phases: list[Record] | None = None
     backend_s: float = 0.0
 
     def propagation(self) -> dict[str, str] | None:

@@ -21,12 +21,10 @@ from opentelemetry.trace import Status, StatusCode
 from gateway.metrics import Refusals
 from gateway.server_span import ServerSpans
 from gateway.telemetry import MODEL_INFER
-from scheduler import span_mirror
 from scheduler.current_span import current_context, current_span, make_current, restore, span_in
-from scheduler.deferred_span import DeferredSpan, scope_of
-from scheduler.span_mirror import Phase
-from scheduler.span_records import RecordProcessor, record
-from scheduler.tracing import backend_call, start_queue_span, trace_id_of
+from scheduler.deferred_span import DeferredLink, DeferredSpan, emit_span, link_to, start_deferred
+from scheduler.span_records import Record, RecordProcessor, context_of
+from scheduler.tracing import BackendCall, trace_id_of
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -61,10 +59,11 @@ def test_a_backend_calls_headers_are_the_w3c_propagators(caller_state: str, bags
     context = propagate.extract(carrier)
     if bags:
         context = baggage.set_baggage("tenant", "a", context)
-    queue = start_queue_span(tracer, context, model="m")  # a deferred span, as in the gateway
+    queue = start_deferred(tracer, "queue", context)  # a deferred span, as in the gateway
+    assert type(queue) is DeferredSpan
     token = otel_context.attach(trace.set_span_in_context(queue, context))
     try:
-        with backend_call(tracer, backend_id="b", endpoint="h:1", retries=0, phases=None) as sent:
+        with BackendCall(tracer, backend_id="b", endpoint="h:1", retries=0, phases=None) as sent:
             expected: dict[str, str] = {}
             propagate.inject(expected)
             assert sent == expected and sent["traceparent"].startswith("00-0af76519")
@@ -75,20 +74,44 @@ def test_a_backend_calls_headers_are_the_w3c_propagators(caller_state: str, bags
 
 
 @pytest.mark.parametrize("error", [None, "it broke"])
-def test_a_mirrored_phase_is_recorded_as_from_its_span_context(error: str | None) -> None:
+def test_a_span_emitted_whole_is_the_record_its_deferred_span_sends(error: str | None) -> None:
+    sent: list[Record] = []
+    tracer = TracerProvider(active_span_processor=RecordProcessor(sent.append)).get_tracer("test")
+    context = propagate.extract({"traceparent": CALLER, "tracestate": "vendor=x"})
+    parent = start_deferred(tracer, "batch", context)
+    assert type(parent) is DeferredSpan
+    under = trace.set_span_in_context(parent)
+    status = Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET)
+    # No span object for this one: its record is built under the deferred parent.
+    emitted = emit_span(tracer, "placement", {"a": 1}, start_ns=1, end_ns=2, status=status,
+                        parent=under)  # fmt: skip
+    span = start_deferred(tracer, "placement", under, start_ns=1, attributes={"a": 1})
+    assert type(span) is DeferredSpan
+    if error:
+        span.set_status(status)
+    finished = span.finish(2)
+    assert sent == [emitted, finished]
+
+    def without_span_id(r: Record) -> tuple[object, ...]:
+        return (r[0], r[1][:1] + r[1][2:], *r[2:])
+
+    assert without_span_id(emitted) == without_span_id(finished)
+    assert emitted[2] == parent.own and emitted[1][0] == parent.own[0]
+    assert emitted[9] == ((2, error) if error else (0, None))
+
+
+def test_a_link_to_a_deferred_span_is_the_link_its_span_context_makes() -> None:
     tracer = TracerProvider(active_span_processor=RecordProcessor(lambda record: None)).get_tracer(
         "test"
     )
     context = propagate.extract({"traceparent": CALLER, "tracestate": "vendor=x"})
-    span = start_queue_span(tracer, context, model="m")
-    assert type(span) is DeferredSpan
-    span.end()
-    phase = Phase("placement", trace.SpanKind.INTERNAL, 1, 2, {"a": 1}, span, error)
-    scope = scope_of(tracer)  # type: ignore[arg-type]
-    status = Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET)
-    expected = record("placement", span.get_span_context(), None, {"a": 1}, (), phase.kind,
-                      status, 1, 2, scope)  # fmt: skip
-    assert span_mirror._record(phase, scope) == expected
+    leader = start_deferred(tracer, "batch", context)
+    assert type(leader) is DeferredSpan
+    deferred = link_to(leader, {"gateway.link": "batch"})
+    made = trace.Link(leader.get_span_context(), {"gateway.link": "batch"})
+    assert type(deferred) is DeferredLink
+    assert deferred.context == made.context and deferred.attributes == made.attributes
+    assert deferred.record == (context_of(made.context), {"gateway.link": "batch"})
 
 
 @dataclass
