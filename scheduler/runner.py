@@ -371,7 +371,7 @@ class BatchRunner:
         usual = self._row_bytes.setdefault((state.id, name), row_bytes)
         self._row_bytes[(state.id, name)] = usual + 0.2 * (row_bytes - usual)
         self._stats[spec.name].record_execution(
-            rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
+            rows=info.size, compute_s=elapsed, started=start, enqueued_at=info.enqueued_at
         )
         return outputs
 
