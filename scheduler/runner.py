@@ -315,7 +315,7 @@ class BatchRunner:
         # slow), and only with a ``spare`` backend to retry on.
         deadline = info.deadline
         bounded = False
-        row_bytes = sum(a.nbytes for a in inputs.values()) / max(info.size, 1)
+        row_bytes = sum([a.nbytes for a in inputs.values()]) / max(info.size, 1)
         needs_s = predicted + wait_s
         if spare and self.estimator.knows(state.id, name):
             config = self.config
