@@ -43,6 +43,9 @@ _LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Each verdict's label: an enum member's ``value`` is a Python property call,
+#: and a verdict is counted once per decision (``Verdict`` hashes by identity).
+_VERDICT_LABELS = {verdict: verdict.value for verdict in Verdict}
 
 
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -231,8 +234,9 @@ class GatewayMetrics(Collector):
 
     def placed(self, model: str, rows: int, decision: Decision) -> None:
         backend = decision.backend_id or "none"
-        self.decisions.inc((model, decision.verdict.value, backend))
-        if decision.verdict is Verdict.SPILLED:
+        verdict = decision.verdict
+        self.decisions.inc((model, _VERDICT_LABELS[verdict], backend))
+        if verdict is Verdict.SPILLED:
             self.spillovers.inc((model, backend))
         trace_id = ""
         if self._trace_ids:

@@ -270,7 +270,7 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             if tenant is not None:  # before decoding: a refusal must cost little
                 tenant.quota.acquire(start)
                 quota = tenant.quota
-            infer_request, spec = decoded or self._decode(data, context, received_ns, call)
+            infer_request, spec = decoded or self._decode(data, context, received_ns, call, start)
             model, deadline = spec.name, infer_request.deadline
             if tenant is not None:
                 Authenticator.authorize(tenant, model)
@@ -327,9 +327,16 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
         return "unknown"
 
     def _decode(
-        self, data: bytes, context: Context, received_ns: int = 0, call: StreamCall | None = None
+        self,
+        data: bytes,
+        context: Context,
+        received_ns: int = 0,
+        call: StreamCall | None = None,
+        now: float | None = None,
     ) -> tuple[InferRequest, ModelSpec]:
-        """The request and its model; ``call``: what its stream's messages share."""
+        """The request and its model; ``call``: what its stream's messages
+        share; ``now``: the clock as the caller read it on arrival (the
+        deadline is reckoned from it: early by the time decoding took)."""
         try:
             key, identifier, raw = wire.split_request(data)
             request_id = identifier.decode()
@@ -349,7 +356,8 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
             inputs = codec.decode_inputs(
                 pb.ModelInferRequest.FromString(key), limits=self._layouts.limits
             )
-        now = self._clock.now()
+        if now is None:
+            now = self._clock.now()
         if call is not None:
             deadline, trace_context = call.deadline, call.trace_context
         else:

@@ -102,7 +102,10 @@ class Tracing:
         """
         if self.provider is not None or not metadata:
             return None
-        carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate")}
+        carrier: dict[str, Any] = {}
+        for key, value in metadata:  # a loop, not a comprehension: no frame per call
+            if key == "traceparent" or key == "tracestate":
+                carrier[key] = value
         return propagate.extract(carrier) if carrier else None
 
     def answer_metadata(

@@ -68,14 +68,30 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def encode_varint(value: int) -> bytes:
+    """``value`` (0 to 2**64 - 1) as a protobuf varint: 7 bits a byte, low first,
+    the top bit set on every byte but the last."""
     if value < 0x80:
         return bytes((value,))
+    if value < 1 << 35:  # up to 5 bytes (a timeout in µs under 9.5 h): no loop
+        size = (value.bit_length() + 6) // 7
+        spread = (
+            value & 0x7F
+            | (value & 0x3F80) << 1
+            | (value & 0x1FC000) << 2
+            | (value & 0xFE00000) << 3
+            | (value & 0x7F0000000) << 4
+        )
+        return (spread | _CONTINUATIONS[size]).to_bytes(size, "little")
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+#: By varint size (to 5 bytes): the top bit of every byte but the last, little-endian.
+_CONTINUATIONS = tuple(sum(0x80 << 8 * i for i in range(size - 1)) for size in range(6))
 
 
 def field_prefix(field: int, length: int) -> bytes:
@@ -179,26 +195,27 @@ def int_parameter(key: str, value: int) -> bytes:
     encoded to be appended to a request (the last entry of a key wins)."""
     if value < 0:
         value += 1 << 64  # int64 two's complement, as protobuf encodes it
-    name = _KEY_ENTRIES.get(key)
-    if name is None:  # the key's encoding, the same for every value: made once
-        encoded = key.encode()
-        name = _KEY_ENTRIES[key] = field_prefix(1, len(encoded)) + encoded
-    # field 2 of the entry: InferParameter, whose field 2 is int64_param (tag 0x10)
     parameter = encode_varint(value)
-    entry_size = len(name) + 3 + len(parameter)  # both lengths below are < 128
-    return b"".join(
-        (
-            field_prefix(PARAMETERS_FIELD, entry_size),
-            name,
-            bytes((0x12, len(parameter) + 1, 0x10)),
-            parameter,
-        )
-    )
+    # Everything before the value depends only on the key and the value's
+    # length (at most 10 bytes), so it is encoded once for each pair.
+    head = _ENTRY_HEADS.get((key, len(parameter)))
+    if head is None:
+        head = _ENTRY_HEADS[(key, len(parameter))] = _entry_head(key, len(parameter))
+    return head + parameter
 
 
-#: The encoded ``key`` field of a parameters map entry, by key (``int_parameter``);
-#: the keys are the gateway's own (``timeout``), never a caller's, so it stays small.
-_KEY_ENTRIES: dict[str, bytes] = {}
+def _entry_head(key: str, value_bytes: int) -> bytes:
+    """The bytes of ``int_parameter``'s entry before its ``value_bytes`` long varint."""
+    name = key.encode()
+    # field 2 of the entry: InferParameter, whose field 2 is int64_param (tag 0x10)
+    parameter = bytes((0x10,)) + b"\0" * value_bytes  # its length is what counts here
+    entry = field_prefix(1, len(name)) + name + wrap(2, parameter)
+    return field_prefix(PARAMETERS_FIELD, len(entry)) + entry[: len(entry) - value_bytes]
+
+
+#: ``int_parameter``'s entry heads, by key and the value's varint length; the
+#: keys are the gateway's own (``timeout``), never a caller's, so it stays small.
+_ENTRY_HEADS: dict[tuple[str, int], bytes] = {}
 
 
 def set_parameter(slot: Any, value: bool | int | float | str) -> None:

@@ -313,7 +313,7 @@ class BatchRunner:
         # slow), and only with a ``spare`` backend to retry on.
         deadline = info.deadline
         bounded = False
-        row_bytes = sum(a.nbytes for a in inputs.values()) / max(info.size, 1)
+        row_bytes = sum([a.nbytes for a in inputs.values()]) / max(info.size, 1)
         needs_s = predicted + wait_s
         if spare and self.estimator.knows(state.id, name):
             config = self.config
@@ -368,7 +368,7 @@ class BatchRunner:
         usual = self._row_bytes.setdefault((state.id, name), row_bytes)
         self._row_bytes[(state.id, name)] = usual + 0.2 * (row_bytes - usual)
         self._stats[spec.name].record_execution(
-            rows=info.size, compute_s=elapsed, queue_s=[start - t for t in info.enqueued_at]
+            rows=info.size, compute_s=elapsed, started=start, enqueued_at=info.enqueued_at
         )
         return outputs
 

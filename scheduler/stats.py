@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,11 +52,16 @@ class ModelStats:
             self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)
 
-    def record_execution(self, *, rows: int, compute_s: float, queue_s: list[float]) -> None:
+    def record_execution(
+        self, *, rows: int, compute_s: float, started: float, enqueued_at: Sequence[float]
+    ) -> None:
+        """One backend call of ``rows`` rows that started at ``started`` and
+        took ``compute_s``; its members joined the queue at ``enqueued_at``
+        (the same clock as ``started``), so each waited ``started - t``."""
         self.execution_count += 1
         self.compute_infer.add(compute_s)
         self.batch_sizes[rows] += 1
         self.batch_compute_s[rows] = self.batch_compute_s.get(rows, 0.0) + compute_s
         queue = self.queue  # a batch's members at once: one call, not one per member
-        queue.count += len(queue_s)
-        queue.ns += sum([int(wait * 1e9) for wait in queue_s])
+        queue.count += len(enqueued_at)
+        queue.ns += sum([int((started - t) * 1e9) for t in enqueued_at])
