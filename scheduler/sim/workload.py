@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -103,14 +104,16 @@ def generate(
     at = np.concatenate(times)
     who = np.concatenate(owners)
     order = np.argsort(at, kind="stable")[:limit]
-    # tuple.__new__: the named tuple's own __new__ is a Python function, and
-    # there is one Arrival a request.
-    kinds = [(load.model, load.rows, load.slo_s) for load in loads]
-    new = tuple.__new__
-    return [
-        new(Arrival, (t, *kinds[i]))
-        for t, i in zip(at[order].tolist(), who[order].tolist(), strict=True)
-    ]
+    picked = who[order]
+    # Each field a column picked by model index in numpy, and the records made
+    # by ``map`` over ``zip``: no Python loop body (nor the named tuple's
+    # ``__new__``, a Python function) per request, a million of them at scale.
+    models, rows, slos = (
+        np.array([getattr(load, name) for load in loads], dtype=object)[picked].tolist()
+        for name in ("model", "rows", "slo_s")
+    )
+    records = zip(at[order].tolist(), models, rows, slos, strict=True)
+    return list(map(tuple.__new__, repeat(Arrival), records))
 
 
 def read_trace(path: Path, default_slo_s: dict[str, float] | None = None) -> list[Arrival]:
