@@ -73,6 +73,8 @@ class BatchQueue(Generic[T]):
         self._policy = policy
         self._levels = range(1, policy.priority_levels + 1)
         self._count = dict.fromkeys(self._levels, 0)
+        # Each level's queue policy, looked up once (the policy is frozen): read per push.
+        self._queue_policies = {level: policy.queue_policy(level) for level in self._levels}
         self._total = 0  # the counts summed: read per arrival (``len``) and per look
         self._rows = dict.fromkeys(self._levels, 0)
         self._index: GroupIndex[T] = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
@@ -144,7 +146,7 @@ class BatchQueue(Generic[T]):
                 f"{policy.max_batch_size}"
             )
         level = policy.level_of(item.priority)
-        queue_policy = policy.queue_policy(level)
+        queue_policy = self._queue_policies[level]
         if self._count[level] >= queue_policy.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of priority level {level} is full "

@@ -165,7 +165,7 @@ class Replica:
                 self.in_flight[model] += 1
                 alone = tuple.__new__(Batch, ((item,), "alone"))
                 flight = InFlight(alone, None, None, 0, 0.0, now, request.deadline, request.rows)  # type: ignore[arg-type]
-                self._place(flight)
+                self._place(flight, now)
                 return
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
@@ -178,22 +178,23 @@ class Replica:
             self._end(request, now, "shed")
             return
         if self.in_flight[model] < self._seen_capacity[model]:
-            self.step(model)
+            self.step(model, now)
             return
         if policy.preferred_batch_sizes or queue.group_rows(item.key) >= policy.max_batch_size:
-            self.step(model)
+            self.step(model, now)
             return
         due = item.timeout_at if item.timeout_at is not None else math.inf
         if min(request.deadline, due) < self._wake[model]:
-            self.step(model)
+            self.step(model, now)
 
     def wake(self, model: str, at: float) -> None:
         if self._wake[model] == at:  # else superseded by an earlier wake-up
             self._wake[model] = math.inf
-            self.step(model)
+            self.step(model, self._clock.now())
 
-    def step(self, model: str) -> None:
-        now = self._clock.now()
+    def step(self, model: str, now: float) -> None:
+        """A look at ``model``'s queue at ``now``, the clock's time (its caller
+        has read it: no event runs between the read and the look)."""
         capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
         self._seen_capacity[model] = capacity
         step = self.queues[model].step(
@@ -209,7 +210,7 @@ class Replica:
                 rows += request.rows
                 if request.deadline < deadline:
                     deadline = request.deadline
-            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows))  # type: ignore[arg-type]
+            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows), now)  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:
             wake_at = max(wake_at, now)
@@ -217,7 +218,9 @@ class Replica:
             self._at(wake_at, self.wake, model, wake_at)
 
     # -- the runner ------------------------------------------------------------
-    def _place(self, flight: InFlight) -> None:
+    def _place(self, flight: InFlight, now: float) -> None:
+        """Place ``flight`` at ``now``, the clock's time: no event runs during a
+        placement, so its callers' read of the clock holds."""
         batch, rows, tried = flight.batch, flight.rows, flight.tried
         model = batch.items[0].payload.model
         router = self.routers.of(model)
@@ -226,7 +229,6 @@ class Replica:
             router.wants_outstanding,
             self.verdicts,
         )
-        now = self._clock.now()  # no event runs during a placement: the clock stands
         while True:
             candidates = gather(model, rows, now, tried, outstanding)
             decision = router(
@@ -285,11 +287,11 @@ class Replica:
                     request.finished_at, request.outcome = now, "ok"
                     finished(request)
             self.in_flight[model] -= 1
-            self.step(model)
+            self.step(model, now)
             return
         self.fleet.record_failure(state, error)
         if error.retryable and now < flight.deadline:
-            self._place(flight)  # the next-best backend, as the live runner retries
+            self._place(flight, now)  # the next-best backend, as the live runner retries
         else:
             self._batch_over(flight.batch, now, "failed", model)
 
@@ -297,7 +299,7 @@ class Replica:
         for item in batch.items:
             self._end(item.payload, now, outcome)
         self.in_flight[model] -= 1
-        self.step(model)
+        self.step(model, now)
 
     def _end(self, request: SimRequest, now: float, outcome: str) -> None:
         after = self.cpu_stage.after_s
