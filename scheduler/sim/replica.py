@@ -146,12 +146,14 @@ class Replica:
         self.submit = self.enqueue if self.cpu_stage.before_s <= 0.0 else self._through_cpu
 
     # -- the batcher ---------------------------------------------------------
-    def _through_cpu(self, request: SimRequest) -> None:
+    def _through_cpu(self, request: SimRequest, now: float) -> None:
         """A request arrives through this process's CPU, then is queued (``submit``)."""
-        self._at(self.cpu.serve(self._clock.now(), self.cpu_stage.before_s), self.enqueue, request)
+        queued_at = self.cpu.serve(now, self.cpu_stage.before_s)
+        self._at(queued_at, self.enqueue, request, queued_at)
 
-    def enqueue(self, request: SimRequest) -> None:
-        now = self._clock.now()
+    def enqueue(self, request: SimRequest, now: float) -> None:
+        """Take ``request`` in at ``now``, the clock's time (the engine's loop
+        or the event that brings it has it at hand)."""
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
         model = request.model
         queue = self.queues[model]
