@@ -113,7 +113,8 @@ class BatchQueue(Generic[T]):
 
     def note_completion(self, now: float) -> None:
         """A batch finished: its callers may be about to send again."""
-        self._last_event_at = max(self._last_event_at, now)
+        if now > self._last_event_at:  # max(), without a builtin call: per batch
+            self._last_event_at = now
         self._last_completion_at = now
 
     def record_service(self, seconds: float) -> None:

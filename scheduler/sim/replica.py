@@ -159,7 +159,7 @@ class Replica:
         queue = self.queues[model]
         policy = self._policies[model]
         if not policy.max_queue_delay_us and not len(queue):
-            parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+            parallel = self._parallel(model, now)
             if self.in_flight[model] < parallel:
                 # As the live Batcher._may_skip_queue: nothing to merge with, no
                 # delay to wait and a backend has room, so the request is its own
@@ -171,7 +171,7 @@ class Replica:
                 return
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
-                parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+                parallel = self._parallel(model, now)
                 admit_by_deadline(
                     queue, request, request.rows, now, lambda: parallel, self._admission
                 )
@@ -186,8 +186,15 @@ class Replica:
             self.step(model, now)
             return
         due = item.timeout_at if item.timeout_at is not None else math.inf
-        if min(request.deadline, due) < self._wake[model]:
+        wake = self._wake[model]
+        if request.deadline < wake or due < wake:  # the earlier of the two is before it
             self.step(model, now)
+
+    def _parallel(self, model: str, now: float) -> int:
+        """Batches ``model``'s backends can run at once, at least 1: as the
+        live dispatcher's ``capacity`` for its batcher."""
+        batches = self.candidates.capacity(model, now) * self.config.pipeline_depth
+        return batches if batches > 1 else 1  # max(batches, 1), without a builtin call
 
     def wake(self, model: str, at: float) -> None:
         if self._wake[model] == at:  # else superseded by an earlier wake-up
@@ -197,7 +204,7 @@ class Replica:
     def step(self, model: str, now: float) -> None:
         """A look at ``model``'s queue at ``now``, the clock's time (its caller
         has read it: no event runs between the read and the look)."""
-        capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+        capacity = self._parallel(model, now)
         self._seen_capacity[model] = capacity
         step = self.queues[model].step(
             now, in_flight=self.in_flight[model], capacity=capacity, ahead=self.config.queue_ahead
