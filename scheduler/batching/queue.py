@@ -73,8 +73,7 @@ class BatchQueue(Generic[T]):
         self._policy = policy
         self._levels = range(1, policy.priority_levels + 1)
         self._count = dict.fromkeys(self._levels, 0)
-        # Each level's queue policy, looked up once (the policy is frozen): read per push.
-        self._queue_policies = {level: policy.queue_policy(level) for level in self._levels}
+        self._queue_policies = {n: policy.queue_policy(n) for n in self._levels}  # frozen; per push
         self._total = 0  # the counts summed: read per arrival (``len``) and per look
         self._rows = dict.fromkeys(self._levels, 0)
         self._index: GroupIndex[T] = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
@@ -112,9 +111,8 @@ class BatchQueue(Generic[T]):
         return self._service_s
 
     def note_completion(self, now: float) -> None:
-        """A batch finished: its callers may be about to send again."""
-        if now > self._last_event_at:  # max(), without a builtin call: per batch
-            self._last_event_at = now
+        """A batch finished: its callers may be about to send again (max() uncalled)."""
+        self._last_event_at = now if now > self._last_event_at else self._last_event_at
         self._last_completion_at = now
 
     def record_service(self, seconds: float) -> None:
@@ -384,8 +382,7 @@ class BatchQueue(Generic[T]):
         leaves the delay triggers out: waking for them would spin.
         """
         if not self._total:
-            # Nothing queued (a batch finished with nothing waiting: common
-            # under light load): nothing to expire, cut or wake for.
+            # Nothing queued (common under light load): nothing to expire, cut or wake for.
             return tuple.__new__(Step, ([], [], None))
         expired = self.expire(now)
         self.remove_cancelled()
