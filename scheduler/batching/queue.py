@@ -25,8 +25,7 @@ __all__ = ["IDLE_QUIET_S", "Batch", "BatchQueue", "QueueItem", "Step", "Trigger"
 T = TypeVar("T")
 
 _INF = math.inf
-#: With a backend idle, queued requests leave once no new one arrived for this
-#: long (capped by the model's queue delay).
+#: Idle backend: queued requests leave once none arrived for this long (capped by the delay).
 IDLE_QUIET_S = 0.001
 #: Weight of the newest sample in the service-time moving average.
 _SERVICE_SMOOTHING = 0.2
@@ -86,8 +85,7 @@ class BatchQueue(Generic[T]):
         self._quiet_s = min(IDLE_QUIET_S, self._delay_s)
         self._service_s: float | None = None
         #: The last arrival or completion: callers whose batch finished soon send again.
-        self._last_event_at = -_INF
-        self._last_completion_at = -_INF
+        self._last_event_at = self._last_completion_at = -_INF
 
     # -- state -------------------------------------------------------------
     def group_rows(self, key: Hashable) -> int:
@@ -344,7 +342,9 @@ class BatchQueue(Generic[T]):
         a batch now anyway); ``idle=True`` adds when an idle backend would
         take the queue (see ``item.Moment.idle_release_at``).
         """
-        due = min(self._live_front(self._deadlines), self._live_front(self._timeouts, True))
+        due = self._live_front(self._deadlines)
+        if (timeout := self._live_front(self._timeouts, True)) < due:  # min(), uncalled: per look
+            due = timeout
         if triggers:
             moment = self._moment(now, idle)
             oldest, earliest = self._index.extremes()
