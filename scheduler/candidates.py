@@ -299,7 +299,9 @@ class CandidateTables:
 
     def capacity(self, model: str, now: float) -> int:
         """Model instances, summed over the backends that take work now."""
-        return self.table(model).capacity(now)
+        # As ``gather`` finds the table: read per arrival and per look at a queue.
+        table = self._tables.get(model) or self._build(model)
+        return table.capacity(now)
 
     # -- building -------------------------------------------------------------
     def _bind(self) -> None:

@@ -213,8 +213,12 @@ class ServiceTimeEstimator:
             # of an 800 ms model whose batches cost 800 ms whatever their size.
             return seconds * (1.0 + self._per_row_prior * (bucket / b1 - 1.0))
         t1, t2 = estimates[b1].seconds, estimates[b2].seconds
-        per_row = max(0.0, (t2 - t1) / (b2 - b1))
-        return max(0.0, t1 + per_row * (bucket - b1))
+        # Both clamped at 0 as ``max(0.0, x)`` does (NaN and -0.0 give 0.0),
+        # without a builtin call each: ~4 cells re-predicted per completion.
+        per_row = (t2 - t1) / (b2 - b1)
+        per_row = per_row if per_row > 0.0 else 0.0
+        seconds = t1 + per_row * (bucket - b1)
+        return seconds if seconds > 0.0 else 0.0
 
     @staticmethod
     def _basis(pair: _Pair, bucket: int) -> tuple[int, int]:

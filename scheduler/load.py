@@ -30,7 +30,13 @@ def service_sample(elapsed_s: float, wait_s: float, ahead: int, held_s: float) -
     instance to finish after it; the calls behind it held theirs only since
     the one ahead of them left.
     """
-    return min(max(elapsed_s - wait_s, elapsed_s / (ahead + 1)), held_s)
+    # min(max(...), held_s) in comparisons (the same float, without two
+    # builtin calls): one sample per completion.
+    sample = elapsed_s - wait_s
+    share = elapsed_s / (ahead + 1)
+    if share > sample:
+        sample = share
+    return held_s if held_s < sample else sample
 
 
 class Departures:

@@ -25,8 +25,7 @@ __all__ = ["IDLE_QUIET_S", "Batch", "BatchQueue", "QueueItem", "Step", "Trigger"
 T = TypeVar("T")
 
 _INF = math.inf
-#: With a backend idle, queued requests leave once no new one arrived for this
-#: long (capped by the model's queue delay).
+#: Idle backend: queued requests leave once none arrived for this long (capped by the delay).
 IDLE_QUIET_S = 0.001
 #: Weight of the newest sample in the service-time moving average.
 _SERVICE_SMOOTHING = 0.2
@@ -73,6 +72,7 @@ class BatchQueue(Generic[T]):
         self._policy = policy
         self._levels = range(1, policy.priority_levels + 1)
         self._count = dict.fromkeys(self._levels, 0)
+        self._queue_policies = {n: policy.queue_policy(n) for n in self._levels}  # frozen; per push
         self._total = 0  # the counts summed: read per arrival (``len``) and per look
         self._rows = dict.fromkeys(self._levels, 0)
         self._index: GroupIndex[T] = GroupIndex(policy.max_batch_size, policy.preferred_batch_sizes)
@@ -85,8 +85,7 @@ class BatchQueue(Generic[T]):
         self._quiet_s = min(IDLE_QUIET_S, self._delay_s)
         self._service_s: float | None = None
         #: The last arrival or completion: callers whose batch finished soon send again.
-        self._last_event_at = -_INF
-        self._last_completion_at = -_INF
+        self._last_event_at = self._last_completion_at = -_INF
 
     # -- state -------------------------------------------------------------
     def group_rows(self, key: Hashable) -> int:
@@ -110,8 +109,8 @@ class BatchQueue(Generic[T]):
         return self._service_s
 
     def note_completion(self, now: float) -> None:
-        """A batch finished: its callers may be about to send again."""
-        self._last_event_at = max(self._last_event_at, now)
+        """A batch finished: its callers may be about to send again (max() uncalled)."""
+        self._last_event_at = now if now > self._last_event_at else self._last_event_at
         self._last_completion_at = now
 
     def record_service(self, seconds: float) -> None:
@@ -144,7 +143,7 @@ class BatchQueue(Generic[T]):
                 f"{policy.max_batch_size}"
             )
         level = policy.level_of(item.priority)
-        queue_policy = policy.queue_policy(level)
+        queue_policy = self._queue_policies[level]
         if self._count[level] >= queue_policy.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of priority level {level} is full "
@@ -343,7 +342,9 @@ class BatchQueue(Generic[T]):
         a batch now anyway); ``idle=True`` adds when an idle backend would
         take the queue (see ``item.Moment.idle_release_at``).
         """
-        due = min(self._live_front(self._deadlines), self._live_front(self._timeouts, True))
+        due = self._live_front(self._deadlines)
+        if (timeout := self._live_front(self._timeouts, True)) < due:  # min(), uncalled: per look
+            due = timeout
         if triggers:
             moment = self._moment(now, idle)
             oldest, earliest = self._index.extremes()
@@ -381,8 +382,7 @@ class BatchQueue(Generic[T]):
         leaves the delay triggers out: waking for them would spin.
         """
         if not self._total:
-            # Nothing queued (a batch finished with nothing waiting: common
-            # under light load): nothing to expire, cut or wake for.
+            # Nothing queued (common under light load): nothing to expire, cut or wake for.
             return tuple.__new__(Step, ([], [], None))
         expired = self.expire(now)
         self.remove_cancelled()

@@ -231,7 +231,7 @@ class Simulation:
                 submit = submits[n % count]
                 n += 1
                 due = arrivals[n].at_s if n < total else math.inf
-                submit(SimRequest(a.at_s, a.model, a.rows, a.at_s + a.slo_s, a.slo_s))
+                submit(SimRequest(a.at_s, a.model, a.rows, a.at_s + a.slo_s, a.slo_s), current)
             else:
                 return self.finished
 

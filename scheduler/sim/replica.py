@@ -146,18 +146,20 @@ class Replica:
         self.submit = self.enqueue if self.cpu_stage.before_s <= 0.0 else self._through_cpu
 
     # -- the batcher ---------------------------------------------------------
-    def _through_cpu(self, request: SimRequest) -> None:
+    def _through_cpu(self, request: SimRequest, now: float) -> None:
         """A request arrives through this process's CPU, then is queued (``submit``)."""
-        self._at(self.cpu.serve(self._clock.now(), self.cpu_stage.before_s), self.enqueue, request)
+        queued_at = self.cpu.serve(now, self.cpu_stage.before_s)
+        self._at(queued_at, self.enqueue, request, queued_at)
 
-    def enqueue(self, request: SimRequest) -> None:
-        now = self._clock.now()
+    def enqueue(self, request: SimRequest, now: float) -> None:
+        """Take ``request`` in at ``now``, the clock's time (the engine's loop
+        or the event that brings it has it at hand)."""
         item = QueueItem(request, request.rows, request.model, 0, request.deadline)
         model = request.model
         queue = self.queues[model]
         policy = self._policies[model]
         if not policy.max_queue_delay_us and not len(queue):
-            parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+            parallel = self._parallel(model, now)
             if self.in_flight[model] < parallel:
                 # As the live Batcher._may_skip_queue: nothing to merge with, no
                 # delay to wait and a backend has room, so the request is its own
@@ -165,11 +167,11 @@ class Replica:
                 self.in_flight[model] += 1
                 alone = tuple.__new__(Batch, ((item,), "alone"))
                 flight = InFlight(alone, None, None, 0, 0.0, now, request.deadline, request.rows)  # type: ignore[arg-type]
-                self._place(flight)
+                self._place(flight, now)
                 return
         try:
             if self._admission is not None:  # as the live Batcher.submit, before the push
-                parallel = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+                parallel = self._parallel(model, now)
                 admit_by_deadline(
                     queue, request, request.rows, now, lambda: parallel, self._admission
                 )
@@ -178,23 +180,31 @@ class Replica:
             self._end(request, now, "shed")
             return
         if self.in_flight[model] < self._seen_capacity[model]:
-            self.step(model)
+            self.step(model, now)
             return
         if policy.preferred_batch_sizes or queue.group_rows(item.key) >= policy.max_batch_size:
-            self.step(model)
+            self.step(model, now)
             return
         due = item.timeout_at if item.timeout_at is not None else math.inf
-        if min(request.deadline, due) < self._wake[model]:
-            self.step(model)
+        wake = self._wake[model]
+        if request.deadline < wake or due < wake:  # the earlier of the two is before it
+            self.step(model, now)
+
+    def _parallel(self, model: str, now: float) -> int:
+        """Batches ``model``'s backends can run at once, at least 1: as the
+        live dispatcher's ``capacity`` for its batcher."""
+        batches = self.candidates.capacity(model, now) * self.config.pipeline_depth
+        return batches if batches > 1 else 1  # max(batches, 1), without a builtin call
 
     def wake(self, model: str, at: float) -> None:
         if self._wake[model] == at:  # else superseded by an earlier wake-up
             self._wake[model] = math.inf
-            self.step(model)
+            self.step(model, self._clock.now())
 
-    def step(self, model: str) -> None:
-        now = self._clock.now()
-        capacity = max(self.candidates.capacity(model, now) * self.config.pipeline_depth, 1)
+    def step(self, model: str, now: float) -> None:
+        """A look at ``model``'s queue at ``now``, the clock's time (its caller
+        has read it: no event runs between the read and the look)."""
+        capacity = self._parallel(model, now)
         self._seen_capacity[model] = capacity
         step = self.queues[model].step(
             now, in_flight=self.in_flight[model], capacity=capacity, ahead=self.config.queue_ahead
@@ -209,7 +219,7 @@ class Replica:
                 rows += request.rows
                 if request.deadline < deadline:
                     deadline = request.deadline
-            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows))  # type: ignore[arg-type]
+            self._place(InFlight(batch, None, None, 0, 0.0, now, deadline, rows), now)  # type: ignore[arg-type]
         wake_at = step.wake_at
         if wake_at is not None and wake_at < self._wake[model]:
             wake_at = max(wake_at, now)
@@ -217,7 +227,9 @@ class Replica:
             self._at(wake_at, self.wake, model, wake_at)
 
     # -- the runner ------------------------------------------------------------
-    def _place(self, flight: InFlight) -> None:
+    def _place(self, flight: InFlight, now: float) -> None:
+        """Place ``flight`` at ``now``, the clock's time: no event runs during a
+        placement, so its callers' read of the clock holds."""
         batch, rows, tried = flight.batch, flight.rows, flight.tried
         model = batch.items[0].payload.model
         router = self.routers.of(model)
@@ -226,7 +238,6 @@ class Replica:
             router.wants_outstanding,
             self.verdicts,
         )
-        now = self._clock.now()  # no event runs during a placement: the clock stands
         while True:
             candidates = gather(model, rows, now, tried, outstanding)
             decision = router(
@@ -285,11 +296,11 @@ class Replica:
                     request.finished_at, request.outcome = now, "ok"
                     finished(request)
             self.in_flight[model] -= 1
-            self.step(model)
+            self.step(model, now)
             return
         self.fleet.record_failure(state, error)
         if error.retryable and now < flight.deadline:
-            self._place(flight)  # the next-best backend, as the live runner retries
+            self._place(flight, now)  # the next-best backend, as the live runner retries
         else:
             self._batch_over(flight.batch, now, "failed", model)
 
@@ -297,7 +308,7 @@ class Replica:
         for item in batch.items:
             self._end(item.payload, now, outcome)
         self.in_flight[model] -= 1
-        self.step(model)
+        self.step(model, now)
 
     def _end(self, request: SimRequest, now: float, outcome: str) -> None:
         after = self.cpu_stage.after_s
