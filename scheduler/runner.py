@@ -359,16 +359,15 @@ class BatchRunner:
             took_s = ended - start
             info.backend_s += took_s
             self.observer.backend_called(name, state.id, took_s, code)
-        now, elapsed = ended, took_s
         self.fleet.record_success(state)
-        held_s = self._departures.held_s(state.id, name, instances, start, now)
+        held_s = self._departures.held_s(state.id, name, instances, start, ended)
         self.estimator.observe(
-            state.id, name, info.size, service_sample(elapsed, wait_s, ahead, held_s)
+            state.id, name, info.size, service_sample(took_s, wait_s, ahead, held_s)
         )
         usual = self._row_bytes.setdefault((state.id, name), row_bytes)
         self._row_bytes[(state.id, name)] = usual + 0.2 * (row_bytes - usual)
         self._stats[spec.name].record_execution(
-            rows=info.size, compute_s=elapsed, started=start, enqueued_at=info.enqueued_at
+            rows=info.size, compute_s=took_s, started=start, enqueued_at=info.enqueued_at
         )
         return outputs
 
